@@ -1,0 +1,169 @@
+"""Training settings: one frozen dataclass, validated with one sentence per fault.
+
+Every run saves its `TrainConfig` as JSON, so a run folder always says exactly
+what was trained.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+LOSSES = ("cosine", "mse", "l1")
+ROUNDINGS = ("ste", "none", "hard", "stochastic")
+SPARSITIES = ("align", "hard-topk", "l1", "none")
+INITS = ("default", "sparse")
+
+
+class ConfigError(ValueError):
+    """A setting is out of range or unknown; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    n_bits: int = 1024  # N: code length
+    k: int = 16  # K: target number of active bits per concept
+    alpha: float = 1.0  # weight of the sparsity term
+    loss: str = "cosine"  # distance of both terms: cosine (the paper's), mse or l1
+    rec_loss: str | None = None  # advanced: override the reconstruction distance
+    sparsity_loss: str | None = None  # advanced: override the alignment distance
+    rounding: str = "ste"  # ste (pass-through), none (removed), hard, stochastic
+    sparsity: str = "align"  # align (the paper's), hard-topk, l1, none
+    init: str = "default"  # default: nn.Linear init, ~half the bits fire at first;
+    #                        sparse: encoder bias logit(K/N), few fire (leaves bits dead)
+    normalize: bool = True  # L2-normalise rows before training
+    val_fraction: float = 0.1  # seeded held-out share for validation metrics
+    lr: float = 3e-3  # Adam learning rate; 3e-3 reaches K in tens of epochs on HPO
+    batch_size: int = 1024  # rows per step
+    epochs: int = 40  # passes over the training part
+    seed: int = 0  # split, initialisation and batch order
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
+    log_every: int = 50  # steps between progress events (the only host syncs)
+
+    @property
+    def reconstruction_distance(self) -> str:
+        return self.rec_loss or self.loss
+
+    @property
+    def alignment_distance(self) -> str:
+        return self.sparsity_loss or self.loss
+
+    def validate(self, n_rows: int | None = None) -> "TrainConfig":
+        """Raise ConfigError naming the first fault; return self when all is well.
+
+        With `n_rows` (rows of the whole data set) the batch is checked against
+        the training part, and the validation part must keep at least one row.
+        """
+        for fault in self._faults(n_rows):
+            raise ConfigError(fault)
+        return self
+
+    def _faults(self, n_rows: int | None):
+        if not isinstance(self.n_bits, int) or self.n_bits < 1:
+            yield f"n_bits must be a positive integer, got {self.n_bits!r}."
+        if not isinstance(self.k, int) or self.k < 1:
+            yield f"k must be at least 1, got {self.k!r}."
+        elif isinstance(self.n_bits, int) and self.k >= self.n_bits:
+            yield f"k must be smaller than n_bits, got k={self.k} and n_bits={self.n_bits}."
+        if not _is_number(self.alpha) or self.alpha < 0:
+            yield f"alpha must be a number of at least 0, got {self.alpha!r}."
+        if not _is_number(self.lr) or self.lr <= 0:
+            yield f"lr must be a positive number, got {self.lr!r}."
+        if self.loss not in LOSSES:
+            yield f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}."
+        for name, value in (("rec_loss", self.rec_loss), ("sparsity_loss", self.sparsity_loss)):
+            if value is not None and value not in LOSSES:
+                yield f"{name} must be one of {', '.join(LOSSES)} or unset, got {value!r}."
+        if self.rounding not in ROUNDINGS:
+            yield f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}."
+        if self.sparsity not in SPARSITIES:
+            yield f"sparsity must be one of {', '.join(SPARSITIES)}, got {self.sparsity!r}."
+        if self.init not in INITS:
+            yield f"init must be one of {', '.join(INITS)}, got {self.init!r}."
+        if not _is_number(self.val_fraction) or not 0 <= self.val_fraction <= 0.9:
+            yield f"val_fraction must lie between 0 and 0.9, got {self.val_fraction!r}."
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            yield f"batch_size must be a positive integer, got {self.batch_size!r}."
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            yield f"epochs must be a positive integer, got {self.epochs!r}."
+        if not isinstance(self.log_every, int) or self.log_every < 1:
+            yield f"log_every must be a positive integer, got {self.log_every!r}."
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            yield f"seed must be an integer, got {self.seed!r}."
+        device_fault = _device_fault(self.device)
+        if device_fault:
+            yield device_fault
+        if n_rows is not None and isinstance(self.batch_size, int) and _is_number(self.val_fraction):
+            n_val = validation_size(n_rows, self.val_fraction)
+            n_train = n_rows - n_val
+            if n_train < 1:
+                yield f"the data has {n_rows} rows, too few to train on after the validation split."
+            elif self.batch_size > n_train:
+                yield (
+                    f"batch_size {self.batch_size} is larger than the {n_train} training rows; "
+                    f"choose at most {n_train}."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def validation_size(n_rows: int, val_fraction: float) -> int:
+    """Rows held out: round(M * fraction), at least one when the fraction is positive."""
+    if val_fraction <= 0 or n_rows < 2:
+        return 0
+    return max(1, min(n_rows - 1, round(n_rows * val_fraction)))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _device_fault(device: str) -> str | None:
+    if not isinstance(device, str):
+        return f"device must be a string such as auto, cpu, cuda or mps, got {device!r}."
+    if device in ("auto", "cpu"):
+        return None
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            return "device mps is not available on this machine; use auto or cpu."
+        return None
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            return f"device {device} is not available on this machine (no CUDA GPU); use auto or cpu."
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            return f"device {device} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)."
+        return None
+    return f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}."
+
+
+def resolve_device(device: str) -> str:
+    """Turn `auto` into the best device present: CUDA, then MPS, then CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"

@@ -1,0 +1,67 @@
+"""Train, evaluate and write one run folder: what the CLI and the worker both do."""
+
+from pathlib import Path
+
+import numpy as np
+
+from sparsebin import runfolder
+from sparsebin.config import TrainConfig
+from sparsebin.metrics import code_metrics, evaluate_model, normalized_rows, sign_codes
+from sparsebin.train import ProgressCallback, TrainResult, train
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def run_experiment(
+    embeddings: np.ndarray,
+    config: TrainConfig,
+    folder: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop=None,
+    n_queries: int = 500,
+) -> TrainResult:
+    """Train with `config` and write every artifact of a run into `folder`.
+
+    The folder keeps a checkpoint while training, so calling this again after
+    an interruption resumes from the last finished epoch. A cancelled run
+    writes its config and history but no metrics or codes.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    runfolder.save_json(folder / "config.json", config.to_dict())
+    result = train(
+        embeddings, config, progress=progress, should_stop=should_stop, checkpoint_path=folder / CHECKPOINT
+    )
+    runfolder.save_history(folder / "history.jsonl", result.history)
+    if result.cancelled:
+        return result
+    metrics, codes = evaluate_run(embeddings, result, n_queries=n_queries)
+    runfolder.save_model(folder / "model.safetensors", result.model, config)
+    runfolder.save_codes(folder / "codes.npy", codes)
+    runfolder.save_json(folder / "split.json", {"validation": result.split.validation.tolist()})
+    runfolder.save_json(folder / "metrics.json", metrics)  # last: its presence marks a finished run
+    return result
+
+
+def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int = 500) -> tuple[dict, np.ndarray]:
+    """Metrics on both parts plus the sign baseline, and packed codes for every row."""
+    config, split = result.config, result.split
+    train_vectors = normalized_rows(embeddings, split.train, config.normalize)
+    codes = np.zeros((len(embeddings), -(-config.n_bits // 8)), dtype=np.uint8)
+    metrics = {}
+    for name, rows, vectors in (
+        ("train", split.train, train_vectors),
+        ("validation", split.validation, normalized_rows(embeddings, split.validation, config.normalize)),
+    ):
+        if len(rows) == 0:
+            continue
+        evaluation = evaluate_model(result.model, vectors, split=name, n_queries=n_queries, seed=config.seed)
+        codes[rows] = evaluation.packed
+        metrics[name] = evaluation.metrics
+        if name == "validation" or len(split.validation) == 0:
+            sign = sign_codes(vectors, fit_vectors=train_vectors)
+            metrics[f"sign_{name}"] = code_metrics(
+                sign, vectors.shape[1], vectors, split=name, n_queries=n_queries, seed=config.seed
+            )
+    return metrics, codes

@@ -1,0 +1,198 @@
+"""The evaluation metrics of METHOD.md, computed in chunks.
+
+All metrics use the hard bits h = 1[u > 0] unless the name says otherwise, and
+every reconstruction metric is the cosine distance whatever the training loss,
+so runs compare. No (M, N) float matrix is ever held: the model is applied to
+`chunk_rows` rows at a time and the codes are kept packed (N / 8 bytes a row).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sparsebin.losses import cosine_distance, topk_mask
+from sparsebin.model import BinaryAutoencoder
+from sparsebin.retrieval import CodeIndex, dense_neighbours, pack_bits, recall_at_k, sample_queries
+
+LOG10_BINS = np.arange(-7.0, 0.25, 0.25)  # firing-frequency histogram edges, 1e-7 .. 1
+
+
+@dataclass
+class Evaluation:
+    metrics: dict  # JSON-ready
+    packed: np.ndarray  # (M, N/8) uint8 hard codes of the evaluated rows, in their order
+
+
+def normalized_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool) -> np.ndarray:
+    """The chosen rows as float32, L2-normalised when the run was trained so."""
+    x = np.asarray(embeddings[rows], dtype=np.float32)
+    if normalize:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: BinaryAutoencoder,
+    vectors: np.ndarray,
+    *,
+    split: str,
+    n_queries: int = 500,
+    seed: int = 0,
+    chunk_rows: int = 8192,
+) -> Evaluation:
+    """Every metric of METHOD.md for `vectors` (M, D), already normalised as trained.
+
+    `split` names the part evaluated ("train", "validation", ...) and is stored
+    in the result, so every reported number says where it came from.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    sums = {"recon": 0.0, "fixed_topk_recon": 0.0, "soft_recon": 0.0, "topk_overlap": 0.0}
+    packed = []
+    for start in range(0, len(vectors), chunk_rows):
+        x = torch.from_numpy(np.ascontiguousarray(vectors[start : start + chunk_rows])).to(device)  # (C, D)
+        soft = torch.sigmoid(model.encode_logits(x))  # (C, N)
+        mask = topk_mask(soft, model.k)
+        hard = model.stored_code((soft > 0.5).to(soft.dtype), mask)  # u > 0, or t for hard-topk
+        rows = len(x)
+        sums["recon"] += cosine_distance(x, model.decode(hard)).item() * rows
+        sums["fixed_topk_recon"] += cosine_distance(x, model.decode(mask)).item() * rows
+        sums["soft_recon"] += cosine_distance(x, model.decode(soft)).item() * rows
+        sums["topk_overlap"] += ((hard * mask).sum(dim=1) / model.k).sum().item()
+        packed.append(pack_bits(hard.to(torch.uint8).cpu().numpy()))
+    packed = np.concatenate(packed) if packed else np.zeros((0, -(-model.n_bits // 8)), np.uint8)
+    n = max(len(vectors), 1)
+    metrics = {
+        "split": split,
+        "recon_loss": sums["recon"] / n,
+        "fixed_topk_recon_loss": sums["fixed_topk_recon"] / n,
+        "soft_recon_loss": sums["soft_recon"] / n,
+        "topk_overlap": sums["topk_overlap"] / n,
+        "k": model.k,
+    }
+    metrics |= code_metrics(packed, model.n_bits, vectors, split=split, n_queries=n_queries, seed=seed)
+    return Evaluation(metrics, packed)
+
+
+def code_metrics(
+    packed: np.ndarray, n_bits: int, vectors: np.ndarray, *, split: str, n_queries: int = 500, seed: int = 0
+) -> dict:
+    """Metrics any binary code has: activity, firing, storage, retrieval.
+
+    Shared by trained models and the `sign` baseline, so both are measured alike.
+    """
+    index = CodeIndex(packed, n_bits)
+    active = index.sizes.astype(np.int64)  # (M,) active bits per concept
+    firing = firing_frequency(packed, n_bits)
+    metrics = {"split": split, "n_rows": int(len(packed)), "n_bits": n_bits, "d_in": int(vectors.shape[1])}
+    metrics |= activity_metrics(active)
+    metrics |= firing_metrics(firing)
+    metrics |= storage_metrics(n_bits, metrics["active_mean"], vectors.shape[1])
+    metrics |= retrieval_metrics(index, packed, vectors, n_queries=n_queries, seed=seed)
+    return metrics
+
+
+def activity_metrics(active: np.ndarray) -> dict:
+    """Active bits per concept: mean, std, extremes and the histogram (count per value)."""
+    if len(active) == 0:
+        return {"active_mean": 0.0, "active_std": 0.0, "active_min": 0, "active_max": 0, "active_histogram": []}
+    return {
+        "active_mean": float(active.mean()),
+        "active_std": float(active.std()),
+        "active_min": int(active.min()),
+        "active_max": int(active.max()),
+        "active_histogram": np.bincount(active).tolist(),  # [i] = concepts with i active bits
+    }
+
+
+def firing_frequency(packed: np.ndarray, n_bits: int, chunk_rows: int = 65536) -> np.ndarray:
+    """(N,) share of rows in which each bit is 1."""
+    counts = np.zeros(n_bits, dtype=np.int64)
+    for start in range(0, len(packed), chunk_rows):
+        counts += np.unpackbits(packed[start : start + chunk_rows], axis=1, count=n_bits).sum(axis=0, dtype=np.int64)
+    return counts / max(len(packed), 1)
+
+
+def firing_metrics(firing: np.ndarray) -> dict:
+    """Dead bits (never fire), dense bits (fire for over half), log10 frequency histogram."""
+    alive = firing[firing > 0]
+    counts, edges = np.histogram(np.log10(alive), bins=LOG10_BINS) if len(alive) else (np.zeros(len(LOG10_BINS) - 1), LOG10_BINS)
+    return {
+        "dead_bits": int((firing == 0).sum()),
+        "dense_bits": int((firing > 0.5).sum()),
+        "firing_frequency": firing.tolist(),
+        "log10_firing_histogram": {"edges": edges.tolist(), "counts": np.asarray(counts, dtype=int).tolist()},
+    }
+
+
+def storage_metrics(n_bits: int, active_mean: float, d_in: int) -> dict:
+    """Bits per vector as a bitmap and as a list of active indices, against float32."""
+    float_bits = 32 * d_in
+    index_bits = active_mean * math.ceil(math.log2(n_bits)) if n_bits > 1 else active_mean
+    return {
+        "bits_bitmap": n_bits,
+        "bits_index_list": index_bits,
+        "bits_float32": float_bits,
+        "compression_bitmap": float_bits / n_bits,
+        "compression_index_list": float_bits / index_bits if index_bits > 0 else float("inf"),
+    }
+
+
+def retrieval_metrics(
+    index: CodeIndex, packed: np.ndarray, vectors: np.ndarray, *, n_queries: int, seed: int, k: int = 10
+) -> dict:
+    """Recall@k of code neighbours (Hamming, Jaccard) against dense cosine neighbours.
+
+    Queries are a seeded sample of the evaluated rows; each query's own row is
+    excluded from both neighbour lists.
+    """
+    if len(packed) <= k:
+        return {"recall_at_10_hamming": float("nan"), "recall_at_10_jaccard": float("nan"), "n_queries": 0}
+    queries = sample_queries(len(packed), n_queries, seed)
+    truth, _ = dense_neighbours(vectors, queries, k)
+    result = {"n_queries": int(len(queries))}
+    for metric in ("hamming", "jaccard"):
+        found, _ = index.search(packed[queries], k, metric=metric, exclude=queries)
+        result[f"recall_at_10_{metric}"] = recall_at_k(found, truth)
+    return result
+
+
+def sign_codes(vectors: np.ndarray, fit_vectors: np.ndarray | None = None, n_bits: int | None = None, pca: bool = True) -> np.ndarray:
+    """The `sign` baseline: 1[x_j > 0] per dimension, after an optional PCA rotation.
+
+    The rotation (centre and principal axes) is fitted on `fit_vectors` (the
+    training part; default `vectors`). `n_bits` keeps the leading components
+    (at most D), for comparisons at equal storage. Returns packed codes.
+    """
+    fit_vectors = vectors if fit_vectors is None else fit_vectors
+    d_in = vectors.shape[1]
+    n_bits = d_in if n_bits is None else n_bits
+    if not 1 <= n_bits <= d_in:
+        raise ValueError(f"the sign baseline gives at most one bit per dimension: n_bits must lie in 1..{d_in}, got {n_bits}.")
+    if pca:
+        offset, rotation = principal_axes(fit_vectors, n_bits)
+    else:
+        rotation, offset = np.eye(d_in, n_bits, dtype=np.float32), np.zeros(d_in, np.float32)
+    packed = [
+        pack_bits((np.asarray(vectors[i : i + 65536]) - offset) @ rotation > 0) for i in range(0, len(vectors), 65536)
+    ]
+    return np.concatenate(packed)
+
+
+def principal_axes(vectors: np.ndarray, n_components: int, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), axes (D, n_components)) from the covariance, accumulated in chunks."""
+    d_in = vectors.shape[1]
+    total = np.zeros(d_in, dtype=np.float64)
+    gram = np.zeros((d_in, d_in), dtype=np.float64)
+    for start in range(0, len(vectors), chunk_rows):
+        block = np.asarray(vectors[start : start + chunk_rows], dtype=np.float64)
+        total += block.sum(axis=0)
+        gram += block.T @ block
+    mean = total / len(vectors)
+    covariance = gram / len(vectors) - np.outer(mean, mean)
+    _, eigenvectors = np.linalg.eigh(covariance)  # ascending eigenvalues
+    axes = eigenvectors[:, ::-1][:, :n_components]
+    return mean.astype(np.float32), axes.astype(np.float32)

@@ -1,0 +1,105 @@
+"""The binary autoencoder of Binary Sparsity Alignment.
+
+    u = x @ W_e.T + b_e          # (B, N) pre-activations ("logits")
+    s = sigmoid(u)               # (B, N) soft code in (0, 1)
+    h = 1[u > 0]                 # (B, N) hard bits, the code that is stored
+    b = rounding(s, h)           # (B, N) what the decoder sees while training
+    x_hat = b @ W_d.T + b_d      # (B, D) reconstruction
+    t = topk_mask(s, K)          # (B, N) 1 at the K largest entries of s, no gradient
+
+Rounding while training (at evaluation the decoder always sees h):
+- ste: b = s + (h - s).detach()  forward uses h, backward treats the round as identity
+- none: b = s                    the round removed
+- hard: b = h.detach()           no gradient reaches the encoder through the decoder
+- stochastic: b ~ Bernoulli(s), with the pass-through gradient
+With sparsity "hard-topk" the decoder sees exactly K bits: b = s + (t - s).detach(),
+and the stored code of such a model is t, not h.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparsebin.losses import topk_mask
+
+
+@dataclass
+class Forward:
+    logits: torch.Tensor  # u, (B, N)
+    soft: torch.Tensor  # s, (B, N)
+    hard: torch.Tensor  # h, (B, N) float 0/1
+    mask: torch.Tensor  # t, (B, N) float 0/1
+    code: torch.Tensor  # b, (B, N) what the decoder saw
+    recon: torch.Tensor  # x_hat, (B, D)
+
+
+class BinaryAutoencoder(nn.Module):
+    def __init__(
+        self,
+        d_in: int,
+        n_bits: int,
+        k: int,
+        rounding: str = "ste",
+        sparsity: str = "align",
+        init: str = "default",
+    ):
+        super().__init__()
+        self.d_in, self.n_bits, self.k = d_in, n_bits, k
+        self.rounding, self.sparsity = rounding, sparsity
+        self.encoder = nn.Linear(d_in, n_bits)
+        self.decoder = nn.Linear(n_bits, d_in)
+        if init == "sparse":
+            # Few bits fire at the start; METHOD.md notes this leaves most bits dead.
+            nn.init.constant_(self.encoder.bias, math.log(k / (n_bits - k)))
+
+    def encode_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The stored code as float 0/1, (B, N): h = 1[u > 0], or t for rigid hard-topk.
+
+        With sparsity "hard-topk" the decoder only ever sees the TopK mask, so the
+        mask is that model's code (exactly K bits per concept).
+        """
+        logits = self.encoder(x)
+        if self.sparsity == "hard-topk":
+            return topk_mask(logits, self.k)
+        return (logits > 0).to(x.dtype)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code)
+
+    def forward(self, x: torch.Tensor) -> Forward:
+        logits = self.encoder(x)
+        soft = torch.sigmoid(logits)
+        hard = (logits > 0).to(soft.dtype)
+        mask = topk_mask(soft, self.k)
+        code = self._training_code(soft, hard, mask) if self.training else self.stored_code(hard, mask)
+        return Forward(logits, soft, hard, mask, code, self.decoder(code))
+
+    def stored_code(self, hard: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mask if self.sparsity == "hard-topk" else hard
+
+    def _training_code(self, soft: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.sparsity == "hard-topk":
+            return soft + (mask - soft).detach()
+        if self.rounding == "ste":
+            return soft + (hard - soft).detach()
+        if self.rounding == "none":
+            return soft
+        if self.rounding == "hard":
+            return hard.detach()
+        sample = torch.bernoulli(soft.detach())
+        return soft + (sample - soft).detach()
+
+    def describe(self) -> dict:
+        """The constructor arguments, so a saved model can be rebuilt without pickle."""
+        return {
+            "d_in": self.d_in,
+            "n_bits": self.n_bits,
+            "k": self.k,
+            "rounding": self.rounding,
+            "sparsity": self.sparsity,
+        }

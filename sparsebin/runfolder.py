@@ -1,0 +1,115 @@
+"""One run's files on disk, written atomically and read with clear errors.
+
+    <run>/config.json         the TrainConfig, exactly what was trained
+    <run>/model.safetensors   weights; the constructor arguments in its metadata
+    <run>/metrics.json        {"train": {...}, "validation": {...}, "sign": {...}}
+    <run>/history.jsonl       one progress event per line
+    <run>/codes.npy           packed hard bits (np.packbits), one row per concept
+    <run>/split.json          the row indices of the validation part
+
+Weights are loaded with safetensors, never with pickle.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from sparsebin.config import TrainConfig
+from sparsebin.model import BinaryAutoencoder
+
+ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy")
+
+
+class RunFileError(RuntimeError):
+    """A run folder lacks an artifact or holds a damaged one."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name and rename, so a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def save_model(path: Path, model: BinaryAutoencoder, config: TrainConfig) -> None:
+    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=meta)
+    os.replace(partial, path)
+
+
+def save_codes(path: Path, packed: np.ndarray) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        np.save(handle, packed)
+    os.replace(partial, path)
+
+
+def save_json(path: Path, value) -> None:
+    write_atomic(path, json.dumps(value, indent=2, allow_nan=True).encode())
+
+
+def save_history(path: Path, history: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(event) + "\n" for event in history).encode())
+
+
+def _require(folder: Path, name: str) -> Path:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise RunFileError(f"run {Path(folder).name} has no {name}; it may not have finished, or was damaged.")
+    return path
+
+
+def load_config(folder: Path) -> TrainConfig:
+    path = _require(folder, "config.json")
+    try:
+        return TrainConfig.from_json(path.read_text())
+    except (ValueError, TypeError) as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged config.json: {error}") from error
+
+
+def load_metrics(folder: Path) -> dict:
+    path = _require(folder, "metrics.json")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged metrics.json: {error}") from error
+
+
+def load_history(folder: Path) -> list[dict]:
+    path = _require(folder, "history.jsonl")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged history.jsonl: {error}") from error
+
+
+def load_codes(folder: Path, mmap: bool = True) -> np.ndarray:
+    """(M, N/8) uint8 packed codes, memory-mapped by default."""
+    path = _require(folder, "codes.npy")
+    try:
+        codes = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged codes.npy: {error}") from error
+    if codes.dtype != np.uint8 or codes.ndim != 2:
+        raise RunFileError(f"run {Path(folder).name} has a codes.npy of {codes.dtype} {codes.shape}, not packed bits.")
+    return codes
+
+
+def load_model(folder: Path, device: str = "cpu") -> BinaryAutoencoder:
+    """Rebuild the model from model.safetensors alone, in evaluation mode."""
+    path = _require(folder, "model.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            args = json.loads(handle.metadata()["model"])
+        state = load_file(str(path), device=device)
+        model = BinaryAutoencoder(**args).to(device)
+        model.load_state_dict(state)
+    except (SafetensorError, KeyError, ValueError, RuntimeError, OSError) as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged model.safetensors: {error}") from error
+    return model.eval()

@@ -1,0 +1,233 @@
+"""The training loop: device-agnostic, data resident on the device.
+
+Batches are slices of a seeded random permutation of the training rows (no
+DataLoader in the hot loop). The loop touches the host only at logging steps,
+where it reports a progress event through a callback. It checkpoints at every
+epoch end (model, optimizer, random states, history) and resumes from such a
+checkpoint to the same result as an uninterrupted run.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sparsebin.config import TrainConfig, resolve_device, validation_size
+from sparsebin.losses import distance, sparsity_term
+from sparsebin.model import BinaryAutoencoder
+
+ProgressCallback = Callable[[dict], None]
+
+
+@dataclass
+class Split:
+    train: np.ndarray  # row indices of the training part
+    validation: np.ndarray  # row indices of the held-out part
+
+
+@dataclass
+class TrainResult:
+    model: BinaryAutoencoder
+    config: TrainConfig
+    split: Split
+    history: list[dict] = field(default_factory=list)
+    epochs_done: int = 0
+    cancelled: bool = False
+    device: str = "cpu"
+
+
+def split_rows(n_rows: int, val_fraction: float, seed: int) -> Split:
+    """A fixed, seeded split; the same seed always holds out the same rows."""
+    order = np.random.default_rng(seed).permutation(n_rows)
+    n_val = validation_size(n_rows, val_fraction)
+    return Split(train=np.sort(order[n_val:]), validation=np.sort(order[:n_val]))
+
+
+def check_embeddings(embeddings: np.ndarray) -> None:
+    """Reject what cannot be trained on, naming the first bad row."""
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2 or embeddings.shape[1] < 2:
+        raise ValueError(f"embeddings must be a 2-D array of at least 2 x 2, got shape {embeddings.shape}.")
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise ValueError(f"embeddings must be floating point, got dtype {embeddings.dtype}.")
+    for start in range(0, embeddings.shape[0], 65536):
+        chunk = np.asarray(embeddings[start : start + 65536])
+        bad = ~np.isfinite(chunk).all(axis=1)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            raise ValueError(f"embeddings contain NaN or inf, first in row {row}.")
+        zero = ~chunk.any(axis=1)
+        if zero.any():
+            row = start + int(np.argmax(zero))
+            raise ValueError(f"embeddings row {row} is all zeros and has no direction to learn.")
+
+
+def prepare_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool, device: str) -> torch.Tensor:
+    """The chosen rows as a float32 tensor on the device, L2-normalised if asked."""
+    x = torch.from_numpy(np.ascontiguousarray(embeddings[rows], dtype=np.float32)).to(device)
+    if normalize:
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x
+
+
+def build_model(config: TrainConfig, d_in: int) -> BinaryAutoencoder:
+    torch.manual_seed(config.seed)
+    return BinaryAutoencoder(
+        d_in, config.n_bits, config.k, rounding=config.rounding, sparsity=config.sparsity, init=config.init
+    )
+
+
+def training_loss(model: BinaryAutoencoder, config: TrainConfig, x: torch.Tensor):
+    """(total, reconstruction, sparsity, forward) for one batch."""
+    out = model(x)
+    rec = distance(config.reconstruction_distance, x, out.recon)
+    sp = sparsity_term(config.sparsity, config.alignment_distance, out.soft, out.mask)
+    return rec + config.alpha * sp, rec, sp, out
+
+
+def train(
+    embeddings: np.ndarray,
+    config: TrainConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_path: Path | None = None,
+) -> TrainResult:
+    """Train a model on `embeddings` (M, D) with `config`.
+
+    `progress` receives a dict every `log_every` steps and at each epoch end:
+    step, epoch, total_steps, loss, rec_loss, sp_loss, active_mean (hard bits of
+    the logged batch), dead_bits (bits that fired on no training row this epoch
+    so far), samples_per_s, elapsed_s. `should_stop` is checked before every step;
+    when it returns True the loop ends and the result says cancelled. With a
+    `checkpoint_path`, an existing checkpoint there is resumed from, and a new
+    one is written at the end of every epoch.
+    """
+    check_embeddings(embeddings)
+    config.validate(n_rows=embeddings.shape[0])
+    device = resolve_device(config.device)
+    split = split_rows(embeddings.shape[0], config.val_fraction, config.seed)
+    x_train = prepare_rows(embeddings, split.train, config.normalize, device)  # (M_train, D)
+    n_train, d_in = x_train.shape
+
+    model = build_model(config, d_in).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))
+    generator = torch.Generator().manual_seed(config.seed)  # batch order, CPU so devices agree
+    history: list[dict] = []
+    start_epoch = 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator)
+
+    steps_per_epoch = -(-n_train // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    step = start_epoch * steps_per_epoch
+    fired = torch.zeros(config.n_bits, device=device)  # firing counts this epoch
+    result = TrainResult(model, config, split, history, start_epoch, device=device)
+    model.train()
+    started, samples = time.perf_counter(), 0
+    for epoch in range(start_epoch, config.epochs):
+        order = torch.randperm(n_train, generator=generator).to(device)
+        fired.zero_()
+        for begin in range(0, n_train, config.batch_size):
+            if should_stop is not None and should_stop():
+                result.cancelled = True
+                model.eval()
+                return result
+            x = x_train[order[begin : begin + config.batch_size]]  # (B, D)
+            loss, rec, sp, out = training_loss(model, config, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            fired += out.hard.sum(dim=0)
+            step += 1
+            samples += x.shape[0]
+            last_of_epoch = begin + config.batch_size >= n_train
+            if step % config.log_every == 0 or last_of_epoch:
+                elapsed = time.perf_counter() - started
+                event = {
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "total_steps": total_steps,
+                    "loss": loss.item(),
+                    "rec_loss": rec.item(),
+                    "sp_loss": sp.item(),
+                    "active_mean": out.hard.sum(dim=1).mean().item(),
+                    "dead_bits": int((fired == 0).sum().item()),
+                    "samples_per_s": samples / max(elapsed, 1e-9),
+                    "elapsed_s": elapsed,
+                    "epoch_end": last_of_epoch,
+                }
+                history.append(event)
+                if progress is not None:
+                    progress(event)
+        result.epochs_done = epoch + 1
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, optimizer, generator, epoch + 1, history)
+    model.eval()
+    return result
+
+
+def _fast_adam(device: str) -> dict:
+    # The fused kernel does the whole update in one pass; CPU and CUDA have it.
+    return {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
+
+
+def save_checkpoint(
+    path: Path,
+    model: BinaryAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    epoch: int,
+    history: list[dict],
+) -> None:
+    """Write model, optimizer moments and random states as safetensors (no pickle).
+
+    Written to a temporary name and renamed, so a kill mid-write leaves the
+    previous checkpoint intact.
+    """
+    tensors = {f"model.{name}": value.detach().cpu() for name, value in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    for index, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1)
+    tensors["rng.batch_order"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "epoch": json.dumps(epoch),
+        "history": json.dumps(history),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
+    }
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    save_file({name: value.contiguous() for name, value in tensors.items()}, str(partial), metadata=meta)
+    partial.replace(path)
+
+
+def load_checkpoint(
+    path: Path, model: BinaryAutoencoder, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> tuple[int, list[dict]]:
+    """Restore what save_checkpoint wrote; return (epochs done, history)."""
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    tensors = load_file(str(path))
+    device = next(model.parameters()).device
+    model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
+    state: dict[int, dict] = {}
+    reference = optimizer.state_dict()
+    params = [p for group in reference["param_groups"] for p in group["params"]]
+    shapes = dict(zip(params, (p.shape for p in model.parameters()), strict=True))
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            index = int(index)
+            value = value.reshape(()) if key == "step" else value.reshape(shapes[index])
+            state.setdefault(index, {})[key] = value if key == "step" else value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    generator.set_state(tensors["rng.batch_order"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return json.loads(meta["epoch"]), json.loads(meta["history"])
