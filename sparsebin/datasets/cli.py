@@ -1,0 +1,111 @@
+"""The `build-data` and `import-data` subcommands, added to the main parser by sparsebin.cli.
+
+Also runnable alone (`python -m sparsebin.datasets.cli build-data hpo`), which is how
+`start_build` launches background builds.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from sparsebin.datasets.builtin import BUILTIN_DATASETS, build_dataset
+from sparsebin.datasets.importing import DEFAULT_MAX_BYTES, import_dataset
+from sparsebin.datasets.status import progress_writer, write_status
+from sparsebin.datasets.store import META_FILE, DataError
+
+
+def add_commands(subparsers) -> None:
+    """Add build-data and import-data to an argparse subparsers object."""
+    build = subparsers.add_parser(
+        "build-data", help="build a built-in dataset (HPO, ICD-10-CM) offline"
+    )
+    build.add_argument("name", choices=[*BUILTIN_DATASETS, "all"])
+    build.add_argument(
+        "--force", action="store_true", help="rebuild even if already built"
+    )
+    build.add_argument(
+        "--limit", type=int, default=None, help="build an evenly spread sample"
+    )
+    build.set_defaults(func=run_build)
+
+    imported = subparsers.add_parser("import-data", help="import your own embeddings")
+    imported.add_argument("file", help="embeddings: .npy, .npz, .parquet or .csv")
+    imported.add_argument(
+        "--labels", default=None, help="labels: .csv or .parquet with id, name"
+    )
+    imported.add_argument(
+        "--name", required=True, help="dataset name (a safe folder name)"
+    )
+    imported.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    imported.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset of that name"
+    )
+    imported.set_defaults(func=run_import)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Build one or all built-in datasets, with a progress bar and a status file."""
+    names = BUILTIN_DATASETS if args.name == "all" else (args.name,)
+    for name in names:
+        code = build_one(name, force=args.force, limit=args.limit)
+        if code:
+            return code
+    return 0
+
+
+def build_one(name: str, *, force: bool, limit: int | None) -> int:
+    """Build one dataset, reporting to the terminal and to the status file."""
+    write_status(name, state="running", done=0, total=0, error=None, pid=os.getpid())
+    record = progress_writer(name)
+    with tqdm(desc=f"build {name}", unit="name", total=0) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            record(done, total)
+
+        try:
+            folder = build_dataset(name, force=force, limit=limit, progress=progress)
+        except DataError as error:
+            write_status(name, state="failed", error=str(error))
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except BaseException as error:
+            write_status(name, state="failed", error=f"{type(error).__name__}: {error}")
+            raise
+    count = json.loads((folder / META_FILE).read_text())["count"]
+    write_status(name, state="done", done=count, total=count, error=None)
+    print(f"{name}: {count} concepts in {folder}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Import a user's embeddings file; a validation fault exits with status 2."""
+    try:
+        folder = import_dataset(
+            args.file,
+            name=args.name,
+            labels_file=args.labels,
+            max_bytes=args.max_bytes,
+            overwrite=args.overwrite,
+        )
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: {folder}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparsebin.datasets.cli")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

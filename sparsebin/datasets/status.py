@@ -1,0 +1,123 @@
+"""Background builds: a detached build process and the small JSON file it reports through.
+
+The app cannot hold a build in its own process (a page reload would lose it), so it
+starts `build-data` as a separate session and polls `<data_dir>/.builds/<name>.json`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sparsebin import paths
+from sparsebin.datasets.store import check_name, resolve_data_dir
+
+STATUS_FOLDER = ".builds"
+_MIN_WRITE_INTERVAL = (
+    0.5  # seconds between progress writes; the app polls about once a second
+)
+
+
+def status_path(name: str, data_dir: Path | None = None) -> Path:
+    return resolve_data_dir(data_dir) / STATUS_FOLDER / f"{check_name(name)}.json"
+
+
+def write_status(name: str, data_dir: Path | None = None, **fields) -> None:
+    """Merge fields into the build's status file, replacing it atomically."""
+    path = status_path(name, data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    status = _read(path) or {"name": name, "done": 0, "total": 0, "error": None}
+    status.update(fields, updated=time.time())
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(status))
+    os.replace(temporary, path)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    """True while pid runs; reaps it first if it is our own finished child."""
+    if pid <= 0:
+        return False
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_status(name: str, data_dir: Path | None = None) -> dict | None:
+    """The last reported state of a build, or None when none was ever started.
+
+    A build marked running whose process has died (killed, machine restarted) reads
+    as failed, so the app can offer to start it again.
+    """
+    status = _read(status_path(name, data_dir))
+    if status is None:
+        return None
+    if status.get("state") == "running" and not _process_alive(
+        int(status.get("pid", -1))
+    ):
+        status.update(
+            state="failed", error=status.get("error") or "the build process stopped"
+        )
+    return status
+
+
+def progress_writer(name: str, data_dir: Path | None = None):
+    """A (done, total) callback that records progress, at most twice a second."""
+    last_write = 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last_write
+        if done < total and time.monotonic() - last_write < _MIN_WRITE_INTERVAL:
+            return
+        last_write = time.monotonic()
+        write_status(
+            name, data_dir, state="running", done=done, total=total, pid=os.getpid()
+        )
+
+    return report
+
+
+def start_build(name: str, data_dir: Path | None = None) -> None:
+    """Start `build-data name` as a detached process, unless one is already running.
+
+    The process outlives the caller (its own session), logs to .builds/<name>.log and
+    reports through the status file read by `build_status`.
+    """
+    current = build_status(name, data_dir)
+    if current is not None and current.get("state") == "running":
+        return
+    root = resolve_data_dir(data_dir)
+    log_path = status_path(name, data_dir).with_suffix(".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "SPARSEBIN_DATA": str(root), "HF_HUB_OFFLINE": "1"}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name],
+            cwd=paths.PROJECT_DIR,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    write_status(
+        name, data_dir, state="running", done=0, total=0, error=None, pid=process.pid
+    )
