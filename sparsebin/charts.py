@@ -1,0 +1,208 @@
+"""Plotly figure builders: plain data in, `plotly.graph_objects.Figure` out.
+
+The app renders these figures; tests read their traces. Every builder takes
+labelled series (a dict from run label to values, or a DataFrame) so it
+knows nothing about runs, stores or Streamlit.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+_LAYOUT = {"margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "legend": {"orientation": "h", "y": -0.2}}
+
+
+def _figure(title: str, x_title: str, y_title: str) -> go.Figure:
+    figure = go.Figure()
+    figure.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **_LAYOUT)
+    return figure
+
+
+def training_curves(histories: Mapping[str, Sequence[dict]], metric: str = "loss") -> go.Figure:
+    """One line per run: `metric` of each logged history event against its step."""
+    figure = _figure(f"{metric} while training", "step", metric)
+    for label, events in histories.items():
+        points = [(event["step"], event[metric]) for event in events if event.get(metric) is not None]
+        steps, values = zip(*points) if points else ((), ())
+        figure.add_trace(go.Scatter(x=list(steps), y=list(values), mode="lines", name=label))
+    return figure
+
+
+def live_curves(events: Sequence[dict], k: int | None = None) -> go.Figure:
+    """A running job's loss and active bits per concept, side by side, against the step."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "active bits per concept"))
+    steps = [event["step"] for event in events]
+    for column, (name, values) in enumerate(
+        (
+            ("loss", [event.get("loss") for event in events]),
+            ("active_mean", [event.get("active_mean") for event in events]),
+        ),
+        start=1,
+    ):
+        figure.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=name, showlegend=False), row=1, col=column)
+    if k is not None:
+        figure.add_hline(y=k, line_dash="dot", annotation_text=f"K={k}", row=1, col=2)
+    figure.update_layout(height=260, margin={"l": 40, "r": 10, "t": 30, "b": 30})
+    return figure
+
+
+def active_histograms(histograms: Mapping[str, Sequence[int]], k: int | None = None) -> go.Figure:
+    """Overlaid share of concepts with i active bits, one trace per run (the sparsity histogram).
+
+    Each histogram is a list whose entry i counts concepts with i active bits;
+    shares rather than counts let runs on different datasets overlay.
+    """
+    figure = _figure("Active bits per concept", "active bits", "share of concepts")
+    for label, counts in histograms.items():
+        counts = np.asarray(counts, dtype=float)
+        share = counts / counts.sum() if counts.sum() else counts
+        figure.add_trace(go.Bar(x=np.arange(len(counts)), y=share, name=label, opacity=0.6))
+    if k is not None:
+        figure.add_vline(x=k, line_dash="dot", annotation_text=f"K={k}")
+    figure.update_layout(barmode="overlay")
+    return figure
+
+
+def firing_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]]) -> go.Figure:
+    """Overlaid log10 firing-frequency histograms ({"edges", "counts"} per run); dead bits are not in them."""
+    figure = _figure("Firing frequency of live bits", "log10 firing frequency", "bits")
+    for label, histogram in histograms.items():
+        edges = np.asarray(histogram["edges"], dtype=float)
+        centres = (edges[:-1] + edges[1:]) / 2
+        figure.add_trace(go.Bar(x=centres, y=histogram["counts"], name=label, opacity=0.6))
+    figure.update_layout(barmode="overlay")
+    return figure
+
+
+def dead_dense_bars(runs: pd.DataFrame) -> go.Figure:
+    """Dead and dense bit counts side by side per run (columns label, dead_bits, dense_bits)."""
+    figure = _figure("Dead and dense bits", "run", "bits")
+    for column, name in (("dead_bits", "dead (never fire)"), ("dense_bits", "dense (fire for over half)")):
+        figure.add_trace(go.Bar(x=runs["label"], y=runs[column], name=name))
+    figure.update_layout(barmode="group")
+    return figure
+
+
+def recon_vs_active(runs: pd.DataFrame) -> go.Figure:
+    """One point per run: validation reconstruction loss against mean active bits."""
+    figure = _figure("Reconstruction against sparsity", "active bits per concept (mean)", "recon loss (cosine)")
+    figure.add_trace(
+        go.Scatter(
+            x=runs["active_mean"],
+            y=runs["recon_loss"],
+            mode="markers+text",
+            text=runs["label"],
+            textposition="top center",
+            marker={"size": 10},
+            name="runs",
+        )
+    )
+    return figure
+
+
+def grid_axes(runs: pd.DataFrame, candidates: Sequence[str]) -> list[str]:
+    """The settings that vary across the runs, in `candidates` order (the axes of a grid)."""
+    return [name for name in candidates if name in runs and runs[name].nunique(dropna=True) > 1]
+
+
+def grid_heatmap(runs: pd.DataFrame, x: str, y: str, metric: str) -> go.Figure:
+    """A heatmap of `metric` over two settings (mean over runs sharing a cell)."""
+    table = runs.pivot_table(index=y, columns=x, values=metric, aggfunc="mean").sort_index().sort_index(axis=1)
+    figure = _figure(f"{metric} over {y} x {x}", x, y)
+    figure.add_trace(
+        go.Heatmap(
+            z=table.to_numpy(),
+            x=[str(value) for value in table.columns],
+            y=[str(value) for value in table.index],
+            text=np.round(table.to_numpy(), 4),
+            texttemplate="%{text}",
+            colorscale="Viridis",
+            colorbar={"title": metric},
+        )
+    )
+    figure.update_xaxes(type="category")
+    figure.update_yaxes(type="category")
+    return figure
+
+
+def enrichment_chart(enrichment: pd.DataFrame, top: int = 12) -> go.Figure:
+    """Categories where a bit fires most often relative to their base rate (lift), largest first."""
+    table = enrichment.sort_values("lift", ascending=False).head(top).iloc[::-1]
+    figure = _figure("Categories the bit fires for", "lift (precision / base rate)", "")
+    figure.add_trace(
+        go.Bar(
+            x=table["lift"],
+            y=table["category"].astype(str),
+            orientation="h",
+            customdata=np.stack([table["precision"], table["recall"], table["n_active_in_category"]], axis=1),
+            hovertemplate="%{y}<br>lift %{x:.2f}<br>precision %{customdata[0]:.2f}"
+            "<br>recall %{customdata[1]:.2f}<br>concepts %{customdata[2]}<extra></extra>",
+        )
+    )
+    figure.update_layout(height=max(240, 28 * len(table) + 80))
+    return figure
+
+
+def sigmoid_histogram(histogram: Mapping[str, Sequence[float]]) -> go.Figure:
+    """How a bit's sigmoid value is spread over all concepts; the bit fires above 0.5."""
+    edges = np.asarray(histogram["edges"], dtype=float)
+    figure = _figure("Sigmoid value over all concepts", "sigmoid(u)", "concepts")
+    figure.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=histogram["counts"], name="concepts"))
+    figure.add_vline(x=0.5, line_dash="dot", annotation_text="fires")
+    figure.update_yaxes(type="log")
+    return figure
+
+
+def concept_map(points: pd.DataFrame, color: str, *, continuous: bool) -> go.Figure:
+    """A 2-D map (columns x, y, name, id and `color`); hover shows the concept.
+
+    Categorical colours get one trace per value (a clickable legend); a
+    continuous colour (active-bit count, a bit's value) gets one trace and a scale.
+    """
+    figure = go.Figure()
+    hover = "%{customdata[0]}<br>%{customdata[1]}<extra></extra>"
+    if continuous:
+        figure.add_trace(
+            go.Scattergl(
+                x=points["x"],
+                y=points["y"],
+                mode="markers",
+                marker={"size": 3, "color": points[color], "colorscale": "Viridis", "colorbar": {"title": color}},
+                customdata=points[["name", "id"]].to_numpy(),
+                hovertemplate=hover,
+                name=color,
+            )
+        )
+    else:
+        for value, group in points.groupby(color, sort=True):
+            figure.add_trace(
+                go.Scattergl(
+                    x=group["x"],
+                    y=group["y"],
+                    mode="markers",
+                    marker={"size": 3},
+                    customdata=group[["name", "id"]].to_numpy(),
+                    hovertemplate=hover,
+                    name=str(value)[:40],
+                )
+            )
+    figure.update_layout(
+        height=650, xaxis={"visible": False}, yaxis={"visible": False}, margin={"l": 0, "r": 0, "t": 10, "b": 0}
+    )
+    return figure
+
+
+def depth_chart(per_depth: pd.DataFrame) -> go.Figure:
+    """Mean active bits per concept at each ontology depth, one line per source."""
+    figure = _figure("Active bits by ontology depth", "depth", "active bits (mean)")
+    for source, group in per_depth.groupby("source", sort=True):
+        group = group.sort_values("depth")
+        figure.add_trace(
+            go.Scatter(
+                x=group["depth"], y=group["mean_active"], mode="lines+markers", name=str(source), text=group["n"]
+            )
+        )
+    return figure

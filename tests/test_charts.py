@@ -1,0 +1,88 @@
+"""Chart builders: the figure holds the data it was given, one trace per run."""
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from sparsebin import charts
+
+
+def test_training_curves_one_line_per_run():
+    histories = {
+        "a": [{"step": 0, "loss": 1.0}, {"step": 50, "loss": 0.5}],
+        "b": [{"step": 0, "loss": 0.9}],
+    }
+    figure = charts.training_curves(histories, "loss")
+    assert isinstance(figure, go.Figure)
+    assert [trace.name for trace in figure.data] == ["a", "b"]
+    assert list(figure.data[0].y) == [1.0, 0.5]
+
+
+def test_active_histograms_are_shares():
+    figure = charts.active_histograms({"run": [0, 2, 6, 2]}, k=2)
+    assert list(figure.data[0].y) == [0.0, 0.2, 0.6, 0.2]
+
+
+def test_firing_histogram_uses_bin_centres():
+    figure = charts.firing_histograms({"run": {"edges": [-2.0, -1.0, 0.0], "counts": [3, 4]}})
+    assert list(figure.data[0].x) == [-1.5, -0.5]
+    assert list(figure.data[0].y) == [3, 4]
+
+
+def test_grid_heatmap_pivots_two_settings():
+    runs = pd.DataFrame(
+        {"n_bits": [64, 64, 128, 128], "k": [4, 8, 4, 8], "recon_loss": [0.4, 0.3, 0.35, 0.2], "loss": ["cosine"] * 4}
+    )
+    assert charts.grid_axes(runs, ["n_bits", "k", "loss"]) == ["n_bits", "k"]
+    figure = charts.grid_heatmap(runs, "n_bits", "k", "recon_loss")
+    heat = figure.data[0]
+    assert list(heat.x) == ["64", "128"] and list(heat.y) == ["4", "8"]
+    assert heat.z.tolist() == [[0.4, 0.35], [0.3, 0.2]]
+
+
+def test_recon_vs_active_one_point_per_run():
+    runs = pd.DataFrame({"label": ["a", "b"], "active_mean": [4.0, 8.0], "recon_loss": [0.3, 0.2]})
+    figure = charts.recon_vs_active(runs)
+    assert list(figure.data[0].x) == [4.0, 8.0] and list(figure.data[0].text) == ["a", "b"]
+
+
+def test_dead_dense_bars_and_enrichment():
+    runs = pd.DataFrame({"label": ["a"], "dead_bits": [3], "dense_bits": [1]})
+    assert [list(trace.y) for trace in charts.dead_dense_bars(runs).data] == [[3], [1]]
+    enrichment = pd.DataFrame(
+        {
+            "category": ["eye", "ear"],
+            "lift": [5.0, 1.0],
+            "precision": [0.5, 0.1],
+            "recall": [0.4, 0.1],
+            "n_active_in_category": [10, 2],
+        }
+    )
+    bars = charts.enrichment_chart(enrichment).data[0]
+    assert list(bars.y) == ["ear", "eye"]  # largest lift drawn at the top
+
+
+def test_concept_map_categorical_and_continuous():
+    points = pd.DataFrame(
+        {
+            "x": [0.0, 1.0, 2.0],
+            "y": [0.0, 1.0, 0.5],
+            "id": ["a", "b", "c"],
+            "name": ["A", "B", "C"],
+            "category": ["eye", "ear", "eye"],
+            "active": [3, 5, 4],
+        }
+    )
+    assert sorted(trace.name for trace in charts.concept_map(points, "category", continuous=False).data) == [
+        "ear",
+        "eye",
+    ]
+    continuous = charts.concept_map(points, "active", continuous=True).data
+    assert len(continuous) == 1 and list(continuous[0].marker.color) == [3, 5, 4]
+
+
+def test_live_curves_and_sigmoid_histogram():
+    events = [{"step": 0, "loss": 1.0, "active_mean": 10.0}, {"step": 10, "loss": 0.8, "active_mean": 6.0}]
+    figure = charts.live_curves(events, k=4)
+    assert [list(trace.y) for trace in figure.data] == [[1.0, 0.8], [10.0, 6.0]]
+    histogram = charts.sigmoid_histogram({"edges": [0.0, 0.5, 1.0], "counts": [9, 1]})
+    assert list(histogram.data[0].x) == [0.25, 0.75]

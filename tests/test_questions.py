@@ -1,0 +1,107 @@
+"""METHOD.md's questions answered in sentences that carry the runs' numbers."""
+
+import math
+
+import pandas as pd
+
+from sparsebin.questions import answer_questions, answer_storage
+
+
+def runs_table() -> pd.DataFrame:
+    base = {
+        "n_bits": 64,
+        "k": 4,
+        "label": "",
+        "active_std": 1.5,
+        "soft_recon_loss": 0.2,
+        "bits_index_list": 24.0,
+        "recall_at_10_jaccard": 0.4,
+        "recall_at_10_hamming": 0.3,
+    }
+    rows = [
+        {
+            "loss": "cosine",
+            "rounding": "ste",
+            "sparsity": "align",
+            "active_mean": 4.2,
+            "dead_bits": 0,
+            "recon_loss": 0.30,
+        },
+        {
+            "loss": "mse",
+            "rounding": "ste",
+            "sparsity": "align",
+            "active_mean": 4.0,
+            "dead_bits": 16,
+            "recon_loss": 0.40,
+        },
+        {
+            "loss": "cosine",
+            "rounding": "none",
+            "sparsity": "align",
+            "active_mean": 5.5,
+            "dead_bits": 2,
+            "recon_loss": 0.55,
+        },
+        {
+            "loss": "cosine",
+            "rounding": "ste",
+            "sparsity": "hard-topk",
+            "active_mean": 4.0,
+            "dead_bits": 30,
+            "recon_loss": 0.25,
+        },
+        {
+            "loss": "cosine",
+            "rounding": "ste",
+            "sparsity": "align",
+            "active_mean": math.nan,
+            "dead_bits": math.nan,
+            "recon_loss": math.nan,
+        },  # queued: ignored
+    ]
+    return pd.DataFrame([base | row for row in rows])
+
+
+def test_six_answers_with_numbers():
+    answers = answer_questions(runs_table())
+    assert [answer.number for answer in answers] == [1, 2, 3, 4, 5, 6]
+    assert "4.2 ± 1.5 active bits for K=4" in answers[0].answer
+    assert answers[0].answer.startswith("Partly")  # only 1 of 2 cosine-aligned runs is near K
+    assert "mse leaves 16 of 64 bits dead (25.0%)" in answers[1].answer
+    assert "mse leaves more dead bits than cosine" in answers[1].answer
+    assert "none: recon loss 0.550 on the hard bits against 0.200" in answers[2].answer
+    assert "ste reconstructs best and none worst" in answers[2].answer
+    assert "Pick one finished run" in answers[4].answer
+
+
+def test_storage_names_the_sign_baseline_and_missing_baselines():
+    sign = {"bits_bitmap": 384, "compression_bitmap": 32.0, "recall_at_10_hamming": 0.55}
+    text = answer_storage(runs_table().iloc[:4], sign)
+    assert "The sign baseline stores 384 bits per vector (32x smaller than float32) with recall@10 0.550" in text
+    assert "Add runs with sparsity l1" in text
+
+
+def test_depth_and_bit_answers():
+    depth = {
+        "per_depth": pd.DataFrame(
+            {"source": ["hpo", "hpo"], "depth": [1, 5], "mean_active": [3.0, 6.0], "n": [10, 20]}
+        ),
+        "spearman": {"hpo": 0.4},
+        "p_value": {"hpo": 0.001},
+    }
+    bits = pd.DataFrame(
+        {"bit": [0, 1, 2], "n_active": [5, 0, 7], "coherence": [0.9, 0.0, 0.2], "label": ["Eye", "", "Mixed"]}
+    )
+    answers = answer_questions(runs_table(), depth=depth, bits=bits)
+    assert "Spearman rho = 0.40 (p = 0.001): deeper concepts activate more bits" in answers[4].answer
+    assert "3.0 on average at depth 1 against 6.0 at depth 5" in answers[4].answer
+    assert "Of the picked run's 2 live bits, 1 (50%)" in answers[5].answer
+    assert "bit 0, 'Eye'" in answers[5].answer
+
+
+def test_no_runs_says_what_to_select():
+    empty = runs_table().iloc[0:0]
+    answers = answer_questions(empty)
+    assert "No finished run with the cosine alignment" in answers[0].answer
+    assert "Select finished runs that differ in rounding" in answers[2].answer
