@@ -26,7 +26,7 @@ def training_curves(histories: Mapping[str, Sequence[dict]], metric: str = "loss
     figure = _figure(f"{metric} while training", "step", metric)
     for label, events in histories.items():
         points = [(event["step"], event[metric]) for event in events if event.get(metric) is not None]
-        steps, values = zip(*points) if points else ((), ())
+        steps, values = zip(*points, strict=True) if points else ((), ())
         figure.add_trace(go.Scatter(x=list(steps), y=list(values), mode="lines", name=label))
     return figure
 

@@ -60,7 +60,10 @@ def answer_questions(
         answer_depth(depth),
         answer_bit_meaning(bits),
     )
-    return [Answer(number, question, text) for number, (question, text) in enumerate(zip(QUESTIONS, texts), start=1)]
+    return [
+        Answer(number, question, text)
+        for number, (question, text) in enumerate(zip(QUESTIONS, texts, strict=True), start=1)
+    ]
 
 
 def answer_flexibility(runs: pd.DataFrame) -> str:
