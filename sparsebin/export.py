@@ -1,0 +1,78 @@
+"""Export a finished run for use outside sparsebin.
+
+<out>/codes.npy              packed bits (np.packbits), one row per concept
+<out>/encoder.safetensors    encoder weight and bias; the model and config in its metadata
+<out>/metrics.csv            one row per split, scalar metrics only
+<out>/concepts.csv           each concept's active bits, beside its id and name
+<out>/config.json            exactly what was trained
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import save_file
+
+from sparsebin import runfolder
+
+
+def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write the run's codes, encoder, metrics and concept table to `out_dir`; return the paths.
+
+    Every artifact is read (and checked) before anything is written, so a damaged
+    run leaves no half-filled export behind.
+    """
+    run_folder, out_dir = Path(run_folder), Path(out_dir)
+    config = runfolder.load_config(run_folder)
+    metrics = runfolder.load_metrics(run_folder)
+    codes = runfolder.load_codes(run_folder, mmap=True)
+    model = runfolder.load_model(run_folder)
+    if concepts is not None and len(concepts) != len(codes):
+        raise ValueError(
+            f"the concept table has {len(concepts)} rows but run {run_folder.name} has {len(codes)} codes."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {
+        "codes": out_dir / "codes.npy",
+        "encoder": out_dir / "encoder.safetensors",
+        "metrics": out_dir / "metrics.csv",
+        "concepts": out_dir / "concepts.csv",
+        "config": out_dir / "config.json",
+    }
+    shutil.copyfile(run_folder / "codes.npy", written["codes"])
+    encoder = {name: value.detach().cpu().contiguous() for name, value in model.encoder.state_dict().items()}
+    meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
+    save_file(encoder, str(written["encoder"]), metadata=meta)
+    metrics_table(metrics).to_csv(written["metrics"], index=False)
+    concept_table(codes, config.n_bits, concepts).to_csv(written["concepts"], index=False)
+    runfolder.save_json(written["config"], config.to_dict())
+    return written
+
+
+def metrics_table(metrics: dict) -> pd.DataFrame:
+    """One row per split; lists (histograms, firing frequencies) are left out of the CSV."""
+    rows = []
+    for split, values in metrics.items():
+        row = {"split": split}
+        row.update({name: value for name, value in values.items() if name != "split" and _is_scalar(value)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def concept_table(codes: np.ndarray, n_bits: int, concepts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each concept's active bit indices as a space-separated string, with its count."""
+    bits = np.unpackbits(np.asarray(codes), axis=1, count=n_bits)  # (M, N) of 0/1
+    table = pd.DataFrame({"row": np.arange(len(bits))})
+    if concepts is not None:
+        for column in ("id", "name", "source", "category"):
+            if column in concepts:
+                table[column] = concepts[column].to_numpy()
+    table["n_active"] = bits.sum(axis=1)
+    table["bits"] = [" ".join(map(str, np.flatnonzero(row))) for row in bits]
+    return table
+
+
+def _is_scalar(value) -> bool:
+    return isinstance(value, int | float | str | bool) or value is None

@@ -1,0 +1,177 @@
+"""Sub-commands for background training: submit, status, cancel, resume, runs, export, worker."""
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from sparsebin.config import TrainConfig
+from sparsebin.datasets import DataError, load_dataset
+from sparsebin.export import export_run
+from sparsebin.store import Job, Store
+from sparsebin.worker import run_worker, worker_status
+
+# The settings `submit` accepts as lists; more than one value in any makes a grid.
+GRID_OPTIONS = {
+    "n_bits": int,
+    "k": int,
+    "alpha": float,
+    "loss": str,
+    "rounding": str,
+    "sparsity": str,
+    "seed": int,
+}
+SINGLE_OPTIONS = {"epochs": int, "lr": float, "batch_size": int, "device": str, "init": str, "log_every": int}
+RUN_COLUMNS = ["job_id", "run_id", "status", "label", "n_bits", "k", "alpha", "loss", "recon_loss", "active_mean"]
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    submit = subparsers.add_parser("submit", help="queue a training run, or a grid of runs, for the worker")
+    submit.add_argument("dataset", help="dataset name (or folder) to train on")
+    submit.add_argument("--config", type=Path, help="a config.json to start from")
+    submit.add_argument("--label", default="", help="a note shown beside the run")
+    for name, kind in GRID_OPTIONS.items():
+        submit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, nargs="+", help="one or more values")
+    for name, kind in SINGLE_OPTIONS.items():
+        submit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    submit.set_defaults(func=submit_command)
+
+    status = subparsers.add_parser("status", help="show queued and recent jobs, or one job in full")
+    status.add_argument("job", nargs="?", type=int, help="a job id for its details and error")
+    status.add_argument("--limit", type=int, default=20)
+    status.set_defaults(func=status_command)
+
+    for name, action, text in (
+        ("cancel", "cancel", "cancel queued or running jobs"),
+        ("resume", "resume", "requeue interrupted, failed or cancelled jobs from their checkpoints"),
+    ):
+        parser = subparsers.add_parser(name, help=text)
+        parser.add_argument("jobs", nargs="+", type=int, metavar="JOB")
+        parser.set_defaults(func=lambda args, action=action: change_command(args, action))
+
+    runs = subparsers.add_parser("runs", help="a table of runs with their key validation metrics")
+    runs.add_argument("--dataset", help="only runs on this dataset")
+    runs.set_defaults(func=runs_command)
+
+    export = subparsers.add_parser("export", help="write a run's codes, encoder, metrics and concept table")
+    export.add_argument("run", help="run id (see `runs`)")
+    export.add_argument("--out", type=Path, help="output folder (default: ./export-RUN)")
+    export.set_defaults(func=export_command)
+
+    worker = subparsers.add_parser("worker", help="train queued jobs in this process until stopped")
+    worker.add_argument("--device", help="device for jobs whose config says auto (default: best present)")
+    worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--max-jobs", type=int)
+    worker.add_argument("--idle-sleep", type=float, default=1.0, help="seconds between looks at an empty queue")
+    worker.add_argument(
+        "--stale-after", type=float, default=30.0, help="seconds without a heartbeat before a job is interrupted"
+    )
+    worker.add_argument("--progress-every", type=float, default=2.0, help="seconds between progress writes")
+    worker.add_argument("--single", action="store_true", help="exit if another single worker serves the device")
+    worker.set_defaults(func=worker_command)
+
+
+def submit_command(args: argparse.Namespace) -> int:
+    base = TrainConfig.from_json(args.config.read_text()) if args.config else TrainConfig()
+    base = base.replace(**{name: getattr(args, name) for name in SINGLE_OPTIONS if getattr(args, name) is not None})
+    lists = {name: getattr(args, name) for name in GRID_OPTIONS if getattr(args, name) is not None}
+    store = Store()
+    if any(len(values) > 1 for values in lists.values()):
+        jobs = store.submit_grid(args.dataset, base, lists)
+    else:
+        single = base.replace(**{name: values[0] for name, values in lists.items()})
+        jobs = [store.submit(args.dataset, single, args.label)]
+    for job in jobs:
+        print(f"queued job {job.id}  run {job.run_id}  {job.label}".rstrip())
+    if worker_status() is None:
+        print("no worker is running; start one with `python -m sparsebin worker`.")
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    store = Store()
+    if args.job is not None:
+        print(describe_job(store.job(args.job)))
+        return 0
+    worker = worker_status()
+    print(f"worker: pid {worker['pid']} on {worker['device']}" if worker else "worker: none running")
+    for job in store.jobs(limit=args.limit):
+        print(job_line(job))
+    return 0
+
+
+def job_line(job: Job) -> str:
+    line = f"{job.id:>5}  {job.status.name.lower():<11}  {job.run_id}  {job.label}"
+    if job.progress:
+        progress = job.progress
+        eta = progress.get("eta_s")
+        line += f"  epoch {progress['epoch']}/{job.config.epochs}  step {progress['step']}/{progress['total_steps']}"
+        line += f"  loss {progress['loss']:.4f}" + (f"  eta {eta:.0f} s" if eta is not None else "")
+    if job.error:
+        line += f"  ({job.error})"
+    return line
+
+
+def describe_job(job: Job) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
+    lines = [
+        f"job {job.id}: {job.status.name.lower()}",
+        f"run: {job.run_id}",
+        f"dataset: {job.dataset}",
+        f"submitted: {started}",
+        f"config: {json.dumps(job.config.to_dict())}",
+    ]
+    if job.progress:
+        lines.append(f"progress: {json.dumps(job.progress)}")
+    if job.error:
+        lines.append(f"error: {job.error}")
+    if job.traceback:
+        lines.append(job.traceback.rstrip())
+    return "\n".join(lines)
+
+
+def change_command(args: argparse.Namespace, action: str) -> int:
+    store = Store()
+    for job_id in args.jobs:
+        job = getattr(store, action)(job_id)
+        state = "cancel requested" if job.cancel_requested else job.status.name.lower()
+        print(f"job {job.id}: {state}")
+    return 0
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    table = Store().list_runs(args.dataset)
+    if table.empty:
+        print("no runs yet.")
+    else:
+        print(table[RUN_COLUMNS].to_string(index=False))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    store = Store()
+    job = store.job_for_run(args.run)
+    try:
+        concepts = load_dataset(job.dataset).concepts
+    except DataError as error:
+        print(f"warning: exporting without concept names: {error}")
+        concepts = None
+    out_dir = args.out or Path(f"export-{job.run_id}")
+    for kind, path in export_run(store.run_folder(job.run_id), out_dir, concepts).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_worker(
+        device=args.device,
+        once=args.once,
+        idle_sleep=args.idle_sleep,
+        stale_after=args.stale_after,
+        max_jobs=args.max_jobs,
+        progress_every=args.progress_every,
+        single=args.single,
+    )
+    return 0

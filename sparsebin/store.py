@@ -1,0 +1,456 @@
+"""The job queue and run registry: one SQLite file in WAL mode plus a folder per run.
+
+    <home>/sparsebin.db        jobs (one per run), training progress, live workers
+    <home>/runs/<run_id>/      what run_experiment writes, plus the checkpoint
+
+Pages only enqueue; a worker claims a job with an atomic `UPDATE ... RETURNING`
+inside `BEGIN IMMEDIATE`, so two workers never take the same job. Every thread
+gets its own connection, because a SQLite connection must not cross threads.
+"""
+
+import enum
+import itertools
+import json
+import math
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from sparsebin import paths
+from sparsebin.config import ConfigError, TrainConfig
+from sparsebin.datasets import load_dataset
+
+DATABASE = "sparsebin.db"
+RUNS = "runs"
+
+# The validation metrics list_runs shows for a finished run; copied into the
+# database when a job ends, so listing runs never opens a run folder.
+SUMMARY_METRICS = (
+    "recon_loss",
+    "fixed_topk_recon_loss",
+    "soft_recon_loss",
+    "active_mean",
+    "active_std",
+    "dead_bits",
+    "dense_bits",
+    "topk_overlap",
+    "recall_at_10_hamming",
+    "recall_at_10_jaccard",
+    "bits_index_list",
+)
+CONFIG_COLUMNS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed", "epochs", "lr")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    dataset TEXT NOT NULL,
+    config TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    status INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    heartbeat_at REAL,
+    progress TEXT,
+    error TEXT,
+    traceback TEXT,
+    worker TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    summary TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+CREATE TABLE IF NOT EXISTS progress (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    device TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    job_id INTEGER,
+    stopped_at REAL
+);
+"""
+
+
+class Status(enum.IntEnum):
+    QUEUED = 0
+    RUNNING = 1
+    DONE = 2
+    FAILED = 3
+    CANCELLED = 4
+    INTERRUPTED = 5
+
+
+FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
+RESUMABLE = (Status.INTERRUPTED, Status.FAILED, Status.CANCELLED)
+
+
+class JobError(ValueError):
+    """A job does not exist, or cannot make the change asked of it in its state."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    run_id: str
+    dataset: str
+    config: TrainConfig
+    status: Status
+    label: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    heartbeat_at: float | None
+    progress: dict | None  # the last progress event, plus "eta_s"
+    error: str | None  # one-line reason of a failure or interruption
+    traceback: str | None
+    worker: str | None  # "host:pid" of the worker that claimed it last
+    cancel_requested: bool
+    attempts: int = 0  # times a worker has claimed it; 1 for a run never resumed
+
+
+def expand_grid(base: TrainConfig, grid: dict[str, list]) -> list[TrainConfig]:
+    """Every combination of the listed values, each once, in the order given.
+
+    Repeated values in one list are dropped, so `k=[4, 4]` is a single run.
+    """
+    known = {field.name for field in fields(TrainConfig)}
+    for name in grid:
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r} in the grid; known settings are {', '.join(sorted(known))}.")
+    names = list(grid)
+    choices = [list(dict.fromkeys(_as_list(grid[name]))) for name in names]
+    for name, values in zip(names, choices, strict=True):
+        if not values:
+            raise ConfigError(f"the grid lists no values for {name}.")
+    return [base.replace(**dict(zip(names, combination, strict=True))) for combination in itertools.product(*choices)]
+
+
+def _as_list(values) -> list:
+    return list(values) if isinstance(values, list | tuple) else [values]
+
+
+class Store:
+    """Jobs, runs and their training history under one home folder."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home) if home is not None else paths.home_dir()
+        self.runs_dir = self.home / RUNS
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / DATABASE
+        self._local = threading.local()
+        with self.transaction() as connection:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+
+    # -- connections ---------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA busy_timeout = 60000")
+            connection.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode loses at most the last commits on power loss, never consistency.
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        """Close this thread's connection (others close their own)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock at once (BEGIN IMMEDIATE)."""
+        connection = self.connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    # -- submitting ----------------------------------------------------------
+
+    def submit(self, dataset: str, config: TrainConfig, label: str = "") -> Job:
+        """Queue one training run, after checking the config against the dataset."""
+        return self.submit_many(dataset, [config], [label])[0]
+
+    def submit_grid(self, dataset: str, base: TrainConfig, grid: dict[str, list]) -> list[Job]:
+        """Queue one run per combination of the grid; all are checked before any is queued."""
+        configs = expand_grid(base, grid)
+        labels = [" ".join(f"{name}={getattr(config, name)}" for name in grid) for config in configs]
+        return self.submit_many(dataset, configs, labels)
+
+    def submit_many(self, dataset: str, configs: list[TrainConfig], labels: list[str]) -> list[Job]:
+        n_rows = load_dataset(dataset).embeddings.shape[0]  # DataError names what is missing
+        for config in configs:
+            config.validate(n_rows=n_rows)
+        now = time.time()
+        ids = []
+        with self.transaction() as connection:
+            for config, label in zip(configs, labels, strict=True):
+                cursor = connection.execute(
+                    "INSERT INTO jobs (run_id, dataset, config, label, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (new_run_id(), str(dataset), config.to_json(), label, Status.QUEUED, now),
+                )
+                ids.append(cursor.lastrowid)
+        return [self.job(job_id) for job_id in ids]
+
+    # -- reading -------------------------------------------------------------
+
+    def job(self, job_id: int) -> Job:
+        row = self.connection().execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        if row is None:
+            raise JobError(f"there is no job {job_id}.")
+        return job_from_row(row)
+
+    def job_for_run(self, run_id: str) -> Job:
+        row = self.connection().execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise JobError(f"there is no run {run_id!r}.")
+        return job_from_row(row)
+
+    def jobs(self, statuses: Iterable[Status] | None = None, limit: int | None = None) -> list[Job]:
+        """Jobs, newest first, optionally only those in the given statuses."""
+        query, values = "SELECT * FROM jobs", []
+        if statuses is not None:
+            statuses = [int(status) for status in statuses]
+            query += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            values += statuses
+        query += " ORDER BY id DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            values.append(int(limit))
+        return [job_from_row(row) for row in self.connection().execute(query, values)]
+
+    def run_folder(self, run_id: str) -> Path:
+        if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
+            raise JobError(f"{run_id!r} is not a run id.")
+        return self.runs_dir / run_id
+
+    def history(self, run_id: str) -> list[dict]:
+        """The progress events recorded so far, in step order (live while running)."""
+        rows = self.connection().execute("SELECT event FROM progress WHERE run_id = ? ORDER BY step", (run_id,))
+        return [json.loads(row["event"]) for row in rows]
+
+    def list_runs(self, dataset: str | None = None) -> pd.DataFrame:
+        """One row per job with its settings and, once done, its key validation metrics."""
+        rows = []
+        for job in self.jobs():
+            if dataset is not None and job.dataset != dataset:
+                continue
+            row = {
+                "run_id": job.run_id,
+                "job_id": job.id,
+                "dataset": job.dataset,
+                "status": job.status.name.lower(),
+                "label": job.label,
+                "created_at": job.created_at,
+            }
+            row.update({name: getattr(job.config, name) for name in CONFIG_COLUMNS})
+            summary = self._summary(job.id) if job.status == Status.DONE else {}
+            row.update({name: summary.get(name, math.nan) for name in SUMMARY_METRICS})
+            rows.append(row)
+        columns = ["run_id", "job_id", "dataset", "status", "label", "created_at", *CONFIG_COLUMNS, *SUMMARY_METRICS]
+        return pd.DataFrame(rows, columns=columns)
+
+    def _summary(self, job_id: int) -> dict:
+        row = self.connection().execute("SELECT summary FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return json.loads(row["summary"]) if row and row["summary"] else {}
+
+    # -- user actions --------------------------------------------------------
+
+    def cancel(self, job_id: int) -> Job:
+        """A queued job is cancelled at once; a running one stops at its next step."""
+        with self.transaction() as connection:
+            job = self._locked_job(connection, job_id)
+            if job.status == Status.QUEUED:
+                connection.execute(
+                    "UPDATE jobs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                    (Status.CANCELLED, time.time(), "cancelled before it started.", job.id),
+                )
+            elif job.status == Status.RUNNING:
+                connection.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job.id,))
+            else:
+                raise JobError(
+                    f"job {job.id} is {job.status.name.lower()}; only queued or running jobs can be cancelled."
+                )
+        return self.job(job_id)
+
+    def resume(self, job_id: int) -> Job:
+        """Queue an interrupted, failed or cancelled job again; it continues from its checkpoint."""
+        with self.transaction() as connection:
+            job = self._locked_job(connection, job_id)
+            if job.status not in RESUMABLE:
+                raise JobError(
+                    f"job {job.id} is {job.status.name.lower()}; "
+                    "only interrupted, failed or cancelled jobs can be resumed."
+                )
+            connection.execute(
+                "UPDATE jobs SET status = ?, cancel_requested = 0, error = NULL, traceback = NULL, "
+                "started_at = NULL, finished_at = NULL WHERE id = ?",
+                (Status.QUEUED, job.id),
+            )
+        return self.job(job_id)
+
+    def _locked_job(self, connection: sqlite3.Connection, job_id: int) -> Job:
+        row = connection.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        if row is None:
+            raise JobError(f"there is no job {job_id}.")
+        return job_from_row(row)
+
+    # -- worker side ---------------------------------------------------------
+
+    def claim(self, worker: str) -> Job | None:
+        """Atomically take the oldest queued job for `worker`, or None if none is queued."""
+        now = time.time()
+        with self.transaction() as connection:
+            row = connection.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, heartbeat_at = ?, worker = ?, attempts = attempts + 1 "
+                "WHERE id = (SELECT id FROM jobs WHERE status = ? ORDER BY id LIMIT 1) RETURNING *",
+                (Status.RUNNING, now, now, worker, Status.QUEUED),
+            ).fetchone()
+        return job_from_row(row) if row is not None else None
+
+    def beat(self, job_id: int, worker: str) -> bool:
+        """Refresh a running job's heartbeat; return whether a cancel was asked for."""
+        statement = (
+            "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND worker = ? AND status = ? RETURNING cancel_requested"
+        )
+        row = self.connection().execute(statement, (time.time(), job_id, worker, Status.RUNNING)).fetchone()
+        # A job no longer ours (marked interrupted meanwhile) must stop too.
+        return row is None or bool(row["cancel_requested"])
+
+    def record_progress(self, job_id: int, run_id: str, events: list[dict], latest: dict | None) -> None:
+        """Store progress events (a redone step replaces its earlier record) and the latest summary."""
+        with self.transaction() as connection:
+            connection.executemany(
+                "INSERT OR REPLACE INTO progress (run_id, step, event) VALUES (?, ?, ?)",
+                [(run_id, event["step"], json.dumps(event)) for event in events],
+            )
+            if latest is not None:
+                connection.execute(
+                    "UPDATE jobs SET progress = ?, heartbeat_at = ? WHERE id = ?",
+                    (json.dumps(latest), time.time(), job_id),
+                )
+
+    def finish(
+        self,
+        job_id: int,
+        worker: str,
+        status: Status,
+        *,
+        error: str | None = None,
+        traceback: str | None = None,
+        summary: dict | None = None,
+    ) -> bool:
+        """End a job this worker holds; False when it was taken from the worker meanwhile."""
+        with self.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, traceback = ?, summary = ?, "
+                "cancel_requested = 0 WHERE id = ? AND worker = ? AND status = ?",
+                (
+                    status,
+                    time.time(),
+                    error,
+                    traceback,
+                    json.dumps(summary) if summary is not None else None,
+                    job_id,
+                    worker,
+                    Status.RUNNING,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def interrupt_stale(self, stale_after: float) -> list[int]:
+        """Mark running jobs whose heartbeat is older than `stale_after` seconds as interrupted."""
+        now = time.time()
+        with self.transaction() as connection:
+            rows = connection.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ? "
+                "WHERE status = ? AND (heartbeat_at IS NULL OR heartbeat_at < ?) RETURNING id",
+                (
+                    Status.INTERRUPTED,
+                    now,
+                    f"its worker stopped sending heartbeats for over {stale_after:g} s; resume it to continue.",
+                    Status.RUNNING,
+                    now - stale_after,
+                ),
+            ).fetchall()
+        return [row["id"] for row in rows]
+
+    # -- the worker registry -------------------------------------------------
+
+    def register_worker(self, name: str, pid: int, host: str, device: str) -> None:
+        now = time.time()
+        with self.transaction() as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO workers (name, pid, host, device, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, pid, host, device, now, now),
+            )
+
+    def beat_worker(self, name: str, job_id: int | None) -> None:
+        self.connection().execute(
+            "UPDATE workers SET heartbeat_at = ?, job_id = ? WHERE name = ?", (time.time(), job_id, name)
+        )
+
+    def unregister_worker(self, name: str) -> None:
+        self.connection().execute(
+            "UPDATE workers SET stopped_at = ?, job_id = NULL WHERE name = ?", (time.time(), name)
+        )
+
+    def workers(self) -> list[dict]:
+        """Workers that have not said they stopped, most recent heartbeat first."""
+        rows = self.connection().execute("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY heartbeat_at DESC")
+        return [dict(row) for row in rows]
+
+
+def new_run_id() -> str:
+    """A sortable, unique folder name: creation time plus a random suffix."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        run_id=row["run_id"],
+        dataset=row["dataset"],
+        config=TrainConfig.from_json(row["config"]),
+        status=Status(row["status"]),
+        label=row["label"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        heartbeat_at=row["heartbeat_at"],
+        progress=json.loads(row["progress"]) if row["progress"] else None,
+        error=row["error"],
+        traceback=row["traceback"],
+        worker=row["worker"],
+        cancel_requested=bool(row["cancel_requested"]),
+        attempts=row["attempts"],
+    )

@@ -1,0 +1,337 @@
+"""The background trainer: claim a job, train it, record the outcome, repeat.
+
+`python -m sparsebin worker` runs `run_worker`; the app calls `ensure_worker`
+to start one, detached, when none is alive. A heartbeat thread (with its own
+database connection) refreshes the worker's and the job's heartbeat and picks
+up cancel requests, so the training loop's `should_stop` only reads a flag.
+A job whose worker stops beating is marked interrupted by the next worker to
+start or go idle, and resumes from the checkpoint of its last finished epoch.
+"""
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from sparsebin import paths, runfolder
+from sparsebin.config import resolve_device
+from sparsebin.datasets import load_dataset
+from sparsebin.experiment import run_experiment
+from sparsebin.store import SUMMARY_METRICS, Job, Status, Store
+
+HEARTBEAT_EVERY = 1.0  # seconds between heartbeats and cancel checks
+PROGRESS_EVERY = 2.0  # seconds between progress writes to the database
+ALIVE_WITHIN = 10.0  # a worker whose last heartbeat is older than this counts as gone
+LOG_FILE = "worker.log"
+
+log = logging.getLogger("sparsebin.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat(threading.Thread):
+    """Beats for the worker and its current job; sets `stop_requested` on a cancel."""
+
+    def __init__(self, store: Store, name: str, every: float):
+        super().__init__(name="sparsebin-heartbeat", daemon=True)
+        self.store, self.worker, self.every = store, name, every
+        self.job_id: int | None = None
+        self.stop_requested = threading.Event()
+        self._finished = threading.Event()
+
+    def watch(self, job_id: int | None) -> None:
+        self.stop_requested.clear()
+        self.job_id = job_id
+
+    def run(self) -> None:
+        while not self._finished.wait(self.every):
+            self.beat()
+        self.store.close()
+
+    def beat(self) -> None:
+        job_id = self.job_id
+        try:
+            self.store.beat_worker(self.worker, job_id)
+            if job_id is not None and self.store.beat(job_id, self.worker):
+                self.stop_requested.set()
+        except Exception as error:  # a busy database must not kill the heartbeat
+            log.warning("heartbeat failed: %s", error)
+
+    def finish(self) -> None:
+        self._finished.set()
+        self.join()
+
+
+class ProgressWriter:
+    """The training loop's progress callback: buffers events, writes them every few seconds."""
+
+    def __init__(self, store: Store, job: Job, every: float):
+        self.store, self.job, self.every = store, job, every
+        self.pending: list[dict] = []
+        self.latest: dict | None = None
+        self.written_at = time.monotonic()
+
+    def __call__(self, event: dict) -> None:
+        self.pending.append(event)
+        self.latest = with_eta(event, self.job.config.batch_size)
+        if time.monotonic() - self.written_at >= self.every:
+            self.write(self.pending)
+
+    def write(self, events: list[dict]) -> None:
+        self.store.record_progress(self.job.id, self.job.run_id, events, self.latest)
+        self.pending = []
+        self.written_at = time.monotonic()
+
+
+def with_eta(event: dict, batch_size: int) -> dict:
+    """The event plus `eta_s`, from the steps left and the measured throughput."""
+    rate = event.get("samples_per_s") or 0.0
+    steps_left = event["total_steps"] - event["step"]
+    return {**event, "eta_s": steps_left * batch_size / rate if rate > 0 else None}
+
+
+def run_worker(
+    home: Path | None = None,
+    *,
+    device: str | None = None,
+    once: bool = False,
+    idle_sleep: float = 1.0,
+    stale_after: float = 30.0,
+    max_jobs: int | None = None,
+    progress_every: float = PROGRESS_EVERY,
+    heartbeat_every: float = HEARTBEAT_EVERY,
+    single: bool = False,
+) -> int:
+    """Run queued jobs until stopped; return how many jobs this worker ran.
+
+    `once` returns when the queue is empty instead of waiting for more; `single`
+    exits at once if another single worker already serves this device (that is
+    how `ensure_worker` avoids starting two). SIGTERM or SIGINT stop the current
+    job at its next step and leave it interrupted, ready to resume.
+    """
+    store = Store(home)
+    name = worker_name()
+    worker_device = resolve_device(device or "auto")
+    lock = None
+    if single:
+        lock = take_device_lock(store.home, worker_device)
+        if lock is None:
+            log.info("another worker already serves %s; exiting", worker_device)
+            return 0
+    store.register_worker(name, os.getpid(), socket.gethostname(), worker_device)
+    heartbeat = Heartbeat(store, name, heartbeat_every)
+    heartbeat.start()
+    shutdown = threading.Event()
+    restore_signals = stop_on_signals(shutdown)
+    log.info("worker %s started on %s", name, worker_device)
+    jobs_run, idle_rounds = 0, 0
+    try:
+        report_interrupted(store.interrupt_stale(stale_after))
+        while not shutdown.is_set() and (max_jobs is None or jobs_run < max_jobs):
+            job = store.claim(name)
+            if job is None:
+                if once:
+                    break
+                shutdown.wait(min(idle_sleep * 2**idle_rounds, idle_sleep * 4))  # back off when idle
+                idle_rounds += 1
+                report_interrupted(store.interrupt_stale(stale_after))
+                continue
+            idle_rounds = 0
+            run_job(store, job, name, heartbeat, shutdown, device=device, progress_every=progress_every)
+            jobs_run += 1
+    finally:
+        restore_signals()
+        heartbeat.finish()
+        store.unregister_worker(name)
+        store.close()
+        if lock is not None:
+            lock.close()
+        log.info("worker %s stopped after %d job(s)", name, jobs_run)
+    return jobs_run
+
+
+def run_job(
+    store: Store,
+    job: Job,
+    name: str,
+    heartbeat: Heartbeat,
+    shutdown: threading.Event,
+    *,
+    device: str | None = None,
+    progress_every: float = PROGRESS_EVERY,
+) -> Status | None:
+    """Train one claimed job and record how it ended; never raises for a bad job."""
+    log.info("job %d (run %s) started", job.id, job.run_id)
+    heartbeat.watch(job.id)
+    writer = ProgressWriter(store, job, progress_every)
+    config = job.config
+    if device is not None and config.device == "auto":
+        config = config.replace(device=device)
+    folder = store.run_folder(job.run_id)
+    try:
+        dataset = load_dataset(job.dataset)
+        result = run_experiment(
+            dataset.embeddings,
+            config,
+            folder,
+            progress=writer,
+            should_stop=lambda: heartbeat.stop_requested.is_set() or shutdown.is_set(),
+        )
+        writer.write(result.history)  # the whole history, including epochs done before a resume
+        status, error, summary = Status.DONE, None, None
+        if result.cancelled:
+            cancelled = heartbeat.stop_requested.is_set() and store.job(job.id).cancel_requested
+            status = Status.CANCELLED if cancelled else Status.INTERRUPTED
+            error = "cancelled while running." if cancelled else "the worker was stopped; resume it to continue."
+        else:
+            summary = run_summary(folder)
+        trace = None
+    except Exception as failure:
+        status, error, summary, trace = Status.FAILED, one_line(failure), None, traceback.format_exc()
+    finally:
+        heartbeat.watch(None)
+    if store.finish(job.id, name, status, error=error, traceback=trace, summary=summary):
+        log.info("job %d %s%s", job.id, status.name.lower(), f": {error}" if error else "")
+        return status
+    log.warning("job %d was taken from this worker while it ran; its outcome is not recorded", job.id)
+    return None
+
+
+def run_summary(folder: Path) -> dict:
+    """The key validation metrics (train metrics when nothing was held out)."""
+    metrics = runfolder.load_metrics(folder)
+    part = metrics.get("validation") or metrics.get("train") or {}
+    return {name: part.get(name) for name in SUMMARY_METRICS}
+
+
+def one_line(error: BaseException) -> str:
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
+
+
+def report_interrupted(job_ids: list[int]) -> None:
+    for job_id in job_ids:
+        log.warning("job %d lost its worker and is now interrupted", job_id)
+
+
+def stop_on_signals(shutdown: threading.Event):
+    """Turn SIGTERM and SIGINT into a graceful stop; return a function restoring the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    for number in previous:
+        signal.signal(number, lambda *_: shutdown.set())
+
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    return restore
+
+
+def device_lock_path(home: Path, device: str) -> Path:
+    return Path(home) / f"worker-{device.replace(':', '-')}.lock"
+
+
+def take_device_lock(home: Path, device: str):
+    """Hold an exclusive lock on the device's lock file for this process's lifetime, or None if taken."""
+    handle = open(device_lock_path(home, device), "a+")  # noqa: SIM115 - held until the worker exits
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def device_lock_holder(home: Path, device: str) -> int | None:
+    """The pid holding the device lock, or None when no worker holds it."""
+    path = device_lock_path(home, device)
+    if not path.exists():
+        return None
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def live_workers(store: Store) -> list[dict]:
+    """Registered workers that beat recently and, on this host, whose process exists."""
+    now, host = time.time(), socket.gethostname()
+    alive = []
+    for worker in store.workers():
+        if now - worker["heartbeat_at"] > ALIVE_WITHIN:
+            continue
+        if worker["host"] == host and not pid_alive(worker["pid"]):
+            continue
+        alive.append(worker)
+    return alive
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_status(home: Path | None = None) -> dict | None:
+    """The live worker most recently heard from, or None when none is alive."""
+    workers = live_workers(Store(home))
+    if not workers:
+        return None
+    worker = workers[0]
+    return {
+        "pid": worker["pid"],
+        "device": worker["device"],
+        "alive": True,
+        "job_id": worker["job_id"],
+        "heartbeat_at": worker["heartbeat_at"],
+    }
+
+
+def ensure_worker(home: Path | None = None, device: str = "auto") -> dict:
+    """Start a detached worker for `device` unless one is alive; its log goes to <home>/worker.log."""
+    store = Store(home)
+    resolved = resolve_device(device)
+    for worker in live_workers(store):
+        if worker["device"] == resolved:
+            return {"pid": worker["pid"], "started": False}
+    holder = device_lock_holder(store.home, resolved)
+    if holder is not None:  # a worker is starting and has not registered yet
+        return {"pid": holder, "started": False}
+    environment = dict(os.environ, SPARSEBIN_HOME=str(store.home))
+    environment["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(paths.PROJECT_DIR), environment.get("PYTHONPATH", "")) if part
+    )
+    with open(store.home / LOG_FILE, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sparsebin", "worker", "--device", resolved, "--single"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=paths.PROJECT_DIR,
+            env=environment,
+            start_new_session=True,  # outlives the app and its terminal
+        )
+    return {"pid": process.pid, "started": True}

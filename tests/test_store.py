@@ -1,0 +1,156 @@
+"""The job queue: submitting, grids, claiming, cancelling, resuming and reading runs."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparsebin import runfolder
+from sparsebin.config import ConfigError, TrainConfig
+from sparsebin.datasets import DataError
+from sparsebin.store import Status, Store, expand_grid
+from sparsebin.worker import run_worker
+
+TINY = TrainConfig(n_bits=32, k=4, epochs=2, batch_size=32, log_every=2, device="cpu")
+
+
+def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int = 0) -> str:
+    """Write a small dataset folder under SPARSEBIN_DATA and return its name."""
+    folder = Path(os.environ["SPARSEBIN_DATA"]) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np.save(folder / "embeddings.npy", rng.standard_normal((n_rows, dim)).astype(np.float32))
+    concepts = pd.DataFrame(
+        {
+            "id": [f"C{row}" for row in range(n_rows)],
+            "name": [f"concept {row}" for row in range(n_rows)],
+            "source": "test",
+            "category": "none",
+            "depth": 1,
+            "parents": [[] for _ in range(n_rows)],
+        }
+    )
+    concepts.to_parquet(folder / "concepts.parquet", index=False)
+    (folder / "meta.json").write_text(json.dumps({"name": name, "count": n_rows, "dim": dim}))
+    return name
+
+
+def test_submit_queues_a_job_with_its_config():
+    store = Store()
+    job = store.submit(make_dataset(), TINY, label="first")
+    assert job.status == Status.QUEUED and job.label == "first" and job.config == TINY
+    assert store.jobs() == [job]
+    assert (store.home / "sparsebin.db").is_file()
+    assert store.run_folder(job.run_id) == store.home / "runs" / job.run_id
+
+
+def test_submit_refuses_a_bad_config_and_a_missing_dataset():
+    store = Store()
+    make_dataset()
+    with pytest.raises(ConfigError, match="k must be smaller than n_bits"):
+        store.submit("tiny", TINY.replace(k=64))
+    with pytest.raises(ConfigError, match="batch_size 500 is larger"):
+        store.submit("tiny", TINY.replace(batch_size=500))
+    with pytest.raises(DataError, match="no dataset 'absent'"):
+        store.submit("absent", TINY)
+    assert store.jobs() == []
+
+
+def test_expand_grid_gives_every_combination_once_in_order():
+    configs = expand_grid(TINY, {"n_bits": [32, 64], "k": [4, 8, 4], "seed": [0, 1]})
+    combos = [(config.n_bits, config.k, config.seed) for config in configs]
+    assert combos == [(n, k, s) for n in (32, 64) for k in (4, 8) for s in (0, 1)]
+    with pytest.raises(ConfigError, match="unknown setting 'bits'"):
+        expand_grid(TINY, {"bits": [1]})
+
+
+def test_submit_grid_queues_each_combination_with_a_label():
+    store = Store()
+    grid = {"alpha": [0.5, 1.0], "loss": ["cosine", "mse"], "rounding": ["ste", "hard"], "sparsity": ["align"]}
+    jobs = store.submit_grid(make_dataset(), TINY, grid)
+    assert len(jobs) == 8
+    settings = {(job.config.alpha, job.config.loss, job.config.rounding) for job in jobs}
+    assert len(settings) == 8
+    assert jobs[0].label == "alpha=0.5 loss=cosine rounding=ste sparsity=align"
+    assert len(store.jobs(statuses=[Status.QUEUED])) == 8
+
+
+def test_a_grid_with_one_bad_combination_queues_nothing():
+    store = Store()
+    with pytest.raises(ConfigError, match="k must be smaller"):
+        store.submit_grid(make_dataset(), TINY, {"k": [4, 32]})
+    assert store.jobs() == []
+
+
+def test_claim_takes_the_oldest_queued_job_once():
+    store = Store()
+    first, second = (store.submit(make_dataset(), TINY) for _ in range(2))
+    claimed = store.claim("worker-a")
+    assert claimed.id == first.id and claimed.status == Status.RUNNING and claimed.attempts == 1
+    assert store.claim("worker-b").id == second.id
+    assert store.claim("worker-c") is None
+
+
+def test_cancel_a_queued_job_at_once_and_refuse_a_finished_one():
+    store = Store()
+    job = store.submit(make_dataset(), TINY)
+    cancelled = store.cancel(job.id)
+    assert cancelled.status == Status.CANCELLED
+    assert store.claim("worker") is None  # the worker never sees it
+    with pytest.raises(ValueError, match="only queued or running jobs can be cancelled"):
+        store.cancel(job.id)
+
+
+def test_stale_running_jobs_become_interrupted_and_resume_to_queued():
+    store = Store()
+    job = store.submit(make_dataset(), TINY)
+    store.claim("gone")
+    assert store.interrupt_stale(stale_after=60) == []  # fresh heartbeat: still running
+    assert store.interrupt_stale(stale_after=0) == [job.id]
+    interrupted = store.job(job.id)
+    assert interrupted.status == Status.INTERRUPTED and "heartbeat" in interrupted.error
+    resumed = store.resume(job.id)
+    assert resumed.status == Status.QUEUED and resumed.run_id == job.run_id and resumed.error is None
+    with pytest.raises(ValueError, match="only interrupted, failed or cancelled"):
+        store.resume(job.id)
+
+
+def test_list_runs_shows_settings_and_metrics_of_done_runs_only():
+    store = Store()
+    make_dataset()
+    done = store.submit("tiny", TINY, label="kept")
+    queued_config = TINY.replace(k=8)
+    run_worker(once=True, max_jobs=1)
+    store.submit("tiny", queued_config)
+    table = store.list_runs()
+    assert list(table["status"]) == ["queued", "done"]
+    row = table.set_index("job_id").loc[done.id]
+    metrics = runfolder.load_metrics(store.run_folder(done.run_id))["validation"]
+    assert row["recon_loss"] == pytest.approx(metrics["recon_loss"])
+    assert row["active_mean"] == pytest.approx(metrics["active_mean"])
+    assert row["n_bits"] == 32 and row["label"] == "kept"
+    assert table.set_index("status").loc["queued", ["recon_loss", "recall_at_10_hamming"]].isna().all()
+    assert store.list_runs(dataset="other").empty
+
+
+def test_a_damaged_run_gives_a_clear_error_and_leaves_others_readable():
+    store = Store()
+    make_dataset()
+    first, second = store.submit("tiny", TINY), store.submit("tiny", TINY.replace(seed=1))
+    run_worker(once=True)
+    broken, intact = store.run_folder(first.run_id), store.run_folder(second.run_id)
+    (broken / "metrics.json").write_text("{not json")
+    (broken / "codes.npy").unlink()
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(runfolder.RunFileError, match="damaged metrics.json"):
+        runfolder.load_metrics(broken)
+    with pytest.raises(runfolder.RunFileError, match="has no codes.npy"):
+        runfolder.load_codes(broken)
+    with pytest.raises(runfolder.RunFileError, match="damaged model.safetensors"):
+        runfolder.load_model(broken)
+    assert runfolder.load_metrics(intact)["validation"]["recon_loss"] >= 0
+    assert runfolder.load_codes(intact).shape == (200, 4)
+    assert len(store.list_runs()) == 2  # listing reads the database, not the folders
