@@ -1,0 +1,150 @@
+"""Helpers the pages share: cached library objects and the run picker.
+
+Everything heavy is cached per dataset name or run id, so a page's rerun
+only renders. Nothing here trains, queries SQL or touches torch directly.
+"""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from sparsebin import interpret, paths, retrieval, runfolder
+from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset, start_build
+from sparsebin.store import Store
+
+
+@st.cache_resource
+def _store(home: str) -> Store:
+    return Store(home)
+
+
+def store() -> Store:
+    return _store(str(paths.home_dir()))
+
+
+def datasets() -> list[dict]:
+    return list_datasets()
+
+
+@st.cache_resource(max_entries=4)
+def _dataset(folder: str, built_at: str | None):
+    return load_dataset(folder)
+
+
+def dataset(name: str):
+    """The loaded dataset (embeddings memory-mapped), reloaded only when it is rebuilt."""
+    summary = next(item for item in list_datasets() if item["name"] == name)
+    return _dataset(str(summary["path"]), summary.get("built_at"))
+
+
+@st.cache_resource(max_entries=4)
+def run_context(run_id: str, dataset_name: str):
+    return interpret.RunContext.load(store().run_folder(run_id), dataset(dataset_name))
+
+
+@st.cache_data(max_entries=8)
+def bit_table(run_id: str, dataset_name: str) -> pd.DataFrame:
+    return interpret.bit_table(run_context(run_id, dataset_name))
+
+
+def runs(dataset_name: str | None = None, done_only: bool = True) -> pd.DataFrame:
+    table = store().list_runs(dataset_name)
+    return table[table["status"] == "done"] if done_only else table
+
+
+def run_title(run: pd.Series) -> str:
+    settings = f"{run['loss']}/{run['rounding']}/{run['sparsity']} N={run['n_bits']} K={run['k']}"
+    return f"{run['label'] or settings} · {run['dataset']} · {run['run_id'][:8]}"
+
+
+def pick_run(key: str = "run") -> pd.Series | None:
+    """A select box of finished runs (newest first); the `run` query parameter preselects one."""
+    table = runs()
+    if not len(table):
+        st.info("No finished run yet. Queue one on the Train page.")
+        return None
+    ids = table["run_id"].tolist()
+    wanted = st.query_params.get("run")
+    index = ids.index(wanted) if wanted in ids else 0
+    titles = dict(zip(ids, (run_title(row) for _, row in table.iterrows()), strict=True))
+    run_id = st.selectbox("Run", ids, index=index, format_func=titles.get, key=key)
+    st.query_params["run"] = run_id
+    return table[table["run_id"] == run_id].iloc[0]
+
+
+def pick_dataset(key: str = "dataset") -> str | None:
+    names = [item["name"] for item in datasets()]
+    if not names:
+        st.info("No dataset yet. Build one on the Data page.")
+        return None
+    return st.selectbox("Dataset", names, key=key)
+
+
+def build_builtins_on_first_start() -> None:
+    """With no dataset at all, build `hpo` in the background, then `icd10cm` after it."""
+    present = {item["name"] for item in datasets()}
+    statuses = {name: build_status(name) for name in BUILTIN_DATASETS}
+    if not present and all(status is None for status in statuses.values()):
+        start_build(BUILTIN_DATASETS[0])
+        st.session_state["auto_build"] = True
+    elif present == {"hpo"} and statuses["hpo"] and statuses["hpo"]["state"] == "done" and statuses["icd10cm"] is None:
+        start_build("icd10cm")
+
+
+def build_progress(name: str) -> bool:
+    """Show a build's progress bar; True while it runs."""
+    status = build_status(name)
+    if status is None:
+        return False
+    if status["state"] == "running":
+        total = status.get("total") or 0
+        share = status["done"] / total if total else 0.0
+        st.progress(share, text=f"Building {name}: {status['done']} of {total or '?'} concepts embedded")
+        return True
+    if status["state"] == "failed":
+        st.error(f"The build of {name} failed: {status.get('error')}")
+    return False
+
+
+@st.cache_data(max_entries=64)
+def run_metrics(run_id: str) -> dict:
+    """A finished run's metrics.json (a finished run never changes)."""
+    return runfolder.load_metrics(store().run_folder(run_id))
+
+
+@st.cache_data(max_entries=64)
+def run_history(run_id: str) -> list[dict]:
+    return store().history(run_id)
+
+
+@st.cache_data(max_entries=8)
+def depth_analysis(run_id: str, dataset_name: str) -> dict:
+    return interpret.depth_analysis(run_context(run_id, dataset_name))
+
+
+@st.cache_data(max_entries=256)
+def bit_profile(run_id: str, dataset_name: str, bit: int) -> dict:
+    return interpret.bit_profile(run_context(run_id, dataset_name), bit)
+
+
+def concept_link(concept_id: str, name: str, run_id: str) -> None:
+    """A link to the Concepts page, opened on this concept under this run."""
+    st.page_link(
+        "pages/concepts.py",
+        label=f"Open {name} ({concept_id}) on the Concepts page",
+        icon=":material/search:",
+        query_params={"concept": concept_id, "run": run_id},
+    )
+
+
+@st.cache_data(max_entries=8)
+def active_counts(run_id: str) -> np.ndarray:
+    """(M,) active bits per concept of a finished run."""
+    return retrieval.active_counts(runfolder.load_codes(store().run_folder(run_id)))
+
+
+@st.cache_data(max_entries=32)
+def bit_column(run_id: str, bit: int) -> np.ndarray:
+    """(M,) 0/1: whether `bit` fires for each concept (packed codes are big-endian within a byte)."""
+    packed = runfolder.load_codes(store().run_folder(run_id))
+    return retrieval.unpack_bits(packed[:, bit // 8 : bit // 8 + 1], 8)[:, bit % 8]

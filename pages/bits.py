@@ -1,0 +1,48 @@
+"""Bits: every bit of a run in a sortable table, and one bit's dashboard."""
+
+import streamlit as st
+
+from pages import _shared
+from sparsebin import charts
+
+st.title("Bits")
+run = _shared.pick_run("bits_run")
+if run is None:
+    st.stop()
+table = _shared.bit_table(run["run_id"], run["dataset"])
+live = table[table["n_active"] > 0].sort_values("coherence", ascending=False)
+st.caption(f"{len(live)} of {len(table)} bits fire for at least one concept; sort by any column.")
+st.dataframe(
+    table[["bit", "label", "coherence", "firing_rate", "n_active"]], hide_index=True, height=260, key="bit_table"
+)
+
+first = int(live["bit"].iloc[0]) if len(live) else 0
+wanted = st.query_params.get("bit")
+start = int(wanted) if wanted is not None and wanted.isdigit() and int(wanted) < len(table) else first
+bit = int(st.number_input("Open bit", 0, len(table) - 1, start, key="bit"))
+st.query_params["bit"] = str(bit)
+profile = _shared.bit_profile(run["run_id"], run["dataset"], bit)
+label = profile["label"]
+st.subheader(f"Bit {bit}: {label.get('label') or 'no clear label'}")
+st.caption(
+    f"Fires for {profile['n_active']:,} concepts ({profile['firing_rate']:.3%}); "
+    f"coherence {label.get('coherence', float('nan')):.2f}, shared ancestor {label.get('ancestor_name') or '-'}."
+)
+left, right = st.columns(2)
+with left:
+    st.markdown("**Top concepts** (largest logit)")
+    st.dataframe(profile["top_concepts"], hide_index=True, key="top_concepts")
+    st.markdown("**Concepts at quantiles of the logit**")
+    st.dataframe(profile["quantile_concepts"], hide_index=True, key="quantile_concepts")
+    top = profile["top_concepts"]
+    if len(top):
+        _shared.concept_link(str(top["id"].iloc[0]), str(top["name"].iloc[0]), run["run_id"])
+with right:
+    if len(profile["enrichment"]):
+        st.plotly_chart(charts.enrichment_chart(profile["enrichment"]), key="enrichment_chart")
+    st.plotly_chart(charts.sigmoid_histogram(profile["sigmoid_histogram"]), key="sigmoid_chart")
+cofiring, decoder = st.columns(2)
+cofiring.markdown("**Bits that fire with it** (Jaccard)")
+cofiring.dataframe(profile["cofiring"], hide_index=True, key="cofiring")
+decoder.markdown("**Concepts nearest its decoder direction**")
+decoder.dataframe(profile["decoder_neighbours"], hide_index=True, key="decoder_neighbours")

@@ -1,0 +1,72 @@
+"""Compare: pick finished runs, see their metrics, curves and histograms side by side."""
+
+import streamlit as st
+
+from pages import _shared
+from sparsebin import charts
+from sparsebin.questions import answer_questions
+
+METRICS = [
+    "recon_loss",
+    "fixed_topk_recon_loss",
+    "soft_recon_loss",
+    "active_mean",
+    "active_std",
+    "dead_bits",
+    "dense_bits",
+    "topk_overlap",
+    "bits_index_list",
+    "recall_at_10_hamming",
+    "recall_at_10_jaccard",
+]
+SETTINGS = ["n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed", "epochs", "lr"]
+
+st.title("Compare")
+table = _shared.runs()
+if not len(table):
+    st.info("No finished run yet. Queue some on the Train page.")
+    st.stop()
+filters = st.columns(4)
+for column, setting in zip(filters, ["dataset", "loss", "rounding", "sparsity"], strict=True):
+    chosen = column.multiselect(setting, sorted(table[setting].unique()), key=f"filter_{setting}")
+    table = table[table[setting].isin(chosen)] if chosen else table
+titles = dict(zip(table["run_id"], (_shared.run_title(row) for _, row in table.iterrows()), strict=True))
+picked = st.multiselect("Runs", list(titles), default=list(titles)[:4], format_func=titles.get, key="compare_runs")
+if not picked:
+    st.stop()
+runs = table[table["run_id"].isin(picked)].assign(label=lambda frame: frame["run_id"].map(titles))
+metrics = {titles[run_id]: _shared.run_metrics(run_id)["validation"] for run_id in picked}
+
+st.dataframe(runs.set_index("label")[SETTINGS + METRICS].T.astype(str), key="compare_table")
+curves, sparsity, trade, grid, answers = st.tabs(["Curves", "Sparsity", "Trade-off", "Grid", "Answers"])
+with curves:
+    metric = st.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")
+    histories = {titles[run_id]: _shared.run_history(run_id) for run_id in picked}
+    st.plotly_chart(charts.training_curves(histories, metric), key="curves_chart")
+with sparsity:
+    k = runs["k"].iloc[0] if runs["k"].nunique() == 1 else None
+    histograms = {label: values["active_histogram"] for label, values in metrics.items()}
+    st.plotly_chart(charts.active_histograms(histograms, k=k), key="active_chart")
+    firing = {label: values["log10_firing_histogram"] for label, values in metrics.items()}
+    st.plotly_chart(charts.firing_histograms(firing), key="firing_chart")
+    st.plotly_chart(charts.dead_dense_bars(runs), key="dead_chart")
+with trade:
+    st.plotly_chart(charts.recon_vs_active(runs), key="trade_chart")
+with grid:
+    axes = charts.grid_axes(runs, SETTINGS)
+    if len(axes) < 2:
+        st.info("The picked runs vary in fewer than two settings; pick runs of a grid (e.g. N x K).")
+    else:
+        x, y, value = st.columns(3)
+        x_axis = x.selectbox("x", axes, key="grid_x")
+        y_axis = y.selectbox("y", [axis for axis in axes if axis != x_axis], key="grid_y")
+        shown = value.selectbox("colour", METRICS, key="grid_metric")
+        st.plotly_chart(charts.grid_heatmap(runs, x_axis, y_axis, shown), key="grid_chart")
+with answers:
+    first = runs.iloc[0]
+    st.caption(f"Questions 5 and 6 use the first picked run: {first['label']}.")
+    depth = _shared.depth_analysis(first["run_id"], first["dataset"])
+    bits = _shared.bit_table(first["run_id"], first["dataset"])
+    sign = _shared.run_metrics(first["run_id"]).get("sign_validation")
+    for answer in answer_questions(runs, sign=sign, depth=depth, bits=bits):
+        st.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")

@@ -1,0 +1,37 @@
+"""Concepts: find a concept by name or id; its active bits and its neighbours by code and by embedding."""
+
+import streamlit as st
+from sparsebin.interpret import concept_view, find_concepts
+
+from pages import _shared
+
+st.title("Concepts")
+run = _shared.pick_run("concepts_run")
+if run is None:
+    st.stop()
+context = _shared.run_context(run["run_id"], run["dataset"])
+query = st.text_input("Search by name or id", value=st.query_params.get("concept", ""), key="concept_query")
+if not query.strip():
+    st.info("Type part of a concept's name (e.g. 'seizure') or its id.")
+    st.stop()
+found = find_concepts(context.concepts, query, limit=20)
+if not len(found):
+    st.warning(f"No concept matches {query!r}.")
+    st.stop()
+names = dict(zip(found["id"].astype(str), found["name"], strict=True))
+concept_id = st.selectbox("Concept", list(names), format_func=lambda key: f"{names[key]} ({key})", key="concept_pick")
+metric = st.radio("Code distance", ["jaccard", "hamming"], horizontal=True, key="concept_metric")
+view = concept_view(context, concept_id, k=10, metric=metric)
+concept = view["concept"]
+st.subheader(f"{concept['name']} ({concept['id']})")
+st.caption(f"{concept.get('category', '')} · depth {concept.get('depth', '-')}")
+if concept.get("definition"):
+    st.write(concept["definition"])
+st.markdown(f"**{len(view['active_bits'])} active bits**")
+st.dataframe(view["active_bits"], hide_index=True, key="active_bits")
+code, dense = st.columns(2)
+code.markdown(f"**Neighbours by code** ({metric} distance)")
+code.dataframe(view["code_neighbours"], hide_index=True, key="code_neighbours")
+dense.markdown("**Neighbours by dense embedding** (cosine)")
+dense.dataframe(view["dense_neighbours"], hide_index=True, key="dense_neighbours")
+st.caption(f"The two neighbour lists share {view['overlap']:.0%} of their concepts.")

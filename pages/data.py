@@ -1,0 +1,60 @@
+"""Data: the built-in datasets with build buttons and progress, and uploads of your own embeddings."""
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from pages import _shared
+from sparsebin.datasets import BUILTIN_DATASETS, DataError, import_dataset, start_build
+
+st.title("Data")
+present = {item["name"]: item for item in _shared.datasets()}
+
+
+@st.fragment(run_every=3)
+def builtin_panel() -> None:
+    st.subheader("Built-in datasets")
+    for name in BUILTIN_DATASETS:
+        with st.container(border=True):
+            info, action = st.columns([4, 1])
+            item = present.get(name)
+            info.markdown(
+                f"**{name}**: "
+                + (f"{item['count']:,} concepts x {item['dim']}, built {item['built_at']}" if item else "not built")
+            )
+            with info:
+                running = _shared.build_progress(name)
+            if not running and action.button("Rebuild" if item else "Build", key=f"build_{name}"):
+                start_build(name)
+                st.rerun(scope="fragment")
+
+
+builtin_panel()
+st.subheader("Your own embeddings")
+st.caption(".npy, .npz, .parquet or .csv with one row per concept; an optional labels table (.csv or .parquet).")
+with st.form("upload_form"):
+    name = st.text_input("Dataset name", key="upload_name")
+    embeddings = st.file_uploader("Embeddings", type=["npy", "npz", "parquet", "csv"], key="upload_embeddings")
+    labels = st.file_uploader("Labels (optional)", type=["csv", "parquet"], key="upload_labels")
+    submitted = st.form_submit_button("Import", key="upload_submit")
+if submitted:
+    if embeddings is None:
+        st.error("Choose an embeddings file to import.")
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            saved = {}
+            for upload in (embeddings, labels):
+                if upload is not None:
+                    saved[upload.name] = Path(folder) / Path(upload.name).name
+                    saved[upload.name].write_bytes(upload.getvalue())
+            try:
+                labels_path = saved[labels.name] if labels is not None else None
+                path = import_dataset(saved[embeddings.name], name=name, labels_file=labels_path)
+                st.success(f"Imported {name} into {path}.")
+            except DataError as error:
+                st.error(str(error))
+
+if present:
+    st.subheader("Present")
+    st.dataframe([{k: str(v) for k, v in item.items()} for item in present.values()], hide_index=True, key="data_list")

@@ -1,0 +1,49 @@
+"""Home: what the app is, the datasets, the worker and the latest runs."""
+
+import time
+
+import streamlit as st
+
+from pages import _shared
+from sparsebin.datasets import BUILTIN_DATASETS
+from sparsebin.worker import worker_status
+
+st.title("sparsebin")
+st.markdown(
+    "Train **sparse binary codes** from dense biomedical concept embeddings with Binary Sparsity Alignment, "
+    "compare runs against their ablations and baselines, and read what each bit means."
+)
+
+
+@st.fragment(run_every=3)
+def status_panel() -> None:
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Datasets")
+        present = _shared.datasets()
+        for item in present:
+            st.markdown(f"**{item['name']}**: {item['count']:,} concepts x {item['dim']} dimensions")
+        building = [name for name in BUILTIN_DATASETS if _shared.build_progress(name)]
+        if not present and building:
+            st.info("First start: building the built-in datasets (hpo, then icd10cm) in the background.")
+        elif not present:
+            st.info("No dataset yet. Build or upload one on the Data page.")
+    with right:
+        st.subheader("Worker")
+        worker = worker_status()
+        if worker is None or not worker.get("alive"):
+            st.warning("No worker is running; queued runs wait until one starts (`python -m sparsebin worker`).")
+        else:
+            job = f"job {worker['job_id']}" if worker.get("job_id") else "idle"
+            beat = time.time() - worker["heartbeat_at"] if worker.get("heartbeat_at") else float("nan")
+            st.success(f"Alive (pid {worker['pid']}) on **{worker['device']}**, {job}; heartbeat {beat:.0f} s ago.")
+
+
+status_panel()
+st.subheader("Latest runs")
+latest = _shared.runs(done_only=False).head(10)
+if len(latest):
+    columns = ["label", "dataset", "status", "n_bits", "k", "loss", "rounding", "sparsity", "recon_loss", "active_mean"]
+    st.dataframe(latest[columns], hide_index=True, key="home_runs")
+else:
+    st.info("No runs yet. Queue one on the Train page.")

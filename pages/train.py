@@ -1,0 +1,75 @@
+"""Train: one run or an ablation grid, queued for the worker; the job list with live progress."""
+
+import streamlit as st
+
+from pages import _jobs, _shared
+from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, ConfigError, TrainConfig
+from sparsebin.datasets import DataError
+from sparsebin.store import expand_grid
+
+ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
+SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
+GRID_FIELDS = {"n_bits": int, "k": int, "alpha": float, "loss": str, "rounding": str, "sparsity": str, "seed": int}
+
+st.title("Train")
+name = _shared.pick_dataset("train_dataset")
+if name is None:
+    st.stop()
+count = next(item["count"] for item in _shared.datasets() if item["name"] == name)
+defaults = TrainConfig()
+
+with st.form("train_form"):
+    a, b, c, d = st.columns(4)
+    n_bits = a.number_input("N (bits)", 1, 65536, defaults.n_bits, key="n_bits")
+    k = b.number_input("K (target active bits)", 1, 65536, defaults.k, key="k")
+    alpha = c.number_input("alpha", 0.0, 100.0, defaults.alpha, key="alpha")
+    loss = d.selectbox("loss", LOSSES, key="loss")
+    rounding = a.selectbox("rounding", ROUNDINGS, format_func=ROUNDING_NAMES.get, key="rounding")
+    sparsity = b.selectbox("sparsity", SPARSITIES, format_func=SPARSITY_NAMES.get, key="sparsity")
+    epochs = c.number_input("epochs", 1, 10000, defaults.epochs, key="epochs")
+    batch_size = d.number_input("batch", 1, 1_000_000, defaults.batch_size, key="batch_size")
+    lr = a.number_input("lr", 0.0, 1.0, defaults.lr, format="%.4f", key="lr")
+    seed = b.number_input("seed", 0, 2**31 - 1, defaults.seed, key="seed")
+    device = c.selectbox("device", ["auto", "cpu", "cuda", "mps"], key="device")
+    label = d.text_input("label (optional)", key="label")
+    submitted = st.form_submit_button("Queue run", key="submit_run")
+
+config = TrainConfig(
+    n_bits=int(n_bits),
+    k=int(k),
+    alpha=float(alpha),
+    loss=loss,
+    rounding=rounding,
+    sparsity=sparsity,
+    epochs=int(epochs),
+    batch_size=int(batch_size),
+    lr=float(lr),
+    seed=int(seed),
+    device=device,
+)
+if submitted:
+    try:
+        job = _shared.store().submit(name, config.validate(n_rows=count), label=label)
+        st.success(f"Queued job {job.id} (run {job.run_id}).")
+    except (ConfigError, DataError) as error:
+        st.error(str(error))
+
+with st.expander("Ablation grid: every combination of the listed values, on top of the settings above"):
+    st.caption("Comma-separated values; leave a field empty to keep the form's value.")
+    columns = st.columns(len(GRID_FIELDS))
+    grid = {}
+    for column, (field, kind) in zip(columns, GRID_FIELDS.items(), strict=True):
+        text = column.text_input(field, key=f"grid_{field}")
+        values = [kind(value.strip()) for value in text.split(",") if value.strip()] if text.strip() else []
+        if values:
+            grid[field] = values
+    try:
+        planned = expand_grid(config, grid) if grid else []
+        st.write(f"This grid queues **{len(planned)}** runs.")
+        if planned and st.button(f"Queue {len(planned)} runs", key="submit_grid"):
+            jobs = _shared.store().submit_grid(name, config, grid)
+            st.success(f"Queued {len(jobs)} runs (jobs {jobs[0].id}-{jobs[-1].id}).")
+    except (ConfigError, DataError, ValueError) as error:
+        st.error(str(error))
+
+_jobs.job_list()

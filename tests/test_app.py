@@ -1,0 +1,155 @@
+"""The Streamlit app, driven with AppTest against a tiny dataset and two finished tiny runs.
+
+SPARSEBIN_NO_WORKER=1 keeps app.py from starting a background worker; the
+runs are trained in-process by `run_worker(once=True)` before any page opens.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from sparsebin.config import TrainConfig
+from sparsebin.datasets import import_dataset
+from sparsebin.store import Store
+from sparsebin.worker import run_worker
+
+PAGES = ["home", "train", "compare", "bits", "concepts", "map", "data"]
+CATEGORIES = ["eye", "heart", "skin", "brain", "bone", "blood"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A 300 x 16 dataset in six categories, its cached map, and two finished 32-bit runs."""
+    root = tmp_path_factory.mktemp("app")
+    home, data = root / "home", root / "data"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPARSEBIN_HOME", str(home))
+        patch.setenv("SPARSEBIN_DATA", str(data))
+        rng = np.random.default_rng(0)
+        centres = rng.standard_normal((len(CATEGORIES), 16))
+        category = np.arange(300) % len(CATEGORIES)
+        np.save(root / "tiny.npy", (centres[category] + 0.3 * rng.standard_normal((300, 16))).astype(np.float32))
+        labels = pd.DataFrame(
+            {
+                "id": [f"T:{row:04d}" for row in range(300)],
+                "name": [f"{CATEGORIES[c]} finding {row}" for row, c in enumerate(category)],
+                "category": [CATEGORIES[c] for c in category],
+                "depth": 1 + np.arange(300) % 4,
+                "parents": ["" if row < 6 else f"T:{row % 6:04d}" for row in range(300)],
+            }
+        )
+        labels.to_csv(root / "tiny.csv", index=False)
+        folder = import_dataset(root / "tiny.npy", name="tiny", labels_file=root / "tiny.csv")
+        np.save(folder / "umap.npy", rng.standard_normal((300, 2)).astype(np.float32))
+        store = Store()
+        base = TrainConfig(n_bits=32, k=4, epochs=3, batch_size=64, lr=1e-2, device="cpu", log_every=2)
+        store.submit("tiny", base, label="cosine run")
+        store.submit("tiny", base.replace(loss="mse"), label="mse run")
+        run_worker(once=True, device="cpu")
+        runs = store.list_runs()
+        assert list(runs["status"]) == ["done", "done"], store.jobs()[0].error
+    return {"home": home, "data": data, "root": root, "runs": runs}
+
+
+@pytest.fixture
+def app(world, monkeypatch):
+    monkeypatch.setenv("SPARSEBIN_HOME", str(world["home"]))
+    monkeypatch.setenv("SPARSEBIN_DATA", str(world["data"]))
+    monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    at.run()
+    return at
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [element.value for kind in ("markdown", "success", "error", "info", "warning", "caption", "subheader")
+             for element in getattr(at, kind)]  # fmt: skip
+    return "\n".join(str(part) for part in parts)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(app, page):
+    open_page(app, page)
+    assert app.title[0].value == ("sparsebin" if page == "home" else page.capitalize())
+
+
+def test_home_lists_datasets_and_runs(app):
+    assert "tiny" in texts(app)
+    table = app.dataframe[0].value
+    assert set(table["label"]) == {"cosine run", "mse run"}
+
+
+def test_train_queues_a_run_and_refuses_bad_settings(app, world):
+    at = open_page(app, "train")
+    at.number_input(key="n_bits").set_value(8)
+    at.number_input(key="k").set_value(8)
+    at.button(key="submit_run").click().run()
+    assert "k must be smaller than n_bits, got k=8 and n_bits=8." in [error.value for error in at.error]
+    at.number_input(key="k").set_value(2)
+    at.number_input(key="batch_size").set_value(32)
+    at.text_input(key="label").set_value("queued from the test")
+    at.button(key="submit_run").click().run()
+    assert any("Queued job" in success.value for success in at.success)
+    assert "queued from the test" in texts(at)
+    at.text_input(key="grid_k").set_value("2, 3")
+    at.text_input(key="grid_loss").set_value("cosine, mse, l1").run()
+    assert "This grid queues **6** runs." in texts(at)
+    job = Store(world["home"]).jobs(limit=1)[0]
+    assert job.label == "queued from the test" and job.status.name == "QUEUED"
+    Store(world["home"]).cancel(job.id)  # leave the other tests two finished runs and nothing queued
+
+
+def test_compare_shows_both_picked_runs(app, world):
+    at = open_page(app, "compare")
+    ids = list(world["runs"]["run_id"])
+    at.multiselect(key="compare_runs").set_value(ids[:1]).run()
+    assert len(at.dataframe[0].value.columns) == 1
+    at.multiselect(key="compare_runs").set_value(ids).run()
+    columns = " ".join(at.dataframe[0].value.columns)
+    assert "cosine run" in columns and "mse run" in columns
+    answers = texts(at)
+    assert "mse leaves" in answers and "cosine leaves" in answers
+
+
+def test_bits_opens_a_bit_with_its_top_concepts(app):
+    at = open_page(app, "bits")
+    table = at.dataframe[0].value
+    bit = int(table.sort_values("n_active", ascending=False)["bit"].iloc[0])
+    at.number_input(key="bit").set_value(bit).run()
+    assert not at.exception
+    assert at.subheader[0].value.startswith(f"Bit {bit}:")
+    top = at.dataframe[1].value
+    assert len(top) > 0 and top["name"].str.contains("finding").all()
+
+
+def test_concepts_search_shows_the_concepts_bits(app):
+    at = open_page(app, "concepts")
+    at.text_input(key="concept_query").set_value("heart finding 1").run()
+    assert not at.exception
+    assert at.subheader[0].value.startswith("heart finding 1")
+    bits = at.dataframe[0].value
+    assert {"bit", "label"} <= set(bits.columns)
+    assert len(at.dataframe[1].value) == 10
+
+
+def test_map_colours_by_category_then_by_active_bits(app):
+    at = open_page(app, "map")
+    assert len(at.get("plotly_chart")) == 1
+    at.radio(key="map_colour").set_value("active bits").run()
+    assert not at.exception
+
+
+def test_data_upload_of_a_bad_file_shows_the_library_message(app):
+    at = open_page(app, "data")
+    at.text_input(key="upload_name").set_value("broken")
+    at.file_uploader(key="upload_embeddings").set_value(("bad.csv", b"a,b\n1,x\n", "text/csv"))
+    at.button(key="upload_submit").click().run()
+    assert len(at.error) == 1 and "bad.csv" in at.error[0].value
