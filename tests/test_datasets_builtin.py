@@ -42,9 +42,7 @@ def test_files_shapes_and_unit_norms(built, name):
     assert dataset.embeddings.dtype == np.float32
     assert dataset.embeddings.shape == (SAMPLE, 384)
     assert len(dataset.concepts) == SAMPLE
-    np.testing.assert_allclose(
-        np.linalg.norm(dataset.embeddings, axis=1), 1.0, atol=1e-4
-    )
+    np.testing.assert_allclose(np.linalg.norm(dataset.embeddings, axis=1), 1.0, atol=1e-4)
     assert dataset.meta["count"] == SAMPLE and dataset.meta["dimension"] == 384
     assert dataset.meta["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert "sentence-transformers" in dataset.meta["package_versions"]
@@ -118,11 +116,7 @@ def test_icd_schema_chapters_blocks_and_leaves(built):
     assert {"block", "is_leaf", "kind"} <= set(concepts.columns)
     assert (concepts["source"] == "ICD-10-CM").all()
     for row in concepts.itertuples():
-        code = (
-            row.id.split("-")[0]
-            if row.kind == "block" and len(set(row.id.split("-"))) == 1
-            else row.id
-        )
+        code = row.id.split("-")[0] if row.kind == "block" and len(set(row.id.split("-"))) == 1 else row.id
         as_block = row.kind == "block"
         ancestors = icd.get_ancestors(code, prioritize_blocks=as_block)
         assert row.depth == len(ancestors)

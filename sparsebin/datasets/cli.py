@@ -20,30 +20,18 @@ from sparsebin.datasets.store import META_FILE, DataError
 
 def add_commands(subparsers) -> None:
     """Add build-data and import-data to an argparse subparsers object."""
-    build = subparsers.add_parser(
-        "build-data", help="build a built-in dataset (HPO, ICD-10-CM) offline"
-    )
+    build = subparsers.add_parser("build-data", help="build a built-in dataset (HPO, ICD-10-CM) offline")
     build.add_argument("name", choices=[*BUILTIN_DATASETS, "all"])
-    build.add_argument(
-        "--force", action="store_true", help="rebuild even if already built"
-    )
-    build.add_argument(
-        "--limit", type=int, default=None, help="build an evenly spread sample"
-    )
+    build.add_argument("--force", action="store_true", help="rebuild even if already built")
+    build.add_argument("--limit", type=int, default=None, help="build an evenly spread sample")
     build.set_defaults(func=run_build)
 
     imported = subparsers.add_parser("import-data", help="import your own embeddings")
     imported.add_argument("file", help="embeddings: .npy, .npz, .parquet or .csv")
-    imported.add_argument(
-        "--labels", default=None, help="labels: .csv or .parquet with id, name"
-    )
-    imported.add_argument(
-        "--name", required=True, help="dataset name (a safe folder name)"
-    )
+    imported.add_argument("--labels", default=None, help="labels: .csv or .parquet with id, name")
+    imported.add_argument("--name", required=True, help="dataset name (a safe folder name)")
     imported.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
-    imported.add_argument(
-        "--overwrite", action="store_true", help="replace a dataset of that name"
-    )
+    imported.add_argument("--overwrite", action="store_true", help="replace a dataset of that name")
     imported.set_defaults(func=run_import)
 
 

@@ -31,15 +31,14 @@ from sparsebin.datasets.store import (
 EMBEDDING_FORMATS = (".npy", ".npz", ".parquet", ".csv")
 LABEL_FORMATS = (".csv", ".parquet")
 DEFAULT_MAX_BYTES = 4 * 2**30
-_CHUNK_ROWS = 65536
+_CHUNK_BYTES = 32 * 2**20  # per chunk of rows read, checked and written: bounds import memory
 _PREFERRED_ARRAY_NAMES = ("embeddings", "embedding", "vectors")
 
 
 def _check_file(path: Path, formats: tuple[str, ...], max_bytes: int) -> None:
     if path.suffix.lower() not in formats:
         raise DataError(
-            f"{path.name}: not a supported format {path.suffix or '(no extension)'!r}; "
-            f"use one of {', '.join(formats)}"
+            f"{path.name}: not a supported format {path.suffix or '(no extension)'!r}; use one of {', '.join(formats)}"
         )
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -61,9 +60,7 @@ def _read_npz(path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
-            chosen = next(
-                (name for name in _PREFERRED_ARRAY_NAMES if name in names), None
-            )
+            chosen = next((name for name in _PREFERRED_ARRAY_NAMES if name in names), None)
             if chosen is None and len(names) == 1:
                 chosen = names[0]
             if chosen is None:
@@ -85,15 +82,11 @@ def _read_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path.name}: embeddings are not numeric ({error})") from None
 
 
-def _list_column_to_array(
-    column: pa.ChunkedArray, column_name: str, path: Path
-) -> np.ndarray:
+def _list_column_to_array(column: pa.ChunkedArray, column_name: str, path: Path) -> np.ndarray:
     """A list/array column as a (rows, dim) array, refusing rows of different lengths."""
     column = column.combine_chunks()
     lengths = column.value_lengths().to_numpy(zero_copy_only=False)
-    if len(lengths) and (
-        np.isnan(lengths.astype(float)).any() or (lengths != lengths[0]).any()
-    ):
+    if len(lengths) and (np.isnan(lengths.astype(float)).any() or (lengths != lengths[0]).any()):
         lengths = np.nan_to_num(lengths.astype(float), nan=-1)
         bad = int(np.flatnonzero(lengths != lengths[0])[0])
         raise DataError(
@@ -102,15 +95,9 @@ def _list_column_to_array(
         )
     values = column.flatten()
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(
-            f"{path.name}: column {column_name!r} is not numeric (values of type {values.type})"
-        )
+        raise DataError(f"{path.name}: column {column_name!r} is not numeric (values of type {values.type})")
     dim = int(lengths[0]) if len(lengths) else 0
-    return (
-        values.to_numpy(zero_copy_only=False)
-        .astype(np.float32)
-        .reshape(len(column), dim)
-    )
+    return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
 
 
 def _read_parquet(path: Path) -> np.ndarray:
@@ -119,9 +106,7 @@ def _read_parquet(path: Path) -> np.ndarray:
     list_columns = [
         field.name
         for field in table.schema
-        if pa.types.is_list(field.type)
-        or pa.types.is_large_list(field.type)
-        or pa.types.is_fixed_size_list(field.type)
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type) or pa.types.is_fixed_size_list(field.type)
     ]
     if list_columns:
         preferred = [name for name in _PREFERRED_ARRAY_NAMES if name in list_columns]
@@ -134,16 +119,9 @@ def _read_parquet(path: Path) -> np.ndarray:
         return _list_column_to_array(table.column(name), name, path)
     for field in table.schema:
         if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
-            raise DataError(
-                f"{path.name}: column {field.name!r} is not numeric (type {field.type})"
-            )
+            raise DataError(f"{path.name}: column {field.name!r} is not numeric (type {field.type})")
     return (
-        np.column_stack(
-            [
-                column.to_numpy(zero_copy_only=False).astype(np.float32)
-                for column in table.columns
-            ]
-        )
+        np.column_stack([column.to_numpy(zero_copy_only=False).astype(np.float32) for column in table.columns])
         if table.num_columns
         else np.empty((table.num_rows, 0), np.float32)
     )
@@ -164,9 +142,7 @@ def _read_csv(path: Path) -> np.ndarray:
     has_header = any(not _is_number(field) for field in first_row)
     first_data_line = 2 if has_header else 1
     try:
-        frame = pd.read_csv(
-            path, header=0 if has_header else None, skip_blank_lines=True
-        )
+        frame = pd.read_csv(path, header=0 if has_header else None, skip_blank_lines=True)
     except pd.errors.ParserError as error:
         raise DataError(f"{path.name}: ragged rows ({error})") from None
     except pd.errors.EmptyDataError:
@@ -183,15 +159,11 @@ def _read_csv(path: Path) -> np.ndarray:
     values = frame.to_numpy(dtype=np.float32)
     missing = np.flatnonzero(np.isnan(values).any(axis=1))
     if len(missing):
-        _raise_if_short_row(
-            path, int(missing[0]), frame.shape[1], has_header, first_data_line
-        )
+        _raise_if_short_row(path, int(missing[0]), frame.shape[1], has_header, first_data_line)
     return values
 
 
-def _raise_if_short_row(
-    path: Path, row: int, width: int, has_header: bool, first_data_line: int
-) -> None:
+def _raise_if_short_row(path: Path, row: int, width: int, has_header: bool, first_data_line: int) -> None:
     """pandas pads short rows with NaN; name them as ragged rather than as NaN."""
     with open(path, newline="") as handle:
         rows = (fields for fields in csv.reader(handle) if fields)
@@ -220,14 +192,10 @@ def read_embeddings(path: Path) -> np.ndarray:
     array = READERS[path.suffix.lower()](path)
     _check_numeric_dtype(array.dtype, path)
     if array.ndim != 2:
-        raise DataError(
-            f"{path.name}: embeddings must be a 2-d table (rows x dims), got shape {array.shape}"
-        )
+        raise DataError(f"{path.name}: embeddings must be a 2-d table (rows x dims), got shape {array.shape}")
     rows, dim = array.shape
     if rows < 2 or dim < 2:
-        raise DataError(
-            f"{path.name}: need at least 2 rows and 2 dims, got {rows} rows x {dim} dims"
-        )
+        raise DataError(f"{path.name}: need at least 2 rows and 2 dims, got {rows} rows x {dim} dims")
     return array
 
 
@@ -252,13 +220,9 @@ def read_labels(path: Path, rows: int, max_bytes: int) -> pd.DataFrame:
         labels = pd.read_parquet(path)
     missing = [column for column in ("id", "name") if column not in labels.columns]
     if missing:
-        raise DataError(
-            f"{path.name}: labels need columns 'id' and 'name'; missing {', '.join(missing)}"
-        )
+        raise DataError(f"{path.name}: labels need columns 'id' and 'name'; missing {', '.join(missing)}")
     if len(labels) != rows:
-        raise DataError(
-            f"{path.name}: {len(labels)} label rows but the embeddings have {rows} rows"
-        )
+        raise DataError(f"{path.name}: {len(labels)} label rows but the embeddings have {rows} rows")
     ids = labels["id"].astype(str)
     if labels["id"].isna().any():
         bad = int(np.flatnonzero(labels["id"].isna())[0])
@@ -267,24 +231,14 @@ def read_labels(path: Path, rows: int, max_bytes: int) -> pd.DataFrame:
     if duplicated.any():
         first = ids[duplicated].iloc[0]
         where = np.flatnonzero(ids == first)[:5].tolist()
-        raise DataError(
-            f"{path.name}: duplicate id {first!r} in column 'id' (rows {where})"
-        )
+        raise DataError(f"{path.name}: duplicate id {first!r} in column 'id' (rows {where})")
     concepts = pd.DataFrame(
         {
             "id": ids.to_numpy(),
             "name": labels["name"].fillna("").astype(str).to_numpy(),
             "source": "user",
-            "category": (
-                labels["category"].fillna("").astype(str).to_numpy()
-                if "category" in labels
-                else ""
-            ),
-            "depth": (
-                labels["depth"].fillna(-1).astype(int).to_numpy()
-                if "depth" in labels
-                else -1
-            ),
+            "category": (labels["category"].fillna("").astype(str).to_numpy() if "category" in labels else ""),
+            "depth": (labels["depth"].fillna(-1).astype(int).to_numpy() if "depth" in labels else -1),
             "parents": (
                 [_parse_parents(value) for value in labels["parents"]]
                 if "parents" in labels
@@ -301,9 +255,7 @@ def _parse_parents(value) -> list[str]:
         return [str(item) for item in value]
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return []
-    return [
-        item.strip() for item in str(value).replace("|", ";").split(";") if item.strip()
-    ]
+    return [item.strip() for item in str(value).replace("|", ";").split(";") if item.strip()]
 
 
 def index_labels(rows: int) -> pd.DataFrame:
@@ -342,15 +294,14 @@ def import_dataset(
     array = read_embeddings(embeddings_path)
     rows, dim = array.shape
     labels_path = Path(labels_file) if labels_file is not None else None
-    concepts = (
-        read_labels(labels_path, rows, max_bytes) if labels_path else index_labels(rows)
-    )
+    concepts = read_labels(labels_path, rows, max_bytes) if labels_path else index_labels(rows)
 
     with atomic_dataset_folder(name, data_dir) as folder:
         writer = NpyWriter(folder / EMBEDDINGS_FILE, rows, dim)
+        chunk_rows = chunk_rows_for(dim)
         try:
-            for start in range(0, rows, _CHUNK_ROWS):
-                chunk = np.asarray(array[start : start + _CHUNK_ROWS], dtype=np.float32)
+            for start in range(0, rows, chunk_rows):
+                chunk = np.asarray(array[start : start + chunk_rows], dtype=np.float32)
                 check_chunk(chunk, start, embeddings_path)
                 writer.write(chunk)
                 _release_pages(array, start, len(chunk))
@@ -382,6 +333,11 @@ def import_dataset(
     return resolve_data_dir(data_dir) / name
 
 
+def chunk_rows_for(dim: int) -> int:
+    """Rows per import chunk: about 32 MiB of float32, whatever the dimension."""
+    return max(1, _CHUNK_BYTES // (4 * dim))
+
+
 def _release_pages(array: np.ndarray, start: int, count: int) -> None:
     """Drop a finished chunk of a memory-mapped input from our resident set.
 
@@ -397,8 +353,6 @@ def _release_pages(array: np.ndarray, start: int, count: int) -> None:
     begin = array.offset % mmap.ALLOCATIONGRANULARITY + start * row_bytes
     aligned = begin - begin % mmap.PAGESIZE
     try:
-        mapping.madvise(
-            mmap.MADV_DONTNEED, aligned, begin + count * row_bytes - aligned
-        )
+        mapping.madvise(mmap.MADV_DONTNEED, aligned, begin + count * row_bytes - aligned)
     except (OSError, ValueError):
         return

@@ -15,9 +15,7 @@ from sparsebin import paths
 from sparsebin.datasets.store import check_name, resolve_data_dir
 
 STATUS_FOLDER = ".builds"
-_MIN_WRITE_INTERVAL = (
-    0.5  # seconds between progress writes; the app polls about once a second
-)
+_MIN_WRITE_INTERVAL = 0.5  # seconds between progress writes; the app polls about once a second
 
 
 def status_path(name: str, data_dir: Path | None = None) -> Path:
@@ -70,12 +68,8 @@ def build_status(name: str, data_dir: Path | None = None) -> dict | None:
     status = _read(status_path(name, data_dir))
     if status is None:
         return None
-    if status.get("state") == "running" and not _process_alive(
-        int(status.get("pid", -1))
-    ):
-        status.update(
-            state="failed", error=status.get("error") or "the build process stopped"
-        )
+    if status.get("state") == "running" and not _process_alive(int(status.get("pid", -1))):
+        status.update(state="failed", error=status.get("error") or "the build process stopped")
     return status
 
 
@@ -88,9 +82,7 @@ def progress_writer(name: str, data_dir: Path | None = None):
         if done < total and time.monotonic() - last_write < _MIN_WRITE_INTERVAL:
             return
         last_write = time.monotonic()
-        write_status(
-            name, data_dir, state="running", done=done, total=total, pid=os.getpid()
-        )
+        write_status(name, data_dir, state="running", done=done, total=total, pid=os.getpid())
 
     return report
 
@@ -118,6 +110,4 @@ def start_build(name: str, data_dir: Path | None = None) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    write_status(
-        name, data_dir, state="running", done=0, total=0, error=None, pid=process.pid
-    )
+    write_status(name, data_dir, state="running", done=0, total=0, error=None, pid=process.pid)

@@ -103,12 +103,11 @@ class NpyWriter:
             "fortran_order": False,
             "shape": (rows, dim),
         }
-        np.lib.format.write_array_header_2_0(
-            _HashingFile(self._handle, self._digest), header
-        )
+        np.lib.format.write_array_header_2_0(_HashingFile(self._handle, self._digest), header)
 
     def write(self, chunk: np.ndarray) -> None:
-        data = np.ascontiguousarray(chunk, dtype=np.float32).tobytes()
+        # A memoryview writes the array's own buffer: no bytes copy of the chunk.
+        data = memoryview(np.ascontiguousarray(chunk, dtype=np.float32)).cast("B")
         self._digest.update(data)
         self._handle.write(data)
         self.written += len(chunk)
@@ -121,9 +120,7 @@ class NpyWriter:
         """Close the file and return its sha256; refuse a file with missing rows."""
         self._handle.close()
         if self.written != self.rows:
-            raise RuntimeError(
-                f"{self.path} received {self.written} rows, expected {self.rows}"
-            )
+            raise RuntimeError(f"{self.path} received {self.written} rows, expected {self.rows}")
         return self._digest.hexdigest()
 
 
@@ -202,10 +199,7 @@ def now_iso() -> str:
 
 
 def is_dataset(folder: Path) -> bool:
-    return all(
-        (folder / file).is_file()
-        for file in (EMBEDDINGS_FILE, CONCEPTS_FILE, META_FILE)
-    )
+    return all((folder / file).is_file() for file in (EMBEDDINGS_FILE, CONCEPTS_FILE, META_FILE))
 
 
 def dataset_folder(name_or_path: str | Path, data_dir: Path | None = None) -> Path:
