@@ -77,8 +77,9 @@ def test_parquet_list_column_and_numeric_columns(tmp_path, data_dir, vectors):
 
 def test_csv_with_and_without_header(tmp_path, data_dir, vectors):
     pd.DataFrame(vectors, columns=list("wxyz")).to_csv(tmp_path / "header.csv", index=False)
+    pd.DataFrame(vectors).to_csv(tmp_path / "counted.csv", index=False)  # header "0,1,2,3"
     pd.DataFrame(vectors).to_csv(tmp_path / "bare.csv", index=False, header=False)
-    for stem in ("header", "bare"):
+    for stem in ("header", "counted", "bare"):
         folder = import_dataset(tmp_path / f"{stem}.csv", name=stem, data_dir=data_dir)
         dataset = load_dataset(folder)
         assert dataset.embeddings.shape == (6, 4)
@@ -93,6 +94,7 @@ def test_labels_give_ids_names_categories_and_parents(tmp_path, data_dir, vector
             "name": [f"concept {row}" for row in range(6)],
             "category": ["a", "a", "b", "b", "c", None],
             "parents": ["", "C0", "C0;C1", "C1 | C2", "", ""],
+            "depth": [0, 1, 2, 2, None, 1],
         }
     )
     labels.to_csv(tmp_path / "labels.csv", index=False)
@@ -107,6 +109,7 @@ def test_labels_give_ids_names_categories_and_parents(tmp_path, data_dir, vector
     assert concepts["name"].iloc[3] == "concept 3"
     assert concepts["category"].tolist() == ["a", "a", "b", "b", "c", ""]
     assert concepts["parents"].tolist()[:4] == [[], ["C0"], ["C0", "C1"], ["C1", "C2"]]
+    assert concepts["depth"].tolist() == [0, 1, 2, 2, -1, 1]
 
 
 def test_parquet_labels_with_list_parents(tmp_path, data_dir, vectors):
@@ -129,6 +132,7 @@ def test_large_npy_is_read_through_a_memory_map(tmp_path, data_dir, monkeypatch)
     """The source is opened with mmap_mode and streamed in chunks, never loaded whole."""
     from sparsebin.datasets import importing
 
+    monkeypatch.setattr(importing, "_CHUNK_BYTES", 4096)  # many chunks from a small file
     rows = 3 * importing.chunk_rows_for(8) // 2
     source = tmp_path / "big.npy"
     big = np.lib.format.open_memmap(source, mode="w+", dtype=np.float32, shape=(rows, 8))
@@ -312,11 +316,12 @@ def test_existing_name_is_kept_unless_overwritten(tmp_path, data_dir, vectors):
     np.testing.assert_allclose(load_dataset("mine", data_dir=data_dir).embeddings, vectors * 2)
 
 
-def test_fault_late_in_a_large_file_writes_nothing(tmp_path, data_dir):
+def test_fault_late_in_a_large_file_writes_nothing(tmp_path, data_dir, monkeypatch):
     """A bad row found after chunks were already written still leaves no folder behind."""
     from sparsebin.datasets import importing
 
-    rows = importing.chunk_rows_for(3) + 10
+    monkeypatch.setattr(importing, "_CHUNK_BYTES", 4096)
+    rows = 5 * importing.chunk_rows_for(3) + 10
     values = np.ones((rows, 3), np.float32)
     values[rows - 2] = np.nan
     np.save(tmp_path / "late.npy", values)

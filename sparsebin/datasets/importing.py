@@ -139,7 +139,9 @@ def _read_csv(path: Path) -> np.ndarray:
     """Numeric columns, with a header row when the first row is not all numbers."""
     with open(path, newline="") as handle:
         first_row = next(csv.reader(handle), [])
-    has_header = any(not _is_number(field) for field in first_row)
+    # pandas writes a bare frame's header as "0,1,2,..."; that is a header, not a row.
+    counting = [str(position) for position in range(len(first_row))]
+    has_header = any(not _is_number(field) for field in first_row) or first_row == counting
     first_data_line = 2 if has_header else 1
     try:
         frame = pd.read_csv(path, header=0 if has_header else None, skip_blank_lines=True)
@@ -238,7 +240,7 @@ def read_labels(path: Path, rows: int, max_bytes: int) -> pd.DataFrame:
             "name": labels["name"].fillna("").astype(str).to_numpy(),
             "source": "user",
             "category": (labels["category"].fillna("").astype(str).to_numpy() if "category" in labels else ""),
-            "depth": (labels["depth"].fillna(-1).astype(int).to_numpy() if "depth" in labels else -1),
+            "depth": _read_depths(labels, path) if "depth" in labels else -1,
             "parents": (
                 [_parse_parents(value) for value in labels["parents"]]
                 if "parents" in labels
@@ -247,6 +249,15 @@ def read_labels(path: Path, rows: int, max_bytes: int) -> pd.DataFrame:
         }
     )
     return concepts
+
+
+def _read_depths(labels: pd.DataFrame, path: Path) -> np.ndarray:
+    depths = pd.to_numeric(labels["depth"], errors="coerce")
+    bad = depths.isna() & labels["depth"].notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path.name}: column 'depth' is not an integer at row {row}: {labels['depth'].iloc[row]!r}")
+    return depths.fillna(-1).astype(int).to_numpy()
 
 
 def _parse_parents(value) -> list[str]:
