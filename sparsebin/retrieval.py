@@ -35,33 +35,38 @@ def bytes_per_vector(n_bits: int) -> int:
 
 
 class CodeIndex:
-    """Exact nearest-neighbour search over packed binary codes."""
+    """Exact nearest-neighbour search over packed binary codes.
 
-    def __init__(self, packed: np.ndarray, n_bits: int, chunk_rows: int = 65536):
+    Sparse codes are held as an inverted index, `by_bit`: an (N, M) float32 CSR
+    with one row per bit listing the rows where it fires (8 bytes per active
+    bit). A caller that already built it (`interpret.RunContext`) passes it in,
+    so it is not built twice.
+    """
+
+    def __init__(self, packed: np.ndarray, n_bits: int, chunk_rows: int = 65536, by_bit: sp.csr_matrix | None = None):
         self.packed = packed
         self.n_bits = n_bits
         self.chunk_rows = chunk_rows
-        self.sizes = np.concatenate(
-            [np.bitwise_count(np.asarray(packed[i : i + chunk_rows])).sum(axis=1) for i in range(0, len(packed), chunk_rows)]
-        ).astype(np.float32)  # (M,) active bits per row
+        self.sizes = active_counts(packed, chunk_rows).astype(np.float32)  # (M,) active bits per row
         density = self.sizes.mean() / n_bits if len(packed) else 0.0
         self.sparse = density <= SPARSE_DENSITY
-        self.matrix = self._to_csr(packed) if self.sparse else None
+        self._by_bit = by_bit if self.sparse else None
+        self._by_size = None
 
     def __len__(self) -> int:
         return len(self.packed)
 
-    def _to_csr(self, packed: np.ndarray) -> sp.csr_matrix:
-        blocks = [
-            sp.csr_matrix(unpack_bits(packed[i : i + self.chunk_rows], self.n_bits), dtype=np.float32)
-            for i in range(0, len(packed), self.chunk_rows)
-        ]
-        return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.n_bits), dtype=np.float32)
+    @property
+    def by_size(self) -> np.ndarray:
+        """Row indices ordered by active bits, ties by row: the Hamming order of rows sharing no bit."""
+        if self._by_size is None:
+            self._by_size = np.argsort(self.sizes, kind="stable")
+        return self._by_size
 
     def _intersections(self, query_bits: np.ndarray) -> np.ndarray:
         """(Q, N) 0/1 queries -> (Q, M) float32 counts of shared active bits."""
         if self.sparse:
-            return (sp.csr_matrix(query_bits, dtype=np.float32) @ self.matrix.T).toarray()
+            return (sp.csr_matrix(query_bits, dtype=np.float32) @ self.by_bit).toarray()
         query = query_bits.astype(np.float32)
         out = np.empty((len(query), len(self)), dtype=np.float32)
         for i in range(0, len(self), self.chunk_rows):
@@ -71,25 +76,24 @@ class CodeIndex:
 
     def distances(self, query_packed: np.ndarray, metric: str = "hamming") -> np.ndarray:
         """(Q, M) float32 distances from each packed query to every indexed row."""
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}.")
-        query_bits = unpack_bits(query_packed, self.n_bits)
+        check_metric(metric)
+        query_bits = unpack_bits(np.atleast_2d(query_packed), self.n_bits)
         inter = self._intersections(query_bits)
         query_sizes = query_bits.sum(axis=1, dtype=np.float32)[:, None]
-        if metric == "hamming":
-            return query_sizes + self.sizes[None, :] - 2 * inter
-        union = query_sizes + self.sizes[None, :] - inter
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(union > 0, 1 - inter / union, 1.0).astype(np.float32)
+        return pair_distances(inter, query_sizes, self.sizes[None, :], metric)
 
     def search(
         self, query_packed: np.ndarray, k: int, metric: str = "hamming", exclude: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, distances), each (Q, k), nearest first.
+        """(indices, distances), each (Q, k), nearest first, ties by the lower row index.
 
         `exclude` gives, per query, one indexed row to leave out (the query itself).
+        Sparse codes are searched without a (Q, M) matrix (see `_search_sparse`).
         """
+        check_metric(metric)
         query_packed = np.atleast_2d(query_packed)
+        if self.sparse and k < len(self) - 1:
+            return self._search_sparse(query_packed, k, metric, exclude)
         block = max(1, 2**25 // max(len(self), 1))  # keep each (block, M) distance matrix ~128 MB
         indices, distances = [], []
         for i in range(0, len(query_packed), block):
@@ -101,11 +105,107 @@ class CodeIndex:
             distances.append(top_dist)
         return np.concatenate(indices), np.concatenate(distances)
 
+    @property
+    def by_bit(self) -> sp.csr_matrix:
+        """(N, M) CSR of the sparse codes, one row per bit: the inverted index of each bit's rows."""
+        if self._by_bit is None:
+            self._by_bit = codes_by_bit(self.packed, self.n_bits, self.chunk_rows)
+        return self._by_bit
+
+    def _search_sparse(
+        self, query_packed: np.ndarray, k: int, metric: str, exclude: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k from the rows sharing a bit with the query, plus k fillers.
+
+        A row sharing no bit with the query is at Hamming distance |q| + |r| and
+        Jaccard distance 1, so among those only the k smallest rows (Hamming) or
+        the k lowest-numbered rows (Jaccard) can ever make the top k. The
+        candidates are therefore the non-zeros of the sparse product with the
+        inverted index plus those k, and no (Q, M) array is formed: a query costs
+        the postings of its active bits, not M.
+        """
+        indices = np.empty((len(query_packed), k), dtype=np.int64)
+        distances = np.empty((len(query_packed), k), dtype=np.float32)
+        filler_order = self.by_size if metric == "hamming" else np.arange(len(self))
+        shared = np.zeros(len(self), dtype=bool)  # scratch mask, reset after each query
+        block = 256  # queries per sparse product, bounding its non-zeros
+        for start in range(0, len(query_packed), block):
+            query_bits = unpack_bits(query_packed[start : start + block], self.n_bits)
+            query_sizes = query_bits.sum(axis=1, dtype=np.float32)
+            product = sp.csr_matrix(query_bits, dtype=np.float32) @ self.by_bit  # (B, M) shared-bit counts
+            row_of = np.repeat(np.arange(len(query_bits)), np.diff(product.indptr))
+            all_dist = pair_distances(product.data, query_sizes[row_of], self.sizes[product.indices], metric)
+            for row in range(len(query_bits)):
+                segment = slice(product.indptr[row], product.indptr[row + 1])
+                cols, dist = product.indices[segment], all_dist[segment]
+                own = -1 if exclude is None else int(exclude[start + row])
+                shared[cols] = True
+                if own >= 0:
+                    shared[own] = True
+                fillers = filler_order[: k + len(cols) + 1]
+                fillers = fillers[~shared[fillers]][:k]
+                shared[cols] = False
+                if own >= 0:
+                    shared[own] = False
+                keep = cols != own
+                cand = np.concatenate([cols[keep], fillers]).astype(np.int64)
+                filler_dist = pair_distances(np.float32(0), query_sizes[row], self.sizes[fillers], metric)
+                cand_dist = np.concatenate([dist[keep], filler_dist])
+                top = smallest_k_labelled(cand_dist, cand, k)
+                indices[start + row] = cand[top]
+                distances[start + row] = cand_dist[top]
+        return indices, distances
+
+
+def smallest_k_labelled(dist: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest of `dist` (1-D), ties broken by the lower label (row index)."""
+    if k < len(dist):
+        kth = np.partition(dist, k - 1)[k - 1]
+        within = np.flatnonzero(dist <= kth)  # may hold more than k when the k-th value ties
+    else:
+        within = np.arange(len(dist))
+    return within[np.lexsort((labels[within], dist[within]))[:k]]
+
+
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}.")
+
+
+def pair_distances(inter: np.ndarray, query_sizes, row_sizes, metric: str) -> np.ndarray:
+    """Hamming or Jaccard distance from intersection counts and code sizes (float32, broadcast)."""
+    if metric == "hamming":
+        return (query_sizes + row_sizes - 2 * inter).astype(np.float32)
+    union = query_sizes + row_sizes - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, 1 - inter / union, 1.0).astype(np.float32)
+
+
+def active_counts(packed: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """(M,) int64 active bits per packed row, by popcount over the bytes."""
+    counts = [
+        np.bitwise_count(np.asarray(packed[i : i + chunk_rows])).sum(axis=1, dtype=np.int64)
+        for i in range(0, len(packed), chunk_rows)
+    ]
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
+
+def codes_by_bit(packed: np.ndarray, n_bits: int, chunk_rows: int = 65536) -> sp.csr_matrix:
+    """(N, M) float32 CSR of packed codes, one row per bit, unpacked a chunk of rows at a time."""
+    blocks = [
+        sp.csr_matrix(unpack_bits(packed[i : i + chunk_rows], n_bits).T, dtype=np.float32)
+        for i in range(0, len(packed), chunk_rows)
+    ]
+    return sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((n_bits, 0), dtype=np.float32)
+
 
 def smallest_k(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k smallest entries, ties broken by the lower column index."""
     k = min(k, dist.shape[1])
-    part = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < dist.shape[1] else np.tile(np.arange(dist.shape[1]), (len(dist), 1))
+    if k < dist.shape[1]:
+        part = np.argpartition(dist, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(dist.shape[1]), (len(dist), 1))
     # Entries equal to the k-th value may sit outside the partition; take them all, then order.
     kth = np.take_along_axis(dist, part, axis=1).max(axis=1, keepdims=True)
     rows, cols = np.nonzero(dist <= kth)
