@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,6 +155,27 @@ def _remove_stale_temporaries(root: Path, name: str) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _publish(temporary: Path, target: Path) -> None:
+    """Rename a finished folder to target, retiring any dataset already there.
+
+    Two writers may finish together (the app's background build and a command-line
+    one); each retry renames whatever is in place aside, so the last one wins whole.
+    """
+    for attempt in range(10):
+        try:
+            os.replace(temporary, target)
+            return
+        except OSError:
+            if not target.exists() or attempt == 9:
+                raise
+        retired = target.parent / f".retired-{target.name}-{uuid.uuid4().hex}"
+        try:
+            os.replace(target, retired)
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(retired, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dataset_folder(name: str, data_dir: Path | None = None) -> Iterator[Path]:
     """Yield a hidden temporary folder; on success rename it to data_dir/name.
@@ -171,14 +193,7 @@ def atomic_dataset_folder(name: str, data_dir: Path | None = None) -> Iterator[P
     temporary.mkdir()
     try:
         yield temporary
-        target = root / name
-        if target.exists():
-            retired = root / f".retired-{name}-{os.getpid()}"
-            os.replace(target, retired)
-            os.replace(temporary, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(temporary, target)
+        _publish(temporary, root / name)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         if created_root and not any(root.iterdir()):
