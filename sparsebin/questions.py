@@ -159,6 +159,9 @@ def answer_depth(depth: dict | None) -> str:
     per_depth = depth["per_depth"]
     facts = []
     for source, rho in depth["spearman"].items():
+        if rho is None or math.isnan(rho):
+            facts.append(f"for {source}, too few distinct depths or active counts to correlate")
+            continue
         rows = per_depth[per_depth["source"] == source].sort_values("depth")
         p_value = depth.get("p_value", {}).get(source, float("nan"))
         direction = "more" if rho > 0 else "fewer"

@@ -105,3 +105,13 @@ def test_no_runs_says_what_to_select():
     answers = answer_questions(empty)
     assert "No finished run with the cosine alignment" in answers[0].answer
     assert "Select finished runs that differ in rounding" in answers[2].answer
+
+
+def test_depth_answer_skips_a_source_without_a_correlation():
+    depth = {
+        "per_depth": pd.DataFrame(columns=["source", "depth", "mean_active", "n"]),
+        "spearman": {"user": math.nan},
+        "p_value": {"user": math.nan},
+    }
+    answer = answer_questions(runs_table(), depth=depth)[4].answer
+    assert "for user, too few distinct depths or active counts to correlate" in answer
