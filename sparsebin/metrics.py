@@ -119,7 +119,9 @@ def firing_frequency(packed: np.ndarray, n_bits: int, chunk_rows: int = 65536) -
 def firing_metrics(firing: np.ndarray) -> dict:
     """Dead bits (never fire), dense bits (fire for over half), log10 frequency histogram."""
     alive = firing[firing > 0]
-    counts, edges = np.histogram(np.log10(alive), bins=LOG10_BINS) if len(alive) else (np.zeros(len(LOG10_BINS) - 1), LOG10_BINS)
+    counts, edges = (
+        np.histogram(np.log10(alive), bins=LOG10_BINS) if len(alive) else (np.zeros(len(LOG10_BINS) - 1), LOG10_BINS)
+    )
     return {
         "dead_bits": int((firing == 0).sum()),
         "dense_bits": int((firing > 0.5).sum()),
@@ -160,7 +162,9 @@ def retrieval_metrics(
     return result
 
 
-def sign_codes(vectors: np.ndarray, fit_vectors: np.ndarray | None = None, n_bits: int | None = None, pca: bool = True) -> np.ndarray:
+def sign_codes(
+    vectors: np.ndarray, fit_vectors: np.ndarray | None = None, n_bits: int | None = None, pca: bool = True
+) -> np.ndarray:
     """The `sign` baseline: 1[x_j > 0] per dimension, after an optional PCA rotation.
 
     The rotation (centre and principal axes) is fitted on `fit_vectors` (the
@@ -171,7 +175,9 @@ def sign_codes(vectors: np.ndarray, fit_vectors: np.ndarray | None = None, n_bit
     d_in = vectors.shape[1]
     n_bits = d_in if n_bits is None else n_bits
     if not 1 <= n_bits <= d_in:
-        raise ValueError(f"the sign baseline gives at most one bit per dimension: n_bits must lie in 1..{d_in}, got {n_bits}.")
+        raise ValueError(
+            f"the sign baseline gives at most one bit per dimension: n_bits must lie in 1..{d_in}, got {n_bits}."
+        )
     if pca:
         offset, rotation = principal_axes(fit_vectors, n_bits)
     else:

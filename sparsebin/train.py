@@ -49,8 +49,11 @@ def split_rows(n_rows: int, val_fraction: float, seed: int) -> Split:
     return Split(train=np.sort(order[n_val:]), validation=np.sort(order[:n_val]))
 
 
-def check_embeddings(embeddings: np.ndarray) -> None:
-    """Reject what cannot be trained on, naming the first bad row."""
+def check_embeddings(embeddings: np.ndarray, normalize: bool = True) -> None:
+    """Reject what cannot be trained on, naming the first bad row.
+
+    All-zero rows are only a fault when rows are to be normalised.
+    """
     if embeddings.ndim != 2 or embeddings.shape[0] < 2 or embeddings.shape[1] < 2:
         raise ValueError(f"embeddings must be a 2-D array of at least 2 x 2, got shape {embeddings.shape}.")
     if not np.issubdtype(embeddings.dtype, np.floating):
@@ -108,7 +111,7 @@ def train(
     `checkpoint_path`, an existing checkpoint there is resumed from, and a new
     one is written at the end of every epoch.
     """
-    check_embeddings(embeddings)
+    check_embeddings(embeddings, config.normalize)
     config.validate(n_rows=embeddings.shape[0])
     device = resolve_device(config.device)
     split = split_rows(embeddings.shape[0], config.val_fraction, config.seed)

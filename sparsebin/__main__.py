@@ -1,0 +1,5 @@
+import sys
+
+from sparsebin.cli import main
+
+sys.exit(main())

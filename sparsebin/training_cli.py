@@ -1,0 +1,147 @@
+"""`train` and `eval`: train one run in the foreground, or evaluate a finished run."""
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sparsebin import runfolder
+from sparsebin.config import INITS, LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
+from sparsebin.datasets import load_dataset
+from sparsebin.experiment import run_experiment
+from sparsebin.metrics import evaluate_model, normalized_rows
+from sparsebin.paths import home_dir
+
+OPTION_HELP = {
+    "n_bits": "code length N",
+    "k": "target number of active bits per concept K",
+    "alpha": "weight of the sparsity term",
+    "loss": f"distance of both loss terms: {', '.join(LOSSES)}",
+    "rec_loss": "override the reconstruction distance (advanced)",
+    "sparsity_loss": "override the alignment distance (advanced)",
+    "rounding": f"round to bits while training: {', '.join(ROUNDINGS)} (ste = pass-through)",
+    "sparsity": f"sparsity scheme: {', '.join(SPARSITIES)} (align = the paper's)",
+    "init": f"encoder initialisation: {', '.join(INITS)} (sparse = bias logit(K/N))",
+    "normalize": "L2-normalise rows before training (true/false)",
+    "val_fraction": "share of rows held out for validation metrics",
+    "lr": "Adam learning rate",
+    "batch_size": "rows per training step",
+    "epochs": "passes over the training rows",
+    "seed": "seed of the split, initialisation and batch order",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "log_every": "steps between progress reports",
+}
+
+
+def add_commands(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train one run in the foreground and write its run folder")
+    train.add_argument("data", help="embeddings: a .npy file, a dataset folder or a built dataset's name")
+    train.add_argument("--out", type=Path, help="run folder to write (default: <home>/runs/cli-<time>)")
+    train.add_argument("--queries", type=int, default=500, help="retrieval queries sampled per evaluated part")
+    for field in dataclasses.fields(TrainConfig):
+        train.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            type=_option_type(field),
+            default=field.default,
+            help=f"{OPTION_HELP[field.name]} (default: {field.default})",
+        )
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser("eval", help="metrics of a finished run on a given set of embeddings")
+    evaluate.add_argument("run", type=Path, help="run folder")
+    evaluate.add_argument("data", help="embeddings: a .npy file, a dataset folder or a built dataset's name")
+    evaluate.add_argument("--queries", type=int, default=500, help="retrieval queries sampled from the set")
+    evaluate.add_argument("--json", action="store_true", help="print every metric as JSON")
+    evaluate.set_defaults(func=run_eval)
+
+
+def _option_type(field: dataclasses.Field):
+    if field.type in (bool, "bool"):
+        return _parse_bool
+    if field.default is None:
+        return str
+    return type(field.default)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def load_embeddings(source: str) -> np.ndarray:
+    """A .npy file (memory-mapped) or a dataset folder / name."""
+    path = Path(source)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise ValueError(f"no embeddings file at {path}.")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    return load_dataset(source).embeddings
+
+
+def run_train(args: argparse.Namespace) -> int:
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**values)
+    embeddings = load_embeddings(args.data)
+    config.validate(n_rows=len(embeddings))
+    out = args.out or home_dir() / "runs" / time.strftime("cli-%Y%m%d-%H%M%S")
+    with tqdm(total=None, unit="step", desc="training") as bar:
+
+        def progress(event: dict) -> None:
+            bar.total = event["total_steps"]
+            bar.n = event["step"]
+            bar.set_postfix(epoch=event["epoch"], loss=f"{event['loss']:.4f}", active=f"{event['active_mean']:.1f}")
+
+        run_experiment(embeddings, config, out, progress=progress, n_queries=args.queries)
+    metrics = runfolder.load_metrics(out)
+    print(f"run folder: {out}")
+    print(summary(metrics.get("validation") or metrics["train"]))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    model = runfolder.load_model(args.run)
+    config = runfolder.load_config(args.run)
+    embeddings = load_embeddings(args.data)
+    if embeddings.shape[1] != model.d_in:
+        raise ValueError(f"the run expects {model.d_in}-d embeddings, but {args.data} has {embeddings.shape[1]}.")
+    vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)
+    metrics = evaluate_model(model, vectors, split=f"all of {args.data}", n_queries=args.queries).metrics
+    print(json.dumps(metrics, indent=2) if args.json else summary(metrics))
+    return 0
+
+
+SUMMARY_KEYS = (
+    "split",
+    "n_rows",
+    "recon_loss",
+    "fixed_topk_recon_loss",
+    "soft_recon_loss",
+    "active_mean",
+    "active_std",
+    "active_min",
+    "active_max",
+    "topk_overlap",
+    "dead_bits",
+    "dense_bits",
+    "bits_index_list",
+    "compression_index_list",
+    "recall_at_10_hamming",
+    "recall_at_10_jaccard",
+)
+
+
+def summary(metrics: dict) -> str:
+    """The headline metrics, one per line."""
+    lines = []
+    for key in SUMMARY_KEYS:
+        value = metrics.get(key)
+        lines.append(f"{key:>24}  {value:.4f}" if isinstance(value, float) else f"{key:>24}  {value}")
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""Shared fixtures: every test gets its own SPARSEBIN_HOME and SPARSEBIN_DATA."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def planted_data(n_rows=3000, dim=64, n_bits=128, k=8, noise=0.05, seed=0):
+    """Rows built from planted sparse binary codes whose active count varies around k.
+
+    x = normalise(codes @ dictionary + noise); returns (x, codes).
+    """
+    rng = np.random.default_rng(seed)
+    dictionary = rng.standard_normal((n_bits, dim)).astype(np.float32)
+    counts = np.clip(rng.poisson(k, size=n_rows), 2, n_bits)
+    codes = np.zeros((n_rows, n_bits), dtype=np.float32)
+    for row, count in enumerate(counts):
+        codes[row, rng.choice(n_bits, count, replace=False)] = 1
+    x = codes @ dictionary + noise * rng.standard_normal((n_rows, dim)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), codes

@@ -1,0 +1,95 @@
+"""Metrics on hand-made examples whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparsebin.metrics import code_metrics, evaluate_model, firing_frequency, sign_codes, storage_metrics
+from sparsebin.model import BinaryAutoencoder
+from sparsebin.retrieval import pack_bits, recall_at_k
+
+
+def test_dead_and_dense_bits_and_activity_of_known_codes():
+    bits = np.array(
+        [
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [1, 0, 1, 0, 0, 0, 0, 0],
+            [1, 0, 0, 1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0, 0],
+        ],
+        dtype=np.uint8,
+    )
+    vectors = np.eye(4, 6, dtype=np.float32)
+    metrics = code_metrics(pack_bits(bits), 8, vectors, split="hand", n_queries=4)
+    assert metrics["dead_bits"] == 4  # bits 4..7 never fire
+    assert metrics["dense_bits"] == 1  # bit 0 fires for all four (> half)
+    assert metrics["firing_frequency"][:4] == [1.0, 0.5, 0.5, 0.5]
+    assert metrics["active_mean"] == 2.5 and metrics["active_min"] == 2 and metrics["active_max"] == 4
+    assert metrics["active_histogram"] == [0, 0, 3, 0, 1]
+    assert metrics["active_std"] == pytest.approx(np.std([2, 2, 2, 4]))
+    assert sum(metrics["log10_firing_histogram"]["counts"]) == 4  # the four live bits
+
+
+def test_storage_bits_and_compression():
+    storage = storage_metrics(n_bits=1024, active_mean=16.0, d_in=384)
+    assert storage["bits_bitmap"] == 1024
+    assert storage["bits_index_list"] == 16 * 10  # ceil(log2 1024) = 10 bits an index
+    assert storage["bits_float32"] == 32 * 384
+    assert storage["compression_bitmap"] == 12.0
+    assert storage["compression_index_list"] == pytest.approx(12288 / 160)
+    assert storage_metrics(1000, 2.0, 10)["bits_index_list"] == 20  # ceil(log2 1000) = 10
+
+
+def test_fixed_topk_and_hard_reconstruction_of_a_hand_set_model():
+    # Encoder = identity on 4 dims, decoder = identity: the code of x is 1[x > 0].
+    model = BinaryAutoencoder(4, 4, 1).eval()
+    with torch.no_grad():
+        model.encoder.weight.copy_(torch.eye(4))
+        model.encoder.bias.zero_()
+        model.decoder.weight.copy_(torch.eye(4))
+        model.decoder.bias.zero_()
+    x = np.array([[0.6, 0.8, 0.0, 0.0]], dtype=np.float32)  # hard code [1, 1, 0, 0]; top-1 = bit 1
+    metrics = evaluate_model(model, np.repeat(x, 12, axis=0), split="hand", n_queries=2).metrics
+    assert metrics["recon_loss"] == pytest.approx(1 - 1.4 / math.sqrt(2), abs=1e-5)
+    assert metrics["fixed_topk_recon_loss"] == pytest.approx(1 - 0.8, abs=1e-5)
+    assert metrics["topk_overlap"] == 1.0
+    assert metrics["active_mean"] == 2.0
+
+
+def test_recall_counts_shared_neighbours():
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 9, 9], [5, 6, 7, 8]])
+    assert recall_at_k(found, truth) == pytest.approx((2 / 4 + 4 / 4) / 2)
+
+
+def test_retrieval_recall_is_one_when_codes_copy_the_dense_geometry():
+    # Six well separated clusters of identical codes: every code neighbour is a dense neighbour.
+    rng = np.random.default_rng(0)
+    centres = np.eye(6, 32, dtype=np.float32)
+    members = np.repeat(np.arange(6), 11)
+    vectors = centres[members] + 0.01 * rng.standard_normal((66, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    bits = np.zeros((66, 64), dtype=np.uint8)
+    bits[np.arange(66), members * 3] = 1
+    bits[np.arange(66), members * 3 + 1] = 1
+    metrics = code_metrics(pack_bits(bits), 64, vectors, split="hand", n_queries=30)
+    assert metrics["recall_at_10_jaccard"] == 1.0 and metrics["recall_at_10_hamming"] == 1.0
+
+
+def test_firing_frequency_in_chunks_equals_whole():
+    rng = np.random.default_rng(1)
+    bits = (rng.random((1000, 24)) < 0.2).astype(np.uint8)
+    np.testing.assert_allclose(firing_frequency(pack_bits(bits), 24, chunk_rows=77), bits.mean(axis=0))
+
+
+def test_sign_baseline_keeps_leading_components_for_equal_storage():
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    assert sign_codes(vectors).shape == (300, 2)  # 16 bits, 2 bytes
+    assert sign_codes(vectors, n_bits=8).shape == (300, 1)
+    plain = sign_codes(vectors, pca=False)
+    np.testing.assert_array_equal(plain, pack_bits(vectors > 0))
+    with pytest.raises(ValueError, match="n_bits must lie in 1..16, got 17"):
+        sign_codes(vectors, n_bits=17)

@@ -1,0 +1,156 @@
+"""The method's behaviour: planted structure, gradient facts, every ablation, determinism."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import planted_data
+
+from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
+from sparsebin.experiment import evaluate_run
+from sparsebin.losses import distance, sparsity_term
+from sparsebin.model import BinaryAutoencoder
+from sparsebin.train import train
+
+PLANTED = {"n_bits": 64, "k": 6, "lr": 3e-2, "batch_size": 128, "epochs": 40, "log_every": 1000}
+
+
+@pytest.fixture(scope="module")
+def planted():
+    x, codes = planted_data(n_rows=2000, dim=128, n_bits=64, k=6)
+    return x, codes
+
+
+def test_paper_setting_recovers_planted_codes_with_flexible_counts(planted):
+    x, codes = planted
+    result = train(x, TrainConfig(**PLANTED))
+    metrics, _ = evaluate_run(x, result, n_queries=200)
+    val = metrics["validation"]
+    planted_mean = codes.sum(axis=1).mean()
+    # Measured: recon_loss ~0.14, active_mean ~6.9 for K=6, active_std ~1.2 (planted std ~2.3).
+    assert val["recon_loss"] < 0.2
+    assert abs(val["active_mean"] - 6) <= 0.25 * 6
+    assert val["active_std"] > 0.5
+    assert abs(planted_mean - 6) < 0.3
+    # A 2000-row set, so the held-out part is 200 rows.
+    assert val["split"] == "validation" and val["n_rows"] == 200
+
+
+def test_rigid_topk_gives_exactly_k_bits(planted):
+    x, _ = planted
+    result = train(x, TrainConfig(**PLANTED | {"sparsity": "hard-topk", "epochs": 5}))
+    val = evaluate_run(x, result, n_queries=50)[0]["validation"]
+    assert val["active_std"] == 0.0
+    assert val["active_mean"] == 6 and val["active_min"] == 6 and val["active_max"] == 6
+
+
+def _encoder_gradient_from_reconstruction(rounding: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = BinaryAutoencoder(16, 32, 4, rounding=rounding).train()
+    x = torch.nn.functional.normalize(torch.randn(64, 16), dim=1)
+    out = model(x)
+    distance("cosine", x, out.recon).backward()
+    return model.encoder.weight.grad
+
+
+def test_pass_through_round_sends_reconstruction_gradient_to_encoder():
+    grad = _encoder_gradient_from_reconstruction("ste")
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_hard_round_sends_no_reconstruction_gradient_to_encoder():
+    grad = _encoder_gradient_from_reconstruction("hard")
+    assert grad is None or grad.abs().sum() == 0
+
+
+def test_removed_round_lets_decoder_see_the_soft_code():
+    torch.manual_seed(0)
+    model = BinaryAutoencoder(16, 32, 4, rounding="none").train()
+    out = model(torch.randn(8, 16))
+    torch.testing.assert_close(out.code, out.soft)
+    assert not torch.equal(out.code, out.hard)
+    model.eval()
+    out = model(torch.randn(8, 16))
+    torch.testing.assert_close(out.code, out.hard)  # evaluation always decodes the hard bits
+
+
+def test_sparsity_terms_match_their_definitions():
+    soft = torch.tensor([[0.9, 0.8, 0.1, 0.2]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    cos = 1 - (0.9 + 0.8) / (math.sqrt(0.81 + 0.64 + 0.01 + 0.04) * math.sqrt(2))
+    assert sparsity_term("align", "cosine", soft, mask).item() == pytest.approx(cos, rel=1e-5)
+    assert sparsity_term("align", "mse", soft, mask).item() == pytest.approx((0.01 + 0.04 + 0.01 + 0.04) / 4)
+    assert sparsity_term("l1", "cosine", soft, mask).item() == pytest.approx(0.5)
+    assert sparsity_term("none", "cosine", soft, mask).item() == 0.0
+
+
+@pytest.mark.parametrize(("loss", "rounding", "sparsity"), list(itertools.product(LOSSES, ROUNDINGS, SPARSITIES)))
+def test_every_combination_trains_and_yields_finite_metrics(loss, rounding, sparsity):
+    x, _ = planted_data(n_rows=120, dim=12, n_bits=16, k=3, seed=1)
+    config = TrainConfig(n_bits=16, k=3, loss=loss, rounding=rounding, sparsity=sparsity, epochs=2, batch_size=32)
+    result = train(x, config)
+    assert len(result.history) >= 2
+    metrics, codes = evaluate_run(x, result, n_queries=20)
+    assert codes.shape == (120, 2)
+    for part in ("train", "validation", "sign_validation"):
+        for key, value in metrics[part].items():
+            if isinstance(value, float):
+                assert math.isfinite(value), f"{part}.{key} is {value}"
+
+
+@pytest.mark.parametrize(("row", "value"), [(3, np.nan), (7, np.inf)])
+def test_nan_or_inf_in_data_is_refused_before_training(row, value):
+    x, _ = planted_data(n_rows=50, dim=8, n_bits=8, k=2)
+    x[row, 2] = value
+    with pytest.raises(ValueError, match=f"embeddings contain NaN or inf, first in row {row}"):
+        train(x, TrainConfig(n_bits=16, k=2, batch_size=10))
+
+
+def test_zero_row_is_refused_when_normalising():
+    x, _ = planted_data(n_rows=50, dim=8, n_bits=8, k=2)
+    x[5] = 0
+    with pytest.raises(ValueError, match="embeddings row 5 is all zeros"):
+        train(x, TrainConfig(n_bits=16, k=2, batch_size=10))
+
+
+def test_same_seed_gives_same_codes_and_other_seed_differs():
+    x, _ = planted_data(n_rows=400, dim=16, n_bits=32, k=4)
+    config = TrainConfig(n_bits=32, k=4, epochs=3, batch_size=64)
+    first = evaluate_run(x, train(x, config), n_queries=20)[1]
+    second = evaluate_run(x, train(x, config), n_queries=20)[1]
+    other = evaluate_run(x, train(x, config.replace(seed=1)), n_queries=20)[1]
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("rounding", ["ste", "stochastic"])
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, rounding):
+    x, _ = planted_data(n_rows=400, dim=16, n_bits=32, k=4)
+    config = TrainConfig(n_bits=32, k=4, epochs=4, batch_size=64, rounding=rounding)
+    whole = train(x, config)
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    calls = {"n": 0}
+
+    def stop_after_two_epochs():
+        calls["n"] += 1
+        return calls["n"] > 2 * 6  # 360 training rows / 64 = 6 steps an epoch
+
+    interrupted = train(x, config, should_stop=stop_after_two_epochs, checkpoint_path=checkpoint)
+    assert interrupted.cancelled and interrupted.epochs_done == 2
+    resumed = train(x, config, checkpoint_path=checkpoint)
+    assert resumed.epochs_done == 4
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0)
+    assert [e["loss"] for e in resumed.history] == [e["loss"] for e in whole.history]
+
+
+def test_progress_reports_steps_losses_and_dead_bits():
+    x, _ = planted_data(n_rows=300, dim=16, n_bits=32, k=4)
+    events = []
+    train(x, TrainConfig(n_bits=32, k=4, epochs=2, batch_size=30, log_every=3), progress=events.append)
+    assert [e["step"] for e in events][:3] == [3, 6, 9]
+    assert events[-1]["step"] == events[-1]["total_steps"] == 18
+    assert {"loss", "rec_loss", "sp_loss", "active_mean", "dead_bits", "samples_per_s"} <= set(events[0])
+    assert all(0 <= e["dead_bits"] <= 32 for e in events)
