@@ -1,0 +1,338 @@
+"""Which concepts make a bit fire, what they share in the ontology, and what a concept's bits say.
+
+Pure functions over one run (its codes and model) and its dataset's concept
+table; no language model, the ontology is the source of meaning. Everything
+heavy is computed once per run and cached on the `RunContext` (the app keeps
+one context per run id), and nothing forms an (M, N) float matrix: codes are
+held as a sparse inverted index (`by_bit`, one row per bit), logits are one
+matrix-vector product per bit, and labels are sparse products
+(see `sparsebin.ontology`).
+"""
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import scipy.stats
+import torch
+
+from sparsebin.config import TrainConfig
+from sparsebin.model import BinaryAutoencoder
+from sparsebin.ontology import (
+    Ancestors,
+    Categories,
+    ancestor_index,
+    best_labels,
+    category_index,
+    covering_ancestors,
+    enrichment_table,
+)
+from sparsebin.retrieval import CodeIndex, active_counts, codes_by_bit, smallest_k_labelled, unpack_bits
+from sparsebin.runfolder import RunFileError, load_codes, load_config, load_model
+
+LABEL_BLOCK_BITS = 1024  # bits labelled per sparse product, bounding its memory
+HISTOGRAM_BINS = 20  # sigmoid histogram bins over [0, 1]
+CONCEPT_COLUMNS = ["id", "name", "category"]
+
+
+@dataclass
+class RunContext:
+    """Everything a page needs about one run; heavy pieces are computed on first use and kept."""
+
+    run_id: str
+    config: TrainConfig
+    model: BinaryAutoencoder
+    codes: np.ndarray  # (M, N/8) uint8 packed, memory-mapped
+    concepts: pd.DataFrame  # M rows, same order as the codes
+    embeddings: np.ndarray  # (M, D) float32, memory-mapped
+    n_bits: int
+    tables: dict = field(default_factory=dict, repr=False)  # bit_table results by min_share
+
+    @classmethod
+    def load(cls, run_folder: Path, dataset) -> "RunContext":
+        folder = Path(run_folder)
+        model = load_model(folder)
+        codes = load_codes(folder)
+        concepts = dataset.concepts.reset_index(drop=True)
+        if not len(codes) == len(concepts) == len(dataset.embeddings):
+            raise RunFileError(
+                f"run {folder.name} has codes for {len(codes)} concepts but dataset {dataset.name} has "
+                f"{len(concepts)}; the run was trained on another dataset."
+            )
+        return cls(folder.name, load_config(folder), model, codes, concepts, dataset.embeddings, model.n_bits)
+
+    @cached_property
+    def by_bit(self) -> sp.csr_matrix:
+        """(N, M) inverted index: row b lists the concepts where bit b fires."""
+        return codes_by_bit(self.codes, self.n_bits)
+
+    @cached_property
+    def bit_counts(self) -> np.ndarray:
+        """(N,) concepts where each bit fires."""
+        return np.diff(self.by_bit.indptr)
+
+    @cached_property
+    def active_counts(self) -> np.ndarray:
+        """(M,) active bits per concept."""
+        return active_counts(self.codes)
+
+    @cached_property
+    def code_index(self) -> CodeIndex:
+        return CodeIndex(self.codes, self.n_bits, by_bit=self.by_bit)
+
+    @cached_property
+    def categories(self) -> Categories:
+        return category_index(self.concepts)
+
+    @cached_property
+    def ancestors(self) -> Ancestors:
+        return ancestor_index(self.concepts)
+
+    @cached_property
+    def row_norms(self) -> np.ndarray:
+        """(M,) L2 norms of the embeddings, so normalised products need no normalised copy."""
+        norms = [np.linalg.norm(self.embeddings[i : i + 65536], axis=1) for i in range(0, len(self.embeddings), 65536)]
+        return np.maximum(np.concatenate(norms), 1e-12).astype(np.float32)
+
+    @cached_property
+    def rows_by_id(self) -> pd.Index:
+        return pd.Index(self.concepts["id"].astype(str))
+
+    def row_of(self, concept_id: str) -> int:
+        """The row of a concept id; a clear LookupError when the dataset has no such concept."""
+        try:
+            return int(self.rows_by_id.get_loc(str(concept_id)))
+        except KeyError:
+            raise LookupError(f"no concept with id {concept_id!r} in this run's dataset.") from None
+
+    def bit_logits(self, bit: int) -> np.ndarray:
+        """(M,) pre-activation u of one bit for every concept, on the inputs the model was trained on."""
+        check_bit(self, bit)
+        weight = self.model.encoder.weight[bit].detach().numpy()  # (D,)
+        products = np.asarray(self.embeddings @ weight, dtype=np.float32)
+        if self.config.normalize:
+            products = products / self.row_norms
+        return products + float(self.model.encoder.bias[bit].detach())
+
+    @torch.no_grad()
+    def concept_logits(self, row: int) -> np.ndarray:
+        """(N,) pre-activations of every bit for one concept."""
+        x = torch.from_numpy(np.array(self.embeddings[row], dtype=np.float32))
+        if self.config.normalize:
+            x = x / x.norm().clamp_min(1e-12)
+        return self.model.encode_logits(x[None])[0].numpy()
+
+    def cosine_to(self, vector: np.ndarray) -> np.ndarray:
+        """(M,) cosine between every embedding and a D-vector."""
+        products = np.asarray(self.embeddings @ vector, dtype=np.float32)
+        return products / (self.row_norms * max(float(np.linalg.norm(vector)), 1e-12))
+
+    def concept_rows(self, rows: np.ndarray) -> pd.DataFrame:
+        return self.concepts.iloc[np.asarray(rows, dtype=np.int64)][CONCEPT_COLUMNS].reset_index(drop=True)
+
+
+def check_bit(ctx: RunContext, bit: int) -> None:
+    if not 0 <= int(bit) < ctx.n_bits:
+        raise ValueError(f"bit must lie in 0..{ctx.n_bits - 1}, got {bit}.")
+
+
+def label_bits(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.DataFrame:
+    """Category label, enrichment and covering ancestor for the given bits (one row each, in order)."""
+    bits = np.asarray(bits, dtype=np.int64)
+    parts = []
+    for start in range(0, len(bits), LABEL_BLOCK_BITS):
+        members = ctx.by_bit[bits[start : start + LABEL_BLOCK_BITS]]
+        labels = best_labels(members, ctx.categories)
+        parts.append(pd.concat([labels, covering_ancestors(members, ctx.ancestors, min_share)], axis=1))
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    n_active = ctx.bit_counts[bits]
+    table.insert(0, "bit", bits)
+    table.insert(1, "firing_rate", n_active / max(len(ctx.concepts), 1))
+    table.insert(2, "n_active", n_active)
+    return table
+
+
+def bit_table(ctx: RunContext, min_share: float = 0.5) -> pd.DataFrame:
+    """One row per bit, sorted by bit: firing, best category label, covering ancestor, coherence.
+
+    Cached on the context per `min_share`; dead bits have no label and NaN scores.
+    """
+    if min_share not in ctx.tables:
+        ctx.tables[min_share] = label_bits(ctx, np.arange(ctx.n_bits), min_share)
+    return ctx.tables[min_share]
+
+
+def rank_bits(ctx: RunContext, min_active: int = 5, min_share: float = 0.5) -> pd.DataFrame:
+    """Bits firing for at least `min_active` concepts, cleanest (highest coherence) first.
+
+    The tail of the ranking holds the muddled bits. Bits firing for very few
+    concepts are left out because one or two concepts always look coherent.
+    """
+    table = bit_table(ctx, min_share)
+    ranked = table[table["n_active"] >= min_active].sort_values(
+        ["coherence", "n_active", "bit"], ascending=[False, False, True], kind="stable"
+    )
+    return ranked.reset_index(drop=True)
+
+
+def labels_for(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.DataFrame:
+    """Labels for a few bits: from the cached table when there is one, else computed for just these."""
+    if min_share in ctx.tables:
+        return ctx.tables[min_share].iloc[np.asarray(bits, dtype=np.int64)].reset_index(drop=True)
+    return label_bits(ctx, bits, min_share)
+
+
+def bit_profile(
+    ctx: RunContext, bit: int, top: int = 20, quantiles: int = 5, per_quantile: int = 5, neighbours: int = 10
+) -> dict:
+    """What makes one bit fire and what it writes; see the module docstring for the pieces."""
+    check_bit(ctx, bit)
+    logits = ctx.bit_logits(bit)  # (M,)
+    firing = ctx.by_bit[bit].indices  # rows where the stored code has this bit
+    label = labels_for(ctx, [bit]).iloc[0]
+    label_keys = ["label", "precision", "recall", "ancestor_id", "ancestor_name", "ancestor_share", "coherence"]
+    counts, edges = np.histogram(1 / (1 + np.exp(-logits.astype(np.float64))), bins=HISTOGRAM_BINS, range=(0, 1))
+    decoder_column = ctx.model.decoder.weight[:, bit].detach().numpy()  # (D,) what switching the bit on adds
+    return {
+        "bit": int(bit),
+        "firing_rate": float(len(firing) / max(len(ctx.concepts), 1)),
+        "n_active": int(len(firing)),
+        "label": {key: _plain(label[key]) for key in label_keys},
+        "top_concepts": top_table(ctx, logits, top, "logit"),
+        "quantile_concepts": quantile_sample(ctx, bit, logits, firing, quantiles, per_quantile),
+        "sigmoid_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+        "enrichment": enrichment_table(ctx.by_bit[bit], ctx.categories),
+        "cofiring": cofiring_bits(ctx, bit, neighbours),
+        "decoder_neighbours": top_table(ctx, ctx.cosine_to(decoder_column), neighbours, "cosine"),
+    }
+
+
+def top_rows(scores: np.ndarray, count: int, exclude: int | None = None) -> np.ndarray:
+    """Rows of the `count` highest scores, ties by the lower row."""
+    scores = np.asarray(scores, dtype=np.float32).copy()
+    if exclude is not None:
+        scores[exclude] = -np.inf
+    return smallest_k_labelled(-scores, np.arange(len(scores)), min(count, len(scores)))
+
+
+def top_table(ctx: RunContext, scores: np.ndarray, count: int, name: str, exclude: int | None = None) -> pd.DataFrame:
+    """The concepts of the `count` highest scores, with the score in column `name`."""
+    return _with_score(ctx, top_rows(scores, count, exclude), scores, name)
+
+
+def _with_score(ctx: RunContext, rows: np.ndarray, scores: np.ndarray, name: str) -> pd.DataFrame:
+    table = ctx.concept_rows(rows)
+    table[name] = np.asarray(scores)[rows]
+    return table
+
+
+def quantile_sample(
+    ctx: RunContext, bit: int, logits: np.ndarray, firing: np.ndarray, quantiles: int, per_quantile: int
+) -> pd.DataFrame:
+    """A seeded sample from each logit quantile of the firing concepts; quantile 1 is the strongest.
+
+    Like the quantile groups of feature dashboards: the top concepts show what
+    the bit means at its clearest, the lower groups whether it holds up.
+    """
+    order = firing[np.lexsort((firing, -logits[firing]))]  # strongest first, ties by row
+    rng = np.random.default_rng(bit)
+    parts = []
+    for number, group in enumerate(np.array_split(order, max(quantiles, 1)), start=1):
+        if len(group) == 0:
+            continue
+        picked = np.sort(rng.choice(len(group), size=min(per_quantile, len(group)), replace=False))
+        part = _with_score(ctx, group[picked], logits, "logit")
+        part.insert(0, "quantile", number)
+        parts.append(part)
+    columns = ["quantile", *CONCEPT_COLUMNS, "logit"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def cofiring_bits(ctx: RunContext, bit: int, count: int = 10) -> pd.DataFrame:
+    """Bits whose firing sets overlap this one's most (Jaccard of the concept sets)."""
+    shared = np.asarray((ctx.by_bit @ ctx.by_bit[bit].T).toarray()).ravel()  # (N,) concepts firing both
+    union = ctx.bit_counts + ctx.bit_counts[bit] - shared
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jaccard = np.where(union > 0, shared / union, 0.0)
+    jaccard[bit] = 0.0
+    bits = top_rows(jaccard, count)
+    bits = bits[jaccard[bits] > 0]
+    labels = labels_for(ctx, bits)
+    return pd.DataFrame({"bit": bits, "jaccard": jaccard[bits], "label": labels["label"].to_numpy()})
+
+
+def concept_view(ctx: RunContext, concept_id: str, k: int = 10, metric: str = "jaccard") -> dict:
+    """A concept's active bits with their labels, and its code neighbours beside its dense ones."""
+    row = ctx.row_of(concept_id)
+    bits = np.flatnonzero(unpack_bits(ctx.codes[row : row + 1], ctx.n_bits)[0])
+    logits = ctx.concept_logits(row)
+    labels = labels_for(ctx, bits)
+    active = pd.DataFrame({"bit": bits, "logit": logits[bits]})
+    active.insert(1, "label", labels["label"].to_numpy())
+    active.insert(2, "coherence", labels["coherence"].to_numpy())
+    active = active.sort_values(["logit", "bit"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    found, distances = ctx.code_index.search(ctx.codes[row : row + 1], k, metric=metric, exclude=np.array([row]))
+    code_neighbours = ctx.concept_rows(found[0])
+    code_neighbours["distance"] = distances[0]
+    cosines = ctx.cosine_to(np.asarray(ctx.embeddings[row], dtype=np.float32))
+    dense_rows = top_rows(cosines, k, exclude=row)
+    overlap = len(np.intersect1d(found[0], dense_rows)) / max(len(dense_rows), 1)
+    return {
+        "concept": {key: _plain(value) for key, value in ctx.concepts.iloc[row].to_dict().items()},
+        "active_bits": active,
+        "code_neighbours": code_neighbours,
+        "dense_neighbours": _with_score(ctx, dense_rows, cosines, "cosine"),
+        "overlap": float(overlap),
+    }
+
+
+def find_concepts(concepts: pd.DataFrame, query: str, limit: int = 20) -> pd.DataFrame:
+    """Concepts whose id or name contains `query` (any case): exact id first, then names that start with it."""
+    query = str(query).strip().lower()
+    if not query:
+        return concepts.iloc[:0]
+    ids = concepts["id"].astype(str).str.lower()
+    names = concepts["name"].astype(str).str.lower()
+    hit = ids.str.contains(query, regex=False) | names.str.contains(query, regex=False)
+    rank = np.where(ids == query, 0, np.where(names.str.startswith(query) | ids.str.startswith(query), 1, 2))
+    order = np.lexsort((np.arange(len(concepts)), rank))
+    order = order[hit.to_numpy()[order]]
+    return concepts.iloc[order[:limit]]
+
+
+def depth_analysis(ctx: RunContext) -> dict:
+    """Active bits per concept against ontology depth, per source: do deeper concepts use more bits?
+
+    Concepts of unknown depth (-1) are left out. Spearman's rank correlation
+    (with its p-value) is NaN for a source with fewer than three known depths
+    or a single depth.
+    """
+    table = pd.DataFrame(
+        {
+            "source": ctx.concepts["source"].astype(str).to_numpy(),
+            "depth": ctx.concepts["depth"].astype(int).to_numpy(),
+            "active": ctx.active_counts,
+        }
+    )
+    table = table[table["depth"] >= 0]
+    per_depth = table.groupby(["source", "depth"], sort=True)["active"].agg(mean_active="mean", n="size").reset_index()
+    spearman, p_value = {}, {}
+    for source, part in table.groupby("source", sort=True):
+        if len(part) < 3 or part["depth"].nunique() < 2 or part["active"].nunique() < 2:
+            spearman[source], p_value[source] = float("nan"), float("nan")
+            continue
+        result = scipy.stats.spearmanr(part["depth"], part["active"])
+        spearman[source], p_value[source] = float(result.statistic), float(result.pvalue)
+    return {"per_depth": per_depth, "spearman": spearman, "p_value": p_value}
+
+
+def _plain(value):
+    """numpy scalars as Python ones, so a dict is JSON-ready and compares plainly."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -1,0 +1,212 @@
+"""Bit labels, profiles and concept views on a hand-built ontology where the right answers are known.
+
+The ontology (parents in brackets; C1 has two parents, X an ancestor outside the table):
+
+    R (no category)
+    +- A Heart  +- A1 [A] +- A1a [A1]     Heart: A, A1, A2, A3, A1a
+    |           +- A2, A3 [A]
+    +- B Lung   +- B1, B2, B3 [B]         Lung: B, B1, B2, B3
+    +- C Skin   +- C1 [C, B], C2 [C]      Skin: C, C1, C2, X
+    X Skin [EXT]
+
+The model's logits are planted exactly (the encoder solves X w = u), so the
+stored codes are the planted firing sets below.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sparsebin import runfolder
+from sparsebin.config import TrainConfig
+from sparsebin.interpret import (
+    RunContext,
+    bit_profile,
+    bit_table,
+    concept_view,
+    depth_analysis,
+    find_concepts,
+    rank_bits,
+)
+from sparsebin.model import BinaryAutoencoder
+from sparsebin.retrieval import pack_bits
+
+CONCEPTS = [  # id, name, category, depth, parents
+    ("R", "All", "", 0, []),
+    ("A", "Heart anomaly", "Heart", 1, ["R"]),
+    ("A1", "Septal defect", "Heart", 2, ["A"]),
+    ("A2", "Valve defect", "Heart", 2, ["A"]),
+    ("A3", "Arrhythmia", "Heart", 2, ["A"]),
+    ("A1a", "Atrial septal defect", "Heart", 3, ["A1"]),
+    ("B", "Lung anomaly", "Lung", 1, ["R"]),
+    ("B1", "Asthma", "Lung", 2, ["B"]),
+    ("B2", "Emphysema", "Lung", 2, ["B"]),
+    ("B3", "Fibrosis", "Lung", 2, ["B"]),
+    ("C", "Skin anomaly", "Skin", 1, ["R"]),
+    ("C1", "Cyanosis", "Skin", 2, ["C", "B"]),
+    ("C2", "Eczema", "Skin", 2, ["C"]),
+    ("X", "Rash", "Skin", -1, ["EXT"]),
+]
+FIRING = {  # bit -> {concept: planted logit}; every other logit is -2
+    0: {"A1": 3, "A2": 2, "A3": 1},
+    1: {"A1": 1, "A2": 1, "B1": 1},
+    2: {"B1": 2, "B2": 2, "B3": 2},
+    3: {"B1": 1, "B2": 1},
+    4: {"A1a": 1},
+    5: {"A1": 0.5, "A1a": 2},
+    7: {"B1": 1, "C1": 1},
+    8: {"R": 1, "A2": 1, "B3": 1, "C2": 1, "X": 1},
+}
+N_BITS = 16
+
+
+def make_concepts() -> pd.DataFrame:
+    table = pd.DataFrame(CONCEPTS, columns=["id", "name", "category", "depth", "parents"])
+    table["source"] = np.where(table["id"] == "X", "user", "HPO")
+    return table
+
+
+def make_run() -> tuple[BinaryAutoencoder, np.ndarray, np.ndarray, TrainConfig]:
+    concepts = make_concepts()
+    rows = {concept_id: row for row, concept_id in enumerate(concepts["id"])}
+    logits = np.full((len(concepts), N_BITS), -2.0)
+    for bit, fires in FIRING.items():
+        for concept_id, value in fires.items():
+            logits[rows[concept_id], bit] = value
+    embeddings = np.random.default_rng(0).standard_normal((len(concepts), len(concepts))).astype(np.float32)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    model = BinaryAutoencoder(d_in=len(concepts), n_bits=N_BITS, k=2).eval()
+    with torch.no_grad():
+        model.encoder.weight.copy_(torch.from_numpy(np.linalg.solve(unit, logits).T.astype(np.float32)))
+        model.encoder.bias.zero_()
+        model.decoder.weight[:, 2] = torch.from_numpy(embeddings[rows["B2"]])  # bit 2 writes "Emphysema"
+    codes = pack_bits(logits > 0)
+    return model, codes, embeddings, TrainConfig(n_bits=N_BITS, k=2, normalize=True)
+
+
+@pytest.fixture(scope="module")
+def ctx() -> RunContext:
+    model, codes, embeddings, config = make_run()
+    return RunContext("hand", config, model, codes, make_concepts(), embeddings, N_BITS)
+
+
+def test_bit_table_labels_each_bit_with_its_category_and_covering_ancestor(ctx):
+    table = bit_table(ctx).set_index("bit")
+    assert list(table.index) == list(range(N_BITS))
+    assert table.loc[0, ["label", "precision", "recall", "ancestor_id", "ancestor_share", "coherence"]].tolist() == [
+        "Heart",
+        1.0,
+        3 / 5,
+        "A",
+        1.0,
+        1.0,
+    ]
+    assert table.loc[0, "firing_rate"] == pytest.approx(3 / 14)
+    assert (table.loc[1, "label"], table.loc[1, "ancestor_id"]) == ("Heart", "A")  # A1, A2 of A1, A2, B1
+    assert table.loc[1, "precision"] == pytest.approx(2 / 3)
+    assert table.loc[1, "coherence"] == pytest.approx((2 / 3 - 5 / 14) / (1 - 5 / 14))
+    assert table.loc[1, "ancestor_share"] == pytest.approx(2 / 3)
+    assert table.loc[5, "ancestor_id"] == "A1"  # fires on A1 and its child: A1 covers both
+    assert table.loc[4, "ancestor_id"] == "A1a"  # one concept: only it qualifies
+    assert table.loc[7, "ancestor_name"] == "Lung anomaly"  # B1 and C1, whose second parent is B
+    assert table.loc[6, "n_active"] == 0 and pd.isna(table.loc[6, "label"]) and np.isnan(table.loc[6, "coherence"])
+
+
+def test_a_higher_share_climbs_to_a_broader_ancestor(ctx):
+    assert bit_table(ctx, min_share=0.9).loc[1, "ancestor_id"] == "R"
+    assert bit_table(ctx).loc[1, "ancestor_id"] == "A"  # the default table is cached apart
+
+
+def test_ranking_puts_clean_bits_first_and_the_mixed_bit_last(ctx):
+    ranked = rank_bits(ctx, min_active=2)
+    assert set(ranked["bit"]) == {0, 1, 2, 3, 5, 7, 8}
+    assert set(ranked["bit"][:4]) == {0, 2, 3, 5}  # each fires inside one category
+    assert ranked["bit"].iloc[-1] == 8  # fires across all four categories
+
+
+def test_bit_profile_shows_strongest_concepts_quantiles_histogram_and_enrichment(ctx):
+    profile = bit_profile(ctx, 0, top=3, quantiles=3, per_quantile=1)
+    assert profile["n_active"] == 3 and profile["label"]["label"] == "Heart"
+    assert profile["top_concepts"]["id"].tolist() == ["A1", "A2", "A3"]
+    np.testing.assert_allclose(profile["top_concepts"]["logit"], [3, 2, 1], atol=1e-4)
+    assert profile["quantile_concepts"][["quantile", "id"]].values.tolist() == [[1, "A1"], [2, "A2"], [3, "A3"]]
+    histogram = profile["sigmoid_histogram"]
+    assert len(histogram["edges"]) == len(histogram["counts"]) + 1 and sum(histogram["counts"]) == 14
+    assert histogram["counts"][2] == 11  # sigmoid(-2) = 0.12: the concepts where it is off
+    enrichment = profile["enrichment"]
+    assert enrichment["category"].tolist() == ["Heart"]
+    assert enrichment.iloc[0][["n_active_in_category", "precision", "recall"]].tolist() == [3, 1.0, 0.6]
+    assert enrichment.iloc[0]["lift"] == pytest.approx(14 / 5)
+
+
+def test_cofiring_and_decoder_neighbours(ctx):
+    profile = bit_profile(ctx, 2)
+    cofiring = profile["cofiring"]
+    assert cofiring["bit"].tolist() == [3, 7, 1, 8]
+    np.testing.assert_allclose(cofiring["jaccard"], [2 / 3, 1 / 4, 1 / 5, 1 / 7])
+    assert cofiring["label"].iloc[0] == "Lung"
+    assert profile["decoder_neighbours"]["id"].iloc[0] == "B2"
+    assert profile["decoder_neighbours"]["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
+    view = concept_view(ctx, "A1", k=2, metric="jaccard")
+    assert view["concept"]["name"] == "Septal defect"
+    assert view["active_bits"]["bit"].tolist() == [0, 1, 5]  # strongest logit first, ties by bit
+    assert view["active_bits"]["label"].tolist() == ["Heart", "Heart", "Heart"]
+    assert view["code_neighbours"]["id"].tolist() == ["A2", "A3"]
+    jaccard = [1 - 2 / 4, 1 - 1 / 3]  # A1 {0,1,5} against A2 {0,1,8} and A3 {0}
+    np.testing.assert_allclose(view["code_neighbours"]["distance"], jaccard, rtol=1e-6)
+    unit = ctx.embeddings / np.linalg.norm(ctx.embeddings, axis=1, keepdims=True)
+    cosines = unit @ unit[2]
+    cosines[2] = -np.inf
+    expected = np.argsort(-cosines)[:2]
+    assert view["dense_neighbours"]["id"].tolist() == make_concepts()["id"].iloc[expected].tolist()
+    shared = set(view["dense_neighbours"]["id"]) & set(view["code_neighbours"]["id"])
+    assert view["overlap"] == len(shared) / 2
+
+
+def test_concept_view_names_an_unknown_id(ctx):
+    with pytest.raises(LookupError, match="no concept with id 'ZZ'"):
+        concept_view(ctx, "ZZ")
+
+
+def test_find_concepts_puts_the_exact_id_first():
+    concepts = make_concepts()
+    assert find_concepts(concepts, "a1")["id"].tolist() == ["A1", "A1a"]
+    assert find_concepts(concepts, "SEPTAL")["id"].tolist() == ["A1", "A1a"]  # name starts with it first
+    assert find_concepts(concepts, "anomaly", limit=2)["id"].tolist() == ["A", "B"]
+    assert find_concepts(concepts, "  ").empty
+
+
+def test_depth_analysis_reports_means_and_rank_correlation_per_source():
+    concepts = pd.DataFrame(
+        {
+            "source": ["HPO"] * 4 + ["ICD-10-CM"] * 3 + ["user"],
+            "depth": [1, 2, 3, 3, 0, 0, 0, -1],
+        }
+    )
+    result = depth_analysis(SimpleNamespace(concepts=concepts, active_counts=np.array([4, 6, 8, 10, 5, 6, 7, 9])))
+    per_depth = result["per_depth"]
+    hpo = per_depth[per_depth["source"] == "HPO"]
+    assert hpo[["depth", "mean_active", "n"]].values.tolist() == [[1, 4, 1], [2, 6, 1], [3, 9, 2]]
+    assert result["spearman"]["HPO"] == pytest.approx(3 / np.sqrt(10))  # rises with depth; the tie at 3 costs a little
+    assert np.isnan(result["spearman"]["ICD-10-CM"])  # a single depth says nothing
+    assert "user" not in result["spearman"]  # unknown depth (-1) is left out
+
+
+def test_run_context_loads_a_run_folder_and_refuses_another_dataset(tmp_path):
+    model, codes, embeddings, config = make_run()
+    runfolder.save_model(tmp_path / "model.safetensors", model, config)
+    runfolder.save_codes(tmp_path / "codes.npy", codes)
+    runfolder.save_json(tmp_path / "config.json", config.to_dict())
+    dataset = SimpleNamespace(name="hand", embeddings=embeddings, concepts=make_concepts())
+    ctx = RunContext.load(tmp_path, dataset)
+    assert (ctx.run_id, ctx.n_bits, len(ctx.concepts)) == (tmp_path.name, N_BITS, 14)
+    assert bit_table(ctx).loc[0, "label"] == "Heart"
+    smaller = SimpleNamespace(name="other", embeddings=embeddings[:5], concepts=make_concepts()[:5])
+    with pytest.raises(runfolder.RunFileError, match="trained on another dataset"):
+        RunContext.load(tmp_path, smaller)
