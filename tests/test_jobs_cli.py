@@ -1,0 +1,103 @@
+"""The job commands as a user types them: submit, status, cancel, resume, runs, export."""
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_store import make_dataset
+
+from sparsebin import jobs_cli, runfolder
+from sparsebin.config import ConfigError
+from sparsebin.store import Status, Store
+from sparsebin.worker import run_worker
+
+TINY_FLAGS = ["--epochs", "2", "--batch-size", "32", "--device", "cpu"]
+
+
+def run_command(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    jobs_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_submit_a_grid_queues_every_combination(capsys):
+    make_dataset()
+    assert run_command("submit", "tiny", "--n-bits", "32", "64", "--k", "4", "8", "--alpha", "0.5", *TINY_FLAGS) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("queued job") == 4 and "n_bits=64 k=8 alpha=0.5" in printed
+    jobs = Store().jobs()
+    assert sorted((job.config.n_bits, job.config.k) for job in jobs) == [(32, 4), (32, 8), (64, 4), (64, 8)]
+    assert all(job.config.epochs == 2 and job.config.alpha == 0.5 for job in jobs)
+
+
+def test_submit_one_run_with_a_label_and_refuse_a_bad_one(capsys):
+    make_dataset()
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", "--label", "baseline", *TINY_FLAGS)
+    (job,) = Store().jobs()
+    assert job.label == "baseline" and job.config.n_bits == 32
+    with pytest.raises(ConfigError, match="k must be smaller than n_bits"):
+        run_command("submit", "tiny", "--n-bits", "32", "--k", "40", *TINY_FLAGS)
+    assert len(Store().jobs()) == 1
+
+
+def test_status_cancel_and_resume(capsys):
+    make_dataset()
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    run_command("status")
+    listing = capsys.readouterr().out
+    assert "worker: none running" in listing and "queued" in listing
+    run_command("cancel", "1")
+    assert "job 1: cancelled" in capsys.readouterr().out
+    run_command("status", "1")
+    assert "error: cancelled before it started." in capsys.readouterr().out
+    run_command("resume", "1")
+    assert "job 1: queued" in capsys.readouterr().out
+    assert Store().job(1).status == Status.QUEUED
+
+
+def test_runs_table_and_export_of_a_finished_run(tmp_path, capsys):
+    make_dataset()
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    run_worker(once=True)
+    capsys.readouterr()
+    run_command("runs")
+    table = capsys.readouterr().out
+    assert "done" in table and "recon_loss" in table
+
+    store = Store()
+    (job,) = store.jobs()
+    out = tmp_path / "exported"
+    run_command("export", job.run_id, "--out", str(out))
+    folder = store.run_folder(job.run_id)
+    codes = runfolder.load_codes(folder)
+    assert np.array_equal(np.load(out / "codes.npy"), codes)
+
+    concepts = pd.read_csv(out / "concepts.csv")
+    assert list(concepts["id"][:2]) == ["C0", "C1"] and concepts["name"][0] == "concept 0"
+    assert (concepts["n_active"] == np.unpackbits(codes, axis=1).sum(axis=1)).all()
+
+    metrics = pd.read_csv(out / "metrics.csv").set_index("split")
+    expected = runfolder.load_metrics(folder)["validation"]["recon_loss"]
+    assert metrics.loc["validation", "recon_loss"] == pytest.approx(expected)
+
+    # The exported encoder alone reproduces the stored codes.
+    encoder = load_file(out / "encoder.safetensors")
+    with safe_open(out / "encoder.safetensors", framework="pt") as handle:
+        assert '"n_bits": 32' in handle.metadata()["config"]
+    embeddings = np.load(tmp_path / "data" / "tiny" / "embeddings.npy")
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    logits = unit @ encoder["weight"].numpy().T + encoder["bias"].numpy()
+    assert np.array_equal(np.packbits(logits > 0, axis=1), codes)
+
+
+def test_export_of_an_unfinished_run_says_what_is_missing(tmp_path):
+    make_dataset()
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    (job,) = Store().jobs()
+    with pytest.raises(runfolder.RunFileError, match="has no config.json"):
+        run_command("export", job.run_id, "--out", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

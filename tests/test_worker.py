@@ -1,0 +1,180 @@
+"""The worker: runs jobs to done, survives bad jobs, cancels, kills and concurrency."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_store import TINY, make_dataset
+
+import sparsebin.train
+from sparsebin import runfolder
+from sparsebin.datasets import load_dataset
+from sparsebin.experiment import run_experiment
+from sparsebin.store import Status, Store
+from sparsebin.worker import ensure_worker, run_worker, worker_status
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER_COMMAND = [sys.executable, "-m", "sparsebin", "worker"]
+ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy", "split.json")
+
+
+def subprocess_environment() -> dict:
+    environment = dict(os.environ)
+    environment["OMP_NUM_THREADS"] = "1"  # the test machine's few cores are shared
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), environment.get("PYTHONPATH"))))
+    return environment
+
+
+def start_worker(*arguments: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*WORKER_COMMAND, *arguments],
+        env=subprocess_environment(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(condition, timeout: float = 60.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"gave up after {timeout} s waiting for {condition}")
+
+
+def test_in_process_worker_runs_a_job_to_done_with_every_artifact():
+    store = Store()
+    job = store.submit(make_dataset(), TINY.replace(epochs=3))
+    assert run_worker(once=True) == 1
+    done = store.job(job.id)
+    assert done.status == Status.DONE and done.error is None and done.finished_at >= done.started_at
+    folder = store.run_folder(job.run_id)
+    assert all((folder / name).is_file() for name in ARTIFACTS)
+    metrics = runfolder.load_metrics(folder)
+    assert set(metrics) == {"train", "validation", "sign_validation"}
+    assert runfolder.load_codes(folder).shape == (200, 4)  # 32 bits packed into 4 bytes
+    assert runfolder.load_model(folder).n_bits == 32
+    history = store.history(job.run_id)
+    assert [event["epoch"] for event in history if event["epoch_end"]] == [1, 2, 3]
+    assert history == runfolder.load_history(folder)
+    assert done.progress["step"] == done.progress["total_steps"] and done.progress["eta_s"] == 0
+
+
+def test_a_bad_job_fails_with_its_reason_and_the_worker_carries_on(tmp_path):
+    store = Store()
+    make_dataset("doomed")
+    doomed = store.submit("doomed", TINY)
+    fine = store.submit(make_dataset("fine"), TINY)
+    (tmp_path / "data" / "doomed" / "embeddings.npy").unlink()
+    assert run_worker(once=True) == 2
+    failed = store.job(doomed.id)
+    assert failed.status == Status.FAILED
+    assert failed.error.startswith("DataError: no dataset 'doomed'")
+    assert "Traceback" in failed.traceback and "load_dataset" in failed.traceback
+    assert store.job(fine.id).status == Status.DONE
+
+
+def test_cancel_stops_a_running_job_at_its_next_step():
+    store = Store()
+    job = store.submit(make_dataset(n_rows=2000), TINY.replace(epochs=500))
+    worker = threading.Thread(target=run_worker, kwargs={"once": True, "heartbeat_every": 0.1, "progress_every": 0.1})
+    worker.start()
+    wait_for(lambda: store.job(job.id).progress)
+    requested = store.cancel(job.id)
+    assert requested.status == Status.RUNNING and requested.cancel_requested
+    worker.join(timeout=30)
+    cancelled = store.job(job.id)
+    assert cancelled.status == Status.CANCELLED and not cancelled.cancel_requested
+    assert cancelled.progress["epoch"] < 500
+    assert not (store.run_folder(job.run_id) / "metrics.json").exists()
+    assert store.resume(job.id).status == Status.QUEUED  # a cancelled run can be taken up again
+
+
+def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue():
+    store = Store()
+    job = store.submit(make_dataset(), TINY)
+    started = ensure_worker()
+    assert started["started"]
+    try:
+        wait_for(lambda: store.job(job.id).status == Status.DONE)
+        again = ensure_worker()
+        assert not again["started"] and again["pid"] == started["pid"]
+        status = worker_status()
+        assert status["pid"] == started["pid"] and status["alive"] and status["device"] == "cpu"
+        assert runfolder.load_metrics(store.run_folder(job.run_id))["validation"]["recon_loss"] >= 0
+    finally:
+        os.kill(started["pid"], signal.SIGTERM)
+        os.waitpid(started["pid"], 0)
+    assert worker_status() is None
+    assert "job 1 done" in (store.home / "worker.log").read_text()
+
+
+def test_two_worker_processes_run_twenty_jobs_each_exactly_once():
+    store = Store()
+    dataset = make_dataset(n_rows=100)
+    jobs = store.submit_grid(dataset, TINY.replace(epochs=1), {"seed": list(range(20))})
+    workers = [start_worker("--once", "--idle-sleep", "0.05") for _ in range(2)]
+    logs = [worker.communicate(timeout=120)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), logs
+    finished = [store.job(job.id) for job in jobs]
+    assert all(job.status == Status.DONE and job.attempts == 1 for job in finished)
+    reported = [line.split()[-2] for log in logs for line in log.splitlines() if line.endswith(" done")]
+    assert sorted(int(job_id) for job_id in reported) == sorted(job.id for job in jobs)
+
+
+def test_a_killed_worker_leaves_an_interrupted_job_that_resumes_without_losing_epochs(tmp_path):
+    store = Store()
+    dataset = make_dataset(n_rows=300)
+    config = TINY.replace(epochs=12, log_every=3)
+    job = store.submit(dataset, config)
+    worker = start_worker("--once", "--progress-every", "0.05")
+    checkpoint = store.run_folder(job.run_id) / "checkpoint.safetensors"
+    wait_for(lambda: checkpoint.exists() and any(event["epoch_end"] for event in store.history(job.run_id)))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert store.job(job.id).status == Status.RUNNING  # nobody knows yet
+
+    time.sleep(0.3)
+    assert run_worker(once=True, stale_after=0.2) == 0  # a new worker marks it, with nothing to run
+    interrupted = store.job(job.id)
+    assert interrupted.status == Status.INTERRUPTED and "heartbeat" in interrupted.error
+    assert not (store.run_folder(job.run_id) / "metrics.json").exists()
+
+    resumed_from = []
+    original_load = sparsebin.train.load_checkpoint
+
+    def spy_load(*arguments):
+        epoch, history = original_load(*arguments)
+        resumed_from.append(epoch)
+        return epoch, history
+
+    store.resume(job.id)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sparsebin.train, "load_checkpoint", spy_load)
+        assert run_worker(once=True) == 1
+    done = store.job(job.id)
+    assert done.status == Status.DONE and done.attempts == 2
+    assert 1 <= resumed_from[0] < 12  # continued from the checkpoint, not from scratch
+    epochs = [event["epoch"] for event in store.history(job.run_id) if event["epoch_end"]]
+    assert epochs == list(range(1, 13))
+
+    uninterrupted = tmp_path / "uninterrupted"
+    run_experiment(load_dataset(dataset).embeddings, config, uninterrupted)
+    folder = store.run_folder(job.run_id)
+    assert np.array_equal(runfolder.load_codes(folder), runfolder.load_codes(uninterrupted))
+    resumed_metrics = runfolder.load_metrics(folder)["validation"]
+    expected_metrics = runfolder.load_metrics(uninterrupted)["validation"]
+    assert resumed_metrics["recon_loss"] == pytest.approx(expected_metrics["recon_loss"], rel=1e-5)
+    with sqlite3.connect(store.home / "sparsebin.db") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
