@@ -1,0 +1,103 @@
+"""Queue overhead: the same training run called directly and through submit + worker.
+
+    python benchmarks/bench_queue.py --rows 5000 --dim 64 --epochs 5 --repeats 3
+
+In one process, on a synthetic dataset written to a temporary SPARSEBIN_DATA,
+each repeat times `run_experiment` on the dataset's embeddings directly, then
+`Store.submit` followed by an in-process `run_worker(once=True)` (dataset load,
+claim, heartbeat thread, progress writes, finish). The ratio of the medians is
+what the queue and its progress writes add to a run (the
+minimum is reported too, as the least disturbed by other load).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+
+def write_dataset(folder: Path, rows: int, dim: int) -> None:
+    folder.mkdir(parents=True)
+    embeddings = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
+    np.save(folder / "embeddings.npy", embeddings)
+    concepts = pd.DataFrame(
+        {
+            "id": [f"C{row}" for row in range(rows)],
+            "name": [f"concept {row}" for row in range(rows)],
+            "source": "bench",
+            "category": "none",
+            "depth": 1,
+            "parents": [[] for _ in range(rows)],
+        }
+    )
+    concepts.to_parquet(folder / "concepts.parquet", index=False)
+    (folder / "meta.json").write_text(json.dumps({"name": folder.name, "count": rows, "dim": dim}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--n-bits", type=int, default=256)
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--log-every", type=int, default=5, help="steps between progress events")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench-queue-"))
+    os.environ["SPARSEBIN_HOME"] = str(root / "home")
+    os.environ["SPARSEBIN_DATA"] = str(root / "data")
+    from sparsebin.config import TrainConfig
+    from sparsebin.datasets import load_dataset
+    from sparsebin.experiment import run_experiment
+    from sparsebin.store import Status, Store
+    from sparsebin.worker import run_worker
+
+    write_dataset(root / "data" / "bench", args.rows, args.dim)
+    config = TrainConfig(
+        n_bits=args.n_bits,
+        k=args.k,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        log_every=args.log_every,
+        device="cpu",
+    )
+    store = Store()
+    direct, queued = [], []
+    for repeat in range(args.repeats):
+        started = time.perf_counter()
+        run_experiment(load_dataset("bench").embeddings, config, root / f"direct-{repeat}")
+        direct.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        job = store.submit("bench", config)
+        run_worker(once=True)
+        queued.append(time.perf_counter() - started)
+        assert store.job(job.id).status == Status.DONE
+        print(f"repeat {repeat}: direct {direct[-1]:.2f} s, queued {queued[-1]:.2f} s", flush=True)
+    steps = -(-round(args.rows * (1 - config.val_fraction)) // args.batch_size) * args.epochs
+    print(
+        f"{args.rows} x {args.dim}, N={args.n_bits}, K={args.k}, {steps} steps, a progress event every "
+        f"{args.log_every} steps, {args.repeats} repeats"
+    )
+    # The minimum is the least disturbed by other processes on a shared machine.
+    for name, pick in (("min", min), ("median", statistics.median)):
+        print(
+            f"{name}: direct {pick(direct):.2f} s, queued {pick(queued):.2f} s, ratio {pick(queued) / pick(direct):.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
