@@ -190,13 +190,35 @@ def active_counts(packed: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
     return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
 
 
+BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(bool)  # (256, 8) bits of a byte
+
+
+def active_positions(packed: np.ndarray, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, bits) int32 of every active bit, row-major, read from the packed bytes.
+
+    Works on the non-zero bytes only (a byte -> bits lookup), so sparse codes
+    are never unpacked into an (M, N) array.
+    """
+    rows, bits = [], []
+    for start in range(0, len(packed), chunk_rows):
+        chunk = np.asarray(packed[start : start + chunk_rows])
+        byte_rows, byte_cols = np.nonzero(chunk)
+        which, offset = np.nonzero(BYTE_BITS[chunk[byte_rows, byte_cols]])  # (nnz,) into the non-zero bytes
+        rows.append((byte_rows[which] + start).astype(np.int32))
+        bits.append((byte_cols[which] * 8 + offset).astype(np.int32))
+    if not rows:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    return np.concatenate(rows), np.concatenate(bits)
+
+
 def codes_by_bit(packed: np.ndarray, n_bits: int, chunk_rows: int = 65536) -> sp.csr_matrix:
-    """(N, M) float32 CSR of packed codes, one row per bit, unpacked a chunk of rows at a time."""
-    blocks = [
-        sp.csr_matrix(unpack_bits(packed[i : i + chunk_rows], n_bits).T, dtype=np.float32)
-        for i in range(0, len(packed), chunk_rows)
-    ]
-    return sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((n_bits, 0), dtype=np.float32)
+    """(N, M) float32 CSR of packed codes, one row per bit (the rows where it fires, ascending)."""
+    rows, bits = active_positions(packed, chunk_rows)
+    keep = bits < n_bits  # padding bits of the last byte are zero in codes from pack_bits; be safe
+    data = np.ones(int(keep.sum()), dtype=np.float32)
+    matrix = sp.csr_matrix((data, (bits[keep], rows[keep])), shape=(n_bits, len(packed)))
+    matrix.sort_indices()
+    return matrix
 
 
 def smallest_k(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

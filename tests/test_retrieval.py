@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sparsebin.retrieval import CodeIndex, bytes_per_vector, pack_bits, recall_at_k, unpack_bits
+from sparsebin.retrieval import CodeIndex, bytes_per_vector, codes_by_bit, pack_bits, recall_at_k, unpack_bits
 
 
 def brute_force(bits: np.ndarray, queries: np.ndarray, k: int, metric: str, exclude=None):
@@ -85,3 +85,9 @@ def test_packing_round_trips_and_counts_bytes():
 
 def test_recall_counts_shared_neighbours():
     assert recall_at_k(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [7, 8, 9]])) == pytest.approx(2 / 6)
+
+
+def test_inverted_index_lists_the_rows_of_each_bit():
+    bits = random_codes(130, 70, 0.1, seed=4)
+    by_bit = codes_by_bit(pack_bits(bits), 70, chunk_rows=50)  # chunks must join in order
+    np.testing.assert_array_equal(by_bit.toarray(), bits.T)
