@@ -259,10 +259,12 @@ class Store:
 
     def list_runs(self, dataset: str | None = None) -> pd.DataFrame:
         """One row per job with its settings and, once done, its key validation metrics."""
+        query, values = "SELECT * FROM jobs", []
+        if dataset is not None:
+            query, values = query + " WHERE dataset = ?", [str(dataset)]
         rows = []
-        for job in self.jobs():
-            if dataset is not None and job.dataset != dataset:
-                continue
+        for record in self.connection().execute(query + " ORDER BY id DESC", values).fetchall():
+            job = job_from_row(record)
             row = {
                 "run_id": job.run_id,
                 "job_id": job.id,
@@ -272,15 +274,11 @@ class Store:
                 "created_at": job.created_at,
             }
             row.update({name: getattr(job.config, name) for name in CONFIG_COLUMNS})
-            summary = self._summary(job.id) if job.status == Status.DONE else {}
+            summary = json.loads(record["summary"]) if job.status == Status.DONE and record["summary"] else {}
             row.update({name: summary.get(name, math.nan) for name in SUMMARY_METRICS})
             rows.append(row)
         columns = ["run_id", "job_id", "dataset", "status", "label", "created_at", *CONFIG_COLUMNS, *SUMMARY_METRICS]
         return pd.DataFrame(rows, columns=columns)
-
-    def _summary(self, job_id: int) -> dict:
-        row = self.connection().execute("SELECT summary FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return json.loads(row["summary"]) if row and row["summary"] else {}
 
     # -- user actions --------------------------------------------------------
 
