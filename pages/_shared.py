@@ -54,7 +54,7 @@ def runs(dataset_name: str | None = None, done_only: bool = True) -> pd.DataFram
 
 def run_title(run: pd.Series) -> str:
     settings = f"{run['loss']}/{run['rounding']}/{run['sparsity']} N={run['n_bits']} K={run['k']}"
-    return f"{run['label'] or settings} · {run['dataset']} · {run['run_id'][:8]}"
+    return f"{run['label'] or settings} · {run['dataset']} · {run['run_id'][-6:]}"
 
 
 def pick_run(key: str = "run") -> pd.Series | None:

@@ -37,36 +37,35 @@ if not picked:
 runs = table[table["run_id"].isin(picked)].assign(label=lambda frame: frame["run_id"].map(titles))
 metrics = {titles[run_id]: _shared.run_metrics(run_id)["validation"] for run_id in picked}
 
-st.dataframe(runs.set_index("label")[SETTINGS + METRICS].T.astype(str), key="compare_table")
-curves, sparsity, trade, grid, answers = st.tabs(["Curves", "Sparsity", "Trade-off", "Grid", "Answers"])
-with curves:
-    metric = st.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")
-    histories = {titles[run_id]: _shared.run_history(run_id) for run_id in picked}
-    st.plotly_chart(charts.training_curves(histories, metric), key="curves_chart")
-with sparsity:
-    k = runs["k"].iloc[0] if runs["k"].nunique() == 1 else None
-    histograms = {label: values["active_histogram"] for label, values in metrics.items()}
-    st.plotly_chart(charts.active_histograms(histograms, k=k), key="active_chart")
-    firing = {label: values["log10_firing_histogram"] for label, values in metrics.items()}
-    st.plotly_chart(charts.firing_histograms(firing), key="firing_chart")
-    st.plotly_chart(charts.dead_dense_bars(runs), key="dead_chart")
-with trade:
-    st.plotly_chart(charts.recon_vs_active(runs), key="trade_chart")
-with grid:
+shown = runs.set_index("label")[SETTINGS + METRICS].T
+st.dataframe(shown.map(lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)), key="compare_table")
+left, right = st.columns(2)
+metric = left.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")
+histories = {titles[run_id]: _shared.run_history(run_id) for run_id in picked}
+left.plotly_chart(charts.training_curves(histories, metric), key="curves_chart")
+k = runs["k"].iloc[0] if runs["k"].nunique() == 1 else None
+histograms = {label: values["active_histogram"] for label, values in metrics.items()}
+right.plotly_chart(charts.active_histograms(histograms, k=k), key="active_chart")
+firing = {label: values["log10_firing_histogram"] for label, values in metrics.items()}
+left.plotly_chart(charts.firing_histograms(firing), key="firing_chart")
+right.plotly_chart(charts.dead_dense_bars(runs), key="dead_chart")
+left.plotly_chart(charts.recon_vs_active(runs), key="trade_chart")
+with right:
     axes = charts.grid_axes(runs, SETTINGS)
     if len(axes) < 2:
-        st.info("The picked runs vary in fewer than two settings; pick runs of a grid (e.g. N x K).")
+        st.info("The picked runs vary in fewer than two settings; pick the runs of a grid (e.g. N x K) for a heatmap.")
     else:
         x, y, value = st.columns(3)
         x_axis = x.selectbox("x", axes, key="grid_x")
         y_axis = y.selectbox("y", [axis for axis in axes if axis != x_axis], key="grid_y")
-        shown = value.selectbox("colour", METRICS, key="grid_metric")
-        st.plotly_chart(charts.grid_heatmap(runs, x_axis, y_axis, shown), key="grid_chart")
-with answers:
-    first = runs.iloc[0]
-    st.caption(f"Questions 5 and 6 use the first picked run: {first['label']}.")
-    depth = _shared.depth_analysis(first["run_id"], first["dataset"])
-    bits = _shared.bit_table(first["run_id"], first["dataset"])
-    sign = _shared.run_metrics(first["run_id"]).get("sign_validation")
-    for answer in answer_questions(runs, sign=sign, depth=depth, bits=bits):
-        st.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")
+        colour = value.selectbox("colour", METRICS, key="grid_metric")
+        st.plotly_chart(charts.grid_heatmap(runs, x_axis, y_axis, colour), key="grid_chart")
+
+st.subheader("What the picked runs say about METHOD.md's questions")
+first = runs.iloc[0]
+st.caption(f"Questions 4 (sign baseline), 5 and 6 use the first picked run: {first['label']}.")
+depth = _shared.depth_analysis(first["run_id"], first["dataset"])
+bits = _shared.bit_table(first["run_id"], first["dataset"])
+sign = _shared.run_metrics(first["run_id"]).get("sign_validation")
+for answer in answer_questions(runs, sign=sign, depth=depth, bits=bits):
+    st.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")

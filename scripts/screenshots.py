@@ -40,9 +40,9 @@ CHROMIUM_FLAGS = [
 PAGES = {
     "home": ("", "Latest runs"),
     "train": ("train", "Jobs"),
-    "compare": ("compare", "Active bits per concept"),
-    "bits": ("bits", "Top concepts"),
-    "concepts": ("concepts", "Neighbours by code"),
+    "compare": ("compare", "METHOD.md's questions"),
+    "bits": ("bits", "Concepts nearest its decoder direction"),
+    "concepts": ("concepts", "neighbour lists share"),
     "map": ("map", "Colour by"),
     "data": ("data", "Your own embeddings"),
 }
@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--bit", type=int, help="bit to open on the Bits page")
     parser.add_argument("--concept", default="seizure", help="search text for the Concepts page")
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=1800)
+    parser.add_argument("--height", type=int, default=2400)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one page")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to let charts draw before the shot")
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
