@@ -153,3 +153,27 @@ def test_data_upload_of_a_bad_file_shows_the_library_message(app):
     at.file_uploader(key="upload_embeddings").set_value(("bad.csv", b"a,b\n1,x\n", "text/csv"))
     at.button(key="upload_submit").click().run()
     assert len(at.error) == 1 and "bad.csv" in at.error[0].value
+
+
+def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
+    import os
+
+    from pages import _shared
+    from sparsebin.datasets.status import write_status
+
+    started = []
+
+    def fake_start_build(name, data_dir=None):  # records the call instead of spawning a build process
+        started.append(name)
+        write_status(name, data_dir, state="running", done=5, total=10, pid=os.getpid())
+
+    monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
+    monkeypatch.setattr(_shared, "start_build", fake_start_build)
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert started == ["hpo"]
+    assert "First start: building the built-in datasets" in texts(at)
+    assert "Building hpo: 5 of 10 concepts embedded" in [bar.proto.text for bar in at.get("progress")]
