@@ -30,9 +30,7 @@ def run_experiment(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     runfolder.save_json(folder / "config.json", config.to_dict())
-    result = train(
-        embeddings, config, progress=progress, should_stop=should_stop, checkpoint_path=folder / CHECKPOINT
-    )
+    result = train(embeddings, config, progress=progress, should_stop=should_stop, checkpoint_path=folder / CHECKPOINT)
     runfolder.save_history(folder / "history.jsonl", result.history)
     if result.cancelled:
         return result

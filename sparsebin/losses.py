@@ -39,21 +39,68 @@ def distance(kind: str, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return DISTANCES[kind](a, c)
 
 
+def topk_indices(soft: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) positions of the k largest entries of each row; carries no gradient."""
+    return soft.detach().topk(k, dim=-1).indices
+
+
+def mask_from_indices(indices: torch.Tensor, n_bits: int, like: torch.Tensor) -> torch.Tensor:
+    """(B, N) 0/1 mask with ones at `indices`."""
+    return torch.zeros(len(indices), n_bits, dtype=like.dtype, device=like.device).scatter_(-1, indices, 1.0)
+
+
 def topk_mask(soft: torch.Tensor, k: int) -> torch.Tensor:
-    """1 at the k largest entries of each row, 0 elsewhere; carries no gradient."""
-    soft = soft.detach()
-    indices = soft.topk(k, dim=-1).indices  # (B, k)
-    return torch.zeros_like(soft).scatter_(-1, indices, 1.0)
+    """t: 1 at the k largest entries of each row, 0 elsewhere; carries no gradient."""
+    return mask_from_indices(topk_indices(soft, k), soft.shape[-1], soft)
 
 
-def sparsity_term(sparsity: str, kind: str, soft: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+class _CosineAlignment(torch.autograd.Function):
+    """d_cos(s, t) for a TopK mask t, with its gradient written out.
+
+    With |t| = sqrt(K) and <s, t> = S = sum of s over the top K, per row
+        d = 1 - S / D,  D = |s| sqrt(K) + eps
+        dd/ds = -1_T / D + S sqrt(K) s / (D^2 |s|)
+    Same value as cosine_distance(s, t), but no (B, N) mask, product or norm
+    graph is built: the backward pass is one multiply and a K-wide scatter,
+    which matters because these (B, N) passes rival the matrix products on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        root_k = indices.shape[-1] ** 0.5
+        top_sum = soft.gather(-1, indices).sum(dim=-1)  # (B,)
+        norm = soft.norm(dim=-1)  # (B,)
+        denominator = norm * root_k + EPS
+        ctx.save_for_backward(soft, indices, top_sum, norm, denominator)
+        return (1.0 - top_sum / denominator).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        soft, indices, top_sum, norm, denominator = ctx.saved_tensors
+        scale = grad_output / len(soft)
+        root_k = indices.shape[-1] ** 0.5
+        row = (scale * top_sum * root_k / (denominator**2 * norm.clamp_min(EPS))).unsqueeze(-1)  # (B, 1)
+        grad = soft * row
+        grad.scatter_add_(-1, indices, (-scale / denominator).unsqueeze(-1).expand_as(indices).contiguous())
+        return grad, None
+
+
+def cosine_alignment(soft: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the cosine distance between s and its TopK mask."""
+    return _CosineAlignment.apply(soft, indices)
+
+
+def sparsity_term(sparsity: str, kind: str, soft: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """The penalty each sparsity scheme adds, before the alpha weight.
 
-    align: d(s, t); l1: mean(s) (s is non-negative, so this is its L1 norm per
-    entry); hard-topk and none: no penalty (hard-topk constrains the code itself).
+    align: d(s, t) with t the TopK mask at `indices`; l1: mean(s) (s is
+    non-negative, so this is its L1 norm per entry); hard-topk and none: no
+    penalty (hard-topk constrains the code itself).
     """
     if sparsity == "align":
-        return distance(kind, soft, mask)
+        if kind == "cosine":
+            return cosine_alignment(soft, indices)
+        return distance(kind, soft, mask_from_indices(indices, soft.shape[-1], soft))
     if sparsity == "l1":
         return soft.mean()
     return soft.new_zeros(())

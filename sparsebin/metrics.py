@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sparsebin.losses import cosine_distance, topk_mask
+from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.retrieval import CodeIndex, dense_neighbours, pack_bits, recall_at_k, sample_queries
 
@@ -55,8 +55,9 @@ def evaluate_model(
     for start in range(0, len(vectors), chunk_rows):
         x = torch.from_numpy(np.ascontiguousarray(vectors[start : start + chunk_rows])).to(device)  # (C, D)
         soft = torch.sigmoid(model.encode_logits(x))  # (C, N)
-        mask = topk_mask(soft, model.k)
-        hard = model.stored_code((soft > 0.5).to(soft.dtype), mask)  # u > 0, or t for hard-topk
+        topk = topk_indices(soft, model.k)
+        mask = mask_from_indices(topk, model.n_bits, soft)
+        hard = model.stored_code((soft > 0.5).to(soft.dtype), topk)  # u > 0, or t for hard-topk
         rows = len(x)
         sums["recon"] += cosine_distance(x, model.decode(hard)).item() * rows
         sums["fixed_topk_recon"] += cosine_distance(x, model.decode(mask)).item() * rows

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparsebin.losses import topk_mask
+from sparsebin.losses import mask_from_indices, topk_indices
 
 
 @dataclass
@@ -30,9 +30,33 @@ class Forward:
     logits: torch.Tensor  # u, (B, N)
     soft: torch.Tensor  # s, (B, N)
     hard: torch.Tensor  # h, (B, N) float 0/1
-    mask: torch.Tensor  # t, (B, N) float 0/1
+    topk: torch.Tensor  # (B, K) positions of t's ones
     code: torch.Tensor  # b, (B, N) what the decoder saw
     recon: torch.Tensor  # x_hat, (B, D)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """t, (B, N) float 0/1, built on demand."""
+        return mask_from_indices(self.topk, self.soft.shape[-1], self.soft)
+
+
+class _PassThrough(torch.autograd.Function):
+    """Forward: the rounded value; backward: the gradient goes to the soft input as is.
+
+    The same as soft + (rounded - soft).detach(), without two (B, N) passes.
+    """
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+        return rounded.clone() if rounded.requires_grad else rounded
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def pass_through(soft: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
+    return _PassThrough.apply(soft, rounded)
 
 
 class BinaryAutoencoder(nn.Module):
@@ -65,7 +89,7 @@ class BinaryAutoencoder(nn.Module):
         """
         logits = self.encoder(x)
         if self.sparsity == "hard-topk":
-            return topk_mask(logits, self.k)
+            return mask_from_indices(topk_indices(logits, self.k), self.n_bits, logits)
         return (logits > 0).to(x.dtype)
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
@@ -75,24 +99,23 @@ class BinaryAutoencoder(nn.Module):
         logits = self.encoder(x)
         soft = torch.sigmoid(logits)
         hard = (logits > 0).to(soft.dtype)
-        mask = topk_mask(soft, self.k)
-        code = self._training_code(soft, hard, mask) if self.training else self.stored_code(hard, mask)
-        return Forward(logits, soft, hard, mask, code, self.decoder(code))
+        topk = topk_indices(logits, self.k)  # sigmoid is monotone: same as the top of s
+        code = self._training_code(soft, hard, topk) if self.training else self.stored_code(hard, topk)
+        return Forward(logits, soft, hard, topk, code, self.decoder(code))
 
-    def stored_code(self, hard: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return mask if self.sparsity == "hard-topk" else hard
+    def stored_code(self, hard: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
+        return mask_from_indices(topk, self.n_bits, hard) if self.sparsity == "hard-topk" else hard
 
-    def _training_code(self, soft: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _training_code(self, soft: torch.Tensor, hard: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
         if self.sparsity == "hard-topk":
-            return soft + (mask - soft).detach()
+            return pass_through(soft, mask_from_indices(topk, self.n_bits, soft))
         if self.rounding == "ste":
-            return soft + (hard - soft).detach()
+            return pass_through(soft, hard)
         if self.rounding == "none":
             return soft
         if self.rounding == "hard":
             return hard.detach()
-        sample = torch.bernoulli(soft.detach())
-        return soft + (sample - soft).detach()
+        return pass_through(soft, torch.bernoulli(soft.detach()))
 
     def describe(self) -> dict:
         """The constructor arguments, so a saved model can be rebuilt without pickle."""

@@ -89,7 +89,7 @@ def training_loss(model: BinaryAutoencoder, config: TrainConfig, x: torch.Tensor
     """(total, reconstruction, sparsity, forward) for one batch."""
     out = model(x)
     rec = distance(config.reconstruction_distance, x, out.recon)
-    sp = sparsity_term(config.sparsity, config.alignment_distance, out.soft, out.mask)
+    sp = sparsity_term(config.sparsity, config.alignment_distance, out.soft, out.topk)
     return rec + config.alpha * sp, rec, sp, out
 
 

@@ -10,7 +10,14 @@ from conftest import planted_data
 
 from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
 from sparsebin.experiment import evaluate_run
-from sparsebin.losses import distance, sparsity_term
+from sparsebin.losses import (
+    cosine_alignment,
+    cosine_distance,
+    distance,
+    mask_from_indices,
+    sparsity_term,
+    topk_indices,
+)
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.train import train
 
@@ -78,12 +85,26 @@ def test_removed_round_lets_decoder_see_the_soft_code():
 
 def test_sparsity_terms_match_their_definitions():
     soft = torch.tensor([[0.9, 0.8, 0.1, 0.2]])
-    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    top = torch.tensor([[0, 1]])  # t = [1, 1, 0, 0]
     cos = 1 - (0.9 + 0.8) / (math.sqrt(0.81 + 0.64 + 0.01 + 0.04) * math.sqrt(2))
-    assert sparsity_term("align", "cosine", soft, mask).item() == pytest.approx(cos, rel=1e-5)
-    assert sparsity_term("align", "mse", soft, mask).item() == pytest.approx((0.01 + 0.04 + 0.01 + 0.04) / 4)
-    assert sparsity_term("l1", "cosine", soft, mask).item() == pytest.approx(0.5)
-    assert sparsity_term("none", "cosine", soft, mask).item() == 0.0
+    assert sparsity_term("align", "cosine", soft, top).item() == pytest.approx(cos, rel=1e-5)
+    assert sparsity_term("align", "mse", soft, top).item() == pytest.approx((0.01 + 0.04 + 0.01 + 0.04) / 4)
+    assert sparsity_term("align", "l1", soft, top).item() == pytest.approx((0.1 + 0.2 + 0.1 + 0.2) / 4)
+    assert sparsity_term("l1", "cosine", soft, top).item() == pytest.approx(0.5)
+    assert sparsity_term("none", "cosine", soft, top).item() == 0.0
+
+
+def test_written_out_cosine_alignment_equals_autograd_of_the_formula():
+    torch.manual_seed(0)
+    logits = torch.randn(32, 64, dtype=torch.float64)
+    soft = torch.sigmoid(logits).requires_grad_()
+    top = topk_indices(soft, 5)
+    fast = cosine_alignment(soft, top)
+    (fast_grad,) = torch.autograd.grad(fast, soft)
+    reference = cosine_distance(soft, mask_from_indices(top, 64, soft))
+    (reference_grad,) = torch.autograd.grad(reference, soft)
+    torch.testing.assert_close(fast, reference)
+    torch.testing.assert_close(fast_grad, reference_grad)
 
 
 @pytest.mark.parametrize(("loss", "rounding", "sparsity"), list(itertools.product(LOSSES, ROUNDINGS, SPARSITIES)))
