@@ -67,5 +67,7 @@ st.caption(f"Questions 4 (sign baseline), 5 and 6 use the first picked run: {fir
 depth = _shared.depth_analysis(first["run_id"], first["dataset"])
 bits = _shared.bit_table(first["run_id"], first["dataset"])
 sign = _shared.run_metrics(first["run_id"]).get("sign_validation")
+text, chart = st.columns([3, 2])
 for answer in answer_questions(runs, sign=sign, depth=depth, bits=bits):
-    st.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")
+    text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")
+chart.plotly_chart(charts.depth_chart(depth["per_depth"]), key="depth_chart")

@@ -1,9 +1,9 @@
 """Concepts: find a concept by name or id; its active bits and its neighbours by code and by embedding."""
 
 import streamlit as st
-from sparsebin.interpret import concept_view, find_concepts
 
 from pages import _shared
+from sparsebin.interpret import concept_view, find_concepts
 
 st.title("Concepts")
 run = _shared.pick_run("concepts_run")
@@ -29,6 +29,15 @@ if concept.get("definition"):
     st.write(concept["definition"])
 st.markdown(f"**{len(view['active_bits'])} active bits**")
 st.dataframe(view["active_bits"], hide_index=True, key="active_bits")
+if len(view["active_bits"]):
+    strongest = view["active_bits"].iloc[0]
+    link = {"run": run["run_id"], "bit": str(int(strongest["bit"]))}
+    st.page_link(
+        "pages/bits.py",
+        label=f"Open its strongest bit, {int(strongest['bit'])}, on the Bits page",
+        icon=":material/memory:",
+        query_params=link,
+    )
 code, dense = st.columns(2)
 code.markdown(f"**Neighbours by code** ({metric} distance)")
 code.dataframe(view["code_neighbours"], hide_index=True, key="code_neighbours")
