@@ -42,8 +42,8 @@ def run_context(run_id: str, dataset_name: str):
     return interpret.RunContext.load(store().run_folder(run_id), dataset(dataset_name))
 
 
-@st.cache_data(max_entries=8)
 def bit_table(run_id: str, dataset_name: str) -> pd.DataFrame:
+    """Every bit's label and scores; computed once and kept on the cached run context."""
     return interpret.bit_table(run_context(run_id, dataset_name))
 
 
@@ -86,7 +86,6 @@ def build_builtins_on_first_start() -> None:
     statuses = {name: build_status(name) for name in BUILTIN_DATASETS}
     if not present and all(status is None for status in statuses.values()):
         start_build(BUILTIN_DATASETS[0])
-        st.session_state["auto_build"] = True
     elif present == {"hpo"} and statuses["hpo"] and statuses["hpo"]["state"] == "done" and statuses["icd10cm"] is None:
         start_build("icd10cm")
 
