@@ -54,17 +54,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--log-every", type=int, default=5, help="steps between progress events")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 1 keeps a shared machine's noise down")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-queue-"))
     os.environ["SPARSEBIN_HOME"] = str(root / "home")
     os.environ["SPARSEBIN_DATA"] = str(root / "data")
+    import torch
+
     from sparsebin.config import TrainConfig
     from sparsebin.datasets import load_dataset
     from sparsebin.experiment import run_experiment
     from sparsebin.store import Status, Store
     from sparsebin.worker import run_worker
 
+    torch.set_num_threads(args.threads)
     write_dataset(root / "data" / "bench", args.rows, args.dim)
     config = TrainConfig(
         n_bits=args.n_bits,
@@ -75,18 +79,30 @@ def main() -> None:
         device="cpu",
     )
     store = Store()
-    direct, queued = [], []
-    for repeat in range(args.repeats):
-        started = time.perf_counter()
-        run_experiment(load_dataset("bench").embeddings, config, root / f"direct-{repeat}")
-        direct.append(time.perf_counter() - started)
 
-        started = time.perf_counter()
+    def run_direct(repeat: int) -> None:
+        run_experiment(load_dataset("bench").embeddings, config, root / f"direct-{repeat}")
+
+    def run_queued(repeat: int) -> None:
         job = store.submit("bench", config)
         run_worker(once=True)
-        queued.append(time.perf_counter() - started)
         assert store.job(job.id).status == Status.DONE
-        print(f"repeat {repeat}: direct {direct[-1]:.2f} s, queued {queued[-1]:.2f} s", flush=True)
+
+    timings = {run_direct: ([], []), run_queued: ([], [])}  # wall, CPU of all threads (the heartbeat's too)
+    run_direct(-1)  # warm up caches and lazy imports before anything is timed
+    for repeat in range(args.repeats):
+        # Alternate which goes first, so neither always runs on a warmer machine.
+        for runner in (run_direct, run_queued) if repeat % 2 == 0 else (run_queued, run_direct):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            runner(repeat)
+            timings[runner][0].append(time.perf_counter() - started)
+            timings[runner][1].append(time.process_time() - started_cpu)
+        (direct, direct_cpu), (queued, queued_cpu) = timings[run_direct], timings[run_queued]
+        print(
+            f"repeat {repeat}: direct {direct[-1]:.2f} s ({direct_cpu[-1]:.2f} s CPU), "
+            f"queued {queued[-1]:.2f} s ({queued_cpu[-1]:.2f} s CPU)",
+            flush=True,
+        )
     steps = -(-round(args.rows * (1 - config.val_fraction)) // args.batch_size) * args.epochs
     print(
         f"{args.rows} x {args.dim}, N={args.n_bits}, K={args.k}, {steps} steps, a progress event every "
@@ -94,9 +110,11 @@ def main() -> None:
     )
     # The minimum is the least disturbed by other processes on a shared machine.
     for name, pick in (("min", min), ("median", statistics.median)):
-        print(
-            f"{name}: direct {pick(direct):.2f} s, queued {pick(queued):.2f} s, ratio {pick(queued) / pick(direct):.3f}"
-        )
+        for kind, plain, through_queue in (("wall", direct, queued), ("CPU", direct_cpu, queued_cpu)):
+            print(
+                f"{name} {kind}: direct {pick(plain):.2f} s, queued {pick(through_queue):.2f} s, "
+                f"ratio {pick(through_queue) / pick(plain):.3f}"
+            )
 
 
 if __name__ == "__main__":
