@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_store import make_dataset
+from test_store import make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
 
 from sparsebin import jobs_cli, runfolder
 from sparsebin.config import ConfigError

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sparsebin import runfolder
 from sparsebin.config import ConfigError, TrainConfig
@@ -15,6 +16,15 @@ from sparsebin.store import Status, Store, expand_grid
 from sparsebin.worker import run_worker
 
 TINY = TrainConfig(n_bits=32, k=4, epochs=2, batch_size=32, log_every=2, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models train fastest on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int = 0) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_store import TINY, make_dataset
+from test_store import TINY, make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
 
 import sparsebin.train
 from sparsebin import runfolder
@@ -123,12 +123,17 @@ def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue():
 def test_two_worker_processes_run_twenty_jobs_each_exactly_once():
     store = Store()
     dataset = make_dataset(n_rows=100)
-    jobs = store.submit_grid(dataset, TINY.replace(epochs=1), {"seed": list(range(20))})
-    workers = [start_worker("--once", "--idle-sleep", "0.05") for _ in range(2)]
-    logs = [worker.communicate(timeout=120)[0] for worker in workers]
+    workers = [start_worker("--idle-sleep", "0.05") for _ in range(2)]
+    try:
+        wait_for(lambda: len(store.workers()) == 2)  # both are polling before any job exists
+        jobs = store.submit_grid(dataset, TINY.replace(epochs=1), {"seed": list(range(20))})
+        wait_for(lambda: all(store.job(job.id).status == Status.DONE for job in jobs), timeout=120)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+    logs = [worker.communicate(timeout=60)[0] for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), logs
-    finished = [store.job(job.id) for job in jobs]
-    assert all(job.status == Status.DONE and job.attempts == 1 for job in finished)
+    assert all(store.job(job.id).attempts == 1 for job in jobs)
     reported = [line.split()[-2] for log in logs for line in log.splitlines() if line.endswith(" done")]
     assert sorted(int(job_id) for job_id in reported) == sorted(job.id for job in jobs)
 
