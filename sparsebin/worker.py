@@ -9,6 +9,7 @@ start or go idle, and resumes from the checkpoint of its last finished epoch.
 """
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from sparsebin.store import SUMMARY_METRICS, Job, Status, Store
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats and cancel checks
 PROGRESS_EVERY = 2.0  # seconds between progress writes to the database
 ALIVE_WITHIN = 10.0  # a worker whose last heartbeat is older than this counts as gone
+STARTUP_GRACE = 60.0  # seconds a just-started worker may take to import torch and register
 LOG_FILE = "worker.log"
 
 log = logging.getLogger("sparsebin.worker")
@@ -286,6 +288,12 @@ def live_workers(store: Store) -> list[dict]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether the process exists; a worker this process started and that has exited is reaped."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False  # our own child had exited: now reaped rather than left a zombie
+    except ChildProcessError:
+        pass  # not our child; ask the kernel instead
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -311,22 +319,55 @@ def worker_status(home: Path | None = None) -> dict | None:
 
 
 def ensure_worker(home: Path | None = None, device: str = "auto") -> dict:
-    """Start a detached worker for `device` unless one is alive; its log goes to <home>/worker.log."""
+    """Start a detached worker for `device` unless one is alive; its log goes to <home>/worker.log.
+
+    Callers take turns on a lock file, and a worker started less than
+    STARTUP_GRACE seconds ago counts as alive while it imports and registers,
+    so two app sessions starting at once do not start two workers.
+    """
     store = Store(home)
     resolved = resolve_device(device)
-    for worker in live_workers(store):
-        if worker["device"] == resolved:
-            return {"pid": worker["pid"], "started": False}
-    holder = device_lock_holder(store.home, resolved)
-    if holder is not None:  # a worker is starting and has not registered yet
-        return {"pid": holder, "started": False}
-    environment = dict(os.environ, SPARSEBIN_HOME=str(store.home))
+    with open(store.home / "worker-start.lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
+        for worker in live_workers(store):
+            if worker["device"] == resolved:
+                return {"pid": worker["pid"], "started": False}
+        holder = device_lock_holder(store.home, resolved)
+        if holder is not None:
+            return {"pid": holder, "started": False}
+        spawned = spawn_record(store.home, resolved)
+        if spawned is not None:
+            return {"pid": spawned, "started": False}
+        pid = spawn_worker(store.home, resolved)
+        record = {"pid": pid, "started_at": time.time()}
+        runfolder.write_atomic(spawn_record_path(store.home, resolved), json.dumps(record).encode())
+    return {"pid": pid, "started": True}
+
+
+def spawn_record_path(home: Path, device: str) -> Path:
+    return Path(home) / f"worker-{device.replace(':', '-')}.spawned"
+
+
+def spawn_record(home: Path, device: str) -> int | None:
+    """The pid of a worker started within STARTUP_GRACE seconds that is still running, else None."""
+    try:
+        record = json.loads(spawn_record_path(home, device).read_text())
+    except (OSError, ValueError):
+        return None
+    if time.time() - record.get("started_at", 0) < STARTUP_GRACE and pid_alive(record.get("pid", -1)):
+        return record["pid"]
+    return None
+
+
+def spawn_worker(home: Path, device: str) -> int:
+    """Start `python -m sparsebin worker` in its own session, logging to <home>/worker.log."""
+    environment = dict(os.environ, SPARSEBIN_HOME=str(home))
     environment["PYTHONPATH"] = os.pathsep.join(
         part for part in (str(paths.PROJECT_DIR), environment.get("PYTHONPATH", "")) if part
     )
-    with open(store.home / LOG_FILE, "ab") as log_file:
+    with open(Path(home) / LOG_FILE, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sparsebin", "worker", "--device", resolved, "--single"],
+            [sys.executable, "-m", "sparsebin", "worker", "--device", device, "--single"],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -334,4 +375,4 @@ def ensure_worker(home: Path | None = None, device: str = "auto") -> dict:
             env=environment,
             start_new_session=True,  # outlives the app and its terminal
         )
-    return {"pid": process.pid, "started": True}
+    return process.pid

@@ -18,7 +18,7 @@ from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
 from sparsebin.store import Status, Store
-from sparsebin.worker import ensure_worker, run_worker, worker_status
+from sparsebin.worker import ensure_worker, pid_alive, run_worker, worker_status
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_COMMAND = [sys.executable, "-m", "sparsebin", "worker"]
@@ -101,12 +101,14 @@ def test_cancel_stops_a_running_job_at_its_next_step():
     assert store.resume(job.id).status == Status.QUEUED  # a cancelled run can be taken up again
 
 
-def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue():
+def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the detached worker inherits this environment
     store = Store()
     job = store.submit(make_dataset(), TINY)
     started = ensure_worker()
     assert started["started"]
     try:
+        assert ensure_worker() == {"pid": started["pid"], "started": False}  # still starting: not a second one
         wait_for(lambda: store.job(job.id).status == Status.DONE)
         again = ensure_worker()
         assert not again["started"] and again["pid"] == started["pid"]
@@ -115,7 +117,7 @@ def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue():
         assert runfolder.load_metrics(store.run_folder(job.run_id))["validation"]["recon_loss"] >= 0
     finally:
         os.kill(started["pid"], signal.SIGTERM)
-        os.waitpid(started["pid"], 0)
+        wait_for(lambda: not pid_alive(started["pid"]))
     assert worker_status() is None
     assert "job 1 done" in (store.home / "worker.log").read_text()
 
