@@ -11,6 +11,7 @@ start or go idle, and resumes from the checkpoint of its last finished epoch.
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+import torch
 
 from sparsebin import paths, runfolder
 from sparsebin.config import resolve_device
@@ -80,7 +83,7 @@ class ProgressWriter:
         self.store, self.job, self.every = store, job, every
         self.pending: list[dict] = []
         self.latest: dict | None = None
-        self.written_at = time.monotonic()
+        self.written_at = -math.inf  # the first event is written at once, so a page shows progress early
 
     def __call__(self, event: dict) -> None:
         self.pending.append(event)
@@ -149,6 +152,7 @@ def run_worker(
                 continue
             idle_rounds = 0
             run_job(store, job, name, heartbeat, shutdown, device=device, progress_every=progress_every)
+            release_device_memory()  # after run_job returned, so its model is no longer referenced
             jobs_run += 1
     finally:
         restore_signals()
@@ -206,6 +210,12 @@ def run_job(
         return status
     log.warning("job %d was taken from this worker while it ran; its outcome is not recorded", job.id)
     return None
+
+
+def release_device_memory() -> None:
+    """Hand cached GPU memory back between jobs, so other programs on the GPU can use it."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_summary(folder: Path) -> dict:
