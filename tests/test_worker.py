@@ -185,3 +185,16 @@ def test_a_killed_worker_leaves_an_interrupted_job_that_resumes_without_losing_e
     assert resumed_metrics["recon_loss"] == pytest.approx(expected_metrics["recon_loss"], rel=1e-5)
     with sqlite3.connect(store.home / "sparsebin.db") as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_worker_stopped_with_sigterm_leaves_its_job_interrupted_and_resumable():
+    store = Store()
+    job = store.submit(make_dataset(n_rows=2000), TINY.replace(epochs=500))
+    worker = start_worker("--progress-every", "0.05")
+    wait_for(lambda: store.job(job.id).progress)
+    worker.send_signal(signal.SIGTERM)
+    log = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 0, log
+    stopped = store.job(job.id)
+    assert stopped.status == Status.INTERRUPTED and stopped.error == "the worker was stopped; resume it to continue."
+    assert store.resume(job.id).status == Status.QUEUED
