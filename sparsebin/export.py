@@ -62,15 +62,23 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
 
 
 def concept_table(codes: np.ndarray, n_bits: int, concepts: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each concept's active bit indices as a space-separated string, with its count."""
-    bits = np.unpackbits(np.asarray(codes), axis=1, count=n_bits)  # (M, N) of 0/1
-    table = pd.DataFrame({"row": np.arange(len(bits))})
+    """Each concept's active bit indices as a space-separated string, with its count.
+
+    Codes are unpacked a block of rows at a time: all at once would take M x N
+    bytes (about 1 GB at 117k concepts x 8192 bits).
+    """
+    table = pd.DataFrame({"row": np.arange(len(codes))})
     if concepts is not None:
         for column in ("id", "name", "source", "category"):
             if column in concepts:
                 table[column] = concepts[column].to_numpy()
-    table["n_active"] = bits.sum(axis=1)
-    table["bits"] = [" ".join(map(str, np.flatnonzero(row))) for row in bits]
+    counts, lists = [], []
+    for start in range(0, len(codes), 4096):
+        bits = np.unpackbits(np.asarray(codes[start : start + 4096]), axis=1, count=n_bits)  # (rows, N) of 0/1
+        counts.append(bits.sum(axis=1))
+        lists += [" ".join(map(str, np.flatnonzero(row))) for row in bits]
+    table["n_active"] = np.concatenate(counts) if counts else np.zeros(0, dtype=int)
+    table["bits"] = lists
     return table
 
 
