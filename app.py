@@ -1,8 +1,9 @@
 """sparsebin's Streamlit app: `streamlit run app.py`.
 
 Registers the pages and, once per server process, starts the background
-worker (set SPARSEBIN_NO_WORKER=1 to skip it, as the tests do) and, on a
-first start with no dataset, the built-in dataset builds.
+worker and a thread that preloads the newest runs (set SPARSEBIN_NO_WORKER=1
+to skip both, as the tests do) and, on a first start with no dataset, the
+built-in dataset builds.
 """
 
 import os
@@ -10,6 +11,7 @@ import os
 import streamlit as st
 
 from pages import _shared
+from sparsebin import paths
 from sparsebin.worker import ensure_worker
 
 st.set_page_config(page_title="sparsebin", page_icon=":material/grid_on:", layout="wide")
@@ -23,6 +25,7 @@ def keep_worker_alive() -> dict:
 
 if os.environ.get("SPARSEBIN_NO_WORKER") != "1":
     keep_worker_alive()
+    _shared.warm_up(str(paths.home_dir()))
 _shared.build_builtins_on_first_start()
 
 page = st.navigation(
