@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from sparsebin.retrieval import CodeIndex, bytes_per_vector, codes_by_bit, pack_bits, recall_at_k, unpack_bits
+from sparsebin.retrieval import (
+    CodeIndex,
+    FlippedHamming,
+    bytes_per_vector,
+    codes_by_bit,
+    pack_bits,
+    recall_at_k,
+    unpack_bits,
+)
 
 
 def brute_force(bits: np.ndarray, queries: np.ndarray, k: int, metric: str, exclude=None):
@@ -41,6 +49,23 @@ def test_search_equals_brute_force(density, metric):
     np.testing.assert_array_equal(found, expected)
     np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
     assert (found != queries[:, None]).all()  # a query is never its own neighbour
+
+
+@pytest.mark.parametrize("budget", [1, 40, None], ids=["retry-every-query", "some-retries", "default"])
+def test_pruned_hamming_search_is_exact_with_always_on_bits(budget):
+    """An unconverged run: a few bits fire for (almost) every concept; they are flipped, not searched."""
+    bits = random_codes(500, 96, 0.03, seed=5)
+    bits[:, [7, 50]] = 1  # always on
+    bits[::3, 60] = 1  # on for two thirds: flipped, then on for one third
+    searcher = FlippedHamming(pack_bits(bits), 96, budget=budget)
+    assert searcher.sparse and searcher.postings[7] == 0
+    queries = np.concatenate([np.arange(0, 500, 9), [0, 1]])  # rows 0-2 have only the always-on bits
+    found, distances = searcher.search(pack_bits(bits[queries]), 10, exclude=queries)
+    expected, expected_distances = brute_force(bits, bits[queries], 10, "hamming", exclude=queries)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_array_equal(distances, expected_distances)
+    _, distances = searcher.search(pack_bits(bits[queries]), 10)  # without exclusion a query finds itself
+    assert (distances[:, 0] == 0).all()
 
 
 def test_sparse_search_keeps_rows_that_share_no_bit_when_they_are_nearest():
