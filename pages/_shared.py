@@ -66,6 +66,10 @@ def warm_up(home: str, limit: int = 3) -> threading.Thread:
     return thread
 
 
+def ranked_bits(run_id: str, dataset_name: str) -> pd.DataFrame:
+    return interpret.rank_bits(run_context(run_id, dataset_name))
+
+
 def runs(dataset_name: str | None = None, done_only: bool = True) -> pd.DataFrame:
     table = store().list_runs(dataset_name)
     return table[table["status"] == "done"] if done_only else table

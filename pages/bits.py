@@ -10,13 +10,14 @@ run = _shared.pick_run("bits_run")
 if run is None:
     st.stop()
 table = _shared.bit_table(run["run_id"], run["dataset"])
-live = table[table["n_active"] > 0].sort_values("coherence", ascending=False)
-st.caption(f"{len(live)} of {len(table)} bits fire for at least one concept; sort by any column.")
+live = int((table["n_active"] > 0).sum())
+st.caption(f"{live} of {len(table)} bits fire for at least one concept; sort by any column.")
 st.dataframe(
     table[["bit", "label", "coherence", "firing_rate", "n_active"]], hide_index=True, height=260, key="bit_table"
 )
 
-first = int(live["bit"].iloc[0]) if len(live) else 0
+ranked = _shared.ranked_bits(run["run_id"], run["dataset"])  # cleanest bits firing for 5+ concepts first
+first = int(ranked["bit"].iloc[0]) if len(ranked) else 0
 wanted = st.query_params.get("bit")
 start = int(wanted) if wanted is not None and wanted.isdigit() and int(wanted) < len(table) else first
 bit = int(st.number_input("Open bit", 0, len(table) - 1, start, key="bit"))

@@ -4,8 +4,8 @@
 
 Starts `streamlit run app.py` (with the caller's SPARSEBIN_HOME / SPARSEBIN_DATA),
 starts Chromium headless with a remote-debugging port, opens each page, waits
-until the page's own content is on screen and Streamlit's "Running..." status is
-gone, and saves <out>/<page>.png. Prints how long each page took to be ready.
+until the page's own content is on screen, every plotly chart is drawn and
+Streamlit's "Running..." status is gone, and saves <out>/<page>.png. Prints how long each page took to be ready.
 """
 
 import argparse
@@ -51,7 +51,11 @@ READY = """(() => {
   const status = document.querySelector('[data-testid="stStatusWidget"]');
   const running = status && /Running/i.test(status.innerText);
   const text = main ? main.innerText : '';
-  return JSON.stringify({ready: text.includes(%s) && !running, exception: text.includes('Traceback')});
+  const charts = document.querySelectorAll('[data-testid="stPlotlyChart"]');
+  const drawn = [...charts].filter((chart) => chart.querySelector('.main-svg')).length;
+  const loading = document.querySelector('[data-testid="stSkeleton"]');
+  const ready = text.includes(%s) && !running && !loading && drawn === charts.length;
+  return JSON.stringify({ready: ready, exception: text.includes('Traceback')});
 })()"""
 
 
@@ -141,7 +145,7 @@ def main() -> int:
     parser.add_argument("--bit", type=int, help="bit to open on the Bits page")
     parser.add_argument("--concept", default="seizure", help="search text for the Concepts page")
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=2400)
+    parser.add_argument("--height", type=int, default=3200)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one page")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to let charts draw before the shot")
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
