@@ -16,7 +16,7 @@ Choices (METHOD.md leaves them open):
   `(precision - base_rate) / (1 - base_rate)`; that value is the bit's
   coherence: 1 when every concept it fires on is in one category, about 0 for
   a bit that fires at random. Plain precision would crown the largest
-  category of any noisy bit.
+  category of any noisy bit. Ties go to the higher precision.
 - The ancestor is the most specific node covering at least `min_share` of the
   concepts where the bit fires, and at least two of them when it fires for two
   or more: otherwise a concept would be "the common ancestor" of a set by
@@ -118,7 +118,10 @@ def best_labels(members: sp.csr_matrix, categories: Categories) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = counts / n_active[:, None]
         above_chance = np.where(base_rate < 1, (precision - base_rate) / (1 - base_rate), 0.0)
-    best = np.argmax(np.nan_to_num(above_chance, nan=-np.inf), axis=1) if len(categories.names) else np.zeros(0, int)
+    scores = np.nan_to_num(above_chance, nan=-np.inf)
+    # Ties (an always-on bit is at chance everywhere) go to the higher precision, then the first name.
+    tied = scores >= scores.max(axis=1, keepdims=True, initial=-np.inf) - 1e-12
+    best = np.argmax(np.where(tied, np.nan_to_num(precision, nan=0.0), -1.0), axis=1)
     rows = np.arange(len(counts))
     empty = n_active == 0
     return pd.DataFrame(

@@ -53,6 +53,7 @@ class CodeIndex:
         self._by_bit = by_bit if self.sparse else None
         self._by_size = None
         self._flipped = None
+        self._flip_mask = None
 
     def __len__(self) -> int:
         return len(self.packed)
@@ -93,8 +94,9 @@ class CodeIndex:
         """
         check_metric(metric)
         query_packed = np.atleast_2d(query_packed)
-        if metric == "hamming" and k < len(self) - 1 and self.flipped.sparse:
-            return self.flipped.search(query_packed, k, exclude)
+        if metric == "hamming" and k < len(self) - 1 and self.flip_mask.any() and self.flipped.sparse:
+            flipped_queries = np.bitwise_xor(query_packed, self.flip_mask)
+            return self.flipped._search_sparse(flipped_queries, k, metric, exclude)
         if self.sparse and k < len(self) - 1:
             return self._search_sparse(query_packed, k, metric, exclude)
         block = max(1, 2**25 // max(len(self), 1))  # keep each (block, M) distance matrix ~128 MB
@@ -109,10 +111,27 @@ class CodeIndex:
         return np.concatenate(indices), np.concatenate(distances)
 
     @property
-    def flipped(self) -> "FlippedHamming":
-        """The Hamming searcher over majority-flipped codes, built on first use."""
+    def flip_mask(self) -> np.ndarray:
+        """(N/8,) packed mask of the bits that fire for more than half the rows."""
+        if self._flip_mask is None:
+            counts = np.zeros(self.n_bits, dtype=np.int64)
+            for start in range(0, len(self.packed), self.chunk_rows):
+                chunk = unpack_bits(self.packed[start : start + self.chunk_rows], self.n_bits)
+                counts += chunk.sum(axis=0, dtype=np.int64)
+            self._flip_mask = pack_bits((counts > len(self.packed) / 2)[None, :])[0]
+        return self._flip_mask
+
+    @property
+    def flipped(self) -> "CodeIndex":
+        """An index of the codes with the `flip_mask` bits flipped, for Hamming search.
+
+        Flipping a bit in every code and query leaves every Hamming distance as
+        it was, and unconverged runs have bits that fire for nearly every
+        concept: flipped, those codes are sparse again and searched through the
+        inverted index instead of a (Q, M) product.
+        """
         if self._flipped is None:
-            self._flipped = FlippedHamming(self.packed, self.n_bits, self.chunk_rows)
+            self._flipped = CodeIndex(np.bitwise_xor(self.packed, self.flip_mask), self.n_bits, self.chunk_rows)
         return self._flipped
 
     @property
@@ -165,85 +184,6 @@ class CodeIndex:
                 indices[start + row] = cand[top]
                 distances[start + row] = cand_dist[top]
         return indices, distances
-
-
-class FlippedHamming:
-    """Exact Hamming top-k over sparse codes, pruned: most queries touch a few rare bits only.
-
-    Flipping a bit in every code and query leaves all Hamming distances as
-    they were, so bits firing for more than half the rows (unconverged runs
-    have always-on bits) are flipped first: the codes get sparser and the
-    inverted index shorter. Then, per query, the postings of its rarest bits
-    give candidates, scored exactly by popcount of the packed XOR. A row found
-    in none of the used postings shares at most the s skipped bits with the
-    query, so its distance is at least |q| - s (|q| + |r| - 2 min(s, |r|) is
-    smallest at |r| = s). When the k-th candidate distance is below that
-    bound the answer is exact, ties included; otherwise the search retries
-    with s = |q| - d_k - 1, which the k-th distance (it can only fall) then
-    satisfies, and falls back to scoring every row when too few candidates
-    were found.
-    """
-
-    def __init__(self, packed: np.ndarray, n_bits: int, chunk_rows: int = 65536, budget: int | None = None):
-        counts = np.zeros(n_bits, dtype=np.int64)
-        for start in range(0, len(packed), chunk_rows):
-            counts += unpack_bits(packed[start : start + chunk_rows], n_bits).sum(axis=0, dtype=np.int64)
-        self.mask = pack_bits((counts > len(packed) / 2)[None, :])[0]  # (W,) packed bits to flip
-        self.packed = np.bitwise_xor(np.asarray(packed), self.mask)  # (M, W) flipped codes
-        self.n_bits = n_bits
-        self.postings = np.minimum(counts, len(packed) - counts)  # (N,) rows per bit after flipping
-        self.sparse = self.postings.sum() <= SPARSE_DENSITY * n_bits * max(len(packed), 1)
-        self.by_bit = codes_by_bit(self.packed, n_bits, chunk_rows) if self.sparse else None
-        self.budget = budget or max(1000, len(packed) // 50)  # postings read on a first try
-
-    def search(
-        self, query_packed: np.ndarray, k: int, exclude: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        indices = np.empty((len(query_packed), k), dtype=np.int64)
-        distances = np.empty((len(query_packed), k), dtype=np.float32)
-        seen = np.zeros(len(self.packed), dtype=bool)  # scratch mask, reset after each query
-        flipped_queries = np.bitwise_xor(np.asarray(query_packed), self.mask)
-        for row, query in enumerate(flipped_queries):
-            own = -1 if exclude is None else int(exclude[row])
-            top, top_dist = self._search_one(query, k, own, seen)
-            indices[row], distances[row] = top, top_dist
-        return indices, distances
-
-    def _search_one(self, query: np.ndarray, k: int, own: int, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        bits = np.flatnonzero(unpack_bits(query[None, :], self.n_bits)[0])
-        bits = bits[np.argsort(self.postings[bits], kind="stable")]  # rarest first
-        used = max(1, int(np.searchsorted(np.cumsum(self.postings[bits]), self.budget, side="right")))
-        while True:
-            skipped = len(bits) - min(used, len(bits))
-            rows = self._candidates(bits[:used], own, seen)
-            if len(rows) >= k:
-                dist = self._distances(query, rows)
-                top = smallest_k_labelled(dist, rows, k)
-                kth = dist[top[-1]]
-                if kth < len(bits) - skipped:  # no unseen row can reach kth, not even in a tie
-                    return rows[top], dist[top]
-                retry = len(bits) - max(0, min(skipped - 1, len(bits) - int(kth) - 1))
-            else:
-                retry = len(bits)
-            if skipped == 0:  # every bit used and still not settled: score every row
-                rows = np.flatnonzero(np.arange(len(self.packed)) != own)
-                dist = self._distances(query, rows)
-                top = smallest_k_labelled(dist, rows, k)
-                return rows[top], dist[top]
-            used = retry
-
-    def _candidates(self, bits: np.ndarray, own: int, seen: np.ndarray) -> np.ndarray:
-        for bit in bits:
-            seen[self.by_bit.indices[self.by_bit.indptr[bit] : self.by_bit.indptr[bit + 1]]] = True
-        if own >= 0:
-            seen[own] = False
-        rows = np.flatnonzero(seen)
-        seen[rows] = False
-        return rows
-
-    def _distances(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact Hamming distances (float32) by popcount of the packed XOR."""
-        return np.bitwise_count(self.packed[rows] ^ query).sum(axis=1, dtype=np.int64).astype(np.float32)
 
 
 def smallest_k_labelled(dist: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
