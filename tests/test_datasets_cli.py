@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -109,3 +110,28 @@ def test_module_entry_point_used_by_start_build(data_dir):
     )
     assert result.returncode == 2
     assert "error: missing.npy: no such file" in result.stderr
+
+
+def test_terminated_build_leaves_nothing_and_reads_failed(data_dir):
+    """Killing a background build (SIGTERM) removes its temporary folder."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", "icd10cm", "--limit", "5000"],
+        env={**os.environ, "SPARSEBIN_DATA": str(data_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = build_status("icd10cm") or {}
+            if status.get("done", 0) > 0:
+                break
+            time.sleep(0.2)
+        assert any(path.name.startswith(".writing-icd10cm") for path in data_dir.iterdir())
+        process.terminate()
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert sorted(path.name for path in data_dir.iterdir()) == [".builds"]
+    status = build_status("icd10cm")
+    assert status["state"] == "failed" and status["error"] == "the build was stopped"

@@ -7,7 +7,9 @@ Also runnable alone (`python -m sparsebin.datasets.cli build-data hpo`), which i
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from tqdm import tqdm
@@ -38,11 +40,19 @@ def add_commands(subparsers) -> None:
 def run_build(args: argparse.Namespace) -> int:
     """Build one or all built-in datasets, with a progress bar and a status file."""
     names = BUILTIN_DATASETS if args.name == "all" else (args.name,)
+    if threading.current_thread() is threading.main_thread():
+        # A terminated build (the app cancelling, a shutdown) unwinds like an error:
+        # its temporary folder is removed and its status reads failed.
+        signal.signal(signal.SIGTERM, _exit_on_terminate)
     for name in names:
         code = build_one(name, force=args.force, limit=args.limit)
         if code:
             return code
     return 0
+
+
+def _exit_on_terminate(signal_number, frame) -> None:
+    sys.exit(128 + signal_number)
 
 
 def build_one(name: str, *, force: bool, limit: int | None) -> int:
@@ -63,7 +73,9 @@ def build_one(name: str, *, force: bool, limit: int | None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except BaseException as error:
-            write_status(name, state="failed", error=f"{type(error).__name__}: {error}")
+            stopped = isinstance(error, SystemExit | KeyboardInterrupt)
+            reason = "the build was stopped" if stopped else f"{type(error).__name__}: {error}"
+            write_status(name, state="failed", error=reason)
             raise
     count = json.loads((folder / META_FILE).read_text())["count"]
     write_status(name, state="done", done=count, total=count, error=None)
