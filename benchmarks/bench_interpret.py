@@ -5,6 +5,10 @@
     python benchmarks/bench_interpret.py --run-folder /tmp/run  # reuse a finished run on the same data
     python benchmarks/bench_interpret.py --synthetic --n-bits 8192  # 117k planted codes, no training
 
+The synthetic codes are random (K bits a row, bits of unequal popularity) on
+random embeddings: their timings are the page's and the search's at full
+scale, their recall means nothing.
+
 Reports, as JSON: the time for one bit profile, one concept view and the whole
 bit table (cold: first call on a fresh RunContext, which builds the inverted
 index and the ontology closure; warm: again); Hamming top-10 search for about
@@ -183,6 +187,7 @@ def main() -> None:
     if args.synthetic:
         ctx = synthetic_context(args.rows, args.n_bits, args.k)
         report["interpret"] = bench_interpretation(ctx)
+        report["search"] = bench_search(ctx, normalised(ctx.embeddings), args.queries)  # timings only: no recall
         print(json.dumps(report, indent=2, default=str))
         return
     dataset = load_combined(args.datasets)
