@@ -1,16 +1,22 @@
 """Packed binary codes, exact Hamming / Jaccard search, and recall against dense.
 
 Codes are stored as `np.packbits(bits, axis=1)`: one row per concept, N/8 bytes,
-the layout faiss `IndexBinaryFlat` takes unchanged. Search counts shared active
-bits (the intersection) with a matrix product, then
+bit 0 the high bit of byte 0: the layout faiss `IndexBinaryFlat` takes
+unchanged. Search counts shared active bits (the intersection), then
 
     hamming(a, b) = |a| + |b| - 2 |a AND b|
     jaccard(a, b) = 1 - |a AND b| / |a OR b|      (two empty codes: distance 1)
 
-Sparse codes (few active bits) use a sparse product, which costs one multiply
-per shared active bit and is why code search beats dense cosine; dense codes
-(the sign baseline) use a float32 matrix product over unpacked chunks. Both
-are exact: counts stay far below 2^24. Ties are broken by the lower row index.
+Sparse codes (at most 5 % of bits active) are searched through an inverted
+index (`by_bit`, one row of concepts per bit): a query costs the postings of
+its active bits, and rows sharing no bit are filled in exactly from their
+sizes, so no (Q, M) array is formed. For Hamming, bits that fire for more than
+half the rows are first flipped in codes and queries alike (distances do not
+change), which makes unconverged runs with always-on bits sparse again. Dense
+codes (the sign baseline) use a float32 matrix product over unpacked chunks:
+on 2 CPU cores it measured faster than popcount over uint64 words
+(np.bitwise_count), 0.43 s against 0.84 s for 200 x 117k 384-bit codes.
+All paths are exact (counts stay far below 2^24); ties go to the lower row.
 """
 
 import numpy as np
@@ -114,8 +120,8 @@ class CodeIndex:
     def flip_mask(self) -> np.ndarray:
         """(N/8,) packed mask of the bits that fire for more than half the rows."""
         if self._flip_mask is None:
-            counts = np.zeros(self.n_bits, dtype=np.int64)
-            for start in range(0, len(self.packed), self.chunk_rows):
+            counts = np.diff(self.by_bit.indptr) if self.sparse else np.zeros(self.n_bits, dtype=np.int64)
+            for start in range(0, 0 if self.sparse else len(self.packed), self.chunk_rows):
                 chunk = unpack_bits(self.packed[start : start + self.chunk_rows], self.n_bits)
                 counts += chunk.sum(axis=0, dtype=np.int64)
             self._flip_mask = pack_bits((counts > len(self.packed) / 2)[None, :])[0]
