@@ -103,14 +103,26 @@ def pick_dataset(key: str = "dataset") -> str | None:
     return st.selectbox("Dataset", names, key=key)
 
 
+@st.cache_resource
+def _first_start() -> dict:
+    return {"chain": False}  # True once this server process started the first built-in build itself
+
+
 def build_builtins_on_first_start() -> None:
-    """With no dataset at all, build `hpo` in the background, then `icd10cm` after it."""
+    """With no dataset at all, build `hpo` in the background, then `icd10cm` after it.
+
+    Only a chain this server began continues to icd10cm, so a user who built
+    hpo alone (or removed icd10cm) is not handed a 98k-concept build unasked.
+    """
     present = {item["name"] for item in datasets()}
     statuses = {name: build_status(name) for name in BUILTIN_DATASETS}
+    first, second = BUILTIN_DATASETS
     if not present and all(status is None for status in statuses.values()):
-        start_build(BUILTIN_DATASETS[0])
-    elif present == {"hpo"} and statuses["hpo"] and statuses["hpo"]["state"] == "done" and statuses["icd10cm"] is None:
-        start_build("icd10cm")
+        start_build(first)
+        _first_start()["chain"] = True
+    elif _first_start()["chain"] and first in present and statuses[second] is None:
+        start_build(second)
+        _first_start()["chain"] = False
 
 
 def build_progress(name: str) -> bool:

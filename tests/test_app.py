@@ -171,9 +171,15 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
     monkeypatch.setattr(_shared, "start_build", fake_start_build)
+    _shared._first_start.clear()
     at = AppTest.from_file("../app.py", default_timeout=60)
     at.run()
     assert not at.exception
     assert started == ["hpo"]
     assert "First start: building the built-in datasets" in texts(at)
     assert "Building hpo: 5 of 10 concepts embedded" in [bar.proto.text for bar in at.get("progress")]
+    np.save(tmp_path / "hpo.npy", np.eye(4, dtype=np.float32))  # hpo's build "finishes"
+    import_dataset(tmp_path / "hpo.npy", name="hpo")
+    for _ in range(2):  # fresh sessions, as a browser reload would be
+        AppTest.from_file("../app.py", default_timeout=60).run()
+    assert started == ["hpo", "icd10cm"]  # the chain continues once
