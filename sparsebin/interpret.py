@@ -143,11 +143,11 @@ def label_bits(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.
     """Category label, enrichment and covering ancestor for the given bits (one row each, in order)."""
     bits = np.asarray(bits, dtype=np.int64)
     parts = []
-    for start in range(0, len(bits), LABEL_BLOCK_BITS):
+    for start in range(0, max(len(bits), 1), LABEL_BLOCK_BITS):  # once even for no bits, to keep the columns
         members = ctx.by_bit[bits[start : start + LABEL_BLOCK_BITS]]
         labels = best_labels(members, ctx.categories)
         parts.append(pd.concat([labels, covering_ancestors(members, ctx.ancestors, min_share)], axis=1))
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    table = pd.concat(parts, ignore_index=True)
     n_active = ctx.bit_counts[bits]
     table.insert(0, "bit", bits)
     table.insert(1, "firing_rate", n_active / max(len(ctx.concepts), 1))
@@ -158,11 +158,12 @@ def label_bits(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.
 def bit_table(ctx: RunContext, min_share: float = 0.5) -> pd.DataFrame:
     """One row per bit, sorted by bit: firing, best category label, covering ancestor, coherence.
 
-    Cached on the context per `min_share`; dead bits have no label and NaN scores.
+    Cached on the context per `min_share` (a copy is returned, so callers may
+    change theirs); dead bits have no label and NaN scores.
     """
     if min_share not in ctx.tables:
         ctx.tables[min_share] = label_bits(ctx, np.arange(ctx.n_bits), min_share)
-    return ctx.tables[min_share]
+    return ctx.tables[min_share].copy()
 
 
 def rank_bits(ctx: RunContext, min_active: int = 5, min_share: float = 0.5) -> pd.DataFrame:
@@ -188,7 +189,17 @@ def labels_for(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.
 def bit_profile(
     ctx: RunContext, bit: int, top: int = 20, quantiles: int = 5, per_quantile: int = 5, neighbours: int = 10
 ) -> dict:
-    """What makes one bit fire and what it writes; see the module docstring for the pieces."""
+    """What makes one bit fire, what it means in the ontology, and what it writes.
+
+    - top_concepts: the `top` highest pre-activation logits over all concepts
+    - quantile_concepts: `per_quantile` seeded picks from each of `quantiles`
+      logit groups of the concepts where it fires (1 = strongest)
+    - sigmoid_histogram: sigmoid(u) over all concepts; two clean spikes near 0
+      and 1 mean the bit binarises cleanly, mass near 0.5 means it hesitates
+    - enrichment: categories among the concepts where it fires, against base rates
+    - cofiring: the `neighbours` bits whose firing sets overlap most (Jaccard)
+    - decoder_neighbours: concepts nearest (cosine) to its decoder column
+    """
     check_bit(ctx, bit)
     logits = ctx.bit_logits(bit)  # (M,)
     firing = ctx.by_bit[bit].indices  # rows where the stored code has this bit

@@ -169,6 +169,12 @@ def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
     assert view["overlap"] == len(shared) / 2
 
 
+def test_concept_view_of_a_concept_without_active_bits(ctx):
+    view = concept_view(ctx, "A", k=3)  # "Heart anomaly" has no bit of its own
+    assert view["active_bits"].empty and list(view["active_bits"].columns) == ["bit", "label", "coherence", "logit"]
+    assert len(view["code_neighbours"]) == 3 and len(view["dense_neighbours"]) == 3
+
+
 def test_concept_view_names_an_unknown_id(ctx):
     with pytest.raises(LookupError, match="no concept with id 'ZZ'"):
         concept_view(ctx, "ZZ")
