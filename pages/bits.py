@@ -17,33 +17,41 @@ st.dataframe(
 )
 
 ranked = _shared.ranked_bits(run["run_id"], run["dataset"])  # cleanest bits firing for 5+ concepts first
-first = int(ranked["bit"].iloc[0]) if len(ranked) else 0
 wanted = st.query_params.get("bit")
-start = int(wanted) if wanted is not None and wanted.isdigit() and int(wanted) < len(table) else first
-bit = int(st.number_input("Open bit", 0, len(table) - 1, start, key="bit"))
-st.query_params["bit"] = str(bit)
-profile = _shared.bit_profile(run["run_id"], run["dataset"], bit)
-label = profile["label"]
-st.subheader(f"Bit {bit}: {label.get('label') or 'no clear label'}")
-st.caption(
-    f"Fires for {profile['n_active']:,} concepts ({profile['firing_rate']:.3%}); "
-    f"coherence {label.get('coherence', float('nan')):.2f}, shared ancestor {label.get('ancestor_name') or '-'}."
-)
-left, right = st.columns(2)
-with left:
-    st.markdown("**Top concepts** (largest logit)")
-    st.dataframe(profile["top_concepts"], hide_index=True, key="top_concepts")
-    st.markdown("**Concepts at quantiles of the logit**")
-    st.dataframe(profile["quantile_concepts"], hide_index=True, key="quantile_concepts")
+first = int(ranked["bit"].iloc[0]) if len(ranked) else 0
+first = int(wanted) if wanted is not None and wanted.isdigit() and int(wanted) < len(table) else first
+
+
+@st.fragment  # opening another bit reruns only the dashboard, not the table above
+def bit_dashboard(run_id: str, dataset_name: str, n_bits: int, first: int) -> None:
+    bit = int(st.number_input("Open bit", 0, n_bits - 1, first, key="bit"))
+    st.query_params["bit"] = str(bit)
+    profile = _shared.bit_profile(run_id, dataset_name, bit)
+    label = profile["label"]
+    coherence = label.get("coherence")
+    coherence = "n/a" if coherence is None or coherence != coherence else f"{coherence:.2f}"
+    st.subheader(f"Bit {bit}: {label.get('label') or 'no clear label'}")
+    st.caption(
+        f"Fires for {profile['n_active']:,} concepts ({profile['firing_rate']:.3%}); "
+        f"coherence {coherence}, shared ancestor {label.get('ancestor_name') or '-'}."
+    )
+    left, right = st.columns(2)
+    left.markdown("**Top concepts** (largest logit)")
+    left.dataframe(profile["top_concepts"], hide_index=True, key="top_concepts")
+    left.markdown("**Concepts at quantiles of the logit**")
+    left.dataframe(profile["quantile_concepts"], hide_index=True, key="quantile_concepts")
     top = profile["top_concepts"]
     if len(top):
-        _shared.concept_link(str(top["id"].iloc[0]), str(top["name"].iloc[0]), run["run_id"])
-with right:
+        with left:
+            _shared.concept_link(str(top["id"].iloc[0]), str(top["name"].iloc[0]), run_id)
     if len(profile["enrichment"]):
-        st.plotly_chart(charts.enrichment_chart(profile["enrichment"]), key="enrichment_chart")
-    st.plotly_chart(charts.sigmoid_histogram(profile["sigmoid_histogram"]), key="sigmoid_chart")
-cofiring, decoder = st.columns(2)
-cofiring.markdown("**Bits that fire with it** (Jaccard)")
-cofiring.dataframe(profile["cofiring"], hide_index=True, key="cofiring")
-decoder.markdown("**Concepts nearest its decoder direction**")
-decoder.dataframe(profile["decoder_neighbours"], hide_index=True, key="decoder_neighbours")
+        right.plotly_chart(charts.enrichment_chart(profile["enrichment"]), key="enrichment_chart")
+    right.plotly_chart(charts.sigmoid_histogram(profile["sigmoid_histogram"]), key="sigmoid_chart")
+    cofiring, decoder = st.columns(2)
+    cofiring.markdown("**Bits that fire with it** (Jaccard)")
+    cofiring.dataframe(profile["cofiring"], hide_index=True, key="cofiring")
+    decoder.markdown("**Concepts nearest its decoder direction**")
+    decoder.dataframe(profile["decoder_neighbours"], hide_index=True, key="decoder_neighbours")
+
+
+bit_dashboard(run["run_id"], run["dataset"], len(table), first)
