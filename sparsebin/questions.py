@@ -20,6 +20,7 @@ QUESTIONS = (
 )
 NEAR_K = 0.25  # "centred near K": the mean lies within 25 % of K
 COHERENT = 0.5  # a bit "means one thing" when its coherence reaches this
+MIN_ACTIVE = 5  # bits firing for fewer concepts are not judged for coherence
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,12 @@ def answer_dead_bits(runs: pd.DataFrame) -> str:
     if not len(aligned):
         return "No finished run with the alignment term (sparsity align) is selected."
     share = aligned.assign(dead_share=aligned["dead_bits"] / aligned["n_bits"])
-    by_loss = share.groupby("loss").agg(
-        dead=("dead_bits", "mean"), n_bits=("n_bits", "mean"), dead_share=("dead_share", "mean")
-    )
-    facts = [
-        f"{loss} leaves {row.dead:.0f} of {row.n_bits:.0f} bits dead ({row.dead_share:.1%})"
-        for loss, row in by_loss.iterrows()
-    ]
-    text = "Averaged over the selected aligned runs, " + "; ".join(facts) + "."
+    by_loss = share.groupby("loss").agg(dead_share=("dead_share", "mean"))
+    facts = []
+    for loss, group in share.groupby("loss"):
+        counts = ", ".join(f"{run.dead_bits:.0f} of {run.n_bits:.0f}" for run in group.itertuples())
+        facts.append(f"{loss} leaves {by_loss.loc[loss, 'dead_share']:.1%} of its bits dead ({counts})")
+    text = "In the selected aligned runs, " + "; ".join(facts) + "."
     if "cosine" not in by_loss.index or len(by_loss) < 2:
         return text + " Select aligned runs with cosine and with mse or l1 to compare them."
     cosine = by_loss.loc["cosine", "dead_share"]
@@ -165,7 +164,11 @@ def answer_depth(depth: dict | None) -> str:
         rows = per_depth[per_depth["source"] == source].sort_values("depth")
         p_value = depth.get("p_value", {}).get(source, float("nan"))
         direction = "more" if rho > 0 else "fewer"
-        fact = f"for {source}, Spearman rho = {rho:.2f} (p = {p_value:.2g}): deeper concepts activate {direction} bits"
+        strength = "hardly" if abs(rho) < 0.1 else "weakly" if abs(rho) < 0.3 else "clearly"
+        fact = (
+            f"for {source}, Spearman rho = {rho:.2f} (p = {p_value:.2g}): "
+            f"deeper concepts {strength} activate {direction} bits"
+        )
         if len(rows) >= 2:
             first, last = rows.iloc[0], rows.iloc[-1]
             fact += (
@@ -184,13 +187,17 @@ def answer_bit_meaning(bits: pd.DataFrame | None) -> str:
     live = bits[bits["n_active"] > 0]
     if not len(live):
         return "The picked run has no live bits."
-    coherent = live[live["coherence"] >= COHERENT]
-    best = live.sort_values("coherence", ascending=False).iloc[0]
+    judged = live[live["n_active"] >= MIN_ACTIVE]  # one or two concepts always look coherent
+    if not len(judged):
+        return f"None of the picked run's {len(live)} live bits fires for {MIN_ACTIVE} concepts or more."
+    coherent = judged[judged["coherence"] >= COHERENT]
+    best = judged.sort_values(["coherence", "n_active"], ascending=False).iloc[0]
     return (
-        f"Of the picked run's {len(live)} live bits, {len(coherent)} ({len(coherent) / len(live):.0%}) have "
-        f"coherence of at least {COHERENT} (median {live['coherence'].median():.2f}). The most coherent is bit "
-        f"{int(best['bit'])}, '{best['label']}', firing for {int(best['n_active'])} concepts "
-        f"(coherence {best['coherence']:.2f}). Open a bit on the Bits page for the concepts that make it fire."
+        f"Of the picked run's {len(live)} live bits, {len(judged)} fire for at least {MIN_ACTIVE} concepts; "
+        f"{len(coherent)} of those ({len(coherent) / len(judged):.0%}) have coherence of at least {COHERENT} "
+        f"(median {judged['coherence'].median():.2f}). The most coherent is bit {int(best['bit'])}, "
+        f"'{best['label']}', firing for {int(best['n_active'])} concepts (coherence {best['coherence']:.2f}). "
+        "Open a bit on the Bits page for the concepts that make it fire."
     )
 
 

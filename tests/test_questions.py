@@ -68,7 +68,7 @@ def test_six_answers_with_numbers():
     assert [answer.number for answer in answers] == [1, 2, 3, 4, 5, 6]
     assert "4.2 ± 1.5 active bits for K=4" in answers[0].answer
     assert answers[0].answer.startswith("Partly")  # only 1 of 2 cosine-aligned runs is near K
-    assert "mse leaves 16 of 64 bits dead (25.0%)" in answers[1].answer
+    assert "mse leaves 25.0% of its bits dead (16 of 64)" in answers[1].answer
     assert "mse leaves more dead bits than cosine" in answers[1].answer
     assert "none: recon loss 0.550 on the hard bits against 0.200" in answers[2].answer
     assert "ste reconstructs best and none worst" in answers[2].answer
@@ -91,12 +91,17 @@ def test_depth_and_bit_answers():
         "p_value": {"hpo": 0.001},
     }
     bits = pd.DataFrame(
-        {"bit": [0, 1, 2], "n_active": [5, 0, 7], "coherence": [0.9, 0.0, 0.2], "label": ["Eye", "", "Mixed"]}
+        {
+            "bit": [0, 1, 2, 3],
+            "n_active": [5, 0, 7, 2],
+            "coherence": [0.9, 0.0, 0.2, 1.0],
+            "label": ["Eye", "", "Mixed", "Tiny"],
+        }
     )
     answers = answer_questions(runs_table(), depth=depth, bits=bits)
-    assert "Spearman rho = 0.40 (p = 0.001): deeper concepts activate more bits" in answers[4].answer
+    assert "Spearman rho = 0.40 (p = 0.001): deeper concepts clearly activate more bits" in answers[4].answer
     assert "3.0 on average at depth 1 against 6.0 at depth 5" in answers[4].answer
-    assert "Of the picked run's 2 live bits, 1 (50%)" in answers[5].answer
+    assert "Of the picked run's 3 live bits, 2 fire for at least 5 concepts; 1 of those (50%)" in answers[5].answer
     assert "bit 0, 'Eye'" in answers[5].answer
 
 
