@@ -5,21 +5,10 @@ import streamlit as st
 from pages import _shared
 from sparsebin import charts
 from sparsebin.questions import answer_questions
+from sparsebin.store import CONFIG_COLUMNS, SUMMARY_METRICS
 
-METRICS = [
-    "recon_loss",
-    "fixed_topk_recon_loss",
-    "soft_recon_loss",
-    "active_mean",
-    "active_std",
-    "dead_bits",
-    "dense_bits",
-    "topk_overlap",
-    "bits_index_list",
-    "recall_at_10_hamming",
-    "recall_at_10_jaccard",
-]
-SETTINGS = ["n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed", "epochs", "lr"]
+METRICS = list(SUMMARY_METRICS)
+SETTINGS = list(CONFIG_COLUMNS)
 
 st.title("Compare")
 table = _shared.runs()
@@ -66,8 +55,9 @@ first = runs.iloc[0]
 st.caption(f"Questions 4 (sign baseline), 5 and 6 use the first picked run: {first['label']}.")
 depth = _shared.depth_analysis(first["run_id"], first["dataset"])
 bits = _shared.bit_table(first["run_id"], first["dataset"])
-sign = _shared.run_metrics(first["run_id"]).get("sign_validation")
+first_metrics = _shared.run_metrics(first["run_id"])
+sign, sign_equal = first_metrics.get("sign_validation"), first_metrics.get("sign_validation_equal_storage")
 text, chart = st.columns([3, 2])
-for answer in answer_questions(runs, sign=sign, depth=depth, bits=bits):
+for answer in answer_questions(runs, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits):
     text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")
 chart.plotly_chart(charts.depth_chart(depth["per_depth"]), key="depth_chart")

@@ -58,8 +58,22 @@ def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int 
         codes[rows] = evaluation.packed
         metrics[name] = evaluation.metrics
         if name == "validation" or len(split.validation) == 0:
-            sign = sign_codes(vectors, fit_vectors=train_vectors)
-            metrics[f"sign_{name}"] = code_metrics(
-                sign, vectors.shape[1], vectors, split=name, n_queries=n_queries, seed=config.seed
-            )
+            metrics |= sign_baselines(vectors, train_vectors, evaluation.metrics, name, n_queries, config.seed)
     return metrics, codes
+
+
+def sign_baselines(
+    vectors: np.ndarray, train_vectors: np.ndarray, model_metrics: dict, split: str, n_queries: int, seed: int
+) -> dict:
+    """The sign baseline at one bit per dimension, and at the model's storage.
+
+    "Equal storage" keeps as many PCA components as the model's codes take
+    bits as a list of active indices (active_mean * ceil(log2 N)), at most D.
+    """
+    dim = vectors.shape[1]
+    budget = int(np.clip(round(model_metrics["bits_index_list"]), 1, dim))
+    result = {}
+    for key, n_bits in ((f"sign_{split}", dim), (f"sign_{split}_equal_storage", budget)):
+        codes = sign_codes(vectors, fit_vectors=train_vectors, n_bits=n_bits)
+        result[key] = code_metrics(codes, n_bits, vectors, split=split, n_queries=n_queries, seed=seed)
+    return result

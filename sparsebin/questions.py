@@ -47,17 +47,19 @@ def answer_questions(
     runs: pd.DataFrame,
     *,
     sign: dict | None = None,
+    sign_equal: dict | None = None,
     depth: dict | None = None,
     bits: pd.DataFrame | None = None,
 ) -> list[Answer]:
-    """All six answers. `sign` is one run's sign-baseline metrics, `depth` a
+    """All six answers. `sign` is one run's sign-baseline metrics (one bit per
+    dimension), `sign_equal` the same baseline cut to that run's storage, `depth` a
     `depth_analysis` result and `bits` a `bit_table`, each for the run they describe."""
     runs = finished(runs)
     texts = (
         answer_flexibility(runs),
         answer_dead_bits(runs),
         answer_rounding(runs),
-        answer_storage(runs, sign),
+        answer_storage(runs, sign, sign_equal),
         answer_depth(depth),
         answer_bit_meaning(bits),
     )
@@ -128,7 +130,7 @@ def answer_rounding(runs: pd.DataFrame) -> str:
     )
 
 
-def answer_storage(runs: pd.DataFrame, sign: dict | None) -> str:
+def answer_storage(runs: pd.DataFrame, sign: dict | None, sign_equal: dict | None = None) -> str:
     if not len(runs):
         return "No finished run is selected."
     facts = []
@@ -145,6 +147,11 @@ def answer_storage(runs: pd.DataFrame, sign: dict | None) -> str:
             f" The sign baseline stores {sign['bits_bitmap']} bits per vector "
             f"({sign['compression_bitmap']:.0f}x smaller than float32) with recall@10 "
             f"{_number(sign['recall_at_10_hamming'])} (Hamming)."
+        )
+    if sign_equal:
+        text += (
+            f" Cut to the first run's storage ({sign_equal['bits_bitmap']} bits, its leading PCA components), "
+            f"the sign baseline reaches recall@10 {_number(sign_equal['recall_at_10_hamming'])} (Hamming)."
         )
     missing = {"align", "hard-topk", "l1"} - set(runs["sparsity"])
     if missing:

@@ -79,6 +79,10 @@ def test_storage_names_the_sign_baseline_and_missing_baselines():
     sign = {"bits_bitmap": 384, "compression_bitmap": 32.0, "recall_at_10_hamming": 0.55}
     text = answer_storage(runs_table().iloc[:4], sign)
     assert "The sign baseline stores 384 bits per vector (32x smaller than float32) with recall@10 0.550" in text
+    equal = {"bits_bitmap": 160, "recall_at_10_hamming": 0.31}
+    text = answer_storage(runs_table().iloc[:4], sign, equal)
+    assert "Cut to the first run's storage (160 bits, its leading PCA components)" in text
+    assert "recall@10 0.310 (Hamming)" in text
     assert "Add runs with sparsity l1" in text
 
 
