@@ -146,6 +146,13 @@ def run_metrics(run_id: str) -> dict:
     return runfolder.load_metrics(store().run_folder(run_id))
 
 
+def evaluated_metrics(run_id: str) -> tuple[str, dict]:
+    """The split a run was judged on and its metrics: validation, or train when nothing was held out."""
+    metrics = run_metrics(run_id)
+    split = "validation" if metrics.get("validation") else "train"
+    return split, metrics[split]
+
+
 @st.cache_data(max_entries=64)
 def run_history(run_id: str) -> list[dict]:
     return store().history(run_id)

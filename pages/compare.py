@@ -24,7 +24,7 @@ picked = st.multiselect("Runs", list(titles), default=list(titles)[:4], format_f
 if not picked:
     st.stop()
 runs = table[table["run_id"].isin(picked)].assign(label=lambda frame: frame["run_id"].map(titles))
-metrics = {titles[run_id]: _shared.run_metrics(run_id)["validation"] for run_id in picked}
+metrics = {titles[run_id]: _shared.evaluated_metrics(run_id)[1] for run_id in picked}
 
 shown = runs.set_index("label")[SETTINGS + METRICS].T
 st.dataframe(shown.map(lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)), key="compare_table")
@@ -55,8 +55,9 @@ first = runs.iloc[0]
 st.caption(f"Questions 4 (sign baseline), 5 and 6 use the first picked run: {first['label']}.")
 depth = _shared.depth_analysis(first["run_id"], first["dataset"])
 bits = _shared.bit_table(first["run_id"], first["dataset"])
+split, _ = _shared.evaluated_metrics(first["run_id"])
 first_metrics = _shared.run_metrics(first["run_id"])
-sign, sign_equal = first_metrics.get("sign_validation"), first_metrics.get("sign_validation_equal_storage")
+sign, sign_equal = first_metrics.get(f"sign_{split}"), first_metrics.get(f"sign_{split}_equal_storage")
 text, chart = st.columns([3, 2])
 for answer in answer_questions(runs, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits):
     text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")

@@ -5,7 +5,7 @@ import streamlit as st
 from pages import _jobs, _shared
 from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, ConfigError, TrainConfig
 from sparsebin.datasets import DataError
-from sparsebin.store import expand_grid
+from sparsebin.store import expand_grid, parse_grid
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
@@ -57,13 +57,11 @@ if submitted:
 with st.expander("Ablation grid: every combination of the listed values, on top of the settings above"):
     st.caption("Comma-separated values; leave a field empty to keep the form's value.")
     columns = st.columns(len(GRID_FIELDS))
-    grid = {}
-    for column, (field, kind) in zip(columns, GRID_FIELDS.items(), strict=True):
-        text = column.text_input(field, key=f"grid_{field}")
-        values = [kind(value.strip()) for value in text.split(",") if value.strip()] if text.strip() else []
-        if values:
-            grid[field] = values
+    typed = {
+        field: column.text_input(field, key=f"grid_{field}") for column, field in zip(columns, GRID_FIELDS, strict=True)
+    }
     try:
+        grid = parse_grid(typed, GRID_FIELDS)
         planned = expand_grid(config, grid) if grid else []
         st.write(f"This grid queues **{len(planned)}** runs.")
         if planned and st.button(f"Queue {len(planned)} runs", key="submit_grid"):

@@ -141,6 +141,30 @@ def expand_grid(base: TrainConfig, grid: dict[str, list]) -> list[TrainConfig]:
     return [base.replace(**dict(zip(names, combination, strict=True))) for combination in itertools.product(*choices)]
 
 
+KIND_NAMES = {int: "an integer", float: "a number"}  # for the sentence naming a value that does not parse
+
+
+def parse_grid(texts: dict[str, str], kinds: dict[str, type]) -> dict[str, list]:
+    """Comma-separated values typed per setting, as the grid `expand_grid` takes; empty fields are left out.
+
+    A value that is not of its setting's kind raises a ConfigError naming the
+    setting and the value, so a form can show one sentence instead of a traceback.
+    """
+    grid = {}
+    for name, text in texts.items():
+        values = [parse_value(name, value.strip(), kinds[name]) for value in text.split(",") if value.strip()]
+        if values:
+            grid[name] = values
+    return grid
+
+
+def parse_value(name: str, text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not {KIND_NAMES.get(kind, kind.__name__)}.") from None
+
+
 def _as_list(values) -> list:
     return list(values) if isinstance(values, list | tuple) else [values]
 

@@ -20,7 +20,8 @@ CATEGORIES = ["eye", "heart", "skin", "brain", "bone", "blood"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A 300 x 16 dataset in six categories, its cached map, and two finished 32-bit runs."""
+    """A 300 x 16 dataset in six categories, its cached map, and three finished 32-bit runs
+    (the newest trained on every row, without a validation split)."""
     root = tmp_path_factory.mktemp("app")
     home, data = root / "home", root / "data"
     with pytest.MonkeyPatch.context() as patch:
@@ -46,9 +47,10 @@ def world(tmp_path_factory):
         base = TrainConfig(n_bits=32, k=4, epochs=3, batch_size=64, lr=1e-2, device="cpu", log_every=2)
         store.submit("tiny", base, label="cosine run")
         store.submit("tiny", base.replace(loss="mse"), label="mse run")
+        store.submit("tiny", base.replace(val_fraction=0.0), label="all-train run")
         run_worker(once=True, device="cpu")
         runs = store.list_runs()
-        assert list(runs["status"]) == ["done", "done"], store.jobs()[0].error
+        assert list(runs["status"]) == ["done"] * 3, [job.error for job in store.jobs()]
     return {"home": home, "data": data, "root": root, "runs": runs}
 
 
@@ -84,7 +86,7 @@ def test_every_page_renders(app, page):
 def test_home_lists_datasets_and_runs(app):
     assert "tiny" in texts(app)
     table = app.dataframe[0].value
-    assert set(table["label"]) == {"cosine run", "mse run"}
+    assert set(table["label"]) == {"cosine run", "mse run", "all-train run"}
 
 
 def test_train_queues_a_run_and_refuses_bad_settings(app, world):
@@ -104,7 +106,19 @@ def test_train_queues_a_run_and_refuses_bad_settings(app, world):
     assert "This grid queues **6** runs." in texts(at)
     job = Store(world["home"]).jobs(limit=1)[0]
     assert job.label == "queued from the test" and job.status.name == "QUEUED"
-    Store(world["home"]).cancel(job.id)  # leave the other tests two finished runs and nothing queued
+    Store(world["home"]).cancel(job.id)  # leave the other tests the finished runs and nothing queued
+
+
+def test_a_grid_value_of_the_wrong_kind_is_named_in_one_sentence(app):
+    at = open_page(app, "train")
+    at.text_input(key="grid_n_bits").set_value("64, abc").run()
+    assert not at.exception
+    assert "n_bits: 'abc' is not an integer." in [error.value for error in at.error]
+    at.text_input(key="grid_n_bits").set_value("1.5").run()
+    assert "n_bits: '1.5' is not an integer." in [error.value for error in at.error]
+    at.text_input(key="grid_n_bits").set_value("")
+    at.text_input(key="grid_alpha").set_value("0.5, x").run()
+    assert "alpha: 'x' is not a number." in [error.value for error in at.error]
 
 
 def test_compare_shows_both_picked_runs(app, world):
@@ -117,6 +131,17 @@ def test_compare_shows_both_picked_runs(app, world):
     assert "cosine run" in columns and "mse run" in columns
     answers = texts(at)
     assert "mse leaves" in answers and "cosine leaves" in answers
+
+
+def test_compare_answers_for_a_run_without_a_validation_split(app, world):
+    at = open_page(app, "compare")
+    runs = world["runs"]
+    all_train = runs.loc[runs["label"] == "all-train run", "run_id"].iloc[0]
+    at.multiselect(key="compare_runs").set_value([all_train]).run()
+    assert not at.exception
+    answers = texts(at)
+    assert "The sign baseline stores 16 bits per vector" in answers  # its sign_train metrics, 16 dimensions
+    assert "all-train run" in answers
 
 
 def test_bits_opens_a_bit_with_its_top_concepts(app):
