@@ -52,10 +52,12 @@ class Heartbeat(threading.Thread):
         self.job_id: int | None = None
         self.stop_requested = threading.Event()
         self._finished = threading.Event()
+        self._watching = threading.Lock()  # makes "still the same job?" and setting the flag one step
 
     def watch(self, job_id: int | None) -> None:
-        self.stop_requested.clear()
-        self.job_id = job_id
+        with self._watching:
+            self.job_id = job_id
+            self.stop_requested.clear()
 
     def run(self) -> None:
         while not self._finished.wait(self.every):
@@ -63,13 +65,22 @@ class Heartbeat(threading.Thread):
         self.store.close()
 
     def beat(self) -> None:
+        """Beat for the watched job; a cancel answer stops it only if it is still the watched job.
+
+        The database calls run outside the lock (they may wait on a busy
+        database), so the job can change meanwhile: a cancel of the job just
+        finished must not stop the next one at its first step.
+        """
         job_id = self.job_id
         try:
             self.store.beat_worker(self.worker, job_id)
-            if job_id is not None and self.store.beat(job_id, self.worker):
-                self.stop_requested.set()
+            stop = job_id is not None and self.store.beat(job_id, self.worker)
         except Exception as error:  # a busy database must not kill the heartbeat
             log.warning("heartbeat failed: %s", error)
+            return
+        with self._watching:
+            if stop and self.job_id == job_id:
+                self.stop_requested.set()
 
     def finish(self) -> None:
         self._finished.set()

@@ -18,7 +18,7 @@ from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
 from sparsebin.store import Status, Store
-from sparsebin.worker import ensure_worker, pid_alive, run_worker, worker_status
+from sparsebin.worker import Heartbeat, ensure_worker, pid_alive, run_worker, worker_status
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_COMMAND = [sys.executable, "-m", "sparsebin", "worker"]
@@ -62,7 +62,7 @@ def test_in_process_worker_runs_a_job_to_done_with_every_artifact():
     folder = store.run_folder(job.run_id)
     assert all((folder / name).is_file() for name in ARTIFACTS)
     metrics = runfolder.load_metrics(folder)
-    assert set(metrics) == {"train", "validation", "sign_validation"}
+    assert set(metrics) == {"train", "validation", "sign_validation", "sign_validation_equal_storage"}
     assert runfolder.load_codes(folder).shape == (200, 4)  # 32 bits packed into 4 bytes
     assert runfolder.load_model(folder).n_bits == 32
     history = store.history(job.run_id)
@@ -99,6 +99,35 @@ def test_cancel_stops_a_running_job_at_its_next_step():
     assert cancelled.progress["epoch"] < 500
     assert not (store.run_folder(job.run_id) / "metrics.json").exists()
     assert store.resume(job.id).status == Status.QUEUED  # a cancelled run can be taken up again
+
+
+class CancellingStore:
+    """A store whose every job has a cancel asked for; `during_beat` runs while a beat is in the database."""
+
+    def __init__(self):
+        self.during_beat = lambda: None
+
+    def beat_worker(self, name, job_id):
+        pass
+
+    def beat(self, job_id, worker):
+        self.during_beat()
+        return True
+
+
+def test_a_cancel_answer_for_a_finished_job_does_not_stop_the_next_job():
+    store = CancellingStore()
+    heartbeat = Heartbeat(store, "test-worker", every=1.0)
+    heartbeat.watch(1)
+    heartbeat.beat()
+    assert heartbeat.stop_requested.is_set()  # job 1's cancel reaches it
+    heartbeat.watch(1)
+    store.during_beat = lambda: heartbeat.watch(2)  # job 1 ends and job 2 starts while the beat is out
+    heartbeat.beat()
+    assert heartbeat.job_id == 2 and not heartbeat.stop_requested.is_set()
+    store.during_beat = lambda: None
+    heartbeat.beat()
+    assert heartbeat.stop_requested.is_set()  # job 2's own cancel still stops it
 
 
 def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypatch):
