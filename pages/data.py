@@ -9,12 +9,12 @@ from pages import _shared
 from sparsebin.datasets import BUILTIN_DATASETS, DataError, import_dataset, start_build
 
 st.title("Data")
-present = {item["name"]: item for item in _shared.datasets()}
 
 
 @st.fragment(run_every=3)
 def builtin_panel() -> None:
     st.subheader("Built-in datasets")
+    present = {item["name"]: item for item in _shared.datasets()}  # read on every refresh, so a finished build shows
     for name in BUILTIN_DATASETS:
         with st.container(border=True):
             info, action = st.columns([4, 1])
@@ -55,6 +55,7 @@ if submitted:
             except DataError as error:
                 st.error(str(error))
 
+present = _shared.datasets()
 if present:
     st.subheader("Present")
-    st.dataframe([{k: str(v) for k, v in item.items()} for item in present.values()], hide_index=True, key="data_list")
+    st.dataframe([{k: str(v) for k, v in item.items()} for item in present], hide_index=True, key="data_list")
