@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from sparsebin.runfolder import RunFileError
+
 COMMAND_MODULES = (
     "sparsebin.training_cli",
     "sparsebin.datasets.cli",
@@ -31,6 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RunFileError) as error:  # the library's user-facing errors (ConfigError, DataError, ...)
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -6,8 +6,9 @@ import numpy as np
 
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig
-from sparsebin.metrics import code_metrics, evaluate_model, normalized_rows, sign_codes
-from sparsebin.train import ProgressCallback, TrainResult, train
+from sparsebin.metrics import code_metrics, evaluate_model, normalized_rows, principal_axes, sign_codes
+from sparsebin.retrieval import bytes_per_vector
+from sparsebin.train import ProgressCallback, TrainResult, check_checkpoint, train
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -24,10 +25,15 @@ def run_experiment(
     """Train with `config` and write every artifact of a run into `folder`.
 
     The folder keeps a checkpoint while training, so calling this again after
-    an interruption resumes from the last finished epoch. A cancelled run
-    writes its config and history but no metrics or codes.
+    an interruption resumes from the last finished epoch (a checkpoint of
+    another config is refused). A cancelled run writes its config and history
+    but no metrics or codes; a finished run drops its checkpoint.
     """
     folder = Path(folder)
+    if (folder / "metrics.json").exists():
+        raise ValueError(f"{folder} already holds a finished run; train into another folder.")
+    if (folder / CHECKPOINT).exists():
+        check_checkpoint(folder / CHECKPOINT, config)  # before config.json is overwritten
     folder.mkdir(parents=True, exist_ok=True)
     runfolder.save_json(folder / "config.json", config.to_dict())
     result = train(embeddings, config, progress=progress, should_stop=should_stop, checkpoint_path=folder / CHECKPOINT)
@@ -39,6 +45,7 @@ def run_experiment(
     runfolder.save_codes(folder / "codes.npy", codes)
     runfolder.save_json(folder / "split.json", {"validation": result.split.validation.tolist()})
     runfolder.save_json(folder / "metrics.json", metrics)  # last: its presence marks a finished run
+    (folder / CHECKPOINT).unlink(missing_ok=True)  # finished: model.safetensors holds the result
     return result
 
 
@@ -46,7 +53,7 @@ def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int 
     """Metrics on both parts plus the sign baseline, and packed codes for every row."""
     config, split = result.config, result.split
     train_vectors = normalized_rows(embeddings, split.train, config.normalize)
-    codes = np.zeros((len(embeddings), -(-config.n_bits // 8)), dtype=np.uint8)
+    codes = np.zeros((len(embeddings), bytes_per_vector(config.n_bits)), dtype=np.uint8)
     metrics = {}
     for name, rows, vectors in (
         ("train", split.train, train_vectors),
@@ -72,8 +79,9 @@ def sign_baselines(
     """
     dim = vectors.shape[1]
     budget = int(np.clip(round(model_metrics["bits_index_list"]), 1, dim))
+    axes = principal_axes(train_vectors, dim)
     result = {}
     for key, n_bits in ((f"sign_{split}", dim), (f"sign_{split}_equal_storage", budget)):
-        codes = sign_codes(vectors, fit_vectors=train_vectors, n_bits=n_bits)
+        codes = sign_codes(vectors, n_bits=n_bits, axes=axes)
         result[key] = code_metrics(codes, n_bits, vectors, split=split, n_queries=n_queries, seed=seed)
     return result

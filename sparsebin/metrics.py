@@ -14,7 +14,15 @@ import torch
 
 from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
-from sparsebin.retrieval import CodeIndex, dense_neighbours, pack_bits, recall_at_k, sample_queries
+from sparsebin.retrieval import (
+    CodeIndex,
+    bytes_per_vector,
+    dense_neighbours,
+    pack_bits,
+    recall_at_k,
+    sample_queries,
+    unpack_bits,
+)
 
 LOG10_BINS = np.arange(-7.0, 0.25, 0.25)  # firing-frequency histogram edges, 1e-7 .. 1
 
@@ -25,12 +33,16 @@ class Evaluation:
     packed: np.ndarray  # (M, N/8) uint8 hard codes of the evaluated rows, in their order
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def normalized_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool) -> np.ndarray:
     """The chosen rows as float32, L2-normalised when the run was trained so."""
     x = np.asarray(embeddings[rows], dtype=np.float32)
-    if normalize:
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+    return unit_rows(x) if normalize else x
 
 
 @torch.no_grad()
@@ -54,17 +66,20 @@ def evaluate_model(
     packed = []
     for start in range(0, len(vectors), chunk_rows):
         x = torch.from_numpy(np.ascontiguousarray(vectors[start : start + chunk_rows])).to(device)  # (C, D)
-        soft = torch.sigmoid(model.encode_logits(x))  # (C, N)
-        topk = topk_indices(soft, model.k)
+        logits = model.encode_logits(x)  # (C, N)
+        soft = torch.sigmoid(logits)
+        # Bits and TopK from the logits, as model.encode does: sigmoid rounds to
+        # exactly 0.5 near u = 0 and ties at 1.0 for large u.
+        topk = topk_indices(logits, model.k)
         mask = mask_from_indices(topk, model.n_bits, soft)
-        hard = model.stored_code((soft > 0.5).to(soft.dtype), topk)  # u > 0, or t for hard-topk
+        hard = model.stored_code((logits > 0).to(soft.dtype), topk)  # u > 0, or t for hard-topk
         rows = len(x)
         sums["recon"] += cosine_distance(x, model.decode(hard)).item() * rows
         sums["fixed_topk_recon"] += cosine_distance(x, model.decode(mask)).item() * rows
         sums["soft_recon"] += cosine_distance(x, model.decode(soft)).item() * rows
         sums["topk_overlap"] += ((hard * mask).sum(dim=1) / model.k).sum().item()
         packed.append(pack_bits(hard.to(torch.uint8).cpu().numpy()))
-    packed = np.concatenate(packed) if packed else np.zeros((0, -(-model.n_bits // 8)), np.uint8)
+    packed = np.concatenate(packed) if packed else np.zeros((0, bytes_per_vector(model.n_bits)), np.uint8)
     n = max(len(vectors), 1)
     metrics = {
         "split": split,
@@ -113,7 +128,7 @@ def firing_frequency(packed: np.ndarray, n_bits: int, chunk_rows: int = 65536) -
     """(N,) share of rows in which each bit is 1."""
     counts = np.zeros(n_bits, dtype=np.int64)
     for start in range(0, len(packed), chunk_rows):
-        counts += np.unpackbits(packed[start : start + chunk_rows], axis=1, count=n_bits).sum(axis=0, dtype=np.int64)
+        counts += unpack_bits(packed[start : start + chunk_rows], n_bits).sum(axis=0, dtype=np.int64)
     return counts / max(len(packed), 1)
 
 
@@ -150,12 +165,15 @@ def retrieval_metrics(
     """Recall@k of code neighbours (Hamming, Jaccard) against dense cosine neighbours.
 
     Queries are a seeded sample of the evaluated rows; each query's own row is
-    excluded from both neighbour lists.
+    excluded from both neighbour lists. The dense neighbours are by cosine
+    whether or not the run normalised its inputs.
     """
     if len(packed) <= k:
         return {"recall_at_10_hamming": float("nan"), "recall_at_10_jaccard": float("nan"), "n_queries": 0}
     queries = sample_queries(len(packed), n_queries, seed)
-    truth, _ = dense_neighbours(vectors, queries, k)
+    norms = np.linalg.norm(vectors, axis=1)
+    unit = vectors if np.allclose(norms, 1.0, atol=1e-4) else unit_rows(vectors)
+    truth, _ = dense_neighbours(unit, queries, k)
     result = {"n_queries": int(len(queries))}
     for metric in ("hamming", "jaccard"):
         found, _ = index.search(packed[queries], k, metric=metric, exclude=queries)
@@ -164,12 +182,17 @@ def retrieval_metrics(
 
 
 def sign_codes(
-    vectors: np.ndarray, fit_vectors: np.ndarray | None = None, n_bits: int | None = None, pca: bool = True
+    vectors: np.ndarray,
+    fit_vectors: np.ndarray | None = None,
+    n_bits: int | None = None,
+    pca: bool = True,
+    axes: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The `sign` baseline: 1[x_j > 0] per dimension, after an optional PCA rotation.
 
     The rotation (centre and principal axes) is fitted on `fit_vectors` (the
-    training part; default `vectors`). `n_bits` keeps the leading components
+    training part; default `vectors`), or given as `axes` from `principal_axes`
+    so several budgets share one fit. `n_bits` keeps the leading components
     (at most D), for comparisons at equal storage. Returns packed codes.
     """
     fit_vectors = vectors if fit_vectors is None else fit_vectors
@@ -180,7 +203,8 @@ def sign_codes(
             f"the sign baseline gives at most one bit per dimension: n_bits must lie in 1..{d_in}, got {n_bits}."
         )
     if pca:
-        offset, rotation = principal_axes(fit_vectors, n_bits)
+        offset, rotation = axes if axes is not None else principal_axes(fit_vectors, d_in)
+        rotation = rotation[:, :n_bits]
     else:
         rotation, offset = np.eye(d_in, n_bits, dtype=np.float32), np.zeros(d_in, np.float32)
     packed = [

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sparsebin.config import TrainConfig, resolve_device, validation_size
+from sparsebin.datasets.store import DataError
 from sparsebin.losses import distance, sparsity_term
 from sparsebin.model import BinaryAutoencoder
 
@@ -55,19 +56,19 @@ def check_embeddings(embeddings: np.ndarray, normalize: bool = True) -> None:
     All-zero rows are only a fault when rows are to be normalised.
     """
     if embeddings.ndim != 2 or embeddings.shape[0] < 2 or embeddings.shape[1] < 2:
-        raise ValueError(f"embeddings must be a 2-D array of at least 2 x 2, got shape {embeddings.shape}.")
+        raise DataError(f"embeddings must be a 2-D array of at least 2 x 2, got shape {embeddings.shape}.")
     if not np.issubdtype(embeddings.dtype, np.floating):
-        raise ValueError(f"embeddings must be floating point, got dtype {embeddings.dtype}.")
+        raise DataError(f"embeddings must be floating point, got dtype {embeddings.dtype}.")
     for start in range(0, embeddings.shape[0], 65536):
         chunk = np.asarray(embeddings[start : start + 65536])
         bad = ~np.isfinite(chunk).all(axis=1)
         if bad.any():
             row = start + int(np.argmax(bad))
-            raise ValueError(f"embeddings contain NaN or inf, first in row {row}.")
+            raise DataError(f"embeddings contain NaN or inf, first in row {row}.")
         zero = ~chunk.any(axis=1)
         if zero.any():
             row = start + int(np.argmax(zero))
-            raise ValueError(f"embeddings row {row} is all zeros and has no direction to learn.")
+            raise DataError(f"embeddings row {row} is all zeros and has no direction to learn.")
 
 
 def prepare_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool, device: str) -> torch.Tensor:
@@ -104,12 +105,14 @@ def train(
     """Train a model on `embeddings` (M, D) with `config`.
 
     `progress` receives a dict every `log_every` steps and at each epoch end:
-    step, epoch, total_steps, loss, rec_loss, sp_loss, active_mean (hard bits of
-    the logged batch), dead_bits (bits that fired on no training row this epoch
-    so far), samples_per_s, elapsed_s. `should_stop` is checked before every step;
-    when it returns True the loop ends and the result says cancelled. With a
-    `checkpoint_path`, an existing checkpoint there is resumed from, and a new
-    one is written at the end of every epoch.
+    step, epoch, total_steps, loss, rec_loss, sp_loss, active_mean (active bits
+    of the stored code in the logged batch), dead_bits (bits of the stored code
+    that fired on no training row in the last whole epoch; during the first
+    epoch, so far), samples_per_s, elapsed_s. `should_stop` is checked before
+    every step; when it returns True the loop ends and the result says
+    cancelled. With a `checkpoint_path`, an existing checkpoint there is resumed
+    from (it must come from the same config), and a new one is written at the
+    end of every epoch.
     """
     check_embeddings(embeddings, config.normalize)
     config.validate(n_rows=embeddings.shape[0])
@@ -124,12 +127,13 @@ def train(
     history: list[dict] = []
     start_epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator)
+        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator, config)
 
     steps_per_epoch = -(-n_train // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     step = start_epoch * steps_per_epoch
     fired = torch.zeros(config.n_bits, device=device)  # firing counts this epoch
+    dead_last_epoch: int | None = None
     result = TrainResult(model, config, split, history, start_epoch, device=device)
     model.train()
     started, samples = time.perf_counter(), 0
@@ -146,12 +150,18 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            fired += out.hard.sum(dim=0)
+            code = model.stored_code(out.hard, out.topk)  # (B, N) what evaluation will store
+            fired += code.sum(dim=0)
             step += 1
             samples += x.shape[0]
             last_of_epoch = begin + config.batch_size >= n_train
             if step % config.log_every == 0 or last_of_epoch:
                 elapsed = time.perf_counter() - started
+                if last_of_epoch or dead_last_epoch is None:
+                    dead = int((fired == 0).sum().item())
+                    dead_last_epoch = dead if last_of_epoch else None
+                else:
+                    dead = dead_last_epoch
                 event = {
                     "step": step,
                     "epoch": epoch + 1,
@@ -159,8 +169,8 @@ def train(
                     "loss": loss.item(),
                     "rec_loss": rec.item(),
                     "sp_loss": sp.item(),
-                    "active_mean": out.hard.sum(dim=1).mean().item(),
-                    "dead_bits": int((fired == 0).sum().item()),
+                    "active_mean": code.sum(dim=1).mean().item(),
+                    "dead_bits": dead,
                     "samples_per_s": samples / max(elapsed, 1e-9),
                     "elapsed_s": elapsed,
                     "epoch_end": last_of_epoch,
@@ -170,7 +180,7 @@ def train(
                     progress(event)
         result.epochs_done = epoch + 1
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, optimizer, generator, epoch + 1, history)
+            save_checkpoint(checkpoint_path, model, optimizer, generator, epoch + 1, history, config)
     model.eval()
     return result
 
@@ -187,6 +197,7 @@ def save_checkpoint(
     generator: torch.Generator,
     epoch: int,
     history: list[dict],
+    config: TrainConfig,
 ) -> None:
     """Write model, optimizer moments and random states as safetensors (no pickle).
 
@@ -200,7 +211,12 @@ def save_checkpoint(
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1)
     tensors["rng.batch_order"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        # Stochastic rounding on a GPU draws from the CUDA generators.
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
     meta = {
+        "config": config.to_json(),
         "epoch": json.dumps(epoch),
         "history": json.dumps(history),
         "param_groups": json.dumps(optimizer_state["param_groups"]),
@@ -211,12 +227,37 @@ def save_checkpoint(
     partial.replace(path)
 
 
-def load_checkpoint(
-    path: Path, model: BinaryAutoencoder, optimizer: torch.optim.Optimizer, generator: torch.Generator
-) -> tuple[int, list[dict]]:
-    """Restore what save_checkpoint wrote; return (epochs done, history)."""
+def check_checkpoint(path: Path, config: TrainConfig) -> dict:
+    """The checkpoint's metadata; ValueError when it was written for another config.
+
+    The device and the logging interval may differ: they do not change what is learned.
+    """
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
+    saved = TrainConfig.from_json(meta["config"]).to_dict()
+    changed = [
+        name for name, value in config.to_dict().items() if saved[name] != value and name not in ("device", "log_every")
+    ]
+    if changed:
+        raise ValueError(
+            f"{path} is a checkpoint of a different configuration ({', '.join(changed)} differ); "
+            "train into another folder, or delete the checkpoint to start over."
+        )
+    return meta
+
+
+def load_checkpoint(
+    path: Path,
+    model: BinaryAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: TrainConfig,
+) -> tuple[int, list[dict]]:
+    """Restore what save_checkpoint wrote; return (epochs done, history).
+
+    A checkpoint of another config is refused rather than silently continued.
+    """
+    meta = check_checkpoint(path, config)
     tensors = load_file(str(path))
     device = next(model.parameters()).device
     model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
@@ -233,4 +274,7 @@ def load_checkpoint(
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     generator.set_state(tensors["rng.batch_order"])
     torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda_states:
+        torch.cuda.set_rng_state_all(cuda_states)
     return json.loads(meta["epoch"]), json.loads(meta["history"])

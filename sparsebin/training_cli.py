@@ -15,6 +15,7 @@ from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
 from sparsebin.metrics import evaluate_model, normalized_rows
 from sparsebin.paths import home_dir
+from sparsebin.train import check_embeddings
 
 OPTION_HELP = {
     "n_bits": "code length N",
@@ -110,6 +111,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model = runfolder.load_model(args.run)
     config = runfolder.load_config(args.run)
     embeddings = load_embeddings(args.data)
+    check_embeddings(embeddings, config.normalize)
     if embeddings.shape[1] != model.d_in:
         raise ValueError(f"the run expects {model.d_in}-d embeddings, but {args.data} has {embeddings.shape[1]}.")
     vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)

@@ -93,3 +93,47 @@ def test_sign_baseline_keeps_leading_components_for_equal_storage():
     np.testing.assert_array_equal(plain, pack_bits(vectors > 0))
     with pytest.raises(ValueError, match="n_bits must lie in 1..16, got 17"):
         sign_codes(vectors, n_bits=17)
+
+
+def test_evaluation_codes_are_the_codes_the_model_encodes():
+    # Logits just above 0 (sigmoid rounds them to 0.5) and far above (sigmoid ties at 1.0).
+    x = np.random.default_rng(3).standard_normal((50, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for sparsity, scale, bias in (("align", 1.0, 1e-8), ("hard-topk", 100.0, 50.0)):
+        model = BinaryAutoencoder(8, 16, 3, sparsity=sparsity).eval()
+        with torch.no_grad():
+            model.encoder.weight.mul_(scale)
+            model.encoder.bias.fill_(bias)
+        evaluation = evaluate_model(model, x, split="hand", n_queries=5)
+        with torch.no_grad():
+            expected = pack_bits(model.encode(torch.from_numpy(x)).to(torch.uint8).numpy())
+        np.testing.assert_array_equal(evaluation.packed, expected)
+
+
+def test_topk_overlap_and_soft_reconstruction_of_a_hand_set_model():
+    # Identity encoder and decoder, K = 2: a row with one positive entry has overlap 1/2.
+    model = BinaryAutoencoder(4, 4, 2).eval()
+    with torch.no_grad():
+        for layer in (model.encoder, model.decoder):
+            layer.weight.copy_(torch.eye(4))
+            layer.bias.zero_()
+    x = np.tile(np.array([[1.0, -0.5, -0.5, -0.5]], dtype=np.float32), (12, 1))
+    metrics = evaluate_model(model, x, split="hand", n_queries=2).metrics
+    assert metrics["topk_overlap"] == 0.5  # h = [1, 0, 0, 0]; t = bit 0 and one of the others
+    soft = 1 / (1 + np.exp(-x[0]))
+    assert metrics["soft_recon_loss"] == pytest.approx(1 - x[0] @ soft / (np.linalg.norm(x[0]) * np.linalg.norm(soft)))
+
+
+def test_recall_truth_is_cosine_even_when_rows_are_not_normalised():
+    # Row 0's nearest by dot product is the long row 2, by cosine the parallel short row 1.
+    vectors = np.array(
+        [[1.0, 0.0], [0.5, 0.01], [10.0, 10.0], [0.0, 1.0]] + [[0.0, -1.0 - i] for i in range(8)], dtype=np.float32
+    )
+    bits = np.zeros((len(vectors), 8), dtype=np.uint8)
+    bits[0, 0] = bits[1, 0] = 1  # codes put rows 0 and 1 together
+    index_metrics = code_metrics(pack_bits(bits), 8, vectors, split="hand", n_queries=12)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert (
+        index_metrics["recall_at_10_jaccard"]
+        == code_metrics(pack_bits(bits), 8, unit, split="hand", n_queries=12)["recall_at_10_jaccard"]
+    )

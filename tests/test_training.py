@@ -9,7 +9,7 @@ import torch
 from conftest import planted_data
 
 from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
-from sparsebin.experiment import evaluate_run
+from sparsebin.experiment import evaluate_run, run_experiment
 from sparsebin.losses import (
     cosine_alignment,
     cosine_distance,
@@ -175,3 +175,38 @@ def test_progress_reports_steps_losses_and_dead_bits():
     assert events[-1]["step"] == events[-1]["total_steps"] == 18
     assert {"loss", "rec_loss", "sp_loss", "active_mean", "dead_bits", "samples_per_s"} <= set(events[0])
     assert all(0 <= e["dead_bits"] <= 32 for e in events)
+
+
+def test_dead_count_changes_only_at_epoch_ends_and_hard_topk_logs_its_code():
+    x, _ = planted_data(n_rows=300, dim=16, n_bits=32, k=4)
+    events = []
+    train(x, TrainConfig(n_bits=32, k=4, epochs=4, batch_size=30, log_every=2, lr=3e-2), progress=events.append)
+    last_epoch_count = None
+    for event in events:
+        if event["epoch"] > 1 and not event["epoch_end"]:
+            assert event["dead_bits"] == last_epoch_count  # mid-epoch: the last whole epoch's count
+        if event["epoch_end"]:
+            last_epoch_count = event["dead_bits"]
+    rigid = []
+    train(x, TrainConfig(n_bits=32, k=4, epochs=2, batch_size=30, sparsity="hard-topk"), progress=rigid.append)
+    assert all(event["active_mean"] == 4 for event in rigid)  # the stored code t, not h
+
+
+def test_a_folder_with_another_configs_checkpoint_is_refused_untouched(tmp_path):
+    x, _ = planted_data(n_rows=300, dim=16, n_bits=32, k=4)
+    config = TrainConfig(n_bits=32, k=4, epochs=3, batch_size=30, loss="mse")
+    calls = {"n": 0}
+
+    def stop_in_epoch_two():
+        calls["n"] += 1
+        return calls["n"] > 12
+
+    run_experiment(x, config, tmp_path, should_stop=stop_in_epoch_two)
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"checkpoint of a different configuration \(loss differ\)"):
+        run_experiment(x, config.replace(loss="cosine"), tmp_path)
+    assert (tmp_path / "config.json").read_text() == before
+    run_experiment(x, config, tmp_path)  # the same config resumes and finishes
+    assert (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoint.safetensors").exists()
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        run_experiment(x, config, tmp_path)
