@@ -20,7 +20,7 @@ st.set_page_config(page_title="sparsebin", page_icon=":material/grid_on:", layou
 @st.cache_resource(ttl=60)
 def keep_worker_alive() -> dict:
     """Start a worker when none is alive; re-checked at most once a minute."""
-    return ensure_worker()
+    return ensure_worker(store=_shared.store())
 
 
 if os.environ.get("SPARSEBIN_NO_WORKER") != "1":

@@ -30,7 +30,7 @@ def status_panel() -> None:
             st.info("No dataset yet. Build or upload one on the Data page.")
     with right:
         st.subheader("Worker")
-        worker = worker_status()
+        worker = worker_status(store=_shared.store())
         if worker is None or not worker.get("alive"):
             st.warning("No worker is running; queued runs wait until one starts (`python -m sparsebin worker`).")
         else:

@@ -28,6 +28,7 @@ from sparsebin.config import ConfigError, TrainConfig
 from sparsebin.datasets import load_dataset
 
 DATABASE = "sparsebin.db"
+SCHEMA_VERSION = 1  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
 RUNS = "runs"
 
 # The validation metrics list_runs shows for a finished run; copied into the
@@ -178,10 +179,16 @@ class Store:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.home / DATABASE
         self._local = threading.local()
+        if self.connection().execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self.create_schema()
+
+    def create_schema(self) -> None:
+        """Create the tables once; later opens skip this write (and its write lock) via user_version."""
         with self.transaction() as connection:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- connections ---------------------------------------------------------
 

@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -324,9 +326,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def worker_status(home: Path | None = None) -> dict | None:
-    """The live worker most recently heard from, or None when none is alive."""
-    workers = live_workers(Store(home))
+@contextmanager
+def opened_store(home: Path | None, store: Store | None) -> Iterator[Store]:
+    """The caller's store, or one opened for this call and closed after it."""
+    if store is not None:
+        yield store
+        return
+    opened = Store(home)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def worker_status(home: Path | None = None, store: Store | None = None) -> dict | None:
+    """The live worker most recently heard from, or None when none is alive.
+
+    A page that asks every few seconds passes its long-lived `store`, so no
+    database is opened per call.
+    """
+    with opened_store(home, store) as store:
+        workers = live_workers(store)
     if not workers:
         return None
     worker = workers[0]
@@ -339,16 +359,15 @@ def worker_status(home: Path | None = None) -> dict | None:
     }
 
 
-def ensure_worker(home: Path | None = None, device: str = "auto") -> dict:
+def ensure_worker(home: Path | None = None, device: str = "auto", store: Store | None = None) -> dict:
     """Start a detached worker for `device` unless one is alive; its log goes to <home>/worker.log.
 
     Callers take turns on a lock file, and a worker started less than
     STARTUP_GRACE seconds ago counts as alive while it imports and registers,
     so two app sessions starting at once do not start two workers.
     """
-    store = Store(home)
     resolved = resolve_device(device)
-    with open(store.home / "worker-start.lock", "a") as guard:
+    with opened_store(home, store) as store, open(store.home / "worker-start.lock", "a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
         for worker in live_workers(store):
             if worker["device"] == resolved:

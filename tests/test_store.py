@@ -2,6 +2,8 @@
 
 import json
 import os
+import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,19 @@ def test_submit_refuses_a_bad_config_and_a_missing_dataset():
     with pytest.raises(DataError, match="no dataset 'absent'"):
         store.submit("absent", TINY)
     assert store.jobs() == []
+
+
+def test_opening_an_existing_store_takes_no_write_lock(tmp_path):
+    Store(tmp_path)  # creates the schema
+    writer = sqlite3.connect(tmp_path / "sparsebin.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process is writing
+    opened = threading.Event()
+    try:
+        threading.Thread(target=lambda: (Store(tmp_path).close(), opened.set()), daemon=True).start()
+        assert opened.wait(5), "Store() waited for the write lock although the schema exists"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_expand_grid_gives_every_combination_once_in_order():

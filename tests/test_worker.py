@@ -101,6 +101,14 @@ def test_cancel_stops_a_running_job_at_its_next_step():
     assert store.resume(job.id).status == Status.QUEUED  # a cancelled run can be taken up again
 
 
+def test_worker_status_uses_the_callers_store(monkeypatch):
+    store = Store()
+    store.register_worker("here:1", os.getpid(), "elsewhere", "cpu")
+    monkeypatch.setattr("sparsebin.worker.Store", None)  # opening another store would fail
+    status = worker_status(store=store)
+    assert status["pid"] == os.getpid() and status["device"] == "cpu" and status["alive"]
+
+
 class CancellingStore:
     """A store whose every job has a cancel asked for; `during_beat` runs while a beat is in the database."""
 
