@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sparsebin import paths
 from sparsebin.datasets.store import check_name, resolve_data_dir
+from sparsebin.processes import pid_alive
 
 STATUS_FOLDER = ".builds"
 _MIN_WRITE_INTERVAL = 0.5  # seconds between progress writes; the app polls about once a second
@@ -40,25 +41,6 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def _process_alive(pid: int) -> bool:
-    """True while pid runs; reaps it first if it is our own finished child."""
-    if pid <= 0:
-        return False
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def build_status(name: str, data_dir: Path | None = None) -> dict | None:
     """The last reported state of a build, or None when none was ever started.
 
@@ -68,7 +50,7 @@ def build_status(name: str, data_dir: Path | None = None) -> dict | None:
     status = _read(status_path(name, data_dir))
     if status is None:
         return None
-    if status.get("state") == "running" and not _process_alive(int(status.get("pid", -1))):
+    if status.get("state") == "running" and not pid_alive(int(status.get("pid", -1))):
         status.update(state="failed", error=status.get("error") or "the build process stopped")
     return status
 

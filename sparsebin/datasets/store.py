@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sparsebin import paths
+from sparsebin.processes import pid_alive
 
 EMBEDDINGS_FILE = "embeddings.npy"
 CONCEPTS_FILE = "concepts.parquet"
@@ -137,21 +138,11 @@ class _HashingFile:
         return self._handle.write(data)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temporaries(root: Path, name: str) -> None:
     """Delete hidden folders left by writes of this name whose process has died."""
     for folder in root.glob(f".writing-{name}-*"):
         pid_text = folder.name.rsplit("-", 1)[-1]
-        if not pid_text.isdigit() or not _pid_alive(int(pid_text)):
+        if not pid_text.isdigit() or not pid_alive(int(pid_text)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
