@@ -59,6 +59,6 @@ split, _ = _shared.evaluated_metrics(first["run_id"])
 first_metrics = _shared.run_metrics(first["run_id"])
 sign, sign_equal = first_metrics.get(f"sign_{split}"), first_metrics.get(f"sign_{split}_equal_storage")
 text, chart = st.columns([3, 2])
-for answer in answer_questions(runs, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits):
+for answer in answer_questions(runs, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits, sign_run=first["label"]):
     text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")
 chart.plotly_chart(charts.depth_chart(depth["per_depth"]), key="depth_chart")

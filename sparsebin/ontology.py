@@ -15,8 +15,9 @@ Choices (METHOD.md leaves them open):
 - The label is the category with the highest precision above chance,
   `(precision - base_rate) / (1 - base_rate)`; that value is the bit's
   coherence: 1 when every concept it fires on is in one category, about 0 for
-  a bit that fires at random. Plain precision would crown the largest
-  category of any noisy bit. Ties go to the higher precision.
+  a bit that fires at random, and undefined (NaN) when the whole table is
+  one category. Plain precision would crown the largest category of any
+  noisy bit. Ties go to the higher precision.
 - The ancestor is the most specific node covering at least `min_share` of the
   concepts where the bit fires, and at least two of them when it fires for two
   or more: otherwise a concept would be "the common ancestor" of a set by
@@ -111,13 +112,17 @@ def enrichment_counts(members: sp.csr_matrix, categories: Categories) -> np.ndar
 
 
 def best_labels(members: sp.csr_matrix, categories: Categories) -> pd.DataFrame:
-    """Per row of `members`: label, precision, recall, base_rate, lift, coherence (NaN when empty)."""
+    """Per row of `members`: label, precision, recall, base_rate, lift, coherence.
+
+    Scores are NaN for an empty row; coherence is NaN too when there is one category.
+    """
     counts = enrichment_counts(members, categories)  # (B, C)
     n_active = counts.sum(axis=1)
     base_rate = categories.sizes / max(categories.sizes.sum(), 1)  # (C,)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = counts / n_active[:, None]
-        above_chance = np.where(base_rate < 1, (precision - base_rate) / (1 - base_rate), 0.0)
+        # With one category (base rate 1) there is no chance to beat: coherence is undefined, not 0.
+        above_chance = np.where(base_rate < 1, (precision - base_rate) / (1 - base_rate), np.nan)
     scores = np.nan_to_num(above_chance, nan=-np.inf)
     # Ties (an always-on bit is at chance everywhere) go to the higher precision, then the first name.
     tied = scores >= scores.max(axis=1, keepdims=True, initial=-np.inf) - 1e-12

@@ -18,6 +18,7 @@ QUESTIONS = (
     "Do concepts deeper in the ontology activate more bits?",
     "Which concepts make a given bit fire, and does the bit mean one thing?",
 )
+ROUNDING_PEERS = ["n_bits", "k", "loss", "sparsity", "alpha"]  # runs compared for rounding share these
 NEAR_K = 0.25  # "centred near K": the mean lies within 25 % of K
 COHERENT = 0.5  # a bit "means one thing" when its coherence reaches this
 MIN_ACTIVE = 5  # bits firing for fewer concepts are not judged for coherence
@@ -50,16 +51,18 @@ def answer_questions(
     sign_equal: dict | None = None,
     depth: dict | None = None,
     bits: pd.DataFrame | None = None,
+    sign_run: str | None = None,
 ) -> list[Answer]:
     """All six answers. `sign` is one run's sign-baseline metrics (one bit per
-    dimension), `sign_equal` the same baseline cut to that run's storage, `depth` a
-    `depth_analysis` result and `bits` a `bit_table`, each for the run they describe."""
+    dimension), `sign_equal` the same baseline cut to that run's storage and
+    `sign_run` that run's name; `depth` a `depth_analysis` result and `bits` a
+    `bit_table`, each for the run they describe."""
     runs = finished(runs)
     texts = (
         answer_flexibility(runs),
         answer_dead_bits(runs),
         answer_rounding(runs),
-        answer_storage(runs, sign, sign_equal),
+        answer_storage(runs, sign, sign_equal, sign_run),
         answer_depth(depth),
         answer_bit_meaning(bits),
     )
@@ -113,24 +116,42 @@ def answer_dead_bits(runs: pd.DataFrame) -> str:
 
 
 def answer_rounding(runs: pd.DataFrame) -> str:
-    if not len(runs) or runs["rounding"].nunique() < 2:
-        return "Select finished runs that differ in rounding (ste, none, hard) to compare them."
-    by_rounding = runs.groupby("rounding").agg(recon=("recon_loss", "mean"), soft=("soft_recon_loss", "mean"))
+    """Rounding compared only within runs that share every other setting; hard-topk ignores rounding."""
+    candidates = runs[runs["sparsity"] != "hard-topk"] if len(runs) else runs
+    peers = candidates.groupby(ROUNDING_PEERS, sort=False) if len(candidates) else []
+    groups = [group for _, group in peers if group["rounding"].nunique() >= 2]
+    if not groups:
+        return (
+            "Select finished runs that differ in rounding (ste, none, hard) and share N, K, loss, sparsity and "
+            "alpha to compare them (hard-topk runs ignore rounding, so they are left out)."
+        )
+    return " ".join(compare_rounding(group) for group in groups)
+
+
+def compare_rounding(group: pd.DataFrame) -> str:
+    """One sentence for runs that differ only in rounding (and seed)."""
+    first = group.iloc[0]
+    setting = (
+        f"{first['loss']}/{first['sparsity']} N={int(first['n_bits'])} K={int(first['k'])} alpha={first['alpha']:g}"
+    )
+    by_rounding = group.groupby("rounding").agg(recon=("recon_loss", "mean"), soft=("soft_recon_loss", "mean"))
     facts = []
     for rounding, row in by_rounding.iterrows():
         fact = f"{rounding}: recon loss {row.recon:.3f} on the hard bits"
         if rounding == "none":
             fact += f" against {row.soft:.3f} on the soft code it trained with (gap {row.recon - row.soft:+.3f})"
         facts.append(fact)
-    best = by_rounding["recon"].idxmin()
-    worst = by_rounding["recon"].idxmax()
+    best, worst = by_rounding["recon"].idxmin(), by_rounding["recon"].idxmax()
     return (
-        "Averaged over the selected runs, " + "; ".join(facts) + f". {best} reconstructs best and {worst} worst "
+        f"At {setting}, " + "; ".join(facts) + f". {best} reconstructs best and {worst} worst "
         f"(a difference of {by_rounding.loc[worst, 'recon'] - by_rounding.loc[best, 'recon']:.3f})."
     )
 
 
-def answer_storage(runs: pd.DataFrame, sign: dict | None, sign_equal: dict | None = None) -> str:
+def answer_storage(
+    runs: pd.DataFrame, sign: dict | None, sign_equal: dict | None = None, sign_run: str | None = None
+) -> str:
+    """Storage against quality per run; the sign baselines come from `sign_run`, which the text names."""
     if not len(runs):
         return "No finished run is selected."
     facts = []
@@ -150,7 +171,8 @@ def answer_storage(runs: pd.DataFrame, sign: dict | None, sign_equal: dict | Non
         )
     if sign_equal:
         text += (
-            f" Cut to the first run's storage ({sign_equal['bits_bitmap']} bits, its leading PCA components), "
+            f" Cut to the storage of {sign_run or 'the run it was measured for'} "
+            f"({sign_equal['bits_bitmap']} bits, the leading PCA components), "
             f"the sign baseline reaches recall@10 {_number(sign_equal['recall_at_10_hamming'])} (Hamming)."
         )
     missing = {"align", "hard-topk", "l1"} - set(runs["sparsity"])
@@ -197,6 +219,12 @@ def answer_bit_meaning(bits: pd.DataFrame | None) -> str:
     judged = live[live["n_active"] >= MIN_ACTIVE]  # one or two concepts always look coherent
     if not len(judged):
         return f"None of the picked run's {len(live)} live bits fires for {MIN_ACTIVE} concepts or more."
+    if judged["coherence"].isna().all():  # one category: precision above chance has no chance to beat
+        return (
+            f"Every concept of the picked run's dataset is in one category, so coherence is undefined for its "
+            f"{len(judged)} bits firing for {MIN_ACTIVE} concepts or more; open a bit on the Bits page to see "
+            "its concepts and their shared ancestor instead."
+        )
     coherent = judged[judged["coherence"] >= COHERENT]
     best = judged.sort_values(["coherence", "n_active"], ascending=False).iloc[0]
     return (

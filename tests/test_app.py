@@ -141,7 +141,7 @@ def test_compare_answers_for_a_run_without_a_validation_split(app, world):
     assert not at.exception
     answers = texts(at)
     assert "The sign baseline stores 16 bits per vector" in answers  # its sign_train metrics, 16 dimensions
-    assert "all-train run" in answers
+    assert "Cut to the storage of all-train run" in answers  # the run the baseline was measured for
 
 
 def test_bits_opens_a_bit_with_its_top_concepts(app):

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 
 from sparsebin import runfolder
@@ -32,6 +33,7 @@ from sparsebin.interpret import (
     rank_bits,
 )
 from sparsebin.model import BinaryAutoencoder
+from sparsebin.ontology import best_labels, category_index
 from sparsebin.retrieval import pack_bits
 
 CONCEPTS = [  # id, name, category, depth, parents
@@ -113,6 +115,14 @@ def test_bit_table_labels_each_bit_with_its_category_and_covering_ancestor(ctx):
     assert table.loc[4, "ancestor_id"] == "A1a"  # one concept: only it qualifies
     assert table.loc[7, "ancestor_name"] == "Lung anomaly"  # B1 and C1, whose second parent is B
     assert table.loc[6, "n_active"] == 0 and pd.isna(table.loc[6, "label"]) and np.isnan(table.loc[6, "coherence"])
+
+
+def test_one_category_leaves_coherence_undefined_not_zero():
+    concepts = pd.DataFrame({"category": ["eye"] * 4})
+    members = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
+    labels = best_labels(members, category_index(concepts))
+    assert labels.loc[0, "label"] == "eye" and labels.loc[0, "precision"] == 1.0
+    assert labels["coherence"].isna().all()
 
 
 def test_a_higher_share_climbs_to_a_broader_ancestor(ctx):

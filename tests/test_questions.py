@@ -11,6 +11,7 @@ def runs_table() -> pd.DataFrame:
     base = {
         "n_bits": 64,
         "k": 4,
+        "alpha": 1.0,
         "label": "",
         "active_std": 1.5,
         "soft_recon_loss": 0.2,
@@ -70,8 +71,10 @@ def test_six_answers_with_numbers():
     assert answers[0].answer.startswith("Partly")  # only 1 of 2 cosine-aligned runs is near K
     assert "mse leaves 25.0% of its bits dead (16 of 64)" in answers[1].answer
     assert "mse leaves more dead bits than cosine" in answers[1].answer
+    assert answers[2].answer.startswith("At cosine/align N=64 K=4 alpha=1, ")
+    assert "ste: recon loss 0.300 on the hard bits" in answers[2].answer  # the mse and hard-topk runs left out
     assert "none: recon loss 0.550 on the hard bits against 0.200" in answers[2].answer
-    assert "ste reconstructs best and none worst" in answers[2].answer
+    assert "ste reconstructs best and none worst (a difference of 0.250)" in answers[2].answer
     assert "Pick one finished run" in answers[4].answer
 
 
@@ -80,8 +83,8 @@ def test_storage_names_the_sign_baseline_and_missing_baselines():
     text = answer_storage(runs_table().iloc[:4], sign)
     assert "The sign baseline stores 384 bits per vector (32x smaller than float32) with recall@10 0.550" in text
     equal = {"bits_bitmap": 160, "recall_at_10_hamming": 0.31}
-    text = answer_storage(runs_table().iloc[:4], sign, equal)
-    assert "Cut to the first run's storage (160 bits, its leading PCA components)" in text
+    text = answer_storage(runs_table().iloc[:4], sign, equal, sign_run="mse run")
+    assert "Cut to the storage of mse run (160 bits, the leading PCA components)" in text
     assert "recall@10 0.310 (Hamming)" in text
     assert "Add runs with sparsity l1" in text
 
@@ -107,6 +110,23 @@ def test_depth_and_bit_answers():
     assert "3.0 on average at depth 1 against 6.0 at depth 5" in answers[4].answer
     assert "Of the picked run's 3 live bits, 2 fire for at least 5 concepts; 1 of those (50%)" in answers[5].answer
     assert "bit 0, 'Eye'" in answers[5].answer
+
+
+def test_rounding_compares_only_runs_sharing_the_other_settings():
+    runs = runs_table().iloc[:4]
+    topk_hard = runs.iloc[3].to_dict() | {"rounding": "hard", "recon_loss": 0.01}  # hard-topk ignores rounding
+    wide_hard = runs.iloc[0].to_dict() | {"rounding": "hard", "n_bits": 128, "recon_loss": 0.02}  # another N
+    answer = answer_questions(pd.concat([runs, pd.DataFrame([topk_hard, wide_hard])], ignore_index=True))[2].answer
+    assert "hard" not in answer.replace("hard bits", "")
+    assert "ste reconstructs best and none worst" in answer
+    alone = answer_questions(pd.DataFrame([runs.iloc[0].to_dict(), wide_hard]))[2].answer
+    assert alone.startswith("Select finished runs that differ in rounding") and "share N, K" in alone
+
+
+def test_a_dataset_with_one_category_has_no_coherence_to_report():
+    bits = pd.DataFrame({"bit": [0, 1], "n_active": [9, 6], "coherence": [math.nan, math.nan], "label": ["all"] * 2})
+    answer = answer_questions(runs_table(), bits=bits)[5].answer
+    assert "in one category, so coherence is undefined" in answer and "0%" not in answer
 
 
 def test_no_runs_says_what_to_select():
