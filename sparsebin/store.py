@@ -21,11 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sparsebin import paths
 from sparsebin.config import ConfigError, TrainConfig
-from sparsebin.datasets import load_dataset
+from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 
 DATABASE = "sparsebin.db"
 SCHEMA_VERSION = 1  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
@@ -237,7 +238,7 @@ class Store:
         return self.submit_many(dataset, configs, labels)
 
     def submit_many(self, dataset: str, configs: list[TrainConfig], labels: list[str]) -> list[Job]:
-        n_rows = load_dataset(dataset).embeddings.shape[0]  # DataError names what is missing
+        n_rows = count_rows(dataset)
         for config in configs:
             config.validate(n_rows=n_rows)
         now = time.time()
@@ -457,6 +458,14 @@ class Store:
         """Workers that have not said they stopped, most recent heartbeat first."""
         rows = self.connection().execute("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY heartbeat_at DESC")
         return [dict(row) for row in rows]
+
+
+def count_rows(dataset: str) -> int:
+    """A dataset's row count from its embeddings' .npy header, without reading its concept table.
+
+    A missing dataset raises the DataError that names what is there.
+    """
+    return np.load(dataset_folder(dataset) / EMBEDDINGS_FILE, mmap_mode="r", allow_pickle=False).shape[0]
 
 
 def new_run_id() -> str:

@@ -84,6 +84,14 @@ def test_opening_an_existing_store_takes_no_write_lock(tmp_path):
         writer.close()
 
 
+def test_submit_counts_rows_without_reading_the_concept_table(tmp_path):
+    name = make_dataset()
+    concepts = tmp_path / "data" / name / "concepts.parquet"
+    concepts.write_bytes(b"not parquet")  # reading it would fail
+    job = Store().submit(name, TINY)
+    assert job.dataset == name and job.status == Status.QUEUED
+
+
 def test_expand_grid_gives_every_combination_once_in_order():
     configs = expand_grid(TINY, {"n_bits": [32, 64], "k": [4, 8, 4], "seed": [0, 1]})
     combos = [(config.n_bits, config.k, config.seed) for config in configs]
