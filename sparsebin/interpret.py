@@ -9,6 +9,7 @@ matrix-vector product per bit, and labels are sparse products
 (see `sparsebin.ontology`).
 """
 
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +51,8 @@ class RunContext:
     embeddings: np.ndarray  # (M, D) float32, memory-mapped
     n_bits: int
     tables: dict = field(default_factory=dict, repr=False)  # bit_table results by min_share
+    # One heavy build at a time: the app's warm-up thread and a page may ask for the same table at once.
+    building: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, run_folder: Path, dataset) -> "RunContext":
@@ -161,8 +164,9 @@ def bit_table(ctx: RunContext, min_share: float = 0.5) -> pd.DataFrame:
     Cached on the context per `min_share` (a copy is returned, so callers may
     change theirs); dead bits have no label and NaN scores.
     """
-    if min_share not in ctx.tables:
-        ctx.tables[min_share] = label_bits(ctx, np.arange(ctx.n_bits), min_share)
+    with ctx.building:  # a second caller waits for the first build instead of repeating it
+        if min_share not in ctx.tables:
+            ctx.tables[min_share] = label_bits(ctx, np.arange(ctx.n_bits), min_share)
     return ctx.tables[min_share].copy()
 
 

@@ -13,6 +13,8 @@ The model's logits are planted exactly (the encoder solves X w = u), so the
 stored codes are the planted firing sets below.
 """
 
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +23,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from sparsebin import runfolder
+from sparsebin import interpret, runfolder
 from sparsebin.config import TrainConfig
 from sparsebin.interpret import (
     RunContext,
@@ -115,6 +117,27 @@ def test_bit_table_labels_each_bit_with_its_category_and_covering_ancestor(ctx):
     assert table.loc[4, "ancestor_id"] == "A1a"  # one concept: only it qualifies
     assert table.loc[7, "ancestor_name"] == "Lung anomaly"  # B1 and C1, whose second parent is B
     assert table.loc[6, "n_active"] == 0 and pd.isna(table.loc[6, "label"]) and np.isnan(table.loc[6, "coherence"])
+
+
+def test_two_threads_asking_for_the_bit_table_at_once_build_it_once(monkeypatch):
+    model, codes, embeddings, config = make_run()
+    fresh = RunContext("fresh", config, model, codes, make_concepts(), embeddings, N_BITS)
+    builds, real = [], interpret.label_bits
+
+    def slow_label_bits(*arguments):
+        builds.append(threading.current_thread().name)
+        time.sleep(0.2)  # long enough for the second thread to arrive mid-build
+        return real(*arguments)
+
+    monkeypatch.setattr(interpret, "label_bits", slow_label_bits)
+    tables = {}
+    threads = [threading.Thread(target=lambda n=n: tables.update({n: bit_table(fresh)})) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    pd.testing.assert_frame_equal(tables[0], tables[1])
 
 
 def test_one_category_leaves_coherence_undefined_not_zero():
