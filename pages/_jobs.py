@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
+from sparsebin.questions import run_name
 from sparsebin.store import RESUMABLE, Status
 
 LIVE = (Status.QUEUED, Status.RUNNING)
@@ -18,7 +19,7 @@ def job_list(limit: int = 20) -> None:
         st.info("No jobs yet.")
     for job in jobs:
         config = job.config
-        title = job.label or f"{config.loss}/{config.rounding}/{config.sparsity} N={config.n_bits} K={config.k}"
+        title = run_name({"label": job.label, **config.to_dict()})
         with st.container(border=True):
             head, actions = st.columns([5, 1])
             head.markdown(f"**#{job.id} {title}** · {job.dataset} · `{job.status.name.lower()}`")

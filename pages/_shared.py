@@ -12,6 +12,7 @@ import streamlit as st
 
 from sparsebin import interpret, paths, retrieval, runfolder
 from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset, start_build
+from sparsebin.questions import run_name
 from sparsebin.store import Store
 
 
@@ -76,8 +77,8 @@ def runs(dataset_name: str | None = None, done_only: bool = True) -> pd.DataFram
 
 
 def run_title(run: pd.Series) -> str:
-    settings = f"{run['loss']}/{run['rounding']}/{run['sparsity']} N={run['n_bits']} K={run['k']}"
-    return f"{run['label'] or settings} · {run['dataset']} · {run['run_id'][-6:]}"
+    """The run's name (label or settings), its dataset and the end of its id, which tells repeats apart."""
+    return f"{run_name(run)} · {run['dataset']} · {run['run_id'][-6:]}"
 
 
 def pick_run(key: str = "run") -> pd.Series | None:
@@ -161,6 +162,12 @@ def run_history(run_id: str) -> list[dict]:
 @st.cache_data(max_entries=8)
 def depth_analysis(run_id: str, dataset_name: str) -> dict:
     return interpret.depth_analysis(run_context(run_id, dataset_name))
+
+
+@st.cache_data(max_entries=64)
+def concept_view(run_id: str, dataset_name: str, concept_id: str, metric: str) -> dict:
+    """A concept's bits and neighbours, so a rerun of the Concepts page only renders."""
+    return interpret.concept_view(run_context(run_id, dataset_name), concept_id, k=10, metric=metric)
 
 
 @st.cache_data(max_entries=256)

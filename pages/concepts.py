@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages import _shared
-from sparsebin.interpret import concept_view, find_concepts
+from sparsebin.interpret import find_concepts
 
 st.title("Concepts")
 run = _shared.pick_run("concepts_run")
@@ -21,7 +21,7 @@ if not len(found):
 names = dict(zip(found["id"].astype(str), found["name"], strict=True))
 concept_id = st.selectbox("Concept", list(names), format_func=lambda key: f"{names[key]} ({key})", key="concept_pick")
 metric = st.radio("Code distance", ["jaccard", "hamming"], horizontal=True, key="concept_metric")
-view = concept_view(context, concept_id, k=10, metric=metric)
+view = _shared.concept_view(run["run_id"], run["dataset"], concept_id, metric)
 concept = view["concept"]
 st.subheader(f"{concept['name']} ({concept['id']})")
 st.caption(f"{concept.get('category', '')} · depth {concept.get('depth', '-')}")

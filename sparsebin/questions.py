@@ -6,6 +6,7 @@ runs measured; when they cannot answer a question they say which runs would.
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -31,8 +32,11 @@ class Answer:
     answer: str
 
 
-def run_name(run: pd.Series) -> str:
-    """A run's label, or its settings when it has none."""
+def run_name(run: Mapping) -> str:
+    """A run's label, or its settings when it has none: the one title every page uses.
+
+    `run` is a runs-table row or any mapping with label, loss, rounding, sparsity, n_bits and k.
+    """
     label = run.get("label")
     if isinstance(label, str) and label:
         return label

@@ -165,6 +165,20 @@ def test_concepts_search_shows_the_concepts_bits(app):
     assert len(at.dataframe[1].value) == 10
 
 
+def test_concepts_rerun_reuses_the_concept_view(app, monkeypatch):
+    from sparsebin import interpret
+
+    calls, real = [], interpret.concept_view
+    monkeypatch.setattr(interpret, "concept_view", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    at = open_page(app, "concepts")
+    at.text_input(key="concept_query").set_value("heart finding 1").run()
+    at.radio(key="concept_metric").set_value("hamming").run()
+    computed = len(calls)
+    at.run()
+    at.run()
+    assert len(calls) == computed <= 1 and at.subheader[0].value.startswith("heart finding 1")
+
+
 def test_map_colours_by_category_then_by_active_bits(app):
     at = open_page(app, "map")
     assert len(at.get("plotly_chart")) == 1

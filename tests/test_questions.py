@@ -4,7 +4,8 @@ import math
 
 import pandas as pd
 
-from sparsebin.questions import answer_questions, answer_storage
+from sparsebin.config import TrainConfig
+from sparsebin.questions import answer_questions, answer_storage, run_name
 
 
 def runs_table() -> pd.DataFrame:
@@ -127,6 +128,13 @@ def test_a_dataset_with_one_category_has_no_coherence_to_report():
     bits = pd.DataFrame({"bit": [0, 1], "n_active": [9, 6], "coherence": [math.nan, math.nan], "label": ["all"] * 2})
     answer = answer_questions(runs_table(), bits=bits)[5].answer
     assert "in one category, so coherence is undefined" in answer and "0%" not in answer
+
+
+def test_a_run_without_a_label_is_named_by_its_settings():
+    settings = TrainConfig(n_bits=64, k=4, loss="mse", rounding="none").to_dict()
+    assert run_name({"label": "", **settings}) == "mse/none/align N=64 K=4"  # a job's config, as the job list has it
+    assert run_name(runs_table().iloc[1]) == "mse/ste/align N=64 K=4"  # a runs-table row, as the pickers have it
+    assert run_name({"label": "mine", **settings}) == "mine"
 
 
 def test_no_runs_says_what_to_select():
