@@ -8,7 +8,10 @@
 """
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +44,29 @@ def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = 
         "concepts": out_dir / "concepts.csv",
         "config": out_dir / "config.json",
     }
-    shutil.copyfile(run_folder / "codes.npy", written["codes"])
+    with replaced_when_written(written["codes"]) as partial:
+        shutil.copyfile(run_folder / "codes.npy", partial)  # copied, not read: it can be 100+ MB
     encoder = {name: value.detach().cpu().contiguous() for name, value in model.encoder.state_dict().items()}
     meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
-    save_file(encoder, str(written["encoder"]), metadata=meta)
-    metrics_table(metrics).to_csv(written["metrics"], index=False)
-    concept_table(codes, config.n_bits, concepts).to_csv(written["concepts"], index=False)
+    with replaced_when_written(written["encoder"]) as partial:
+        save_file(encoder, str(partial), metadata=meta)
+    runfolder.write_atomic(written["metrics"], metrics_table(metrics).to_csv(index=False).encode())
+    concept_csv = concept_table(codes, config.n_bits, concepts).to_csv(index=False).encode()
+    runfolder.write_atomic(written["concepts"], concept_csv)
     runfolder.save_json(written["config"], config.to_dict())
     return written
+
+
+@contextmanager
+def replaced_when_written(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path`, renamed onto it once written, so a reader or
+    an interrupted export never leaves half a file under the real name."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:

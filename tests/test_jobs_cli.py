@@ -94,6 +94,28 @@ def test_runs_table_and_export_of_a_finished_run(tmp_path, capsys):
     assert np.array_equal(np.packbits(logits > 0, axis=1), codes)
 
 
+def test_an_export_that_fails_midway_leaves_the_earlier_files_whole(tmp_path, monkeypatch):
+    from sparsebin import export
+
+    make_dataset()
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    run_worker(once=True)
+    (job,) = Store().jobs()
+    out = tmp_path / "exported"
+    run_command("export", job.run_id, "--out", str(out))
+    before = (out / "encoder.safetensors").read_bytes()
+
+    def crash_midway(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half an encod")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "save_file", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        run_command("export", job.run_id, "--out", str(out))
+    assert (out / "encoder.safetensors").read_bytes() == before
+    assert not list(out.glob("*.partial"))
+
+
 def test_export_of_an_unfinished_run_says_what_is_missing(tmp_path):
     make_dataset()
     run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
