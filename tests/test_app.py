@@ -4,13 +4,18 @@ SPARSEBIN_NO_WORKER=1 keeps app.py from starting a background worker; the
 runs are trained in-process by `run_worker(once=True)` before any page opens.
 """
 
+import base64
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from sparsebin import runfolder
 from sparsebin.config import TrainConfig
 from sparsebin.datasets import import_dataset
+from sparsebin.retrieval import active_counts
 from sparsebin.store import Store
 from sparsebin.worker import run_worker
 
@@ -179,11 +184,26 @@ def test_concepts_rerun_reuses_the_concept_view(app, monkeypatch):
     assert len(calls) == computed <= 1 and at.subheader[0].value.startswith("heart finding 1")
 
 
-def test_map_colours_by_category_then_by_active_bits(app):
+def chart_traces(at: AppTest) -> list[dict]:
+    return json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+
+
+def plotted(values) -> np.ndarray:
+    """A figure's array as plotly writes it: a list, or base64 bytes with a dtype."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return np.asarray(values)
+
+
+def test_map_colours_by_category_then_by_active_bits(app, world):
     at = open_page(app, "map")
-    assert len(at.get("plotly_chart")) == 1
+    assert [trace["name"] for trace in chart_traces(at)] == sorted(CATEGORIES)  # one legend entry per category
     at.radio(key="map_colour").set_value("active bits").run()
     assert not at.exception
+    run_id = at.selectbox(key="map_run").value
+    codes = runfolder.load_codes(Store(world["home"]).run_folder(run_id))
+    (trace,) = chart_traces(at)
+    assert np.array_equal(plotted(trace["marker"]["color"]), active_counts(codes))
 
 
 def test_data_upload_of_a_bad_file_shows_the_library_message(app):
