@@ -115,6 +115,8 @@ def best_labels(members: sp.csr_matrix, categories: Categories) -> pd.DataFrame:
     """Per row of `members`: label, precision, recall, base_rate, lift, coherence.
 
     Scores are NaN for an empty row; coherence is NaN too when there is one category.
+    A row whose best category is at chance (coherence 0, e.g. a bit firing for
+    every concept) gets no label rather than the largest category's name.
     """
     counts = enrichment_counts(members, categories)  # (B, C)
     n_active = counts.sum(axis=1)
@@ -129,9 +131,11 @@ def best_labels(members: sp.csr_matrix, categories: Categories) -> pd.DataFrame:
     best = np.argmax(np.where(tied, np.nan_to_num(precision, nan=0.0), -1.0), axis=1)
     rows = np.arange(len(counts))
     empty = n_active == 0
+    # A bit no more common in its best category than overall (an always-on bit) has no label.
+    unlabelled = empty | (np.nan_to_num(above_chance[rows, best], nan=1.0) <= 1e-9)
     return pd.DataFrame(
         {
-            "label": np.where(empty, None, categories.names[best]) if len(categories.names) else None,
+            "label": np.where(unlabelled, None, categories.names[best]) if len(categories.names) else None,
             "precision": np.where(empty, np.nan, precision[rows, best]),
             "recall": np.where(empty, np.nan, counts[rows, best] / categories.sizes[best]),
             "base_rate": base_rate[best],

@@ -148,6 +148,14 @@ def test_one_category_leaves_coherence_undefined_not_zero():
     assert labels["coherence"].isna().all()
 
 
+def test_a_bit_at_chance_in_every_category_gets_no_label():
+    concepts = pd.DataFrame({"category": ["eye", "eye", "limb", "limb"]})
+    members = sp.csr_matrix(np.array([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=np.float32))
+    labels = best_labels(members, category_index(concepts))
+    assert pd.isna(labels.loc[0, "label"]) and labels.loc[0, "coherence"] == 0.0  # fires for everything
+    assert labels.loc[1, "label"] == "eye" and labels.loc[1, "coherence"] == pytest.approx(1 / 3)
+
+
 def test_a_higher_share_climbs_to_a_broader_ancestor(ctx):
     assert bit_table(ctx, min_share=0.9).loc[1, "ancestor_id"] == "R"
     assert bit_table(ctx).loc[1, "ancestor_id"] == "A"  # the default table is cached apart
