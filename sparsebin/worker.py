@@ -30,6 +30,7 @@ from sparsebin import paths, runfolder
 from sparsebin.config import resolve_device
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
+from sparsebin.processes import pid_alive
 from sparsebin.store import SUMMARY_METRICS, Job, Status, Store
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats and cancel checks
@@ -308,22 +309,6 @@ def live_workers(store: Store) -> list[dict]:
             continue
         alive.append(worker)
     return alive
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether the process exists; a worker this process started and that has exited is reaped."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False  # our own child had exited: now reaped rather than left a zombie
-    except ChildProcessError:
-        pass  # not our child; ask the kernel instead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager

@@ -17,8 +17,9 @@ import sparsebin.train
 from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
+from sparsebin.processes import pid_alive
 from sparsebin.store import Status, Store
-from sparsebin.worker import Heartbeat, ensure_worker, pid_alive, run_worker, worker_status
+from sparsebin.worker import Heartbeat, ensure_worker, run_worker, worker_status
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_COMMAND = [sys.executable, "-m", "sparsebin", "worker"]
