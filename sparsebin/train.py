@@ -234,6 +234,8 @@ def check_checkpoint(path: Path, config: TrainConfig) -> dict:
     """
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
+    if "config" not in meta:
+        raise ValueError(f"{path} does not say which config it was written for; delete it to start over.")
     saved = TrainConfig.from_json(meta["config"]).to_dict()
     changed = [
         name for name, value in config.to_dict().items() if saved[name] != value and name not in ("device", "log_every")
