@@ -1,11 +1,17 @@
 """BinarySparseEncoder follows scikit-learn's estimator rules."""
 
 import numpy as np
-from sklearn.utils.estimator_checks import parametrize_with_checks
+import pytest
+from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from sparsebin.encoder import BinarySparseEncoder
 
 SMALL = {"n_bits": 16, "k": 2, "epochs": 2, "batch_size": 64}
+
+
+def _check_name(check) -> str:
+    check = getattr(check, "func", check)
+    return getattr(check, "__name__", str(check))
 
 
 EXPECTED_FAILURES = {
@@ -15,7 +21,24 @@ EXPECTED_FAILURES = {
 }
 
 
-@parametrize_with_checks([BinarySparseEncoder(**SMALL)], expected_failed_checks=lambda _: EXPECTED_FAILURES)
+# The encoder turns any input into a numpy float32 array for torch and claims no
+# array-API support, so scikit-learn's array-API check (which skips itself unless
+# SCIPY_ARRAY_API is set) is left out rather than reported as skipped.
+CHECKS = [
+    pytest.param(
+        estimator,
+        check,
+        id=_check_name(check),
+        marks=pytest.mark.xfail(reason=EXPECTED_FAILURES[_check_name(check)], strict=True)
+        if _check_name(check) in EXPECTED_FAILURES
+        else (),
+    )
+    for estimator, check in estimator_checks_generator(BinarySparseEncoder(**SMALL))
+    if _check_name(check) != "check_array_api_input"
+]
+
+
+@pytest.mark.parametrize(("estimator", "check"), CHECKS)
 def test_scikit_learn_rules(estimator, check):
     check(estimator)
 
