@@ -95,16 +95,21 @@ def answer_flexibility(runs: pd.DataFrame) -> str:
 
 
 def answer_dead_bits(runs: pd.DataFrame) -> str:
-    aligned = runs[runs["sparsity"] == "align"] if len(runs) else runs
+    """Dead bits by loss among aligned runs with the paper's pass-through round.
+
+    The rounding ablations collapse on their own (most bits die whatever the
+    loss), so counting them here would blur the comparison of losses.
+    """
+    aligned = runs[(runs["sparsity"] == "align") & (runs["rounding"] == "ste")] if len(runs) else runs
     if not len(aligned):
-        return "No finished run with the alignment term (sparsity align) is selected."
+        return "No finished run with the alignment term (sparsity align) and the pass-through round is selected."
     share = aligned.assign(dead_share=aligned["dead_bits"] / aligned["n_bits"])
     by_loss = share.groupby("loss").agg(dead_share=("dead_share", "mean"))
     facts = []
     for loss, group in share.groupby("loss"):
         counts = ", ".join(f"{run.dead_bits:.0f} of {run.n_bits:.0f}" for run in group.itertuples())
         facts.append(f"{loss} leaves {by_loss.loc[loss, 'dead_share']:.1%} of its bits dead ({counts})")
-    text = "In the selected aligned runs, " + "; ".join(facts) + "."
+    text = "In the selected aligned runs with the pass-through round, " + "; ".join(facts) + "."
     if "cosine" not in by_loss.index or len(by_loss) < 2:
         return text + " Select aligned runs with cosine and with mse or l1 to compare them."
     cosine = by_loss.loc["cosine", "dead_share"]

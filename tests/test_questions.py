@@ -72,6 +72,7 @@ def test_six_answers_with_numbers():
     assert answers[0].answer.startswith("Partly")  # only 1 of 2 cosine-aligned runs is near K
     assert "mse leaves 25.0% of its bits dead (16 of 64)" in answers[1].answer
     assert "mse leaves more dead bits than cosine" in answers[1].answer
+    assert "cosine leaves 0.0% of its bits dead (0 of 64)" in answers[1].answer  # the rounding=none run left out
     assert answers[2].answer.startswith("At cosine/align N=64 K=4 alpha=1, ")
     assert "ste: recon loss 0.300 on the hard bits" in answers[2].answer  # the mse and hard-topk runs left out
     assert "none: recon loss 0.550 on the hard bits against 0.200" in answers[2].answer
