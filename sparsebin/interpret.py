@@ -288,6 +288,8 @@ def concept_view(ctx: RunContext, concept_id: str, k: int = 10, metric: str = "j
     active = pd.DataFrame({"bit": bits, "logit": logits[bits]})
     active.insert(1, "label", labels["label"].to_numpy())
     active.insert(2, "coherence", labels["coherence"].to_numpy())
+    # How common each bit is: a bit firing for most concepts says little about this one.
+    active.insert(3, "firing_rate", ctx.bit_counts[bits] / max(len(ctx.concepts), 1))
     active = active.sort_values(["logit", "bit"], ascending=[False, True], kind="stable").reset_index(drop=True)
     found, distances = ctx.code_index.search(ctx.codes[row : row + 1], k, metric=metric, exclude=np.array([row]))
     code_neighbours = ctx.concept_rows(found[0])

@@ -198,6 +198,7 @@ def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
     assert view["concept"]["name"] == "Septal defect"
     assert view["active_bits"]["bit"].tolist() == [0, 1, 5]  # strongest logit first, ties by bit
     assert view["active_bits"]["label"].tolist() == ["Heart", "Heart", "Heart"]
+    np.testing.assert_allclose(view["active_bits"]["firing_rate"], [3 / 14, 3 / 14, 2 / 14])
     assert view["code_neighbours"]["id"].tolist() == ["A2", "A3"]
     jaccard = [1 - 2 / 4, 1 - 1 / 3]  # A1 {0,1,5} against A2 {0,1,8} and A3 {0}
     np.testing.assert_allclose(view["code_neighbours"]["distance"], jaccard, rtol=1e-6)
@@ -212,7 +213,13 @@ def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
 
 def test_concept_view_of_a_concept_without_active_bits(ctx):
     view = concept_view(ctx, "A", k=3)  # "Heart anomaly" has no bit of its own
-    assert view["active_bits"].empty and list(view["active_bits"].columns) == ["bit", "label", "coherence", "logit"]
+    assert view["active_bits"].empty and list(view["active_bits"].columns) == [
+        "bit",
+        "label",
+        "coherence",
+        "firing_rate",
+        "logit",
+    ]
     assert len(view["code_neighbours"]) == 3 and len(view["dense_neighbours"]) == 3
 
 
