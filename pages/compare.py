@@ -50,7 +50,7 @@ with right:
         colour = value.selectbox("colour", METRICS, key="grid_metric")
         st.plotly_chart(charts.grid_heatmap(runs, x_axis, y_axis, colour), key="grid_chart")
 
-st.subheader("What the picked runs say about METHOD.md's questions")
+st.subheader("What the picked runs say about the method's six questions")
 first = runs.iloc[0]
 st.caption(f"Questions 4 (sign baseline), 5 and 6 use the first picked run: {first['label']}.")
 depth = _shared.depth_analysis(first["run_id"], first["dataset"])
