@@ -1,5 +1,7 @@
 """Code search gives exactly the brute-force neighbours, and packed codes are what faiss expects."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from sparsebin.retrieval import (
     codes_by_bit,
     pack_bits,
     recall_at_k,
+    search_threads,
     unpack_bits,
 )
 
@@ -50,21 +53,65 @@ def test_search_equals_brute_force(density, metric):
     assert (found != queries[:, None]).all()  # a query is never its own neighbour
 
 
-def test_hamming_search_is_exact_with_always_on_bits():
-    """An unconverged run: a few bits fire for (almost) every concept; they are flipped, not searched."""
+@pytest.mark.parametrize("metric", ["hamming", "jaccard"])
+def test_search_is_exact_with_always_on_bits(metric):
+    """An unconverged run: a few bits fire for (almost) every concept; their lists hold the rows where they are off."""
     bits = random_codes(500, 96, 0.03, seed=5)
     bits[:, [7, 50]] = 1  # always on
-    bits[::3, 60] = 1  # on for a third: left as it is
-    bits[::3, 61] = 0  # on for the other two thirds: flipped
+    bits[::3, 60] = 1  # on for a third: listed where it fires
+    bits[::3, 61] = 0  # on for the other two thirds: listed where it is off
     bits[1::3, 61] = bits[2::3, 61] = 1
     index = CodeIndex(pack_bits(bits), 96)
-    assert not index.sparse and index.flipped.sparse
-    np.testing.assert_array_equal(np.flatnonzero(unpack_bits(index.flip_mask[None], 96)[0]), [7, 50, 61])
+    assert index.sparse  # 6 % of the bits fire, but the lists hold 2.5 %
+    indptr, rows, frequent = index.postings
+    np.testing.assert_array_equal(np.flatnonzero(frequent), [7, 50, 61])
+    np.testing.assert_array_equal(rows[indptr[61] : indptr[62]], np.arange(0, 500, 3))
+    assert indptr[8] == indptr[7]  # an always-on bit lists no row at all
     queries = np.concatenate([np.arange(0, 500, 9), [1, 2]])  # rows 0-2 have only the always-on bits
-    found, distances = index.search(pack_bits(bits[queries]), 10, exclude=queries)
-    expected, expected_distances = brute_force(bits, bits[queries], 10, "hamming", exclude=queries)
+    found, distances = index.search(pack_bits(bits[queries]), 10, metric=metric, exclude=queries)
+    expected, expected_distances = brute_force(bits, bits[queries], 10, metric, exclude=queries)
     np.testing.assert_array_equal(found, expected)
-    np.testing.assert_array_equal(distances, expected_distances)
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_posting_search_matches_the_full_distance_matrix_bit_for_bit(seed):
+    """Random sizes, frequent and empty bits, outside queries, many ties: the same rows and float32 distances."""
+    rng = np.random.default_rng(seed)
+    rows, n_bits = int(rng.integers(30, 300)), int(rng.choice([8, 40, 64, 203]))
+    bits = random_codes(rows, n_bits, 0.02 + 0.03 * rng.random(), seed=seed)
+    on = rng.choice(n_bits, size=int(rng.integers(0, 4)), replace=False)
+    bits[:, on] = rng.random((rows, len(on))) < 0.9  # frequent bits, off in ~10 % of rows
+    inside = rng.choice(rows, size=min(rows, 40), replace=False)
+    outside = (rng.random((15, n_bits)) < 0.05).astype(np.uint8)
+    outside[:3] = 0
+    queries = np.concatenate([bits[inside], outside])
+    exclude = np.concatenate([inside, np.full(len(outside), -1)])
+    index = CodeIndex(pack_bits(bits), n_bits)
+    for metric in ("hamming", "jaccard"):
+        full = index.distances(pack_bits(queries), metric)
+        full[np.arange(len(inside)), inside] = np.inf
+        for k in (1, 7, rows - 2):
+            found, distances = index._search_postings(pack_bits(queries), k, metric, exclude)
+            expected = np.array([np.lexsort((np.arange(rows), row))[:k] for row in full])
+            np.testing.assert_array_equal(found, expected)
+            np.testing.assert_array_equal(distances, np.take_along_axis(full, expected, axis=1))
+
+
+def test_a_large_batch_split_over_threads_gives_what_one_thread_gives():
+    bits = random_codes(3000, 256, 0.02, seed=9)
+    bits[:, 3] = 1
+    index = CodeIndex(pack_bits(bits), 256)
+    queries = np.arange(0, 3000, 5)
+    assert search_threads(10) == 1  # a handful of queries is not worth a thread each
+    assert search_threads(len(queries)) == min(len(os.sched_getaffinity(0)), len(queries) // 32)
+    for metric in ("hamming", "jaccard"):
+        together = index.search(pack_bits(bits[queries]), 10, metric=metric, exclude=queries)
+        one_by_one = [index.search(pack_bits(bits[[row]]), 10, metric=metric, exclude=[row]) for row in queries]
+        np.testing.assert_array_equal(together[0], np.concatenate([found for found, _ in one_by_one]))
+        np.testing.assert_array_equal(together[1], np.concatenate([dist for _, dist in one_by_one]))
+        expected, _ = brute_force(bits, bits[queries[:50]], 10, metric, exclude=queries[:50])
+        np.testing.assert_array_equal(together[0][:50], expected)
 
 
 def test_sparse_search_keeps_rows_that_share_no_bit_when_they_are_nearest():

@@ -1,0 +1,117 @@
+"""Exact Hamming / Jaccard top-k over an inverted index, compiled with numba.
+
+The index holds, per bit, the rows that differ from the bit's usual value: the
+rows where it fires for a bit that fires in at most half the rows, and the rows
+where it is off for a bit that fires in more (`frequent`). Every posting list
+is then at most M / 2 long, however unconverged the codes (trained runs have
+bits that fire for every concept). For a query q with B frequent active bits,
+each row r shares
+
+    |q AND r| = B + (hits in the rare bits' lists) - (hits in the frequent bits' lists)
+
+bits, so a query touches only the postings of its own active bits. Rows that
+no list touches share exactly B bits; their distance depends only on their own
+size, so the k best of them are the first k untouched rows in size order (index
+order for Jaccard with B = 0, where they all sit at distance 1).
+
+Distances are float32 and equal numpy's `pair_distances` bit for bit: each
+float32 division or subtraction is done in float64 and rounded once, which
+gives the correctly rounded float32 result. Ties go to the lower row.
+"""
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, inline="always")
+def _distance(inter, query_size, row_size, jaccard):
+    if not jaccard:
+        return np.float32(query_size + row_size - 2 * inter)
+    union = query_size + row_size - inter
+    if union <= 0:
+        return np.float32(1.0)
+    share = np.float32(np.float64(inter) / np.float64(union))
+    return np.float32(1.0 - np.float64(share))
+
+
+@numba.njit(cache=True, inline="always")
+def _offer(top_dist, top_rows, filled, dist, row):
+    """Insert (dist, row) into the sorted top arrays if it beats their last entry; returns the new fill."""
+    k = len(top_dist)
+    if filled == k:
+        last = k - 1
+        if dist > top_dist[last] or (dist == top_dist[last] and row > top_rows[last]):
+            return filled
+        at = last
+    else:
+        at = filled
+        filled += 1
+    while at > 0 and (dist < top_dist[at - 1] or (dist == top_dist[at - 1] and row < top_rows[at - 1])):
+        top_dist[at] = top_dist[at - 1]
+        top_rows[at] = top_rows[at - 1]
+        at -= 1
+    top_dist[at] = dist
+    top_rows[at] = row
+    return filled
+
+
+@numba.njit(cache=True, nogil=True)
+def search_postings(indptr, rows, frequent, sizes, by_size, query_indptr, query_bits, exclude, k, jaccard):
+    """(Q, k) int64 rows and float32 distances, nearest first.
+
+    indptr, rows: the (N + 1,) and (nnz,) CSR of the posting lists, one per bit.
+    frequent: (N,) bool, the bits whose list holds the rows where they are off.
+    sizes: (M,) int32 active bits per row; by_size: rows ordered by (size, row).
+    query_indptr, query_bits: each query's active bits, CSR.
+    exclude: (Q,) the row to leave out per query, or -1. Needs k <= M - 1.
+    Runs without the GIL, so threads can each take a share of the queries.
+    """
+    n_queries = len(query_indptr) - 1
+    n_rows = len(sizes)
+    out_rows = np.empty((n_queries, k), dtype=np.int64)
+    out_dist = np.empty((n_queries, k), dtype=np.float32)
+    stamp = np.zeros(n_rows, dtype=np.int32)  # query number + 1 of the last query that touched the row
+    delta = np.zeros(n_rows, dtype=np.int32)
+    touched = np.empty(n_rows, dtype=np.int32)
+    top_dist = np.empty(k, dtype=np.float32)
+    top_rows = np.empty(k, dtype=np.int64)
+    for query in range(n_queries):
+        mark = query + 1
+        own = exclude[query]
+        if own >= 0:
+            stamp[own] = mark  # neither a candidate nor a filler
+        n_touched = 0
+        base = 0
+        query_size = query_indptr[query + 1] - query_indptr[query]
+        for position in range(query_indptr[query], query_indptr[query + 1]):
+            bit = query_bits[position]
+            step = 1
+            if frequent[bit]:
+                base += 1
+                step = -1
+            for entry in range(indptr[bit], indptr[bit + 1]):
+                row = rows[entry]
+                if stamp[row] != mark:
+                    stamp[row] = mark
+                    delta[row] = 0
+                    touched[n_touched] = row
+                    n_touched += 1
+                delta[row] += step
+        filled = 0
+        for position in range(n_touched):
+            row = touched[position]
+            dist = _distance(base + delta[row], query_size, sizes[row], jaccard)
+            filled = _offer(top_dist, top_rows, filled, dist, row)
+        by_index = jaccard and base == 0
+        taken = 0
+        for position in range(n_rows):
+            if taken == k:
+                break
+            row = position if by_index else by_size[position]
+            if stamp[row] == mark:
+                continue
+            taken += 1
+            filled = _offer(top_dist, top_rows, filled, _distance(base, query_size, sizes[row], jaccard), row)
+        out_rows[query] = top_rows
+        out_dist[query] = top_dist
+    return out_rows, out_dist
