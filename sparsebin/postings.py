@@ -22,6 +22,8 @@ gives the correctly rounded float32 result. Ties go to the lower row.
 import numba
 import numpy as np
 
+SHIFT = 1 << 20  # count offset: a row's shared bits change by at most N < 2^20 per query
+
 
 @numba.njit(cache=True, inline="always")
 def _distance(inter, query_size, row_size, jaccard):
@@ -70,16 +72,14 @@ def search_postings(indptr, rows, frequent, sizes, by_size, query_indptr, query_
     n_rows = len(sizes)
     out_rows = np.empty((n_queries, k), dtype=np.int64)
     out_dist = np.empty((n_queries, k), dtype=np.float32)
-    stamp = np.zeros(n_rows, dtype=np.int32)  # query number + 1 of the last query that touched the row
-    delta = np.zeros(n_rows, dtype=np.int32)
-    touched = np.empty(n_rows, dtype=np.int32)
+    # count[row]: 0 while no list of this query has touched the row, then SHIFT + the
+    # change in its shared bits. One int32 array keeps the random accesses to one cache line.
+    count = np.zeros(n_rows, dtype=np.int32)
+    touched = np.empty(n_rows + 1, dtype=np.int32)
     top_dist = np.empty(k, dtype=np.float32)
     top_rows = np.empty(k, dtype=np.int64)
     for query in range(n_queries):
-        mark = query + 1
         own = exclude[query]
-        if own >= 0:
-            stamp[own] = mark  # neither a candidate nor a filler
         n_touched = 0
         base = 0
         query_size = query_indptr[query + 1] - query_indptr[query]
@@ -91,27 +91,35 @@ def search_postings(indptr, rows, frequent, sizes, by_size, query_indptr, query_
                 step = -1
             for entry in range(indptr[bit], indptr[bit + 1]):
                 row = rows[entry]
-                if stamp[row] != mark:
-                    stamp[row] = mark
-                    delta[row] = 0
+                if count[row] == 0:
+                    count[row] = SHIFT
                     touched[n_touched] = row
                     n_touched += 1
-                delta[row] += step
+                count[row] += step
         filled = 0
         for position in range(n_touched):
             row = touched[position]
-            dist = _distance(base + delta[row], query_size, sizes[row], jaccard)
-            filled = _offer(top_dist, top_rows, filled, dist, row)
+            if row == own:
+                continue
+            dist = _distance(base + count[row] - SHIFT, query_size, sizes[row], jaccard)
+            if filled < k or dist <= top_dist[k - 1]:  # the call is the costly part: most rows fail this
+                filled = _offer(top_dist, top_rows, filled, dist, row)
+        if own >= 0 and count[own] == 0:  # not a filler either
+            count[own] = SHIFT
+            touched[n_touched] = own
+            n_touched += 1
         by_index = jaccard and base == 0
         taken = 0
         for position in range(n_rows):
             if taken == k:
                 break
             row = position if by_index else by_size[position]
-            if stamp[row] == mark:
+            if count[row] != 0:
                 continue
             taken += 1
             filled = _offer(top_dist, top_rows, filled, _distance(base, query_size, sizes[row], jaccard), row)
+        for position in range(n_touched):
+            count[touched[position]] = 0
         out_rows[query] = top_rows
         out_dist[query] = top_dist
     return out_rows, out_dist

@@ -155,28 +155,34 @@ class CodeIndex:
     def _search_postings(
         self, query_packed: np.ndarray, k: int, metric: str, exclude: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The compiled search, its queries split over the CPU cores (it runs without the GIL)."""
+        """The compiled search, its queries dealt out over the CPU cores (it runs without the GIL).
+
+        Queries are dealt round-robin, not in blocks: neighbouring rows often come from the
+        same source and cost alike, so blocks leave one thread with most of the work.
+        """
         indptr, rows, frequent = self.postings
-        query_rows, query_bits = active_positions(query_packed, self.chunk_rows)
-        keep = query_bits < self.n_bits
-        query_rows, query_bits = query_rows[keep], query_bits[keep]
-        query_indptr = np.zeros(len(query_packed) + 1, dtype=np.int64)
-        query_indptr[1:] = np.cumsum(np.bincount(query_rows, minlength=len(query_packed)))
         exclude = np.full(len(query_packed), -1, np.int64) if exclude is None else np.asarray(exclude, np.int64)
         sizes = self.sizes.astype(np.int32)
 
-        def part(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-            bits = query_bits[query_indptr[start] : query_indptr[stop]]
-            offsets = query_indptr[start : stop + 1] - query_indptr[start]
-            args = (indptr, rows, frequent, sizes, self.by_size, offsets, bits, exclude[start:stop], k)
+        def part(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            query_rows, query_bits = active_positions(query_packed[which], self.chunk_rows)
+            keep = query_bits < self.n_bits
+            query_indptr = np.zeros(len(which) + 1, dtype=np.int64)
+            query_indptr[1:] = np.cumsum(np.bincount(query_rows[keep], minlength=len(which)))
+            args = (indptr, rows, frequent, sizes, self.by_size, query_indptr, query_bits[keep], exclude[which], k)
             return search_postings(*args, metric == "jaccard")
 
-        bounds = np.linspace(0, len(query_packed), search_threads(len(query_packed)) + 1).astype(int)
-        if len(bounds) == 2:
-            return part(0, len(query_packed))
-        with ThreadPoolExecutor(len(bounds) - 1) as pool:
-            parts = list(pool.map(part, bounds[:-1], bounds[1:]))
-        return np.concatenate([found for found, _ in parts]), np.concatenate([dist for _, dist in parts])
+        threads = search_threads(len(query_packed))
+        if threads == 1:
+            return part(np.arange(len(query_packed)))
+        shares = [np.arange(start, len(query_packed), threads) for start in range(threads)]
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(part, shares))
+        found = np.empty((len(query_packed), k), dtype=np.int64)
+        distances = np.empty((len(query_packed), k), dtype=np.float32)
+        for share, (share_found, share_distances) in zip(shares, parts, strict=True):
+            found[share], distances[share] = share_found, share_distances
+        return found, distances
 
 
 def search_threads(n_queries: int, queries_per_thread: int = 32) -> int:
