@@ -139,6 +139,11 @@ class CodeIndex:
         """
         check_metric(metric)
         query_packed = np.atleast_2d(query_packed)
+        if query_packed.shape[1] != bytes_per_vector(self.n_bits):
+            raise ValueError(
+                f"queries must be packed {self.n_bits}-bit codes ({bytes_per_vector(self.n_bits)} bytes a row), "
+                f"got {query_packed.shape[1]} bytes a row."
+            )
         if self.sparse and k < len(self) - 1:
             return self._search_postings(query_packed, k, metric, exclude)
         block = max(1, 2**25 // max(len(self), 1))  # keep each (block, M) distance matrix ~128 MB

@@ -129,6 +129,12 @@ def test_sparse_search_keeps_rows_that_share_no_bit_when_they_are_nearest():
         np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
 
 
+def test_queries_of_another_width_are_refused_with_the_widths():
+    index = CodeIndex(pack_bits(random_codes(50, 64, 0.05, seed=3)), 64)
+    with pytest.raises(ValueError, match="packed 64-bit codes \\(8 bytes a row\\), got 16 bytes"):
+        index.search(np.zeros((1, 16), np.uint8), 5)
+
+
 def test_codes_round_trip_through_faiss_binary_index():
     faiss = pytest.importorskip("faiss")
     bits = random_codes(300, 64, 0.05, seed=2)
