@@ -7,16 +7,13 @@ unchanged. Search counts shared active bits (the intersection), then
     hamming(a, b) = |a| + |b| - 2 |a AND b|
     jaccard(a, b) = 1 - |a AND b| / |a OR b|      (two empty codes: distance 1)
 
-Sparse codes are searched through posting lists, one per bit, compiled with
-numba (`sparsebin.postings`): a bit that fires in more than half the rows
-lists the rows where it is off, any other the rows where it fires, so the
-always-on bits of unconverged runs cost nothing. A query costs the postings of
-its active bits; rows sharing none of them are filled in exactly from their
-sizes, and no (Q, M) array is formed. Codes whose lists would hold more than 5 %
-of all (row, bit) pairs (the sign baseline) use a float32 matrix product over
-unpacked chunks: on 2 CPU cores it measured faster than popcount over uint64
-words (np.bitwise_count), 0.43 s against 0.84 s for 200 x 117k 384-bit codes.
-All paths are exact (counts stay far below 2^24); ties go to the lower row.
+Search is compiled with numba (`sparsebin.kernels`), exact, and never forms a
+(Q, M) array. Sparse codes are searched through posting lists, one per bit: a
+bit that fires in more than half the rows lists the rows where it is off, any
+other the rows where it fires, so the always-on bits of unconverged runs cost
+nothing and a query costs the postings of its active bits. Dense codes (the
+sign baseline) are compared with every row by popcount over 64-bit words.
+`CodeIndex` picks whichever costs less for its codes. Ties go to the lower row.
 """
 
 import os
@@ -25,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 
-from sparsebin.postings import search_postings
+from sparsebin.kernels import SHIFT, search_postings, search_words
 
 METRICS = ("hamming", "jaccard")
-SPARSE_DENSITY = 0.05  # above this share of listed (row, bit) pairs a dense product is faster
+# Search costs measured on 2 CPU cores (trained runs and sign codes, 19k-117k rows, N 272-4096), in ns:
+# a posting walked ~2.5; popcount against one row ~1.5 + 0.035 per 64-bit word.
+POSTING_NS, ROW_NS, WORD_NS = 2.5, 1.5, 0.035
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -48,11 +47,14 @@ def bytes_per_vector(n_bits: int) -> int:
 class CodeIndex:
     """Exact nearest-neighbour search over packed binary codes.
 
-    Sparse codes are searched through posting lists (`postings`), compiled
-    (`sparsebin.postings`). The plain inverted index, `by_bit`, an (N, M)
-    float32 CSR with one row per bit listing the rows where it fires, is kept
-    for full distance matrices; a caller that already built it
-    (`interpret.RunContext`) passes it in, so it is not built twice.
+    `method` says how: "postings" (walk the posting lists of a query's bits,
+    `postings`) or "popcount" (compare with every row, `words`), whichever is
+    cheaper for these codes: a query from the codes is expected to walk
+    `expected_postings`, against M rows of N / 64 words for popcount. The plain
+    inverted index, `by_bit`, an (N, M) float32 CSR with one row per bit
+    listing the rows where it fires, serves full distance matrices; a caller
+    that already built it (`interpret.RunContext`) passes it in, so it is not
+    built twice.
     """
 
     def __init__(self, packed: np.ndarray, n_bits: int, chunk_rows: int = 65536, by_bit: sp.csr_matrix | None = None):
@@ -62,11 +64,17 @@ class CodeIndex:
         self.sizes = active_counts(packed, chunk_rows).astype(np.float32)  # (M,) active bits per row
         self._by_bit = by_bit
         self._postings = None
+        self._words = None
         self._by_size = None
         self.bit_counts = np.diff(by_bit.indptr) if by_bit is not None else bit_counts(packed, n_bits)
-        # Each posting list holds the rows where its bit differs from its usual value (see `postings`).
-        listed = np.minimum(self.bit_counts, len(packed) - self.bit_counts).sum()
-        self.sparse = bool(listed <= SPARSE_DENSITY * len(packed) * n_bits) if len(packed) else False
+        rows = max(len(packed), 1)
+        # Each posting list holds the rows where its bit differs from its usual value (see `postings`);
+        # a query from these codes walks the list of each of its bits, bit b with chance count_b / M.
+        list_lengths = np.minimum(self.bit_counts, len(packed) - self.bit_counts)
+        self.expected_postings = float((self.bit_counts / rows * list_lengths).sum())
+        popcount_ns = len(packed) * (ROW_NS + WORD_NS * words_per_vector(n_bits))
+        cheaper = self.expected_postings * POSTING_NS < popcount_ns
+        self.method = "postings" if cheaper and n_bits < SHIFT else "popcount"  # SHIFT bounds a query's bits
 
     def __len__(self) -> int:
         return len(self.packed)
@@ -92,7 +100,7 @@ class CodeIndex:
         A bit that fires in more than half the rows (`frequent`) lists the rows
         where it is off, any other bit the rows where it fires, so no list is
         longer than M / 2 and the always-on bits of unconverged runs cost
-        nothing. `sparsebin.postings` explains how the search uses them.
+        nothing. `sparsebin.kernels` explains how the search uses them.
         """
         if self._postings is None:
             frequent = self.bit_counts > len(self) / 2
@@ -110,9 +118,16 @@ class CodeIndex:
             self._postings = (indptr, rows, frequent)
         return self._postings
 
+    @property
+    def words(self) -> np.ndarray:
+        """(M, ceil(N / 64)) uint64: the packed rows, zero-padded to whole words, for popcount."""
+        if self._words is None:
+            self._words = as_words(self.packed, self.chunk_rows)
+        return self._words
+
     def _intersections(self, query_bits: np.ndarray) -> np.ndarray:
         """(Q, N) 0/1 queries -> (Q, M) float32 counts of shared active bits."""
-        if self.sparse:
+        if self.method == "postings":
             return (sp.csr_matrix(query_bits, dtype=np.float32) @ self.by_bit).toarray()
         query = query_bits.astype(np.float32)
         out = np.empty((len(query), len(self)), dtype=np.float32)
@@ -135,7 +150,7 @@ class CodeIndex:
         """(indices, distances), each (Q, k), nearest first, ties by the lower row index.
 
         `exclude` gives, per query, one indexed row to leave out (the query itself).
-        Sparse codes are searched through the posting lists, without a (Q, M) matrix.
+        Below k = M - 1 the compiled kernels search without a (Q, M) matrix.
         """
         check_metric(metric)
         query_packed = np.atleast_2d(query_packed)
@@ -144,8 +159,16 @@ class CodeIndex:
                 f"queries must be packed {self.n_bits}-bit codes ({bytes_per_vector(self.n_bits)} bytes a row), "
                 f"got {query_packed.shape[1]} bytes a row."
             )
-        if self.sparse and k < len(self) - 1:
-            return self._search_postings(query_packed, k, metric, exclude)
+        if int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive whole number of neighbours, got {k!r}.")
+        if exclude is not None:
+            exclude = np.asarray(exclude, dtype=np.int64)
+            if exclude.shape != (len(query_packed),) or ((exclude < -1) | (exclude >= len(self))).any():
+                raise ValueError(
+                    f"exclude must give one row per query ({len(query_packed)}), each -1 or below {len(self)}."
+                )
+        if k < len(self) - 1:  # the kernels check no bounds: both were checked above
+            return self._search_compiled(query_packed, int(k), metric, exclude)
         block = max(1, 2**25 // max(len(self), 1))  # keep each (block, M) distance matrix ~128 MB
         indices, distances = [], []
         for i in range(0, len(query_packed), block):
@@ -157,25 +180,35 @@ class CodeIndex:
             distances.append(top_dist)
         return np.concatenate(indices), np.concatenate(distances)
 
-    def _search_postings(
+    def _search_compiled(
         self, query_packed: np.ndarray, k: int, metric: str, exclude: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The compiled search, its queries dealt out over the CPU cores (it runs without the GIL).
+        """The compiled search, its queries dealt out over the CPU cores (the kernels run without the GIL).
 
         Queries are dealt round-robin, not in blocks: neighbouring rows often come from the
         same source and cost alike, so blocks leave one thread with most of the work.
         """
-        indptr, rows, frequent = self.postings
         exclude = np.full(len(query_packed), -1, np.int64) if exclude is None else np.asarray(exclude, np.int64)
-        sizes = self.sizes.astype(np.int32)
+        jaccard = metric == "jaccard"
+        if self.method == "postings":
+            indptr, rows, frequent = self.postings
+            sizes = self.sizes.astype(np.int32)
 
-        def part(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            query_rows, query_bits = active_positions(query_packed[which], self.chunk_rows)
-            keep = query_bits < self.n_bits
-            query_indptr = np.zeros(len(which) + 1, dtype=np.int64)
-            query_indptr[1:] = np.cumsum(np.bincount(query_rows[keep], minlength=len(which)))
-            args = (indptr, rows, frequent, sizes, self.by_size, query_indptr, query_bits[keep], exclude[which], k)
-            return search_postings(*args, metric == "jaccard")
+            def part(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                query_rows, query_bits = active_positions(query_packed[which], self.chunk_rows)
+                keep = query_bits < self.n_bits
+                query_indptr = np.zeros(len(which) + 1, dtype=np.int64)
+                query_indptr[1:] = np.cumsum(np.bincount(query_rows[keep], minlength=len(which)))
+                args = (indptr, rows, frequent, sizes, self.by_size, query_indptr, query_bits[keep], exclude[which])
+                return search_postings(*args, k, jaccard)
+
+        else:
+            words, sizes = self.words, self.sizes.astype(np.int64)
+
+            def part(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                queries = query_packed[which]
+                query_sizes = active_counts(queries, self.chunk_rows)
+                return search_words(words, sizes, as_words(queries), query_sizes, exclude[which], k, jaccard)
 
         threads = search_threads(len(query_packed))
         if threads == 1:
@@ -227,6 +260,19 @@ def active_counts(packed: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
         for i in range(0, len(packed), chunk_rows)
     ]
     return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
+
+def words_per_vector(n_bits: int) -> int:
+    return -(-n_bits // 64)
+
+
+def as_words(packed: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """(M, B) uint8 packed rows -> (M, ceil(B / 8)) uint64, zero-padded (bit order does not matter to popcount)."""
+    n_words = -(-packed.shape[1] // 8)
+    padded = np.zeros((len(packed), n_words * 8), dtype=np.uint8)
+    for start in range(0, len(packed), chunk_rows):
+        padded[start : start + chunk_rows, : packed.shape[1]] = packed[start : start + chunk_rows]
+    return padded.view(np.uint64)
 
 
 def bit_counts(packed: np.ndarray, n_bits: int, chunk_rows: int = 8192) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Code search gives exactly the brute-force neighbours, and packed codes are what faiss expects."""
 
+import itertools
 import os
 
 import numpy as np
@@ -44,13 +45,15 @@ def random_codes(rows: int, n_bits: int, density: float, seed: int) -> np.ndarra
 def test_search_equals_brute_force(density, metric):
     bits = random_codes(400, 70, density, seed=1)  # 70 bits: the last byte is partly padding
     index = CodeIndex(pack_bits(bits), 70)
-    assert index.sparse == (density < 0.05)
+    assert index.method == ("postings" if density < 0.05 else "popcount")
     queries = np.arange(0, 400, 7)
-    found, distances = index.search(pack_bits(bits[queries]), 10, metric=metric, exclude=queries)
     expected, expected_distances = brute_force(bits, bits[queries], 10, metric, exclude=queries)
-    np.testing.assert_array_equal(found, expected)
-    np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
-    assert (found != queries[:, None]).all()  # a query is never its own neighbour
+    for method in ("postings", "popcount"):  # either kernel gives the same answer, the chosen one faster
+        index.method = method
+        found, distances = index.search(pack_bits(bits[queries]), 10, metric=metric, exclude=queries)
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
+        assert (found != queries[:, None]).all()  # a query is never its own neighbour
 
 
 @pytest.mark.parametrize("metric", ["hamming", "jaccard"])
@@ -62,7 +65,7 @@ def test_search_is_exact_with_always_on_bits(metric):
     bits[::3, 61] = 0  # on for the other two thirds: listed where it is off
     bits[1::3, 61] = bits[2::3, 61] = 1
     index = CodeIndex(pack_bits(bits), 96)
-    assert index.sparse  # 6 % of the bits fire, but the lists hold 2.5 %
+    assert index.method == "postings"  # 6 % of the bits fire, but the lists hold 2.5 %
     indptr, rows, frequent = index.postings
     np.testing.assert_array_equal(np.flatnonzero(frequent), [7, 50, 61])
     np.testing.assert_array_equal(rows[indptr[61] : indptr[62]], np.arange(0, 500, 3))
@@ -91,8 +94,9 @@ def test_posting_search_matches_the_full_distance_matrix_bit_for_bit(seed):
     for metric in ("hamming", "jaccard"):
         full = index.distances(pack_bits(queries), metric)
         full[np.arange(len(inside)), inside] = np.inf
-        for k in (1, 7, rows - 2):
-            found, distances = index._search_postings(pack_bits(queries), k, metric, exclude)
+        for k, method in itertools.product((1, 7, rows - 2), ("postings", "popcount")):
+            index.method = method
+            found, distances = index.search(pack_bits(queries), k, metric, exclude)
             expected = np.array([np.lexsort((np.arange(rows), row))[:k] for row in full])
             np.testing.assert_array_equal(found, expected)
             np.testing.assert_array_equal(distances, np.take_along_axis(full, expected, axis=1))
@@ -105,7 +109,8 @@ def test_a_large_batch_split_over_threads_gives_what_one_thread_gives():
     queries = np.arange(0, 3000, 5)
     assert search_threads(10) == 1  # a handful of queries is not worth a thread each
     assert search_threads(len(queries)) == min(len(os.sched_getaffinity(0)), len(queries) // 32)
-    for metric in ("hamming", "jaccard"):
+    for metric, method in itertools.product(("hamming", "jaccard"), ("postings", "popcount")):
+        index.method = method
         together = index.search(pack_bits(bits[queries]), 10, metric=metric, exclude=queries)
         one_by_one = [index.search(pack_bits(bits[[row]]), 10, metric=metric, exclude=[row]) for row in queries]
         np.testing.assert_array_equal(together[0], np.concatenate([found for found, _ in one_by_one]))
@@ -122,6 +127,7 @@ def test_sparse_search_keeps_rows_that_share_no_bit_when_they_are_nearest():
     query = np.zeros((1, 40), np.uint8)
     query[0, [0, 1]] = 1
     index = CodeIndex(pack_bits(bits), 40)
+    assert index.method == "postings"
     for metric in ("hamming", "jaccard"):
         found, distances = index.search(pack_bits(query), 8, metric=metric)
         expected, expected_distances = brute_force(bits, query, 8, metric)
@@ -133,6 +139,23 @@ def test_queries_of_another_width_are_refused_with_the_widths():
     index = CodeIndex(pack_bits(random_codes(50, 64, 0.05, seed=3)), 64)
     with pytest.raises(ValueError, match="packed 64-bit codes \\(8 bytes a row\\), got 16 bytes"):
         index.search(np.zeros((1, 16), np.uint8), 5)
+
+
+@pytest.mark.parametrize(
+    ("k", "exclude", "message"),
+    [
+        (0, None, "k must be a positive whole number of neighbours, got 0"),
+        (2.5, None, "got 2.5"),
+        (5, [50], "exclude must give one row per query \\(1\\), each -1 or below 50"),
+        (5, [-2], "each -1 or below 50"),
+        (5, [0, 1], "one row per query \\(1\\)"),
+    ],
+)
+def test_bad_k_or_exclude_is_refused_before_the_compiled_search(k, exclude, message):
+    bits = random_codes(50, 64, 0.05, seed=3)
+    index = CodeIndex(pack_bits(bits), 64)
+    with pytest.raises(ValueError, match=message):
+        index.search(pack_bits(bits[:1]), k, exclude=exclude)
 
 
 def test_codes_round_trip_through_faiss_binary_index():
