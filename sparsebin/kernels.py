@@ -77,17 +77,18 @@ def _offer(top_dist, top_rows, filled, dist, row):
 
 
 @numba.njit(cache=True, nogil=True)
-def search_postings(indptr, rows, frequent, sizes, by_size, query_indptr, query_bits, exclude, k, jaccard):
+def search_postings(indptr, rows, frequent, sizes, by_size, queries, exclude, k, jaccard):
     """(Q, k) int64 rows and float32 distances, nearest first.
 
     indptr, rows: the (N + 1,) and (nnz,) CSR of the posting lists, one per bit.
     frequent: (N,) bool, the bits whose list holds the rows where they are off.
     sizes: (M,) int32 active bits per row; by_size: rows ordered by (size, row).
-    query_indptr, query_bits: each query's active bits, CSR.
+    queries: (Q, ceil(N / 8)) uint8 packed query codes.
     exclude: (Q,) the row to leave out per query, or -1. Needs k <= M - 1.
     Runs without the GIL, so threads can each take a share of the queries.
     """
-    n_queries = len(query_indptr) - 1
+    n_queries, n_bytes = queries.shape
+    n_bits = len(frequent)
     n_rows = len(sizes)
     out_rows = np.empty((n_queries, k), dtype=np.int64)
     out_dist = np.empty((n_queries, k), dtype=np.float32)
@@ -101,20 +102,29 @@ def search_postings(indptr, rows, frequent, sizes, by_size, query_indptr, query_
         own = exclude[query]
         n_touched = 0
         base = 0
-        query_size = query_indptr[query + 1] - query_indptr[query]
-        for position in range(query_indptr[query], query_indptr[query + 1]):
-            bit = query_bits[position]
-            step = 1
-            if frequent[bit]:
-                base += 1
-                step = -1
-            for entry in range(indptr[bit], indptr[bit + 1]):
-                row = rows[entry]
-                if count[row] == 0:
-                    count[row] = SHIFT
-                    touched[n_touched] = row
-                    n_touched += 1
-                count[row] += step
+        query_size = 0
+        for byte_index in range(n_bytes):
+            byte = queries[query, byte_index]
+            if byte == 0:
+                continue
+            for offset in range(8):  # np.packbits order: bit 0 is the high bit of byte 0
+                if byte & (128 >> offset) == 0:
+                    continue
+                bit = byte_index * 8 + offset
+                if bit >= n_bits:
+                    break
+                query_size += 1
+                step = 1
+                if frequent[bit]:
+                    base += 1
+                    step = -1
+                for entry in range(indptr[bit], indptr[bit + 1]):
+                    row = rows[entry]
+                    if count[row] == 0:
+                        count[row] = SHIFT
+                        touched[n_touched] = row
+                        n_touched += 1
+                    count[row] += step
         filled = 0
         for position in range(n_touched):
             row = touched[position]

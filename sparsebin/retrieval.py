@@ -195,12 +195,8 @@ class CodeIndex:
             sizes = self.sizes.astype(np.int32)
 
             def part(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                query_rows, query_bits = active_positions(query_packed[which], self.chunk_rows)
-                keep = query_bits < self.n_bits
-                query_indptr = np.zeros(len(which) + 1, dtype=np.int64)
-                query_indptr[1:] = np.cumsum(np.bincount(query_rows[keep], minlength=len(which)))
-                args = (indptr, rows, frequent, sizes, self.by_size, query_indptr, query_bits[keep], exclude[which])
-                return search_postings(*args, k, jaccard)
+                queries = np.ascontiguousarray(query_packed[which], dtype=np.uint8)
+                return search_postings(indptr, rows, frequent, sizes, self.by_size, queries, exclude[which], k, jaccard)
 
         else:
             words, sizes = self.words, self.sizes.astype(np.int64)
