@@ -38,6 +38,7 @@ PROGRESS_EVERY = 2.0  # seconds between progress writes to the database
 ALIVE_WITHIN = 10.0  # a worker whose last heartbeat is older than this counts as gone
 STARTUP_GRACE = 60.0  # seconds a just-started worker may take to import torch and register
 LOG_FILE = "worker.log"
+LOG_LIMIT_BYTES = 10 * 2**20  # a worker starting on a larger log moves it to worker.log.1 (one old log kept)
 
 log = logging.getLogger("sparsebin.worker")
 
@@ -384,13 +385,27 @@ def spawn_record(home: Path, device: str) -> int | None:
     return None
 
 
+def rotate_log(path: Path, limit_bytes: int) -> None:
+    """Move a log over `limit_bytes` to <name>.1, replacing the one kept there, so logs stay bounded.
+
+    A worker still writing to the moved file goes on writing there (POSIX keeps the open file).
+    """
+    try:
+        if path.stat().st_size > limit_bytes:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 def spawn_worker(home: Path, device: str) -> int:
     """Start `python -m sparsebin worker` in its own session, logging to <home>/worker.log."""
     environment = dict(os.environ, SPARSEBIN_HOME=str(home))
     environment["PYTHONPATH"] = os.pathsep.join(
         part for part in (str(paths.PROJECT_DIR), environment.get("PYTHONPATH", "")) if part
     )
-    with open(Path(home) / LOG_FILE, "ab") as log_file:
+    log_path = Path(home) / LOG_FILE
+    rotate_log(log_path, LOG_LIMIT_BYTES)
+    with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "sparsebin", "worker", "--device", device, "--single"],
             stdin=subprocess.DEVNULL,

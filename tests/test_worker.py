@@ -141,7 +141,9 @@ def test_a_cancel_answer_for_a_finished_job_does_not_stop_the_next_job():
 
 def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the detached worker inherits this environment
+    monkeypatch.setattr("sparsebin.worker.LOG_LIMIT_BYTES", 1000)
     store = Store()
+    (store.home / "worker.log").write_text("an old worker's line\n" * 100)  # over the limit: moved aside
     job = store.submit(make_dataset(), TINY)
     started = ensure_worker()
     assert started["started"]
@@ -157,7 +159,9 @@ def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypat
         os.kill(started["pid"], signal.SIGTERM)
         wait_for(lambda: not pid_alive(started["pid"]))
     assert worker_status() is None
-    assert "job 1 done" in (store.home / "worker.log").read_text()
+    log = (store.home / "worker.log").read_text()
+    assert "job 1 done" in log and "an old worker's line" not in log
+    assert (store.home / "worker.log.1").read_text() == "an old worker's line\n" * 100
 
 
 def test_two_worker_processes_run_twenty_jobs_each_exactly_once():
