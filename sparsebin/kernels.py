@@ -16,8 +16,12 @@ concept). For a query q with B frequent active bits, each row r shares
 
 bits, so a query touches only the postings of its own active bits. Rows that
 no list touches share exactly B bits; their distance depends only on their own
-size, so the k best of them are the first k untouched rows in size order (index
-order for Jaccard with B = 0, where they all sit at distance 1).
+size and never falls as the size grows. They are taken size group by size
+group, up to k from a group (its lowest untouched rows: they tie), until a
+group's distance exceeds the k-th best found; with Jaccard and B = 0 they all
+sit at distance 1 and the lowest untouched rows are taken. A whole group is
+kept because float32 Jaccard distances of different sizes can tie (from unions
+of ~4100 bits on).
 
 Distances are float32 and equal numpy's `retrieval.pair_distances` bit for bit:
 each float32 division or subtraction is done in float64 and rounded once, which
@@ -77,12 +81,13 @@ def _offer(top_dist, top_rows, filled, dist, row):
 
 
 @numba.njit(cache=True, nogil=True)
-def search_postings(indptr, rows, frequent, sizes, by_size, queries, exclude, k, jaccard):
+def search_postings(indptr, rows, frequent, sizes, by_size, group_sizes, group_starts, queries, exclude, k, jaccard):
     """(Q, k) int64 rows and float32 distances, nearest first.
 
     indptr, rows: the (N + 1,) and (nnz,) CSR of the posting lists, one per bit.
     frequent: (N,) bool, the bits whose list holds the rows where they are off.
-    sizes: (M,) int32 active bits per row; by_size: rows ordered by (size, row).
+    sizes: (M,) int32 active bits per row; by_size: rows ordered by (size, row), in groups of one size:
+    group_sizes (G,) ascending, group g at by_size[group_starts[g] : group_starts[g + 1]].
     queries: (Q, ceil(N / 8)) uint8 packed query codes.
     exclude: (Q,) the row to leave out per query, or -1. Needs k <= M - 1.
     Runs without the GIL, so threads can each take a share of the queries.
@@ -137,16 +142,27 @@ def search_postings(indptr, rows, frequent, sizes, by_size, queries, exclude, k,
             count[own] = SHIFT
             touched[n_touched] = own
             n_touched += 1
-        by_index = jaccard and base == 0
-        taken = 0
-        for position in range(n_rows):
-            if taken == k:
-                break
-            row = position if by_index else by_size[position]
-            if count[row] != 0:
-                continue
-            taken += 1
-            filled = _offer(top_dist, top_rows, filled, _distance(base, query_size, sizes[row], jaccard), row)
+        if jaccard and base == 0:  # every untouched row is at distance 1: the lowest rows win
+            taken = 0
+            for row in range(n_rows):
+                if taken == k:
+                    break
+                if count[row] == 0:
+                    taken += 1
+                    filled = _offer(top_dist, top_rows, filled, _distance(0, query_size, sizes[row], jaccard), row)
+        else:  # distance grows with size: walk the size groups while one can still enter the top k
+            for group in range(len(group_sizes)):
+                dist = _distance(base, query_size, group_sizes[group], jaccard)
+                if filled == k and dist > top_dist[k - 1]:
+                    break
+                taken = 0  # a group's rows tie: its k lowest untouched rows are all it can give
+                for position in range(group_starts[group], group_starts[group + 1]):
+                    if taken == k:
+                        break
+                    row = by_size[position]
+                    if count[row] == 0:
+                        taken += 1
+                        filled = _offer(top_dist, top_rows, filled, dist, row)
         for position in range(n_touched):
             count[touched[position]] = 0
         out_rows[query] = top_rows

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from sparsebin.kernels import SHIFT, search_postings, search_words
 
 METRICS = ("hamming", "jaccard")
+SEARCH_METHODS = ("postings", "popcount")
 # Search costs measured on 2 CPU cores (trained runs and sign codes, 19k-117k rows, N 272-4096), in ns:
 # a posting walked ~2.5; popcount against one row ~1.5 + 0.035 per 64-bit word.
 POSTING_NS, ROW_NS, WORD_NS = 2.5, 1.5, 0.035
@@ -57,7 +58,19 @@ class CodeIndex:
     built twice.
     """
 
-    def __init__(self, packed: np.ndarray, n_bits: int, chunk_rows: int = 65536, by_bit: sp.csr_matrix | None = None):
+    def __init__(
+        self,
+        packed: np.ndarray,
+        n_bits: int,
+        chunk_rows: int = 65536,
+        by_bit: sp.csr_matrix | None = None,
+        method: str | None = None,
+    ):
+        check_packed(packed, n_bits, "codes")
+        if by_bit is not None and (
+            by_bit.shape != (n_bits, len(packed)) or by_bit.nnz and by_bit.indices.max() >= len(packed)
+        ):
+            raise ValueError(f"by_bit must be the ({n_bits}, {len(packed)}) inverted index of these codes.")
         self.packed = packed
         self.n_bits = n_bits
         self.chunk_rows = chunk_rows
@@ -66,15 +79,24 @@ class CodeIndex:
         self._postings = None
         self._words = None
         self._by_size = None
+        self._size_groups = None
         self.bit_counts = np.diff(by_bit.indptr) if by_bit is not None else bit_counts(packed, n_bits)
         rows = max(len(packed), 1)
         # Each posting list holds the rows where its bit differs from its usual value (see `postings`);
         # a query from these codes walks the list of each of its bits, bit b with chance count_b / M.
         list_lengths = np.minimum(self.bit_counts, len(packed) - self.bit_counts)
         self.expected_postings = float((self.bit_counts / rows * list_lengths).sum())
-        popcount_ns = len(packed) * (ROW_NS + WORD_NS * words_per_vector(n_bits))
-        cheaper = self.expected_postings * POSTING_NS < popcount_ns
-        self.method = "postings" if cheaper and n_bits < SHIFT else "popcount"  # SHIFT bounds a query's bits
+        if method is None:
+            popcount_ns = len(packed) * (ROW_NS + WORD_NS * words_per_vector(n_bits))
+            method = "postings" if self.expected_postings * POSTING_NS < popcount_ns else "popcount"
+        if method not in SEARCH_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SEARCH_METHODS)}, got {method!r}.")
+        self._method = "popcount" if n_bits >= SHIFT else method  # SHIFT bounds the bits of a posting query
+
+    @property
+    def method(self) -> str:
+        """How `search` runs: "postings" or "popcount" (see the class docstring)."""
+        return self._method
 
     def __len__(self) -> int:
         return len(self.packed)
@@ -85,6 +107,15 @@ class CodeIndex:
         if self._by_size is None:
             self._by_size = np.argsort(self.sizes, kind="stable").astype(np.int64)
         return self._by_size
+
+    @property
+    def size_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes, starts): the distinct row sizes, ascending, and where each begins in `by_size` (plus the end)."""
+        if self._size_groups is None:
+            ordered = self.sizes[self.by_size].astype(np.int32)
+            starts = np.flatnonzero(np.diff(ordered, prepend=-1)) if len(ordered) else np.zeros(0, np.int64)
+            self._size_groups = (ordered[starts], np.append(starts, len(ordered)).astype(np.int64))
+        return self._size_groups
 
     @property
     def by_bit(self) -> sp.csr_matrix:
@@ -139,7 +170,9 @@ class CodeIndex:
     def distances(self, query_packed: np.ndarray, metric: str = "hamming") -> np.ndarray:
         """(Q, M) float32 distances from each packed query to every indexed row."""
         check_metric(metric)
-        query_bits = unpack_bits(np.atleast_2d(query_packed), self.n_bits)
+        query_packed = np.atleast_2d(query_packed)
+        check_packed(query_packed, self.n_bits, "queries")
+        query_bits = unpack_bits(query_packed, self.n_bits)
         inter = self._intersections(query_bits)
         query_sizes = query_bits.sum(axis=1, dtype=np.float32)[:, None]
         return pair_distances(inter, query_sizes, self.sizes[None, :], metric)
@@ -149,32 +182,34 @@ class CodeIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(indices, distances), each (Q, k), nearest first, ties by the lower row index.
 
-        `exclude` gives, per query, one indexed row to leave out (the query itself).
-        Below k = M - 1 the compiled kernels search without a (Q, M) matrix.
+        `exclude` gives, per query, one indexed row to leave out (the query
+        itself), or -1 for none. When fewer rows than k are left, k shrinks to
+        them. Below k = M - 1 the compiled kernels search without a (Q, M) matrix.
         """
         check_metric(metric)
         query_packed = np.atleast_2d(query_packed)
-        if query_packed.shape[1] != bytes_per_vector(self.n_bits):
-            raise ValueError(
-                f"queries must be packed {self.n_bits}-bit codes ({bytes_per_vector(self.n_bits)} bytes a row), "
-                f"got {query_packed.shape[1]} bytes a row."
-            )
-        if int(k) != k or k < 1:
+        check_packed(query_packed, self.n_bits, "queries")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive whole number of neighbours, got {k!r}.")
         if exclude is not None:
-            exclude = np.asarray(exclude, dtype=np.int64)
-            if exclude.shape != (len(query_packed),) or ((exclude < -1) | (exclude >= len(self))).any():
-                raise ValueError(
-                    f"exclude must give one row per query ({len(query_packed)}), each -1 or below {len(self)}."
-                )
-        if k < len(self) - 1:  # the kernels check no bounds: both were checked above
-            return self._search_compiled(query_packed, int(k), metric, exclude)
+            exclude = np.asarray(exclude)
+            if exclude.shape != (len(query_packed),) or not np.issubdtype(exclude.dtype, np.integer):
+                raise ValueError(f"exclude must give one row number per query ({len(query_packed)}), or -1 for none.")
+            exclude = exclude.astype(np.int64)
+            if ((exclude < -1) | (exclude >= len(self))).any():
+                raise ValueError(f"exclude rows must be -1 (none) or below {len(self)}, the indexed rows.")
+        k = int(min(k, len(self) - (exclude is not None and bool((exclude >= 0).any()))))  # the rows there are
+        if len(query_packed) == 0 or k == 0:
+            return np.zeros((len(query_packed), k), dtype=np.int64), np.zeros((len(query_packed), k), dtype=np.float32)
+        if k < len(self) - 1:  # the kernels check no bounds: all was checked above
+            return self._search_compiled(query_packed, k, metric, exclude)
         block = max(1, 2**25 // max(len(self), 1))  # keep each (block, M) distance matrix ~128 MB
         indices, distances = [], []
         for i in range(0, len(query_packed), block):
             dist = self.distances(query_packed[i : i + block], metric)
             if exclude is not None:
-                dist[np.arange(len(dist)), exclude[i : i + block]] = np.inf
+                own = exclude[i : i + block]
+                dist[np.flatnonzero(own >= 0), own[own >= 0]] = np.inf
             top, top_dist = smallest_k(dist, k)
             indices.append(top)
             distances.append(top_dist)
@@ -192,11 +227,11 @@ class CodeIndex:
         jaccard = metric == "jaccard"
         if self.method == "postings":
             indptr, rows, frequent = self.postings
-            sizes = self.sizes.astype(np.int32)
+            index = (indptr, rows, frequent, self.sizes.astype(np.int32), self.by_size, *self.size_groups)
 
             def part(which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                queries = np.ascontiguousarray(query_packed[which], dtype=np.uint8)
-                return search_postings(indptr, rows, frequent, sizes, self.by_size, queries, exclude[which], k, jaccard)
+                queries = np.ascontiguousarray(query_packed[which])
+                return search_postings(*index, queries, exclude[which], k, jaccard)
 
         else:
             words, sizes = self.words, self.sizes.astype(np.int64)
@@ -233,6 +268,21 @@ def smallest_k_labelled(dist: np.ndarray, labels: np.ndarray, k: int) -> np.ndar
     else:
         within = np.arange(len(dist))
     return within[np.lexsort((labels[within], dist[within]))[:k]]
+
+
+def check_packed(packed: np.ndarray, n_bits: int, what: str) -> None:
+    """Refuse anything but (rows, ceil(N / 8)) uint8 rows from np.packbits, their padding bits zero."""
+    if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)) or n_bits < 1:
+        raise ValueError(f"n_bits must be a positive whole number, got {n_bits!r}.")
+    width = bytes_per_vector(n_bits)
+    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != width:
+        raise ValueError(
+            f"{what} must be packed {n_bits}-bit codes: uint8 rows of {width} bytes (np.packbits), "
+            f"got {packed.dtype} of shape {packed.shape}."
+        )
+    padding = np.uint8(0xFF >> (n_bits % 8)) if n_bits % 8 else np.uint8(0)
+    if padding and len(packed) and np.any(np.asarray(packed[:, -1]) & padding):
+        raise ValueError(f"{what} have bits set past bit {n_bits} (the padding of the last byte).")
 
 
 def check_metric(metric: str) -> None:

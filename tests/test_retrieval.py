@@ -1,12 +1,12 @@
 """Code search gives exactly the brute-force neighbours, and packed codes are what faiss expects."""
 
 import itertools
-import os
 
 import numpy as np
 import pytest
 
 from sparsebin.retrieval import (
+    SEARCH_METHODS,
     CodeIndex,
     bytes_per_vector,
     codes_by_bit,
@@ -32,6 +32,27 @@ def brute_force(bits: np.ndarray, queries: np.ndarray, k: int, metric: str, excl
     return order, np.take_along_axis(dist, order, axis=1)
 
 
+def reference_float32(bits: np.ndarray, queries: np.ndarray, k: int, metric: str, exclude=None):
+    """Reference for exact ties: float32 distances as a float32 pipeline computes them, ties by the lower row."""
+    inter = (queries.astype(np.int64) @ bits.astype(np.int64).T).astype(np.float32)
+    union = (queries.sum(1)[:, None] + bits.sum(1)[None, :]).astype(np.float32) - inter
+    if metric == "hamming":
+        dist = union - inter
+    else:
+        share = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        dist = np.where(union > 0, np.float32(1) - share, np.float32(1)).astype(np.float32)
+    if exclude is not None:
+        own = np.asarray(exclude)
+        dist[np.flatnonzero(own >= 0), own[own >= 0]] = np.inf
+    order = np.array([np.lexsort((np.arange(len(row)), row))[:k] for row in dist])
+    return order, np.take_along_axis(dist, order, axis=1)
+
+
+def both_methods(bits: np.ndarray) -> dict[str, CodeIndex]:
+    """The same codes indexed for each search kernel: they must answer alike."""
+    return {method: CodeIndex(pack_bits(bits), bits.shape[1], method=method) for method in SEARCH_METHODS}
+
+
 def random_codes(rows: int, n_bits: int, density: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     firing = rng.random(n_bits) * 2 * density  # bits fire at different rates, as trained ones do
@@ -48,8 +69,7 @@ def test_search_equals_brute_force(density, metric):
     assert index.method == ("postings" if density < 0.05 else "popcount")
     queries = np.arange(0, 400, 7)
     expected, expected_distances = brute_force(bits, bits[queries], 10, metric, exclude=queries)
-    for method in ("postings", "popcount"):  # either kernel gives the same answer, the chosen one faster
-        index.method = method
+    for index in both_methods(bits).values():  # either kernel gives the same answer, the chosen one faster
         found, distances = index.search(pack_bits(bits[queries]), 10, metric=metric, exclude=queries)
         np.testing.assert_array_equal(found, expected)
         np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
@@ -78,8 +98,8 @@ def test_search_is_exact_with_always_on_bits(metric):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_posting_search_matches_the_full_distance_matrix_bit_for_bit(seed):
-    """Random sizes, frequent and empty bits, outside queries, many ties: the same rows and float32 distances."""
+def test_both_kernels_match_a_float32_reference_bit_for_bit(seed):
+    """Random sizes, frequent and empty bits, outside queries, many ties, k up to M: same rows, same float32."""
     rng = np.random.default_rng(seed)
     rows, n_bits = int(rng.integers(30, 300)), int(rng.choice([8, 40, 64, 203]))
     bits = random_codes(rows, n_bits, 0.02 + 0.03 * rng.random(), seed=seed)
@@ -90,33 +110,53 @@ def test_posting_search_matches_the_full_distance_matrix_bit_for_bit(seed):
     outside[:3] = 0
     queries = np.concatenate([bits[inside], outside])
     exclude = np.concatenate([inside, np.full(len(outside), -1)])
-    index = CodeIndex(pack_bits(bits), n_bits)
-    for metric in ("hamming", "jaccard"):
-        full = index.distances(pack_bits(queries), metric)
-        full[np.arange(len(inside)), inside] = np.inf
-        for k, method in itertools.product((1, 7, rows - 2), ("postings", "popcount")):
-            index.method = method
-            found, distances = index.search(pack_bits(queries), k, metric, exclude)
-            expected = np.array([np.lexsort((np.arange(rows), row))[:k] for row in full])
-            np.testing.assert_array_equal(found, expected)
-            np.testing.assert_array_equal(distances, np.take_along_axis(full, expected, axis=1))
+    for (metric, k), index in itertools.product(
+        itertools.product(("hamming", "jaccard"), (1, 7, rows - 2, rows - 1)), both_methods(bits).values()
+    ):
+        found, distances = index.search(pack_bits(queries), k, metric, exclude)
+        expected, expected_distances = reference_float32(bits, queries, k, metric, exclude)
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_array_equal(distances, expected_distances)
+        if k == rows - 1:  # without an excluded row, every row is a candidate, the last one included
+            found, distances = index.search(pack_bits(outside), rows, metric)
+            np.testing.assert_array_equal(found, reference_float32(bits, outside, rows, metric)[0])
 
 
-def test_a_large_batch_split_over_threads_gives_what_one_thread_gives():
+def test_jaccard_ties_between_rows_of_different_sizes_go_to_the_lower_row():
+    """From unions of ~4100 bits on, float32 Jaccard distances of sizes s and s + 1 are equal."""
+    size = 4141
+    bits = np.zeros((3, size + 8), np.uint8)
+    bits[:, 0] = 1  # fires everywhere: rows sharing only it are untouched by the posting lists
+    bits[0, 1 : size + 1] = 1
+    bits[1, 1:size] = 1
+    bits[2, 1 : size + 3] = 1
+    query = np.zeros((1, size + 8), np.uint8)
+    query[0, 0] = 1
+    expected, expected_distances = reference_float32(bits, query, 1, "jaccard")
+    assert expected_distances[0, 0] == reference_float32(bits, query, 3, "jaccard")[1][0, 1]  # a real tie
+    for index in both_methods(bits).values():
+        found, distances = index.search(pack_bits(query), 1, metric="jaccard")
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_array_equal(distances, expected_distances)
+
+
+def test_a_large_batch_split_over_threads_gives_what_one_query_at_a_time_gives(monkeypatch):
+    monkeypatch.setattr("sparsebin.retrieval.search_threads", lambda n_queries: 3)  # threads even on one core
     bits = random_codes(3000, 256, 0.02, seed=9)
     bits[:, 3] = 1
-    index = CodeIndex(pack_bits(bits), 256)
     queries = np.arange(0, 3000, 5)
-    assert search_threads(10) == 1  # a handful of queries is not worth a thread each
-    assert search_threads(len(queries)) == min(len(os.sched_getaffinity(0)), len(queries) // 32)
-    for metric, method in itertools.product(("hamming", "jaccard"), ("postings", "popcount")):
-        index.method = method
+    for metric, index in itertools.product(("hamming", "jaccard"), both_methods(bits).values()):
         together = index.search(pack_bits(bits[queries]), 10, metric=metric, exclude=queries)
         one_by_one = [index.search(pack_bits(bits[[row]]), 10, metric=metric, exclude=[row]) for row in queries]
         np.testing.assert_array_equal(together[0], np.concatenate([found for found, _ in one_by_one]))
         np.testing.assert_array_equal(together[1], np.concatenate([dist for _, dist in one_by_one]))
         expected, _ = brute_force(bits, bits[queries[:50]], 10, metric, exclude=queries[:50])
         np.testing.assert_array_equal(together[0][:50], expected)
+
+
+def test_threads_go_to_large_batches_only():
+    assert search_threads(10) == 1  # a handful of queries is not worth a thread each
+    assert 1 <= search_threads(600) <= 600 // 32
 
 
 def test_sparse_search_keeps_rows_that_share_no_bit_when_they_are_nearest():
@@ -126,36 +166,76 @@ def test_sparse_search_keeps_rows_that_share_no_bit_when_they_are_nearest():
     bits[5, 39] = 1  # a one-bit row sharing nothing with the query
     query = np.zeros((1, 40), np.uint8)
     query[0, [0, 1]] = 1
-    index = CodeIndex(pack_bits(bits), 40)
-    assert index.method == "postings"
-    for metric in ("hamming", "jaccard"):
+    assert CodeIndex(pack_bits(bits), 40).method == "postings"
+    for metric, index in itertools.product(("hamming", "jaccard"), both_methods(bits).values()):
         found, distances = index.search(pack_bits(query), 8, metric=metric)
         expected, expected_distances = brute_force(bits, query, 8, metric)
         np.testing.assert_array_equal(found, expected)
         np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
 
 
-def test_queries_of_another_width_are_refused_with_the_widths():
-    index = CodeIndex(pack_bits(random_codes(50, 64, 0.05, seed=3)), 64)
-    with pytest.raises(ValueError, match="packed 64-bit codes \\(8 bytes a row\\), got 16 bytes"):
-        index.search(np.zeros((1, 16), np.uint8), 5)
+SIXTY_FOUR = random_codes(50, 64, 0.05, seed=3)
 
 
 @pytest.mark.parametrize(
-    ("k", "exclude", "message"),
+    ("queries", "k", "exclude", "message"),
     [
-        (0, None, "k must be a positive whole number of neighbours, got 0"),
-        (2.5, None, "got 2.5"),
-        (5, [50], "exclude must give one row per query \\(1\\), each -1 or below 50"),
-        (5, [-2], "each -1 or below 50"),
-        (5, [0, 1], "one row per query \\(1\\)"),
+        (
+            np.zeros((1, 16), np.uint8),
+            5,
+            None,
+            "packed 64-bit codes: uint8 rows of 8 bytes .*got uint8 of shape \\(1, 16\\)",
+        ),
+        (pack_bits(SIXTY_FOUR[:1]).view(np.int8), 5, None, "uint8 rows of 8 bytes \\(np.packbits\\), got int8"),
+        (pack_bits(SIXTY_FOUR[:1]), 0, None, "k must be a positive whole number of neighbours, got 0"),
+        (pack_bits(SIXTY_FOUR[:1]), 2.5, None, "got 2.5"),
+        (pack_bits(SIXTY_FOUR[:1]), True, None, "got True"),
+        (pack_bits(SIXTY_FOUR[:1]), 5, [50], "exclude rows must be -1 \\(none\\) or below 50, the indexed rows"),
+        (pack_bits(SIXTY_FOUR[:1]), 5, [-2], "or below 50"),
+        (pack_bits(SIXTY_FOUR[:1]), 5, [0, 1], "exclude must give one row number per query \\(1\\)"),
+        (pack_bits(SIXTY_FOUR[:1]), 5, [1.7], "one row number per query"),
     ],
 )
-def test_bad_k_or_exclude_is_refused_before_the_compiled_search(k, exclude, message):
-    bits = random_codes(50, 64, 0.05, seed=3)
-    index = CodeIndex(pack_bits(bits), 64)
-    with pytest.raises(ValueError, match=message):
-        index.search(pack_bits(bits[:1]), k, exclude=exclude)
+def test_bad_queries_k_or_exclude_are_refused_with_a_sentence(queries, k, exclude, message):
+    for index in both_methods(SIXTY_FOUR).values():
+        with pytest.raises(ValueError, match=message):
+            index.search(queries, k, exclude=exclude)
+
+
+def test_bits_set_in_the_padding_are_refused_in_codes_and_queries():
+    bits = random_codes(40, 70, 0.05, seed=4)
+    index = CodeIndex(pack_bits(bits), 70)
+    query = pack_bits(bits[:1])
+    query[0, -1] |= 0b1  # bit 79 of a 70-bit code
+    with pytest.raises(ValueError, match="queries have bits set past bit 70"):
+        index.search(query, 3)
+    with pytest.raises(ValueError, match="codes have bits set past bit 70"):
+        CodeIndex(np.concatenate([pack_bits(bits), query]), 70)
+
+
+def test_an_index_refuses_codes_or_an_inverted_index_that_do_not_fit():
+    packed = pack_bits(SIXTY_FOUR)
+    with pytest.raises(ValueError, match="codes must be packed 128-bit codes: uint8 rows of 16 bytes"):
+        CodeIndex(packed, 128)
+    with pytest.raises(ValueError, match="by_bit must be the \\(64, 20\\) inverted index of these codes"):
+        CodeIndex(packed[:20], 64, by_bit=codes_by_bit(packed, 64))
+    with pytest.raises(ValueError, match="method must be one of postings, popcount, got 'faiss'"):
+        CodeIndex(packed, 64, method="faiss")
+
+
+def test_k_shrinks_to_the_rows_there_are_and_empty_inputs_give_empty_answers():
+    for index in both_methods(SIXTY_FOUR).values():
+        queries = pack_bits(SIXTY_FOUR[:2])
+        found, distances = index.search(queries, 100, exclude=[0, 1])
+        assert found.shape == distances.shape == (2, 49) and np.isfinite(distances).all()
+        assert (found != np.array([[0], [1]])).all()
+        assert index.search(queries, 100)[0].shape == (2, 50)
+        assert index.search(queries, 100, exclude=[-1, -1])[0].shape == (2, 50)  # -1 leaves nothing out
+        np.testing.assert_array_equal(index.search(queries, 5, exclude=[-1, -1])[0], index.search(queries, 5)[0])
+        assert index.search(queries[:0], 5)[0].shape == (0, 5)
+    empty = CodeIndex(np.zeros((0, 8), np.uint8), 64)
+    found, distances = empty.search(pack_bits(SIXTY_FOUR[:1]), 5)
+    assert found.shape == distances.shape == (1, 0)
 
 
 def test_codes_round_trip_through_faiss_binary_index():
