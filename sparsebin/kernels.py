@@ -38,14 +38,14 @@ SHIFT = 1 << 20  # count offset: a row's shared bits change by at most N < 2^20 
 
 @intrinsic
 def _popcount(typingctx, word):
-    """Set bits of a uint64, as one instruction (LLVM's ctpop)."""
+    """Set bits of a 64-bit word as an int64, one instruction (LLVM's ctpop); int64 keeps sums integer."""
     if not isinstance(word, types.Integer) or word.bitwidth != 64:
         return None
 
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
 
-    return types.uint64(word), codegen
+    return types.int64(word), codegen
 
 
 @numba.njit(cache=True, inline="always")
@@ -194,7 +194,7 @@ def search_words(words, sizes, query_words, query_sizes, exclude, k, jaccard):
             inter = 0
             for word in range(n_words):
                 inter += _popcount(words[row, word] & query_words[query, word])
-            dist = _distance(np.int64(inter), query_size, sizes[row], jaccard)
+            dist = _distance(inter, query_size, sizes[row], jaccard)
             if filled < k or dist < top_dist[k - 1]:  # rows come in order: a tie never displaces
                 filled = _offer(top_dist, top_rows, filled, dist, row)
         out_rows[query] = top_rows
