@@ -40,7 +40,7 @@ CHROMIUM_FLAGS = [
 PAGES = {
     "home": ("", "Latest runs"),
     "train": ("train", "Jobs"),
-    "compare": ("compare", "METHOD.md's questions"),
+    "compare": ("compare", "the method's six questions"),
     "bits": ("bits", "Concepts nearest its decoder direction"),
     "concepts": ("concepts", "neighbour lists share"),
     "map": ("map", "Colour by"),
