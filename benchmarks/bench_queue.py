@@ -11,7 +11,6 @@ minimum is reported too, as the least disturbed by other load).
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,9 +26,11 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 
 def write_dataset(folder: Path, rows: int, dim: int) -> None:
+    from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
+
     folder.mkdir(parents=True)
     embeddings = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
-    np.save(folder / "embeddings.npy", embeddings)
+    np.save(folder / EMBEDDINGS_FILE, embeddings)
     concepts = pd.DataFrame(
         {
             "id": [f"C{row}" for row in range(rows)],
@@ -40,8 +41,8 @@ def write_dataset(folder: Path, rows: int, dim: int) -> None:
             "parents": [[] for _ in range(rows)],
         }
     )
-    concepts.to_parquet(folder / "concepts.parquet", index=False)
-    (folder / "meta.json").write_text(json.dumps({"name": folder.name, "count": rows, "dim": dim}))
+    write_concepts(folder, concepts)
+    write_meta(folder, {"name": folder.name, "count": rows, "dim": dim})
 
 
 def main() -> None:

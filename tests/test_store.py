@@ -1,6 +1,5 @@
 """The job queue: submitting, grids, claiming, cancelling, resuming and reading runs."""
 
-import json
 import os
 import sqlite3
 import threading
@@ -14,6 +13,7 @@ import torch
 from sparsebin import runfolder
 from sparsebin.config import ConfigError, TrainConfig
 from sparsebin.datasets import DataError
+from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
 from sparsebin.store import Status, Store, expand_grid
 from sparsebin.worker import run_worker
 
@@ -34,7 +34,7 @@ def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int
     folder = Path(os.environ["SPARSEBIN_DATA"]) / name
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    np.save(folder / "embeddings.npy", rng.standard_normal((n_rows, dim)).astype(np.float32))
+    np.save(folder / EMBEDDINGS_FILE, rng.standard_normal((n_rows, dim)).astype(np.float32))
     concepts = pd.DataFrame(
         {
             "id": [f"C{row}" for row in range(n_rows)],
@@ -45,8 +45,8 @@ def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int
             "parents": [[] for _ in range(n_rows)],
         }
     )
-    concepts.to_parquet(folder / "concepts.parquet", index=False)
-    (folder / "meta.json").write_text(json.dumps({"name": name, "count": n_rows, "dim": dim}))
+    write_concepts(folder, concepts)
+    write_meta(folder, {"name": name, "count": n_rows, "dim": dim})
     return name
 
 
