@@ -12,7 +12,7 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import paths
-from sparsebin.worker import ensure_worker
+from sparsebin.jobs.worker import ensure_worker
 
 st.set_page_config(page_title="sparsebin", page_icon=":material/grid_on:", layout="wide")
 

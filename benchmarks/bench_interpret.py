@@ -38,10 +38,10 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from sparsebin.config import TrainConfig  # noqa: E402
 from sparsebin.experiment import run_experiment  # noqa: E402
-from sparsebin.interpret import RunContext, bit_profile, bit_table, concept_view, rank_bits  # noqa: E402
+from sparsebin.interpret.bits import RunContext, bit_profile, bit_table, concept_view, rank_bits  # noqa: E402
 from sparsebin.metrics import sign_codes  # noqa: E402
 from sparsebin.model import BinaryAutoencoder  # noqa: E402
-from sparsebin.retrieval import CodeIndex, active_positions, bytes_per_vector, pack_bits, recall_at_k, sample_queries  # noqa: E402
+from sparsebin.search.codes import CodeIndex, active_positions, bytes_per_vector, pack_bits, recall_at_k, sample_queries  # noqa: E402
 
 
 def timed(function, *args, **kwargs) -> tuple[object, float]:

@@ -66,8 +66,8 @@ def main() -> None:
     from sparsebin.config import TrainConfig
     from sparsebin.datasets import load_dataset
     from sparsebin.experiment import run_experiment
-    from sparsebin.store import Status, Store
-    from sparsebin.worker import run_worker
+    from sparsebin.jobs.queue import Status, Store
+    from sparsebin.jobs.worker import run_worker
 
     torch.set_num_threads(args.threads)
     write_dataset(root / "data" / "bench", args.rows, args.dim)

@@ -4,8 +4,8 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
-from sparsebin.questions import run_name
-from sparsebin.store import RESUMABLE, Status
+from sparsebin.interpret.questions import run_name
+from sparsebin.jobs.queue import RESUMABLE, Status
 
 LIVE = (Status.QUEUED, Status.RUNNING)
 

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from sparsebin import interpret, paths, retrieval, runfolder
+from sparsebin import paths, runfolder
 from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset, start_build
-from sparsebin.questions import run_name
-from sparsebin.store import Store
+from sparsebin.interpret import bits as interpret
+from sparsebin.interpret.questions import run_name
+from sparsebin.jobs.queue import Store
+from sparsebin.search import codes as retrieval
 
 
 @st.cache_resource

@@ -4,8 +4,8 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
-from sparsebin.questions import answer_questions
-from sparsebin.store import CONFIG_COLUMNS, SUMMARY_METRICS
+from sparsebin.interpret.questions import answer_questions
+from sparsebin.jobs.queue import CONFIG_COLUMNS, SUMMARY_METRICS
 
 METRICS = list(SUMMARY_METRICS)
 SETTINGS = list(CONFIG_COLUMNS)

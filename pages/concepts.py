@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages import _shared
-from sparsebin.interpret import find_concepts
+from sparsebin.interpret.bits import find_concepts
 
 st.title("Concepts")
 run = _shared.pick_run("concepts_run")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin.datasets import BUILTIN_DATASETS
-from sparsebin.worker import worker_status
+from sparsebin.jobs.worker import worker_status
 
 st.title("sparsebin")
 st.markdown(

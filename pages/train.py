@@ -5,7 +5,7 @@ import streamlit as st
 from pages import _jobs, _shared
 from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, ConfigError, TrainConfig
 from sparsebin.datasets import DataError
-from sparsebin.store import expand_grid, parse_grid
+from sparsebin.jobs.queue import expand_grid, parse_grid
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}

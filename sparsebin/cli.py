@@ -14,7 +14,7 @@ from sparsebin.runfolder import RunFileError
 COMMAND_MODULES = (
     "sparsebin.training_cli",
     "sparsebin.datasets.cli",
-    "sparsebin.jobs_cli",
+    "sparsebin.jobs.cli",
 )
 
 

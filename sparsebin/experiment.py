@@ -7,7 +7,7 @@ import numpy as np
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig
 from sparsebin.metrics import code_metrics, evaluate_model, normalized_rows, principal_axes, sign_codes
-from sparsebin.retrieval import bytes_per_vector
+from sparsebin.search.codes import bytes_per_vector
 from sparsebin.train import ProgressCallback, TrainResult, check_checkpoint, train
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -14,7 +14,7 @@ import torch
 
 from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
-from sparsebin.retrieval import (
+from sparsebin.search.codes import (
     CodeIndex,
     bytes_per_vector,
     dense_neighbours,

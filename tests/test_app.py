@@ -15,9 +15,9 @@ from streamlit.testing.v1 import AppTest
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig
 from sparsebin.datasets import import_dataset
-from sparsebin.retrieval import active_counts
-from sparsebin.store import Store
-from sparsebin.worker import run_worker
+from sparsebin.jobs.queue import Store
+from sparsebin.jobs.worker import run_worker
+from sparsebin.search.codes import active_counts
 
 PAGES = ["home", "train", "compare", "bits", "concepts", "map", "data"]
 CATEGORIES = ["eye", "heart", "skin", "brain", "bone", "blood"]
@@ -171,7 +171,7 @@ def test_concepts_search_shows_the_concepts_bits(app):
 
 
 def test_concepts_rerun_reuses_the_concept_view(app, monkeypatch):
-    from sparsebin import interpret
+    from sparsebin.interpret import bits as interpret
 
     calls, real = [], interpret.concept_view
     monkeypatch.setattr(interpret, "concept_view", lambda *a, **kw: calls.append(a) or real(*a, **kw))

@@ -23,9 +23,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from sparsebin import interpret, runfolder
+from sparsebin import runfolder
 from sparsebin.config import TrainConfig
-from sparsebin.interpret import (
+from sparsebin.interpret import bits as interpret
+from sparsebin.interpret.bits import (
     RunContext,
     bit_profile,
     bit_table,
@@ -34,9 +35,9 @@ from sparsebin.interpret import (
     find_concepts,
     rank_bits,
 )
+from sparsebin.interpret.ontology import best_labels, category_index
 from sparsebin.model import BinaryAutoencoder
-from sparsebin.ontology import best_labels, category_index
-from sparsebin.retrieval import pack_bits
+from sparsebin.search.codes import pack_bits
 
 CONCEPTS = [  # id, name, category, depth, parents
     ("R", "All", "", 0, []),

@@ -9,10 +9,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_store import make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
 
-from sparsebin import jobs_cli, runfolder
+from sparsebin import runfolder
 from sparsebin.config import ConfigError
-from sparsebin.store import Status, Store
-from sparsebin.worker import run_worker
+from sparsebin.jobs import cli as jobs_cli
+from sparsebin.jobs.queue import Status, Store
+from sparsebin.jobs.worker import run_worker
 
 TINY_FLAGS = ["--epochs", "2", "--batch-size", "32", "--device", "cpu"]
 

@@ -8,7 +8,7 @@ import torch
 
 from sparsebin.metrics import code_metrics, evaluate_model, firing_frequency, sign_codes, storage_metrics
 from sparsebin.model import BinaryAutoencoder
-from sparsebin.retrieval import pack_bits, recall_at_k
+from sparsebin.search.codes import pack_bits, recall_at_k
 
 
 def test_dead_and_dense_bits_and_activity_of_known_codes():

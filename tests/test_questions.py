@@ -5,7 +5,7 @@ import math
 import pandas as pd
 
 from sparsebin.config import TrainConfig
-from sparsebin.questions import answer_questions, answer_storage, run_name
+from sparsebin.interpret.questions import answer_questions, answer_storage, run_name
 
 
 def runs_table() -> pd.DataFrame:

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from sparsebin.retrieval import (
+from sparsebin.search.codes import (
     SEARCH_METHODS,
     CodeIndex,
     bytes_per_vector,
@@ -141,7 +141,7 @@ def test_jaccard_ties_between_rows_of_different_sizes_go_to_the_lower_row():
 
 
 def test_a_large_batch_split_over_threads_gives_what_one_query_at_a_time_gives(monkeypatch):
-    monkeypatch.setattr("sparsebin.retrieval.search_threads", lambda n_queries: 3)  # threads even on one core
+    monkeypatch.setattr("sparsebin.search.codes.search_threads", lambda n_queries: 3)  # threads even on one core
     bits = random_codes(3000, 256, 0.02, seed=9)
     bits[:, 3] = 1
     queries = np.arange(0, 3000, 5)

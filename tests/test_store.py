@@ -14,8 +14,8 @@ from sparsebin import runfolder
 from sparsebin.config import ConfigError, TrainConfig
 from sparsebin.datasets import DataError
 from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
-from sparsebin.store import Status, Store, expand_grid
-from sparsebin.worker import run_worker
+from sparsebin.jobs.queue import Status, Store, expand_grid
+from sparsebin.jobs.worker import run_worker
 
 TINY = TrainConfig(n_bits=32, k=4, epochs=2, batch_size=32, log_every=2, device="cpu")
 

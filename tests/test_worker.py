@@ -17,9 +17,9 @@ import sparsebin.train
 from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
+from sparsebin.jobs.queue import Status, Store
+from sparsebin.jobs.worker import Heartbeat, ensure_worker, run_worker, worker_status
 from sparsebin.processes import pid_alive
-from sparsebin.store import Status, Store
-from sparsebin.worker import Heartbeat, ensure_worker, run_worker, worker_status
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_COMMAND = [sys.executable, "-m", "sparsebin", "worker"]
@@ -105,7 +105,7 @@ def test_cancel_stops_a_running_job_at_its_next_step():
 def test_worker_status_uses_the_callers_store(monkeypatch):
     store = Store()
     store.register_worker("here:1", os.getpid(), "elsewhere", "cpu")
-    monkeypatch.setattr("sparsebin.worker.Store", None)  # opening another store would fail
+    monkeypatch.setattr("sparsebin.jobs.worker.Store", None)  # opening another store would fail
     status = worker_status(store=store)
     assert status["pid"] == os.getpid() and status["device"] == "cpu" and status["alive"]
 
@@ -141,7 +141,7 @@ def test_a_cancel_answer_for_a_finished_job_does_not_stop_the_next_job():
 
 def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the detached worker inherits this environment
-    monkeypatch.setattr("sparsebin.worker.LOG_LIMIT_BYTES", 1000)
+    monkeypatch.setattr("sparsebin.jobs.worker.LOG_LIMIT_BYTES", 1000)
     store = Store()
     (store.home / "worker.log").write_text("an old worker's line\n" * 100)  # over the limit: moved aside
     job = store.submit(make_dataset(), TINY)

@@ -30,8 +30,8 @@ from sparsebin import paths, runfolder
 from sparsebin.config import resolve_device
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
+from sparsebin.jobs.queue import SUMMARY_METRICS, Job, Status, Store
 from sparsebin.processes import pid_alive
-from sparsebin.store import SUMMARY_METRICS, Job, Status, Store
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats and cancel checks
 PROGRESS_EVERY = 2.0  # seconds between progress writes to the database
@@ -40,7 +40,7 @@ STARTUP_GRACE = 60.0  # seconds a just-started worker may take to import torch a
 LOG_FILE = "worker.log"
 LOG_LIMIT_BYTES = 10 * 2**20  # a worker starting on a larger log moves it to worker.log.1 (one old log kept)
 
-log = logging.getLogger("sparsebin.worker")
+log = logging.getLogger("sparsebin.jobs.worker")
 
 
 def worker_name() -> str:

@@ -7,7 +7,7 @@ unchanged. Search counts shared active bits (the intersection), then
     hamming(a, b) = |a| + |b| - 2 |a AND b|
     jaccard(a, b) = 1 - |a AND b| / |a OR b|      (two empty codes: distance 1)
 
-Search is compiled with numba (`sparsebin.kernels`), exact, and never forms a
+Search is compiled with numba (`sparsebin.search._kernels`), exact, and never forms a
 (Q, M) array. Sparse codes are searched through posting lists, one per bit: a
 bit that fires in more than half the rows lists the rows where it is off, any
 other the rows where it fires, so the always-on bits of unconverged runs cost
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 
-from sparsebin.kernels import SHIFT, search_postings, search_words
+from sparsebin.search._kernels import SHIFT, search_postings, search_words
 
 METRICS = ("hamming", "jaccard")
 SEARCH_METHODS = ("postings", "popcount")
@@ -131,7 +131,7 @@ class CodeIndex:
         A bit that fires in more than half the rows (`frequent`) lists the rows
         where it is off, any other bit the rows where it fires, so no list is
         longer than M / 2 and the always-on bits of unconverged runs cost
-        nothing. `sparsebin.kernels` explains how the search uses them.
+        nothing. `sparsebin.search._kernels` explains how the search uses them.
         """
         if self._postings is None:
             frequent = self.bit_counts > len(self) / 2

@@ -6,7 +6,7 @@ heavy is computed once per run and cached on the `RunContext` (the app keeps
 one context per run id), and nothing forms an (M, N) float matrix: codes are
 held as a sparse inverted index (`by_bit`, one row per bit), logits are one
 matrix-vector product per bit, and labels are sparse products
-(see `sparsebin.ontology`).
+(see `sparsebin.interpret.ontology`).
 """
 
 import threading
@@ -21,8 +21,7 @@ import scipy.stats
 import torch
 
 from sparsebin.config import TrainConfig
-from sparsebin.model import BinaryAutoencoder
-from sparsebin.ontology import (
+from sparsebin.interpret.ontology import (
     Ancestors,
     Categories,
     ancestor_index,
@@ -31,8 +30,9 @@ from sparsebin.ontology import (
     covering_ancestors,
     enrichment_table,
 )
-from sparsebin.retrieval import CodeIndex, active_counts, codes_by_bit, smallest_k_labelled, unpack_bits
+from sparsebin.model import BinaryAutoencoder
 from sparsebin.runfolder import RunFileError, load_codes, load_config, load_model
+from sparsebin.search.codes import CodeIndex, active_counts, codes_by_bit, smallest_k_labelled, unpack_bits
 
 LABEL_BLOCK_BITS = 1024  # bits labelled per sparse product, bounding its memory
 HISTOGRAM_BINS = 20  # sigmoid histogram bins over [0, 1]

@@ -9,8 +9,8 @@ from pathlib import Path
 from sparsebin.config import TrainConfig
 from sparsebin.datasets import DataError, load_dataset
 from sparsebin.export import export_run
-from sparsebin.store import Job, Store
-from sparsebin.worker import run_worker, worker_status
+from sparsebin.jobs.queue import Job, Store
+from sparsebin.jobs.worker import run_worker, worker_status
 
 # The settings `submit` accepts as lists; more than one value in any makes a grid.
 GRID_OPTIONS = {

@@ -1,0 +1,1 @@
+"""Background training: the SQLite job queue (`queue`), the local worker (`worker`) and their commands (`cli`)."""
