@@ -1,5 +1,7 @@
 """Bits: every bit of a run in a sortable table, and one bit's dashboard."""
 
+import math
+
 import streamlit as st
 
 from pages import _shared
@@ -27,31 +29,30 @@ def bit_dashboard(run_id: str, dataset_name: str, n_bits: int, first: int) -> No
     bit = int(st.number_input("Open bit", 0, n_bits - 1, first, key="bit"))
     st.query_params["bit"] = str(bit)
     profile = _shared.bit_profile(run_id, dataset_name, bit)
-    label = profile["label"]
-    coherence = label.get("coherence")
-    coherence = "n/a" if coherence is None or coherence != coherence else f"{coherence:.2f}"
-    st.subheader(f"Bit {bit}: {label.get('label') or 'no clear label'}")
+    label = profile.label
+    coherence = "n/a" if math.isnan(label.coherence) else f"{label.coherence:.2f}"  # NaN for a dead bit
+    st.subheader(f"Bit {bit}: {label.label or 'no clear label'}")
     st.caption(
-        f"Fires for {profile['n_active']:,} concepts ({profile['firing_rate']:.3%}); "
-        f"coherence {coherence}, shared ancestor {label.get('ancestor_name') or '-'}."
+        f"Fires for {profile.n_active:,} concepts ({profile.firing_rate:.3%}); "
+        f"coherence {coherence}, shared ancestor {label.ancestor_name or '-'}."
     )
     left, right = st.columns(2)
     left.markdown("**Top concepts** (largest logit)")
-    left.dataframe(profile["top_concepts"], hide_index=True, key="top_concepts")
+    left.dataframe(profile.top_concepts, hide_index=True, key="top_concepts")
     left.markdown("**Concepts at quantiles of the logit**")
-    left.dataframe(profile["quantile_concepts"], hide_index=True, key="quantile_concepts")
-    top = profile["top_concepts"]
+    left.dataframe(profile.quantile_concepts, hide_index=True, key="quantile_concepts")
+    top = profile.top_concepts
     if len(top):
         with left:
             _shared.concept_link(str(top["id"].iloc[0]), str(top["name"].iloc[0]), run_id)
-    if len(profile["enrichment"]):
-        right.plotly_chart(charts.enrichment_chart(profile["enrichment"]), key="enrichment_chart")
-    right.plotly_chart(charts.sigmoid_histogram(profile["sigmoid_histogram"]), key="sigmoid_chart")
+    if len(profile.enrichment):
+        right.plotly_chart(charts.enrichment_chart(profile.enrichment), key="enrichment_chart")
+    right.plotly_chart(charts.sigmoid_histogram(profile.sigmoid_edges, profile.sigmoid_counts), key="sigmoid_chart")
     cofiring, decoder = st.columns(2)
     cofiring.markdown("**Bits that fire with it** (Jaccard)")
-    cofiring.dataframe(profile["cofiring"], hide_index=True, key="cofiring")
+    cofiring.dataframe(profile.cofiring, hide_index=True, key="cofiring")
     decoder.markdown("**Concepts nearest its decoder direction**")
-    decoder.dataframe(profile["decoder_neighbours"], hide_index=True, key="decoder_neighbours")
+    decoder.dataframe(profile.decoder_neighbours, hide_index=True, key="decoder_neighbours")
 
 
 bit_dashboard(run["run_id"], run["dataset"], len(table), first)

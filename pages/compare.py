@@ -61,4 +61,4 @@ sign, sign_equal = first_metrics.get(f"sign_{split}"), first_metrics.get(f"sign_
 text, chart = st.columns([3, 2])
 for answer in answer_questions(runs, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits, sign_run=first["label"]):
     text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")
-chart.plotly_chart(charts.depth_chart(depth["per_depth"]), key="depth_chart")
+chart.plotly_chart(charts.depth_chart(depth.per_depth), key="depth_chart")

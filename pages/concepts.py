@@ -22,15 +22,15 @@ names = dict(zip(found["id"].astype(str), found["name"], strict=True))
 concept_id = st.selectbox("Concept", list(names), format_func=lambda key: f"{names[key]} ({key})", key="concept_pick")
 metric = st.radio("Code distance", ["jaccard", "hamming"], horizontal=True, key="concept_metric")
 view = _shared.concept_view(run["run_id"], run["dataset"], concept_id, metric)
-concept = view["concept"]
-st.subheader(f"{concept['name']} ({concept['id']})")
-st.caption(f"{concept.get('category', '')} · depth {concept.get('depth', '-')}")
-if concept.get("definition"):
-    st.write(concept["definition"])
-st.markdown(f"**{len(view['active_bits'])} active bits**")
-st.dataframe(view["active_bits"], hide_index=True, key="active_bits")
-if len(view["active_bits"]):
-    strongest = view["active_bits"].iloc[0]
+concept = view.concept
+st.subheader(f"{concept.name} ({concept.id})")
+st.caption(f"{concept.category or ''} · depth {concept.depth if concept.depth >= 0 else '-'}")
+if concept.definition:
+    st.write(concept.definition)
+st.markdown(f"**{len(view.active_bits)} active bits**")
+st.dataframe(view.active_bits, hide_index=True, key="active_bits")
+if len(view.active_bits):
+    strongest = view.active_bits.iloc[0]
     link = {"run": run["run_id"], "bit": str(int(strongest["bit"]))}
     st.page_link(
         "pages/bits.py",
@@ -40,7 +40,7 @@ if len(view["active_bits"]):
     )
 code, dense = st.columns(2)
 code.markdown(f"**Neighbours by code** ({metric} distance)")
-code.dataframe(view["code_neighbours"], hide_index=True, key="code_neighbours")
+code.dataframe(view.code_neighbours, hide_index=True, key="code_neighbours")
 dense.markdown("**Neighbours by dense embedding** (cosine)")
-dense.dataframe(view["dense_neighbours"], hide_index=True, key="dense_neighbours")
-st.caption(f"The two neighbour lists share {view['overlap']:.0%} of their concepts.")
+dense.dataframe(view.dense_neighbours, hide_index=True, key="dense_neighbours")
+st.caption(f"The two neighbour lists share {view.overlap:.0%} of their concepts.")

@@ -31,12 +31,12 @@ def status_panel() -> None:
     with right:
         st.subheader("Worker")
         worker = worker_status(store=_shared.store())
-        if worker is None or not worker.get("alive"):
+        if worker is None:
             st.warning("No worker is running; queued runs wait until one starts (`python -m sparsebin worker`).")
         else:
-            job = f"job {worker['job_id']}" if worker.get("job_id") else "idle"
-            beat = time.time() - worker["heartbeat_at"] if worker.get("heartbeat_at") else float("nan")
-            st.success(f"Alive (pid {worker['pid']}) on **{worker['device']}**, {job}; heartbeat {beat:.0f} s ago.")
+            job = f"job {worker.job_id}" if worker.job_id else "idle"
+            beat = time.time() - worker.heartbeat_at
+            st.success(f"Alive (pid {worker.pid}) on **{worker.device}**, {job}; heartbeat {beat:.0f} s ago.")
 
 
 status_panel()

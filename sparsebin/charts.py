@@ -146,11 +146,11 @@ def enrichment_chart(enrichment: pd.DataFrame, top: int = 12) -> go.Figure:
     return figure
 
 
-def sigmoid_histogram(histogram: Mapping[str, Sequence[float]]) -> go.Figure:
-    """How a bit's sigmoid value is spread over all concepts; the bit fires above 0.5."""
-    edges = np.asarray(histogram["edges"], dtype=float)
+def sigmoid_histogram(edges: Sequence[float], counts: Sequence[int]) -> go.Figure:
+    """How a bit's sigmoid value is spread over all concepts (bins between `edges`); the bit fires above 0.5."""
+    edges = np.asarray(edges, dtype=float)
     figure = _figure("Sigmoid value over all concepts", "sigmoid(u)", "concepts")
-    figure.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=histogram["counts"], name="concepts"))
+    figure.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=list(counts), name="concepts"))
     figure.add_vline(x=0.5, line_dash="dot", annotation_text="fires")
     figure.update_yaxes(type="log")
     return figure

@@ -84,5 +84,5 @@ def test_live_curves_and_sigmoid_histogram():
     events = [{"step": 0, "loss": 1.0, "active_mean": 10.0}, {"step": 10, "loss": 0.8, "active_mean": 6.0}]
     figure = charts.live_curves(events, k=4)
     assert [list(trace.y) for trace in figure.data] == [[1.0, 0.8], [10.0, 6.0]]
-    histogram = charts.sigmoid_histogram({"edges": [0.0, 0.5, 1.0], "counts": [9, 1]})
+    histogram = charts.sigmoid_histogram([0.0, 0.5, 1.0], [9, 1])
     assert list(histogram.data[0].x) == [0.25, 0.75]

@@ -27,6 +27,7 @@ from sparsebin import runfolder
 from sparsebin.config import TrainConfig
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret.bits import (
+    Concept,
     RunContext,
     bit_profile,
     bit_table,
@@ -171,14 +172,13 @@ def test_ranking_puts_clean_bits_first_and_the_mixed_bit_last(ctx):
 
 def test_bit_profile_shows_strongest_concepts_quantiles_histogram_and_enrichment(ctx):
     profile = bit_profile(ctx, 0, top=3, quantiles=3, per_quantile=1)
-    assert profile["n_active"] == 3 and profile["label"]["label"] == "Heart"
-    assert profile["top_concepts"]["id"].tolist() == ["A1", "A2", "A3"]
-    np.testing.assert_allclose(profile["top_concepts"]["logit"], [3, 2, 1], atol=1e-4)
-    assert profile["quantile_concepts"][["quantile", "id"]].values.tolist() == [[1, "A1"], [2, "A2"], [3, "A3"]]
-    histogram = profile["sigmoid_histogram"]
-    assert len(histogram["edges"]) == len(histogram["counts"]) + 1 and sum(histogram["counts"]) == 14
-    assert histogram["counts"][2] == 11  # sigmoid(-2) = 0.12: the concepts where it is off
-    enrichment = profile["enrichment"]
+    assert profile.n_active == 3 and profile.label.label == "Heart"
+    assert profile.top_concepts["id"].tolist() == ["A1", "A2", "A3"]
+    np.testing.assert_allclose(profile.top_concepts["logit"], [3, 2, 1], atol=1e-4)
+    assert profile.quantile_concepts[["quantile", "id"]].values.tolist() == [[1, "A1"], [2, "A2"], [3, "A3"]]
+    assert len(profile.sigmoid_edges) == len(profile.sigmoid_counts) + 1 and sum(profile.sigmoid_counts) == 14
+    assert profile.sigmoid_counts[2] == 11  # sigmoid(-2) = 0.12: the concepts where it is off
+    enrichment = profile.enrichment
     assert enrichment["category"].tolist() == ["Heart"]
     assert enrichment.iloc[0][["n_active_in_category", "precision", "recall"]].tolist() == [3, 1.0, 0.6]
     assert enrichment.iloc[0]["lift"] == pytest.approx(14 / 5)
@@ -186,42 +186,42 @@ def test_bit_profile_shows_strongest_concepts_quantiles_histogram_and_enrichment
 
 def test_cofiring_and_decoder_neighbours(ctx):
     profile = bit_profile(ctx, 2)
-    cofiring = profile["cofiring"]
+    cofiring = profile.cofiring
     assert cofiring["bit"].tolist() == [3, 7, 1, 8]
     np.testing.assert_allclose(cofiring["jaccard"], [2 / 3, 1 / 4, 1 / 5, 1 / 7])
     assert cofiring["label"].iloc[0] == "Lung"
-    assert profile["decoder_neighbours"]["id"].iloc[0] == "B2"
-    assert profile["decoder_neighbours"]["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+    assert profile.decoder_neighbours["id"].iloc[0] == "B2"
+    assert profile.decoder_neighbours["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
     view = concept_view(ctx, "A1", k=2, metric="jaccard")
-    assert view["concept"]["name"] == "Septal defect"
-    assert view["active_bits"]["bit"].tolist() == [0, 1, 5]  # strongest logit first, ties by bit
-    assert view["active_bits"]["label"].tolist() == ["Heart", "Heart", "Heart"]
-    np.testing.assert_allclose(view["active_bits"]["firing_rate"], [3 / 14, 3 / 14, 2 / 14])
-    assert view["code_neighbours"]["id"].tolist() == ["A2", "A3"]
+    assert view.concept == Concept(id="A1", name="Septal defect", category="Heart", depth=2, definition=None)
+    assert view.active_bits["bit"].tolist() == [0, 1, 5]  # strongest logit first, ties by bit
+    assert view.active_bits["label"].tolist() == ["Heart", "Heart", "Heart"]
+    np.testing.assert_allclose(view.active_bits["firing_rate"], [3 / 14, 3 / 14, 2 / 14])
+    assert view.code_neighbours["id"].tolist() == ["A2", "A3"]
     jaccard = [1 - 2 / 4, 1 - 1 / 3]  # A1 {0,1,5} against A2 {0,1,8} and A3 {0}
-    np.testing.assert_allclose(view["code_neighbours"]["distance"], jaccard, rtol=1e-6)
+    np.testing.assert_allclose(view.code_neighbours["distance"], jaccard, rtol=1e-6)
     unit = ctx.embeddings / np.linalg.norm(ctx.embeddings, axis=1, keepdims=True)
     cosines = unit @ unit[2]
     cosines[2] = -np.inf
     expected = np.argsort(-cosines)[:2]
-    assert view["dense_neighbours"]["id"].tolist() == make_concepts()["id"].iloc[expected].tolist()
-    shared = set(view["dense_neighbours"]["id"]) & set(view["code_neighbours"]["id"])
-    assert view["overlap"] == len(shared) / 2
+    assert view.dense_neighbours["id"].tolist() == make_concepts()["id"].iloc[expected].tolist()
+    shared = set(view.dense_neighbours["id"]) & set(view.code_neighbours["id"])
+    assert view.overlap == len(shared) / 2
 
 
 def test_concept_view_of_a_concept_without_active_bits(ctx):
     view = concept_view(ctx, "A", k=3)  # "Heart anomaly" has no bit of its own
-    assert view["active_bits"].empty and list(view["active_bits"].columns) == [
+    assert view.active_bits.empty and list(view.active_bits.columns) == [
         "bit",
         "label",
         "coherence",
         "firing_rate",
         "logit",
     ]
-    assert len(view["code_neighbours"]) == 3 and len(view["dense_neighbours"]) == 3
+    assert len(view.code_neighbours) == 3 and len(view.dense_neighbours) == 3
 
 
 def test_concept_view_names_an_unknown_id(ctx):
@@ -245,12 +245,12 @@ def test_depth_analysis_reports_means_and_rank_correlation_per_source():
         }
     )
     result = depth_analysis(SimpleNamespace(concepts=concepts, active_counts=np.array([4, 6, 8, 10, 5, 6, 7, 9])))
-    per_depth = result["per_depth"]
+    per_depth = result.per_depth
     hpo = per_depth[per_depth["source"] == "HPO"]
     assert hpo[["depth", "mean_active", "n"]].values.tolist() == [[1, 4, 1], [2, 6, 1], [3, 9, 2]]
-    assert result["spearman"]["HPO"] == pytest.approx(3 / np.sqrt(10))  # rises with depth; the tie at 3 costs a little
-    assert np.isnan(result["spearman"]["ICD-10-CM"])  # a single depth says nothing
-    assert "user" not in result["spearman"]  # unknown depth (-1) is left out
+    assert result.spearman["HPO"] == pytest.approx(3 / np.sqrt(10))  # rises with depth; the tie at 3 costs a little
+    assert np.isnan(result.spearman["ICD-10-CM"])  # a single depth says nothing
+    assert "user" not in result.spearman  # unknown depth (-1) is left out
 
 
 def test_run_context_loads_a_run_folder_and_refuses_another_dataset(tmp_path):

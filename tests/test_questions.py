@@ -5,6 +5,7 @@ import math
 import pandas as pd
 
 from sparsebin.config import TrainConfig
+from sparsebin.interpret.bits import DepthAnalysis
 from sparsebin.interpret.questions import answer_questions, answer_storage, run_name
 
 
@@ -92,13 +93,11 @@ def test_storage_names_the_sign_baseline_and_missing_baselines():
 
 
 def test_depth_and_bit_answers():
-    depth = {
-        "per_depth": pd.DataFrame(
-            {"source": ["hpo", "hpo"], "depth": [1, 5], "mean_active": [3.0, 6.0], "n": [10, 20]}
-        ),
-        "spearman": {"hpo": 0.4},
-        "p_value": {"hpo": 0.001},
-    }
+    depth = DepthAnalysis(
+        per_depth=pd.DataFrame({"source": ["hpo", "hpo"], "depth": [1, 5], "mean_active": [3.0, 6.0], "n": [10, 20]}),
+        spearman={"hpo": 0.4},
+        p_value={"hpo": 0.001},
+    )
     bits = pd.DataFrame(
         {
             "bit": [0, 1, 2, 3],
@@ -146,10 +145,10 @@ def test_no_runs_says_what_to_select():
 
 
 def test_depth_answer_skips_a_source_without_a_correlation():
-    depth = {
-        "per_depth": pd.DataFrame(columns=["source", "depth", "mean_active", "n"]),
-        "spearman": {"user": math.nan},
-        "p_value": {"user": math.nan},
-    }
+    depth = DepthAnalysis(
+        per_depth=pd.DataFrame(columns=["source", "depth", "mean_active", "n"]),
+        spearman={"user": math.nan},
+        p_value={"user": math.nan},
+    )
     answer = answer_questions(runs_table(), depth=depth)[4].answer
     assert "for user, too few distinct depths or active counts to correlate" in answer

@@ -18,7 +18,7 @@ from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
 from sparsebin.jobs.queue import Status, Store
-from sparsebin.jobs.worker import Heartbeat, ensure_worker, run_worker, worker_status
+from sparsebin.jobs.worker import Heartbeat, WorkerStart, ensure_worker, run_worker, worker_status
 from sparsebin.processes import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_worker_status_uses_the_callers_store(monkeypatch):
     store.register_worker("here:1", os.getpid(), "elsewhere", "cpu")
     monkeypatch.setattr("sparsebin.jobs.worker.Store", None)  # opening another store would fail
     status = worker_status(store=store)
-    assert status["pid"] == os.getpid() and status["device"] == "cpu" and status["alive"]
+    assert status is not None and status.pid == os.getpid() and status.device == "cpu"
 
 
 class CancellingStore:
@@ -146,18 +146,18 @@ def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypat
     (store.home / "worker.log").write_text("an old worker's line\n" * 100)  # over the limit: moved aside
     job = store.submit(make_dataset(), TINY)
     started = ensure_worker()
-    assert started["started"]
+    assert started.started
     try:
-        assert ensure_worker() == {"pid": started["pid"], "started": False}  # still starting: not a second one
+        assert ensure_worker() == WorkerStart(started.pid, started=False)  # still starting: not a second one
         wait_for(lambda: store.job(job.id).status == Status.DONE)
         again = ensure_worker()
-        assert not again["started"] and again["pid"] == started["pid"]
+        assert not again.started and again.pid == started.pid
         status = worker_status()
-        assert status["pid"] == started["pid"] and status["alive"] and status["device"] == "cpu"
+        assert status is not None and status.pid == started.pid and status.device == "cpu"
         assert runfolder.load_metrics(store.run_folder(job.run_id))["validation"]["recon_loss"] >= 0
     finally:
-        os.kill(started["pid"], signal.SIGTERM)
-        wait_for(lambda: not pid_alive(started["pid"]))
+        os.kill(started.pid, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(started.pid))
     assert worker_status() is None
     log = (store.home / "worker.log").read_text()
     assert "job 1 done" in log and "an old worker's line" not in log

@@ -10,7 +10,7 @@ matrix-vector product per bit, and labels are sparse products
 """
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -37,6 +37,68 @@ from sparsebin.search.codes import CodeIndex, active_counts, codes_by_bit, small
 LABEL_BLOCK_BITS = 1024  # bits labelled per sparse product, bounding its memory
 HISTOGRAM_BINS = 20  # sigmoid histogram bins over [0, 1]
 CONCEPT_COLUMNS = ["id", "name", "category"]
+
+
+@dataclass(frozen=True)
+class BitLabel:
+    """What a bit means in the ontology (one row of `bit_table`): None and NaN for a dead bit."""
+
+    label: str | None  # the category most concepts where it fires share
+    precision: float  # share of its concepts in that category
+    recall: float  # share of that category where it fires
+    ancestor_id: str | None  # the deepest ancestor covering `ancestor_share` of its concepts
+    ancestor_name: str | None
+    ancestor_share: float
+    coherence: float
+
+
+# Results holding tables compare by identity (eq=False): equality of data frames has no single truth value.
+@dataclass(frozen=True, eq=False)
+class BitProfile:
+    """`bit_profile`: what makes one bit fire, what it means, what it writes (tables hold one row per concept)."""
+
+    bit: int
+    firing_rate: float  # share of all concepts where it fires
+    n_active: int  # concepts where it fires
+    label: BitLabel
+    top_concepts: pd.DataFrame  # id, name, category, logit: the highest pre-activations
+    quantile_concepts: pd.DataFrame  # quantile, id, name, category, logit: seeded picks per logit quantile
+    sigmoid_edges: list[float]  # HISTOGRAM_BINS + 1 edges over [0, 1]
+    sigmoid_counts: list[int]  # concepts per sigmoid(u) bin, over all concepts
+    enrichment: pd.DataFrame  # categories among its concepts against base rates
+    cofiring: pd.DataFrame  # bit, jaccard, label: bits whose firing sets overlap most
+    decoder_neighbours: pd.DataFrame  # id, name, category, cosine: concepts nearest its decoder column
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept of the dataset's concept table."""
+
+    id: str
+    name: str
+    category: str | None
+    depth: int  # in the ontology; -1 when unknown
+    definition: str | None  # only some datasets (HPO) define their concepts
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptView:
+    """`concept_view`: a concept's active bits and its neighbours by code and by dense embedding."""
+
+    concept: Concept
+    active_bits: pd.DataFrame  # bit, label, coherence, firing_rate, logit; strongest logit first
+    code_neighbours: pd.DataFrame  # id, name, category, distance (the search metric)
+    dense_neighbours: pd.DataFrame  # id, name, category, cosine
+    overlap: float  # share of the dense neighbours that are also code neighbours
+
+
+@dataclass(frozen=True, eq=False)
+class DepthAnalysis:
+    """`depth_analysis`: active bits per concept against ontology depth, per source."""
+
+    per_depth: pd.DataFrame  # source, depth, mean_active, n
+    spearman: dict[str, float]  # source -> Spearman's rho of depth against active bits (NaN: too few depths)
+    p_value: dict[str, float]  # source -> its p-value
 
 
 @dataclass
@@ -192,13 +254,13 @@ def labels_for(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.
 
 def bit_profile(
     ctx: RunContext, bit: int, top: int = 20, quantiles: int = 5, per_quantile: int = 5, neighbours: int = 10
-) -> dict:
+) -> BitProfile:
     """What makes one bit fire, what it means in the ontology, and what it writes.
 
     - top_concepts: the `top` highest pre-activation logits over all concepts
     - quantile_concepts: `per_quantile` seeded picks from each of `quantiles`
       logit groups of the concepts where it fires (1 = strongest)
-    - sigmoid_histogram: sigmoid(u) over all concepts; two clean spikes near 0
+    - sigmoid_counts: sigmoid(u) over all concepts; two clean spikes near 0
       and 1 mean the bit binarises cleanly, mass near 0.5 means it hesitates
     - enrichment: categories among the concepts where it fires, against base rates
     - cofiring: the `neighbours` bits whose firing sets overlap most (Jaccard)
@@ -208,21 +270,21 @@ def bit_profile(
     logits = ctx.bit_logits(bit)  # (M,)
     firing = ctx.by_bit[bit].indices  # rows where the stored code has this bit
     label = labels_for(ctx, [bit]).iloc[0]
-    label_keys = ["label", "precision", "recall", "ancestor_id", "ancestor_name", "ancestor_share", "coherence"]
     counts, edges = np.histogram(1 / (1 + np.exp(-logits.astype(np.float64))), bins=HISTOGRAM_BINS, range=(0, 1))
     decoder_column = ctx.model.decoder.weight[:, bit].detach().numpy()  # (D,) what switching the bit on adds
-    return {
-        "bit": int(bit),
-        "firing_rate": float(len(firing) / max(len(ctx.concepts), 1)),
-        "n_active": int(len(firing)),
-        "label": {key: _plain(label[key]) for key in label_keys},
-        "top_concepts": top_table(ctx, logits, top, "logit"),
-        "quantile_concepts": quantile_sample(ctx, bit, logits, firing, quantiles, per_quantile),
-        "sigmoid_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
-        "enrichment": enrichment_table(ctx.by_bit[bit], ctx.categories),
-        "cofiring": cofiring_bits(ctx, bit, neighbours),
-        "decoder_neighbours": top_table(ctx, ctx.cosine_to(decoder_column), neighbours, "cosine"),
-    }
+    return BitProfile(
+        bit=int(bit),
+        firing_rate=float(len(firing) / max(len(ctx.concepts), 1)),
+        n_active=int(len(firing)),
+        label=BitLabel(**{item.name: _plain(label[item.name]) for item in fields(BitLabel)}),
+        top_concepts=top_table(ctx, logits, top, "logit"),
+        quantile_concepts=quantile_sample(ctx, bit, logits, firing, quantiles, per_quantile),
+        sigmoid_edges=edges.tolist(),
+        sigmoid_counts=counts.tolist(),
+        enrichment=enrichment_table(ctx.by_bit[bit], ctx.categories),
+        cofiring=cofiring_bits(ctx, bit, neighbours),
+        decoder_neighbours=top_table(ctx, ctx.cosine_to(decoder_column), neighbours, "cosine"),
+    )
 
 
 def top_rows(scores: np.ndarray, count: int, exclude: int | None = None) -> np.ndarray:
@@ -279,7 +341,7 @@ def cofiring_bits(ctx: RunContext, bit: int, count: int = 10) -> pd.DataFrame:
     return pd.DataFrame({"bit": bits, "jaccard": jaccard[bits], "label": labels["label"].to_numpy()})
 
 
-def concept_view(ctx: RunContext, concept_id: str, k: int = 10, metric: str = "jaccard") -> dict:
+def concept_view(ctx: RunContext, concept_id: str, k: int = 10, metric: str = "jaccard") -> ConceptView:
     """A concept's active bits with their labels, and its code neighbours beside its dense ones."""
     row = ctx.row_of(concept_id)
     bits = np.flatnonzero(unpack_bits(ctx.codes[row : row + 1], ctx.n_bits)[0])
@@ -297,13 +359,26 @@ def concept_view(ctx: RunContext, concept_id: str, k: int = 10, metric: str = "j
     cosines = ctx.cosine_to(np.asarray(ctx.embeddings[row], dtype=np.float32))
     dense_rows = top_rows(cosines, k, exclude=row)
     overlap = len(np.intersect1d(found[0], dense_rows)) / max(len(dense_rows), 1)
-    return {
-        "concept": {key: _plain(value) for key, value in ctx.concepts.iloc[row].to_dict().items()},
-        "active_bits": active,
-        "code_neighbours": code_neighbours,
-        "dense_neighbours": _with_score(ctx, dense_rows, cosines, "cosine"),
-        "overlap": float(overlap),
-    }
+    return ConceptView(
+        concept=concept_at(ctx.concepts, row),
+        active_bits=active,
+        code_neighbours=code_neighbours,
+        dense_neighbours=_with_score(ctx, dense_rows, cosines, "cosine"),
+        overlap=float(overlap),
+    )
+
+
+def concept_at(concepts: pd.DataFrame, row: int) -> Concept:
+    """The concept in `row`; a missing category or definition (NaN in the table) is None."""
+    values = concepts.iloc[row]
+    category, depth, definition = (values.get(name) for name in ("category", "depth", "definition"))
+    return Concept(
+        id=str(values["id"]),
+        name=str(values["name"]),
+        category=None if pd.isna(category) else str(category),
+        depth=-1 if pd.isna(depth) else int(depth),
+        definition=None if pd.isna(definition) else str(definition),
+    )
 
 
 def find_concepts(concepts: pd.DataFrame, query: str, limit: int = 20) -> pd.DataFrame:
@@ -320,7 +395,7 @@ def find_concepts(concepts: pd.DataFrame, query: str, limit: int = 20) -> pd.Dat
     return concepts.iloc[order[:limit]]
 
 
-def depth_analysis(ctx: RunContext) -> dict:
+def depth_analysis(ctx: RunContext) -> DepthAnalysis:
     """Active bits per concept against ontology depth, per source: do deeper concepts use more bits?
 
     Concepts of unknown depth (-1) are left out. Spearman's rank correlation
@@ -343,11 +418,11 @@ def depth_analysis(ctx: RunContext) -> dict:
             continue
         result = scipy.stats.spearmanr(part["depth"], part["active"])
         spearman[source], p_value[source] = float(result.statistic), float(result.pvalue)
-    return {"per_depth": per_depth, "spearman": spearman, "p_value": p_value}
+    return DepthAnalysis(per_depth, spearman, p_value)
 
 
 def _plain(value):
-    """numpy scalars as Python ones, so a dict is JSON-ready and compares plainly."""
+    """numpy scalars as Python ones, so a result compares plainly and is JSON-ready."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

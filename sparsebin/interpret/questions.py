@@ -8,8 +8,12 @@ runs measured; when they cannot answer a question they say which runs would.
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not need
+    from sparsebin.interpret.bits import DepthAnalysis
 
 QUESTIONS = (
     "Does the cosine alignment give a flexible active-count distribution centred near K?",
@@ -53,7 +57,7 @@ def answer_questions(
     *,
     sign: dict | None = None,
     sign_equal: dict | None = None,
-    depth: dict | None = None,
+    depth: "DepthAnalysis | None" = None,
     bits: pd.DataFrame | None = None,
     sign_run: str | None = None,
 ) -> list[Answer]:
@@ -190,17 +194,17 @@ def answer_storage(
     return text
 
 
-def answer_depth(depth: dict | None) -> str:
-    if not depth or not depth.get("spearman"):
+def answer_depth(depth: "DepthAnalysis | None") -> str:
+    if depth is None or not depth.spearman:
         return "Pick one finished run on an ontology dataset to relate active bits to concept depth."
-    per_depth = depth["per_depth"]
+    per_depth = depth.per_depth
     facts = []
-    for source, rho in depth["spearman"].items():
+    for source, rho in depth.spearman.items():
         if rho is None or math.isnan(rho):
             facts.append(f"for {source}, too few distinct depths or active counts to correlate")
             continue
         rows = per_depth[per_depth["source"] == source].sort_values("depth")
-        p_value = depth.get("p_value", {}).get(source, float("nan"))
+        p_value = depth.p_value.get(source, float("nan"))
         direction = "more" if rho > 0 else "fewer"
         strength = "hardly" if abs(rho) < 0.1 else "weakly" if abs(rho) < 0.3 else "clearly"
         fact = (

@@ -95,7 +95,7 @@ def status_command(args: argparse.Namespace) -> int:
         print(describe_job(store.job(args.job)))
         return 0
     worker = worker_status()
-    print(f"worker: pid {worker['pid']} on {worker['device']}" if worker else "worker: none running")
+    print(f"worker: pid {worker.pid} on {worker.device}" if worker else "worker: none running")
     for job in store.jobs(limit=args.limit):
         print(job_line(job))
     return 0

@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -325,7 +326,26 @@ def opened_store(home: Path | None, store: Store | None) -> Iterator[Store]:
         opened.close()
 
 
-def worker_status(home: Path | None = None, store: Store | None = None) -> dict | None:
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A live worker as its last heartbeat left it."""
+
+    pid: int
+    host: str
+    device: str  # what it trains on: cpu, cuda:0, mps
+    job_id: int | None  # the job it runs; None while idle
+    heartbeat_at: float  # time.time() of its last heartbeat
+
+
+@dataclass(frozen=True)
+class WorkerStart:
+    """What `ensure_worker` did: started a worker (`started`), or found one serving the device."""
+
+    pid: int
+    started: bool
+
+
+def worker_status(home: Path | None = None, store: Store | None = None) -> WorkerStatus | None:
     """The live worker most recently heard from, or None when none is alive.
 
     A page that asks every few seconds passes its long-lived `store`, so no
@@ -336,16 +356,10 @@ def worker_status(home: Path | None = None, store: Store | None = None) -> dict 
     if not workers:
         return None
     worker = workers[0]
-    return {
-        "pid": worker["pid"],
-        "device": worker["device"],
-        "alive": True,
-        "job_id": worker["job_id"],
-        "heartbeat_at": worker["heartbeat_at"],
-    }
+    return WorkerStatus(worker["pid"], worker["host"], worker["device"], worker["job_id"], worker["heartbeat_at"])
 
 
-def ensure_worker(home: Path | None = None, device: str = "auto", store: Store | None = None) -> dict:
+def ensure_worker(home: Path | None = None, device: str = "auto", store: Store | None = None) -> WorkerStart:
     """Start a detached worker for `device` unless one is alive; its log goes to <home>/worker.log.
 
     Callers take turns on a lock file, and a worker started less than
@@ -357,17 +371,17 @@ def ensure_worker(home: Path | None = None, device: str = "auto", store: Store |
         fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
         for worker in live_workers(store):
             if worker["device"] == resolved:
-                return {"pid": worker["pid"], "started": False}
+                return WorkerStart(worker["pid"], started=False)
         holder = device_lock_holder(store.home, resolved)
         if holder is not None:
-            return {"pid": holder, "started": False}
+            return WorkerStart(holder, started=False)
         spawned = spawn_record(store.home, resolved)
         if spawned is not None:
-            return {"pid": spawned, "started": False}
+            return WorkerStart(spawned, started=False)
         pid = spawn_worker(store.home, resolved)
         record = {"pid": pid, "started_at": time.time()}
         runfolder.write_atomic(spawn_record_path(store.home, resolved), json.dumps(record).encode())
-    return {"pid": pid, "started": True}
+    return WorkerStart(pid, started=True)
 
 
 def spawn_record_path(home: Path, device: str) -> Path:
