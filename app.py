@@ -1,32 +1,73 @@
 """sparsebin's Streamlit app: `streamlit run app.py`.
 
-Registers the pages and, once per server process, starts the background
-worker and a thread that preloads the newest runs (set SPARSEBIN_NO_WORKER=1
-to skip both, as the tests do) and, on a first start with no dataset, the
-built-in dataset builds.
+Registers the pages and does the server's start-up, once per server process:
+the background worker and a thread that preloads the newest runs (set
+SPARSEBIN_NO_WORKER=1 to skip both, as the tests do) and, on a first start
+with no dataset, the built-in dataset builds.
 """
 
 import os
+import threading
 
 import streamlit as st
 
 from pages import _shared
 from sparsebin import paths
-from sparsebin.jobs.worker import ensure_worker
+from sparsebin.datasets import BUILTIN_DATASETS, build_status, start_build
+from sparsebin.jobs.worker import WorkerStart, ensure_worker
 
 st.set_page_config(page_title="sparsebin", page_icon=":material/grid_on:", layout="wide")
 
 
 @st.cache_resource(ttl=60)
-def keep_worker_alive() -> dict:
+def keep_worker_alive() -> WorkerStart:
     """Start a worker when none is alive; re-checked at most once a minute."""
     return ensure_worker(store=_shared.store())
 
 
+@st.cache_resource
+def warm_up(home: str, limit: int = 3) -> threading.Thread:
+    """Load the newest finished runs' contexts and bit tables in a thread, so the first Bits or
+    Compare page does not wait for them (about 2 s for N=4096 on HPO)."""
+
+    def work() -> None:
+        for _, run in _shared.runs().head(limit).iterrows():
+            try:
+                _shared.bit_table(run["run_id"], run["dataset"])
+            except Exception:  # a damaged run shows its error when a page opens it
+                continue
+
+    thread = threading.Thread(target=work, name="sparsebin-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+@st.cache_resource
+def first_start() -> dict:
+    return {"chain": False}  # True once this server process started the first built-in build itself
+
+
+def build_builtins_on_first_start() -> None:
+    """With no dataset at all, build `hpo` in the background, then `icd10cm` after it.
+
+    Only a chain this server began continues to icd10cm, so a user who built
+    hpo alone (or removed icd10cm) is not handed a 98k-concept build unasked.
+    """
+    present = {item["name"] for item in _shared.datasets()}
+    statuses = {name: build_status(name) for name in BUILTIN_DATASETS}
+    first, second = BUILTIN_DATASETS
+    if not present and all(status is None for status in statuses.values()):
+        start_build(first)
+        first_start()["chain"] = True
+    elif first_start()["chain"] and first in present and statuses[second] is None:
+        start_build(second)
+        first_start()["chain"] = False
+
+
 if os.environ.get("SPARSEBIN_NO_WORKER") != "1":
     keep_worker_alive()
-    _shared.warm_up(str(paths.home_dir()))
-_shared.build_builtins_on_first_start()
+    warm_up(str(paths.home_dir()))
+build_builtins_on_first_start()
 
 page = st.navigation(
     [

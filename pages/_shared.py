@@ -1,17 +1,16 @@
-"""Helpers the pages share: cached library objects and the run picker.
+"""What the pages share: cached handles on library objects, and the widgets more than one page shows.
 
 Everything heavy is cached per dataset name or run id, so a page's rerun
-only renders. Nothing here trains, queries SQL or touches torch directly.
+only renders. Nothing here trains, queries SQL or touches torch directly;
+the server's start-up (worker, warm-up, first builds) lives in app.py.
 """
-
-import threading
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from sparsebin import paths, runfolder
-from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset, start_build
+from sparsebin.datasets import build_status, list_datasets, load_dataset
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret.questions import run_name
 from sparsebin.jobs.queue import Store
@@ -52,23 +51,6 @@ def bit_table(run_id: str, dataset_name: str) -> pd.DataFrame:
     return interpret.bit_table(run_context(run_id, dataset_name))
 
 
-@st.cache_resource
-def warm_up(home: str, limit: int = 3) -> threading.Thread:
-    """Once per server process, load the newest finished runs' contexts and bit tables in a thread,
-    so the first Bits or Compare page does not wait for them (about 2 s for N=4096 on HPO)."""
-
-    def work() -> None:
-        for _, run in runs().head(limit).iterrows():
-            try:
-                bit_table(run["run_id"], run["dataset"])
-            except Exception:  # a damaged run shows its error when a page opens it
-                continue
-
-    thread = threading.Thread(target=work, name="sparsebin-warm-up", daemon=True)
-    thread.start()
-    return thread
-
-
 def ranked_bits(run_id: str, dataset_name: str) -> pd.DataFrame:
     return interpret.rank_bits(run_context(run_id, dataset_name))
 
@@ -106,28 +88,6 @@ def pick_dataset(key: str = "dataset") -> str | None:
     return st.selectbox("Dataset", names, key=key)
 
 
-@st.cache_resource
-def _first_start() -> dict:
-    return {"chain": False}  # True once this server process started the first built-in build itself
-
-
-def build_builtins_on_first_start() -> None:
-    """With no dataset at all, build `hpo` in the background, then `icd10cm` after it.
-
-    Only a chain this server began continues to icd10cm, so a user who built
-    hpo alone (or removed icd10cm) is not handed a 98k-concept build unasked.
-    """
-    present = {item["name"] for item in datasets()}
-    statuses = {name: build_status(name) for name in BUILTIN_DATASETS}
-    first, second = BUILTIN_DATASETS
-    if not present and all(status is None for status in statuses.values()):
-        start_build(first)
-        _first_start()["chain"] = True
-    elif _first_start()["chain"] and first in present and statuses[second] is None:
-        start_build(second)
-        _first_start()["chain"] = False
-
-
 def build_progress(name: str) -> bool:
     """Show a build's progress bar; True while it runs."""
     status = build_status(name)
@@ -162,18 +122,18 @@ def run_history(run_id: str) -> list[dict]:
 
 
 @st.cache_data(max_entries=8)
-def depth_analysis(run_id: str, dataset_name: str) -> dict:
+def depth_analysis(run_id: str, dataset_name: str) -> interpret.DepthAnalysis:
     return interpret.depth_analysis(run_context(run_id, dataset_name))
 
 
 @st.cache_data(max_entries=64)
-def concept_view(run_id: str, dataset_name: str, concept_id: str, metric: str) -> dict:
+def concept_view(run_id: str, dataset_name: str, concept_id: str, metric: str) -> interpret.ConceptView:
     """A concept's bits and neighbours, so a rerun of the Concepts page only renders."""
     return interpret.concept_view(run_context(run_id, dataset_name), concept_id, k=10, metric=metric)
 
 
 @st.cache_data(max_entries=256)
-def bit_profile(run_id: str, dataset_name: str, bit: int) -> dict:
+def bit_profile(run_id: str, dataset_name: str, bit: int) -> interpret.BitProfile:
     return interpret.bit_profile(run_context(run_id, dataset_name), bit)
 
 
@@ -194,7 +154,6 @@ def active_counts(run_id: str) -> np.ndarray:
 
 
 @st.cache_data(max_entries=32)
-def bit_column(run_id: str, bit: int) -> np.ndarray:
-    """(M,) 0/1: whether `bit` fires for each concept (packed codes are big-endian within a byte)."""
-    packed = runfolder.load_codes(store().run_folder(run_id))
-    return retrieval.unpack_bits(packed[:, bit // 8 : bit // 8 + 1], 8)[:, bit % 8]
+def bit_column(run_id: str, n_bits: int, bit: int) -> np.ndarray:
+    """(M,) 0/1: whether `bit` fires for each concept of a finished run."""
+    return retrieval.bit_column(runfolder.load_codes(store().run_folder(run_id)), n_bits, bit)

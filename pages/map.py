@@ -46,5 +46,5 @@ if mode != "category":
         n_bits = int(runs.loc[runs["run_id"] == run_id, "n_bits"].iloc[0])
         bit = int(st.number_input("Bit", 0, n_bits - 1, 0, key="map_bit"))
         colour = f"bit {bit} fires"
-        points[colour] = _shared.bit_column(run_id, bit)
+        points[colour] = _shared.bit_column(run_id, n_bits, bit)
 st.plotly_chart(charts.concept_map(points, colour, continuous=colour != "category"), key="map_chart")

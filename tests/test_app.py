@@ -17,7 +17,7 @@ from sparsebin.config import TrainConfig
 from sparsebin.datasets import import_dataset
 from sparsebin.jobs.queue import Store
 from sparsebin.jobs.worker import run_worker
-from sparsebin.search.codes import active_counts
+from sparsebin.search.codes import active_counts, unpack_bits
 
 PAGES = ["home", "train", "compare", "bits", "concepts", "map", "data"]
 CATEGORIES = ["eye", "heart", "skin", "brain", "bone", "blood"]
@@ -195,7 +195,7 @@ def plotted(values) -> np.ndarray:
     return np.asarray(values)
 
 
-def test_map_colours_by_category_then_by_active_bits(app, world):
+def test_map_colours_by_category_then_by_active_bits_then_one_bit(app, world):
     at = open_page(app, "map")
     assert [trace["name"] for trace in chart_traces(at)] == sorted(CATEGORIES)  # one legend entry per category
     at.radio(key="map_colour").set_value("active bits").run()
@@ -204,6 +204,11 @@ def test_map_colours_by_category_then_by_active_bits(app, world):
     codes = runfolder.load_codes(Store(world["home"]).run_folder(run_id))
     (trace,) = chart_traces(at)
     assert np.array_equal(plotted(trace["marker"]["color"]), active_counts(codes))
+    at.radio(key="map_colour").set_value("one bit").run()
+    at.number_input(key="map_bit").set_value(9).run()
+    assert not at.exception
+    (trace,) = chart_traces(at)
+    assert np.array_equal(plotted(trace["marker"]["color"]), unpack_bits(codes, 32)[:, 9])
 
 
 def test_data_upload_of_a_bad_file_shows_the_library_message(app):
@@ -217,7 +222,9 @@ def test_data_upload_of_a_bad_file_shows_the_library_message(app):
 def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     import os
 
-    from pages import _shared
+    import streamlit as st
+
+    import sparsebin.datasets
     from sparsebin.datasets.status import write_status
 
     started = []
@@ -229,8 +236,8 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
-    monkeypatch.setattr(_shared, "start_build", fake_start_build)
-    _shared._first_start.clear()
+    monkeypatch.setattr(sparsebin.datasets, "start_build", fake_start_build)  # app.py imports it on each run
+    st.cache_resource.clear()  # forget any chain an earlier app run began
     at = AppTest.from_file("../app.py", default_timeout=60)
     at.run()
     assert not at.exception

@@ -8,6 +8,7 @@ import pytest
 from sparsebin.search.codes import (
     SEARCH_METHODS,
     CodeIndex,
+    bit_column,
     bytes_per_vector,
     codes_by_bit,
     pack_bits,
@@ -271,3 +272,12 @@ def test_inverted_index_lists_the_rows_of_each_bit():
     bits = random_codes(130, 70, 0.1, seed=4)
     by_bit = codes_by_bit(pack_bits(bits), 70, chunk_rows=50)  # chunks must join in order
     np.testing.assert_array_equal(by_bit.toarray(), bits.T)
+
+
+def test_one_bit_column_of_packed_codes_is_that_column_of_the_bits():
+    bits = random_codes(40, 13, 0.4, seed=5)
+    packed = pack_bits(bits)
+    for bit in range(13):
+        np.testing.assert_array_equal(bit_column(packed, 13, bit), bits[:, bit])
+    with pytest.raises(ValueError, match=r"bit must be a whole number in 0\.\.12, got 13\."):
+        bit_column(packed, 13, 13)

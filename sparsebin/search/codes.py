@@ -41,6 +41,17 @@ def unpack_bits(packed: np.ndarray, n_bits: int) -> np.ndarray:
     return np.unpackbits(np.asarray(packed), axis=1, count=n_bits)
 
 
+def bit_column(packed: np.ndarray, n_bits: int, bit: int) -> np.ndarray:
+    """(M, ceil(N / 8)) uint8 -> (M,) uint8 0/1: whether `bit` is set in each row.
+
+    Reads one byte column only, so a memory-mapped code file is not read whole.
+    """
+    if isinstance(bit, bool) or not isinstance(bit, (int, np.integer)) or not 0 <= bit < n_bits:
+        raise ValueError(f"bit must be a whole number in 0..{n_bits - 1}, got {bit!r}.")
+    byte = np.asarray(packed[:, bit // 8])  # (M,)
+    return (byte >> (7 - bit % 8)) & 1  # bit 0 is the high bit of byte 0 (np.packbits)
+
+
 def bytes_per_vector(n_bits: int) -> int:
     return -(-n_bits // 8)
 
