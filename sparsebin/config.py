@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from sparsebin.devices import resolve_device  # noqa: F401 - the device choice lives with the devices
+
 LOSSES = ("cosine", "mse", "l1")
 ROUNDINGS = ("ste", "none", "hard", "stochastic")
 SPARSITIES = ("align", "hard-topk", "l1", "none")
@@ -156,14 +158,3 @@ def _device_fault(device: str) -> str | None:
             return f"device {device} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)."
         return None
     return f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}."
-
-
-def resolve_device(device: str) -> str:
-    """Turn `auto` into the best device present: CUDA, then MPS, then CPU."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"

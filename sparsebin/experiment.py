@@ -6,6 +6,7 @@ import numpy as np
 
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig
+from sparsebin.devices import describe_device
 from sparsebin.metrics import code_metrics, evaluate_model, normalized_rows, principal_axes, sign_codes
 from sparsebin.search.codes import bytes_per_vector
 from sparsebin.train import ProgressCallback, TrainResult, check_checkpoint, train
@@ -44,9 +45,20 @@ def run_experiment(
     runfolder.save_model(folder / "model.safetensors", result.model, config)
     runfolder.save_codes(folder / "codes.npy", codes)
     runfolder.save_json(folder / "split.json", {"validation": result.split.validation.tolist()})
+    runfolder.save_json(folder / runfolder.ENVIRONMENT, environment(result))
     runfolder.save_json(folder / "metrics.json", metrics)  # last: its presence marks a finished run
     (folder / CHECKPOINT).unlink(missing_ok=True)  # finished: model.safetensors holds the result
     return result
+
+
+def environment(result: TrainResult) -> dict:
+    """What produced the run's codes: device, its name, torch build, and where the rows were held."""
+    placement = result.placement
+    return describe_device(result.device) | {
+        "dtype": "float32",
+        "placement": placement.mode if placement else None,
+        "placement_reason": placement.reason if placement else None,
+    }
 
 
 def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int = 500) -> tuple[dict, np.ndarray]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sparsebin.devices import free_memory
 from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.search.codes import (
@@ -25,6 +26,7 @@ from sparsebin.search.codes import (
 )
 
 LOG10_BINS = np.arange(-7.0, 0.25, 0.25)  # firing-frequency histogram edges, 1e-7 .. 1
+EVALUATION_BUDGET = 256 * 2**20  # bytes one evaluation chunk may hold alive at once
 
 
 @dataclass
@@ -45,6 +47,18 @@ def normalized_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool) -
     return unit_rows(x) if normalize else x
 
 
+def evaluation_chunk_rows(n_bits: int, d_in: int, free_bytes: int | None = None) -> int:
+    """Rows per evaluation chunk: what fits EVALUATION_BUDGET, and a quarter of the free memory.
+
+    A chunk holds about five (C, N) float32 tensors (logits, soft code, mask,
+    hard bits, their uint8 copy) and six (C, D) ones (inputs and three
+    reconstructions with their products), so the rows shrink as N grows.
+    """
+    per_row = (5 * n_bits + 6 * d_in) * 4
+    budget = EVALUATION_BUDGET if free_bytes is None else min(EVALUATION_BUDGET, free_bytes // 4)
+    return int(np.clip(budget // per_row, 64, 65536))
+
+
 @torch.no_grad()
 def evaluate_model(
     model: BinaryAutoencoder,
@@ -53,15 +67,18 @@ def evaluate_model(
     split: str,
     n_queries: int = 500,
     seed: int = 0,
-    chunk_rows: int = 8192,
+    chunk_rows: int | None = None,
 ) -> Evaluation:
     """Every metric of METHOD.md for `vectors` (M, D), already normalised as trained.
 
     `split` names the part evaluated ("train", "validation", ...) and is stored
-    in the result, so every reported number says where it came from.
+    in the result, so every reported number says where it came from. Chunks
+    are sized by N and the device's free memory unless `chunk_rows` is given.
     """
     model.eval()
     device = next(model.parameters()).device
+    if chunk_rows is None:
+        chunk_rows = evaluation_chunk_rows(model.n_bits, model.d_in, free_memory(str(device)))
     sums = {"recon": 0.0, "fixed_topk_recon": 0.0, "soft_recon": 0.0, "topk_overlap": 0.0}
     packed = []
     for start in range(0, len(vectors), chunk_rows):

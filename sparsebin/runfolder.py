@@ -6,6 +6,7 @@
     <run>/history.jsonl       one progress event per line
     <run>/codes.npy           packed hard bits (np.packbits), one row per concept
     <run>/split.json          the row indices of the validation part
+    <run>/environment.json    the device (and its name), torch version and dtype that made the codes
 
 Weights are loaded with safetensors, never with pickle.
 """
@@ -19,8 +20,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from sparsebin.config import TrainConfig
+from sparsebin.devices import is_available
 from sparsebin.model import BinaryAutoencoder
 
+ENVIRONMENT = "environment.json"
 ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy")
 
 
@@ -99,6 +102,27 @@ def load_codes(folder: Path, mmap: bool = True) -> np.ndarray:
     if codes.dtype != np.uint8 or codes.ndim != 2:
         raise RunFileError(f"run {Path(folder).name} has a codes.npy of {codes.dtype} {codes.shape}, not packed bits.")
     return codes
+
+
+def load_environment(folder: Path) -> dict:
+    """The device record of a run; {} for a run written before it was recorded."""
+    path = Path(folder) / ENVIRONMENT
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged {ENVIRONMENT}: {error}") from error
+
+
+def evaluation_device(folder: Path) -> str:
+    """The device that made the run's codes when this machine has it, else the CPU.
+
+    Recomputing logits where the codes were made keeps views and `eval` on
+    the same side of zero as the stored bits.
+    """
+    device = load_environment(folder).get("device") or "cpu"
+    return device if is_available(device) else "cpu"
 
 
 def load_model(folder: Path, device: str = "cpu") -> BinaryAutoencoder:

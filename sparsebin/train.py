@@ -1,13 +1,15 @@
-"""The training loop: device-agnostic, data resident on the device.
+"""The training loop: device-agnostic, data resident on the device or read from a map.
 
 Batches are slices of a seeded random permutation of the training rows (no
-DataLoader in the hot loop). The loop touches the host only at logging steps,
+DataLoader in the hot loop); `batches.py` holds them on the device when they
+fit, and otherwise reads each batch from the (memory-mapped) data. The loop touches the host only at logging steps,
 where it reports a progress event through a callback. It checkpoints at every
 epoch end (model, optimizer, random states, history) and resumes from such a
 checkpoint to the same result as an uninterrupted run.
 """
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +20,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sparsebin.config import TrainConfig, resolve_device, validation_size
+from sparsebin.batches import Placement, choose_placement, release_pages, training_rows
+from sparsebin.config import TrainConfig, validation_size
 from sparsebin.datasets.store import DataError
+from sparsebin.devices import free_memory, get_rng_state, resolve_device, set_rng_state, synchronize
 from sparsebin.losses import distance, sparsity_term
 from sparsebin.model import BinaryAutoencoder
 
 ProgressCallback = Callable[[dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +46,7 @@ class TrainResult:
     epochs_done: int = 0
     cancelled: bool = False
     device: str = "cpu"
+    placement: Placement | None = None  # where the training rows were held, and why
 
 
 def split_rows(n_rows: int, val_fraction: float, seed: int) -> Split:
@@ -69,14 +75,7 @@ def check_embeddings(embeddings: np.ndarray, normalize: bool = True) -> None:
         if zero.any():
             row = start + int(np.argmax(zero))
             raise DataError(f"embeddings row {row} is all zeros and has no direction to learn.")
-
-
-def prepare_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool, device: str) -> torch.Tensor:
-    """The chosen rows as a float32 tensor on the device, L2-normalised if asked."""
-    x = torch.from_numpy(np.ascontiguousarray(embeddings[rows], dtype=np.float32)).to(device)
-    if normalize:
-        x = torch.nn.functional.normalize(x, dim=1)
-    return x
+        release_pages(embeddings)  # a mapped file is checked without being held whole
 
 
 def build_model(config: TrainConfig, d_in: int) -> BinaryAutoencoder:
@@ -101,6 +100,8 @@ def train(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_path: Path | None = None,
+    placement: str = "auto",
+    free_bytes: int | None = None,
 ) -> TrainResult:
     """Train a model on `embeddings` (M, D) with `config`.
 
@@ -113,13 +114,23 @@ def train(
     cancelled. With a `checkpoint_path`, an existing checkpoint there is resumed
     from (it must come from the same config), and a new one is written at the
     end of every epoch.
+
+    `placement` is auto (the training rows are held on the device when they
+    take at most half its free memory, else read batch by batch from the
+    data), resident or mapped; every choice gives the same result. The free
+    memory is measured unless `free_bytes` is given.
     """
     check_embeddings(embeddings, config.normalize)
     config.validate(n_rows=embeddings.shape[0])
     device = resolve_device(config.device)
     split = split_rows(embeddings.shape[0], config.val_fraction, config.seed)
-    x_train = prepare_rows(embeddings, split.train, config.normalize, device)  # (M_train, D)
-    n_train, d_in = x_train.shape
+    d_in = embeddings.shape[1]
+    free = free_memory(device) if free_bytes is None and placement == "auto" else free_bytes
+    chosen = choose_placement(placement, len(split.train), d_in, device, free)
+    if placement == "auto" and chosen.mode == "mapped":
+        log.warning(chosen.reason)
+    rows = training_rows(chosen, embeddings, split.train, config.normalize, device)
+    n_train = len(rows)
 
     model = build_model(config, d_in).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))
@@ -134,18 +145,20 @@ def train(
     step = start_epoch * steps_per_epoch
     fired = torch.zeros(config.n_bits, device=device)  # firing counts this epoch
     dead_last_epoch: int | None = None
-    result = TrainResult(model, config, split, history, start_epoch, device=device)
+    result = TrainResult(model, config, split, history, start_epoch, device=device, placement=chosen)
     model.train()
     started, samples = time.perf_counter(), 0
     for epoch in range(start_epoch, config.epochs):
-        order = torch.randperm(n_train, generator=generator).to(device)
+        order = torch.randperm(n_train, generator=generator)
         fired.zero_()
+        batches = rows.epoch(order, config.batch_size)
         for begin in range(0, n_train, config.batch_size):
             if should_stop is not None and should_stop():
+                batches.close()  # stops the mapped path's reader thread
                 result.cancelled = True
                 model.eval()
                 return result
-            x = x_train[order[begin : begin + config.batch_size]]  # (B, D)
+            x = next(batches)  # (B, D)
             loss, rec, sp, out = training_loss(model, config, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -156,6 +169,7 @@ def train(
             samples += x.shape[0]
             last_of_epoch = begin + config.batch_size >= n_train
             if step % config.log_every == 0 or last_of_epoch:
+                synchronize(device)  # a GPU runs behind the host: count only finished steps
                 elapsed = time.perf_counter() - started
                 if last_of_epoch or dead_last_epoch is None:
                     dead = int((fired == 0).sum().item())
@@ -178,9 +192,10 @@ def train(
                 history.append(event)
                 if progress is not None:
                     progress(event)
+        batches.close()
         result.epochs_done = epoch + 1
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, optimizer, generator, epoch + 1, history, config)
+            save_checkpoint(checkpoint_path, model, optimizer, generator, epoch + 1, history, config, device)
     model.eval()
     return result
 
@@ -198,6 +213,7 @@ def save_checkpoint(
     epoch: int,
     history: list[dict],
     config: TrainConfig,
+    device: str = "cpu",
 ) -> None:
     """Write model, optimizer moments and random states as safetensors (no pickle).
 
@@ -210,16 +226,14 @@ def save_checkpoint(
         for key, value in state.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1)
     tensors["rng.batch_order"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        # Stochastic rounding on a GPU draws from the CUDA generators.
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{index}"] = state
+    # Stochastic rounding draws from the training device's generator: that one state is saved.
+    tensors["rng.device"] = get_rng_state(device)
     meta = {
         "config": config.to_json(),
         "epoch": json.dumps(epoch),
         "history": json.dumps(history),
         "param_groups": json.dumps(optimizer_state["param_groups"]),
+        "rng_device": device,
     }
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
@@ -275,8 +289,8 @@ def load_checkpoint(
             state.setdefault(index, {})[key] = value if key == "step" else value.to(device)
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     generator.set_state(tensors["rng.batch_order"])
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-    if cuda_states:
-        torch.cuda.set_rng_state_all(cuda_states)
+    if "rng.device" in tensors:
+        set_rng_state(str(device), tensors["rng.device"], meta["rng_device"])
+    else:  # written before the device's state was saved alone: the host generator's
+        set_rng_state(str(device), tensors["rng.torch"], "cpu")
     return json.loads(meta["epoch"]), json.loads(meta["history"])

@@ -108,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    model = runfolder.load_model(args.run)
+    model = runfolder.load_model(args.run, device=runfolder.evaluation_device(args.run))
     config = runfolder.load_config(args.run)
     embeddings = load_embeddings(args.data)
     check_embeddings(embeddings, config.normalize)

@@ -138,7 +138,8 @@ def test_zero_row_is_refused_when_normalising():
 
 def test_same_seed_gives_same_codes_and_other_seed_differs():
     x, _ = planted_data(n_rows=400, dim=16, n_bits=32, k=4)
-    config = TrainConfig(n_bits=32, k=4, epochs=3, batch_size=64)
+    # Pinned to the CPU: GPU kernels (atomics in reductions) need not repeat bit for bit.
+    config = TrainConfig(n_bits=32, k=4, epochs=3, batch_size=64, device="cpu")
     first = evaluate_run(x, train(x, config), n_queries=20)[1]
     second = evaluate_run(x, train(x, config), n_queries=20)[1]
     other = evaluate_run(x, train(x, config.replace(seed=1)), n_queries=20)[1]
@@ -149,7 +150,7 @@ def test_same_seed_gives_same_codes_and_other_seed_differs():
 @pytest.mark.parametrize("rounding", ["ste", "stochastic"])
 def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, rounding):
     x, _ = planted_data(n_rows=400, dim=16, n_bits=32, k=4)
-    config = TrainConfig(n_bits=32, k=4, epochs=4, batch_size=64, rounding=rounding)
+    config = TrainConfig(n_bits=32, k=4, epochs=4, batch_size=64, rounding=rounding, device="cpu")  # bit for bit
     whole = train(x, config)
     checkpoint = tmp_path / "checkpoint.safetensors"
     calls = {"n": 0}

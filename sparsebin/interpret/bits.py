@@ -30,8 +30,9 @@ from sparsebin.interpret.ontology import (
     covering_ancestors,
     enrichment_table,
 )
+from sparsebin.metrics import unit_rows
 from sparsebin.model import BinaryAutoencoder
-from sparsebin.runfolder import RunFileError, load_codes, load_config, load_model
+from sparsebin.runfolder import RunFileError, evaluation_device, load_codes, load_config, load_model
 from sparsebin.search.codes import CodeIndex, active_counts, codes_by_bit, smallest_k_labelled, unpack_bits
 
 LABEL_BLOCK_BITS = 1024  # bits labelled per sparse product, bounding its memory
@@ -119,7 +120,7 @@ class RunContext:
     @classmethod
     def load(cls, run_folder: Path, dataset) -> "RunContext":
         folder = Path(run_folder)
-        model = load_model(folder)
+        model = load_model(folder, device=evaluation_device(folder))
         codes = load_codes(folder)
         concepts = dataset.concepts.reset_index(drop=True)
         if not len(codes) == len(concepts) == len(dataset.embeddings):
@@ -174,21 +175,55 @@ class RunContext:
             raise LookupError(f"no concept with id {concept_id!r} in this run's dataset.") from None
 
     def bit_logits(self, bit: int) -> np.ndarray:
-        """(M,) pre-activation u of one bit for every concept, on the inputs the model was trained on."""
+        """(M,) pre-activation u of one bit for every concept, agreeing with the stored codes.
+
+        The inputs are normalised as evaluation normalised them before storing
+        the codes (`unit_rows`, float32) and the bit's encoder row is applied in
+        float32. See `agree_with_codes` for the rows at the boundary.
+        """
         check_bit(self, bit)
-        weight = self.model.encoder.weight[bit].detach().numpy()  # (D,)
-        products = np.asarray(self.embeddings @ weight, dtype=np.float32)
-        if self.config.normalize:
-            products = products / self.row_norms
-        return products + float(self.model.encoder.bias[bit].detach())
+        weight = self.model.encoder.weight[bit].detach().cpu().numpy()  # (D,)
+        bias = np.float32(self.model.encoder.bias[bit].detach().cpu())
+        logits = np.concatenate(
+            [self._inputs(slice(i, i + 65536)) @ weight + bias for i in range(0, len(self.embeddings), 65536)]
+        )
+        firing = np.zeros(len(logits), dtype=bool)
+        firing[self.by_bit.indices[self.by_bit.indptr[bit] : self.by_bit.indptr[bit + 1]]] = True
+        return self.agree_with_codes(logits, firing)
 
     @torch.no_grad()
     def concept_logits(self, row: int) -> np.ndarray:
-        """(N,) pre-activations of every bit for one concept."""
-        x = torch.from_numpy(np.array(self.embeddings[row], dtype=np.float32))
-        if self.config.normalize:
-            x = x / x.norm().clamp_min(1e-12)
-        return self.model.encode_logits(x[None])[0].numpy()
+        """(N,) pre-activations of every bit for one concept, agreeing with its stored code."""
+        x = torch.from_numpy(self._inputs(slice(row, row + 1)))
+        device = next(self.model.parameters()).device
+        logits = self.model.encode_logits(x.to(device))[0].cpu().numpy()
+        return self.agree_with_codes(logits, unpack_bits(self.codes[row : row + 1], self.n_bits)[0].astype(bool))
+
+    def _inputs(self, rows: slice) -> np.ndarray:
+        x = np.asarray(self.embeddings[rows], dtype=np.float32)
+        return unit_rows(x) if self.config.normalize else x
+
+    def agree_with_codes(self, logits: np.ndarray, firing: np.ndarray) -> np.ndarray:
+        """Logits put on the stored code's side of zero where float rounding left them on the other.
+
+        The codes came from a matrix product summed in another order (perhaps
+        on another device), so where |u| is within float32 rounding of zero
+        the recomputed sign can differ from the stored bit. The stored bit is
+        what the run computed, so such a value is shown as the boundary on its
+        side (the smallest positive float32 for a firing bit, 0 for a silent
+        one) and a view never shows a bit firing beside u <= 0. A rigid TopK
+        model's code is its TopK mask, not the sign, so its logits are left as
+        they are.
+        """
+        if self.config.sparsity == "hard-topk":
+            return logits
+        logits = np.asarray(logits, dtype=np.float32).copy()
+        tolerance = 1e-4 * max(float(np.abs(logits).max(initial=0.0)), 1.0)
+        wrong_firing = firing & (logits <= 0) & (logits > -tolerance)
+        wrong_silent = ~firing & (logits > 0) & (logits < tolerance)
+        logits[wrong_firing] = np.float32(np.finfo(np.float32).tiny)
+        logits[wrong_silent] = np.float32(0.0)
+        return logits
 
     def cosine_to(self, vector: np.ndarray) -> np.ndarray:
         """(M,) cosine between every embedding and a D-vector."""

@@ -27,6 +27,7 @@ import pandas as pd
 from sparsebin import paths
 from sparsebin.config import ConfigError, TrainConfig
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
+from sparsebin.devices import claimable_devices
 
 DATABASE = "sparsebin.db"
 SCHEMA_VERSION = 1  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
@@ -355,14 +356,21 @@ class Store:
 
     # -- worker side ---------------------------------------------------------
 
-    def claim(self, worker: str) -> Job | None:
-        """Atomically take the oldest queued job for `worker`, or None if none is queued."""
+    def claim(self, worker: str, device: str | None = None) -> Job | None:
+        """Atomically take the oldest queued job for `worker`, or None if none is queued.
+
+        A worker serving `device` takes only jobs asking for that device (under
+        any of its names: `cuda` is `cuda:0`) or for `auto`; without a device,
+        any job.
+        """
         now = time.time()
+        names = claimable_devices(device) if device is not None else ()
+        which = f"AND json_extract(config, '$.device') IN ({', '.join('?' * len(names))}) " if names else ""
         with self.transaction() as connection:
             row = connection.execute(
                 "UPDATE jobs SET status = ?, started_at = ?, heartbeat_at = ?, worker = ?, attempts = attempts + 1 "
-                "WHERE id = (SELECT id FROM jobs WHERE status = ? ORDER BY id LIMIT 1) RETURNING *",
-                (Status.RUNNING, now, now, worker, Status.QUEUED),
+                f"WHERE id = (SELECT id FROM jobs WHERE status = ? {which}ORDER BY id LIMIT 1) RETURNING *",
+                (Status.RUNNING, now, now, worker, Status.QUEUED, *names),
             ).fetchone()
         return job_from_row(row) if row is not None else None
 

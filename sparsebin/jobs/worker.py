@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from sparsebin import paths, runfolder
-from sparsebin.config import resolve_device
 from sparsebin.datasets import load_dataset
+from sparsebin.devices import resolve_device
 from sparsebin.experiment import run_experiment
 from sparsebin.jobs.queue import SUMMARY_METRICS, Job, Status, Store
 from sparsebin.processes import pid_alive
@@ -158,7 +158,7 @@ def run_worker(
     try:
         report_interrupted(store.interrupt_stale(stale_after))
         while not shutdown.is_set() and (max_jobs is None or jobs_run < max_jobs):
-            job = store.claim(name)
+            job = store.claim(name, worker_device)
             if job is None:
                 if once:
                     break
@@ -167,7 +167,7 @@ def run_worker(
                 report_interrupted(store.interrupt_stale(stale_after))
                 continue
             idle_rounds = 0
-            run_job(store, job, name, heartbeat, shutdown, device=device, progress_every=progress_every)
+            run_job(store, job, name, heartbeat, shutdown, device=worker_device, progress_every=progress_every)
             release_device_memory()  # after run_job returned, so its model is no longer referenced
             jobs_run += 1
     finally:
