@@ -1,12 +1,10 @@
 """Data: the built-in datasets with build buttons and progress, and uploads of your own embeddings."""
 
-import tempfile
-from pathlib import Path
-
 import streamlit as st
 
 from pages import _shared
-from sparsebin.datasets import BUILTIN_DATASETS, DataError, import_dataset, start_build
+from sparsebin.datasets import BUILTIN_DATASETS, DataError, start_build
+from sparsebin.datasets.importing import import_uploaded
 
 st.title("Data")
 
@@ -37,23 +35,23 @@ with st.form("upload_form"):
     name = st.text_input("Dataset name", key="upload_name")
     embeddings = st.file_uploader("Embeddings", type=["npy", "npz", "parquet", "csv"], key="upload_embeddings")
     labels = st.file_uploader("Labels (optional)", type=["csv", "parquet"], key="upload_labels")
+    replace = st.checkbox("Replace a dataset of the same name", key="upload_replace")
     submitted = st.form_submit_button("Import", key="upload_submit")
 if submitted:
     if embeddings is None:
         st.error("Choose an embeddings file to import.")
     else:
-        with tempfile.TemporaryDirectory() as folder:
-            saved = {}
-            for upload in (embeddings, labels):
-                if upload is not None:
-                    saved[upload.name] = Path(folder) / Path(upload.name).name
-                    saved[upload.name].write_bytes(upload.getvalue())
-            try:
-                labels_path = saved[labels.name] if labels is not None else None
-                path = import_dataset(saved[embeddings.name], name=name, labels_file=labels_path)
-                st.success(f"Imported {name} into {path}.")
-            except DataError as error:
-                st.error(str(error))
+        try:
+            import_uploaded(
+                (embeddings.name, embeddings.getvalue()),
+                labels=(labels.name, labels.getvalue()) if labels is not None else None,
+                name=name,
+                overwrite=replace,
+            )
+            count = next(item["count"] for item in _shared.datasets() if item["name"] == name)
+            st.success(f"Imported {embeddings.name} as dataset {name} ({count:,} concepts).")
+        except DataError as error:
+            st.error(str(error))
 
 present = _shared.datasets()
 if present:

@@ -97,6 +97,8 @@ def load_codes(folder: Path, mmap: bool = True) -> np.ndarray:
     path = _require(folder, "codes.npy")
     try:
         codes = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except EOFError:
+        raise RunFileError(f"run {Path(folder).name} has an empty or truncated codes.npy.") from None
     except (ValueError, OSError) as error:
         raise RunFileError(f"run {Path(folder).name} has a damaged codes.npy: {error}") from error
     if codes.dtype != np.uint8 or codes.ndim != 2:

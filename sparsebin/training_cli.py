@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tqdm import tqdm
 from sparsebin import runfolder
 from sparsebin.config import INITS, LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
 from sparsebin.datasets import load_dataset
+from sparsebin.datasets.importing import is_embeddings_path, read_embeddings_file
 from sparsebin.experiment import run_experiment
 from sparsebin.metrics import evaluate_model, normalized_rows
 from sparsebin.paths import home_dir
@@ -40,7 +42,9 @@ OPTION_HELP = {
 
 def add_commands(subparsers) -> None:
     train = subparsers.add_parser("train", help="train one run in the foreground and write its run folder")
-    train.add_argument("data", help="embeddings: a .npy file, a dataset folder or a built dataset's name")
+    train.add_argument(
+        "data", help="embeddings: a .npy, .npz, .parquet or .csv file, a dataset folder or a dataset's name"
+    )
     train.add_argument("--out", type=Path, help="run folder to write (default: <home>/runs/cli-<time>)")
     train.add_argument("--queries", type=int, default=500, help="retrieval queries sampled per evaluated part")
     for field in dataclasses.fields(TrainConfig):
@@ -55,7 +59,9 @@ def add_commands(subparsers) -> None:
 
     evaluate = subparsers.add_parser("eval", help="metrics of a finished run on a given set of embeddings")
     evaluate.add_argument("run", type=Path, help="run folder")
-    evaluate.add_argument("data", help="embeddings: a .npy file, a dataset folder or a built dataset's name")
+    evaluate.add_argument(
+        "data", help="embeddings: a .npy, .npz, .parquet or .csv file, a dataset folder or a dataset's name"
+    )
     evaluate.add_argument("--queries", type=int, default=500, help="retrieval queries sampled from the set")
     evaluate.add_argument("--json", action="store_true", help="print every metric as JSON")
     evaluate.set_defaults(func=run_eval)
@@ -77,13 +83,17 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def load_embeddings(source: str) -> np.ndarray:
-    """A .npy file (memory-mapped) or a dataset folder / name."""
-    path = Path(source)
-    if path.suffix == ".npy":
-        if not path.is_file():
-            raise ValueError(f"no embeddings file at {path}.")
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+def load_embeddings(source: str, say=print) -> np.ndarray:
+    """An embeddings file (.npy memory-mapped; .npz, .parquet, .csv read whole) or a dataset folder / name.
+
+    A file is read as it is, checked like an import, and not stored as a dataset;
+    `say` gets one sentence saying so.
+    """
+    if is_embeddings_path(source):
+        path = Path(source)
+        array = read_embeddings_file(path)
+        say(f"read {path.name} as it is ({array.shape[0]:,} rows x {array.shape[1]} dims; not stored as a dataset)")
+        return array
     return load_dataset(source).embeddings
 
 
@@ -110,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     model = runfolder.load_model(args.run, device=runfolder.evaluation_device(args.run))
     config = runfolder.load_config(args.run)
-    embeddings = load_embeddings(args.data)
+    embeddings = load_embeddings(args.data, say=lambda text: print(text, file=sys.stderr))
     check_embeddings(embeddings, config.normalize)
     if embeddings.shape[1] != model.d_in:
         raise ValueError(f"the run expects {model.d_in}-d embeddings, but {args.data} has {embeddings.shape[1]}.")

@@ -219,6 +219,38 @@ def test_data_upload_of_a_bad_file_shows_the_library_message(app):
     assert len(at.error) == 1 and "bad.csv" in at.error[0].value
 
 
+def test_data_upload_of_an_empty_npy_says_so_without_a_traceback_or_server_path(app, world):
+    at = open_page(app, "data")
+    at.text_input(key="upload_name").set_value("empty")
+    at.file_uploader(key="upload_embeddings").set_value(("empty.npy", b"", "application/octet-stream"))
+    at.button(key="upload_submit").click().run()
+    assert not at.exception
+    assert [error.value for error in at.error] == ["empty.npy: the file is empty (0 bytes)"]
+    assert sorted(path.name for path in world["data"].iterdir()) == ["tiny"]  # nothing left behind
+
+
+def test_data_upload_of_two_files_with_the_same_name(app, world):
+    """An embeddings table and a labels table both called data.csv are each read as what they are."""
+    rows = np.random.default_rng(3).normal(size=(5, 3))
+    embeddings = pd.DataFrame(rows, columns=list("xyz")).to_csv(index=False).encode()
+    labels = pd.DataFrame({"id": [f"U{i}" for i in range(5)], "name": list("abcde")}).to_csv(index=False).encode()
+    at = open_page(app, "data")
+    at.text_input(key="upload_name").set_value("twins")
+    at.file_uploader(key="upload_embeddings").set_value(("data.csv", embeddings, "text/csv"))
+    at.file_uploader(key="upload_labels").set_value(("data.csv", labels, "text/csv"))
+    at.button(key="upload_submit").click().run()
+    try:
+        assert not at.error, [error.value for error in at.error]
+        assert "Imported data.csv as dataset twins (5 concepts)." in [success.value for success in at.success]
+        assert str(world["data"]) not in texts(at)  # no server path on the page
+        at.button(key="upload_submit").click().run()  # the same name again, without Replace
+        assert any("a dataset named 'twins' already exists" in error.value for error in at.error)
+    finally:
+        import shutil
+
+        shutil.rmtree(world["data"] / "twins", ignore_errors=True)
+
+
 def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     import os
 

@@ -33,7 +33,9 @@ def add_commands(subparsers) -> None:
     imported.add_argument("--labels", default=None, help="labels: .csv or .parquet with id, name")
     imported.add_argument("--name", required=True, help="dataset name (a safe folder name)")
     imported.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
-    imported.add_argument("--overwrite", action="store_true", help="replace a dataset of that name")
+    imported.add_argument(
+        "--force", "--overwrite", dest="overwrite", action="store_true", help="replace a dataset of that name"
+    )
     imported.set_defaults(func=run_import)
 
 

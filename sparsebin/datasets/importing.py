@@ -6,8 +6,15 @@ and written back in fixed chunks, so a file larger than memory imports without e
 being held whole.
 """
 
+import codecs
 import csv
+import json
 import mmap
+import re
+import shutil
+import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +24,7 @@ import pyarrow.parquet as pq
 
 from sparsebin.datasets.store import (
     EMBEDDINGS_FILE,
+    META_FILE,
     DataError,
     NpyWriter,
     atomic_dataset_folder,
@@ -40,9 +48,13 @@ def _check_file(path: Path, formats: tuple[str, ...], max_bytes: int) -> None:
         raise DataError(
             f"{path.name}: not a supported format {path.suffix or '(no extension)'!r}; use one of {', '.join(formats)}"
         )
+    if path.is_dir():
+        raise DataError(f"{path.name}: is a folder, not a file; give the {path.suffix} file inside it")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path.name}: the file is empty (0 bytes)")
     if size > max_bytes:
         raise DataError(
             f"{path.name}: the file is {size / 2**30:.2f} GiB, above the import size limit "
@@ -57,6 +69,11 @@ def _check_numeric_dtype(dtype: np.dtype, path: Path) -> None:
 
 def _read_npz(path: Path) -> np.ndarray:
     """The array named like embeddings, else the only array in the archive."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path.name}: not a readable .npz archive (no zip directory at its end: it is truncated "
+            "or in another format); save it again with numpy.savez"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -69,17 +86,68 @@ def _read_npz(path: Path) -> np.ndarray:
                     "name the embeddings array 'embeddings' or save a single array"
                 )
             return archive[chosen]
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
+        raise DataError(
+            f"{path.name}: the .npz archive is damaged ({type(error).__name__}); it may be truncated"
+        ) from None
     except ValueError as error:
-        if isinstance(error, DataError):
-            raise
-        raise DataError(f"{path.name}: embeddings are not numeric ({error})") from None
+        raise DataError(f"{path.name}: embeddings are not numeric ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and data offset an .npy file announces, checked against the file's size.
+
+    An .npy file is a signature, a header giving shape and dtype, then the raw
+    values; a file cut short, or a header that does not match what follows,
+    gets a sentence naming both sizes instead of numpy's EOFError or mmap error.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise DataError(
+                f"{path.name}: not a NumPy .npy file (it does not begin with the .npy signature); "
+                "save it with numpy.save, or give it the extension of its real format"
+            )
+        handle.seek(0)
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        except (ValueError, EOFError) as error:
+            raise DataError(f"{path.name}: the .npy header is damaged ({_first_line(error)})") from None
+        offset = handle.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path.name}: embeddings are not numeric (the file holds Python objects)")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = size - offset
+    if actual < expected:
+        raise DataError(
+            f"{path.name}: the header announces {' x '.join(map(str, shape))} {dtype} values "
+            f"({expected:,} bytes) but only {actual:,} bytes follow; the file is truncated"
+        )
+    if actual > expected:
+        raise DataError(
+            f"{path.name}: the header announces {' x '.join(map(str, shape))} {dtype} values "
+            f"({expected:,} bytes) but {actual:,} bytes follow; the header does not match the data"
+        )
+    return shape, dtype, offset
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    _npy_header(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
-        raise DataError(f"{path.name}: embeddings are not numeric ({error})") from None
+        raise DataError(f"{path.name}: embeddings are not numeric ({_first_line(error)})") from None
 
 
 def _list_column_to_array(column: pa.ChunkedArray, column_name: str, path: Path) -> np.ndarray:
@@ -100,9 +168,20 @@ def _list_column_to_array(column: pa.ChunkedArray, column_name: str, path: Path)
     return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
 
 
+def _read_parquet_table(path: Path) -> pa.Table:
+    """The table in a Parquet file; a file that is not Parquet (or is cut short) gets a sentence."""
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError):
+        raise DataError(
+            f"{path.name}: not a readable Parquet file (its footer is missing or damaged: "
+            "it is truncated or in another format)"
+        ) from None
+
+
 def _read_parquet(path: Path) -> np.ndarray:
     """One list column (preferring one named like embeddings), or all numeric columns."""
-    table = pq.read_table(path)
+    table = _read_parquet_table(path)
     list_columns = [
         field.name
         for field in table.schema
@@ -135,16 +214,42 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def check_text(path: Path) -> None:
+    """Refuse a text file that is not UTF-8 (or is binary), naming the first bad byte."""
+    with open(path, "rb") as handle:
+        head = handle.read(_CHUNK_BYTES)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path.name}: the text is UTF-16; save it as UTF-8")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise DataError(
+            f"{path.name}: not a text file (a NUL byte at byte {nul:,}); is it another format renamed to .csv?"
+        )
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    with open(path, "rb") as handle:
+        position = 0
+        while chunk := handle.read(_CHUNK_BYTES):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path.name}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at byte "
+                    f"{position + error.start:,}); save it as UTF-8"
+                ) from None
+            position += len(chunk)
+
+
 def _read_csv(path: Path) -> np.ndarray:
     """Numeric columns, with a header row when the first row is not all numbers."""
-    with open(path, newline="") as handle:
+    check_text(path)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         first_row = next(csv.reader(handle), [])
     # pandas writes a bare frame's header as "0,1,2,..."; that is a header, not a row.
     counting = [str(position) for position in range(len(first_row))]
     has_header = any(not _is_number(field) for field in first_row) or first_row == counting
     first_data_line = 2 if has_header else 1
     try:
-        frame = pd.read_csv(path, header=0 if has_header else None, skip_blank_lines=True)
+        frame = pd.read_csv(path, header=0 if has_header else None, skip_blank_lines=True, encoding="utf-8-sig")
     except pd.errors.ParserError as error:
         raise DataError(f"{path.name}: ragged rows ({error})") from None
     except pd.errors.EmptyDataError:
@@ -167,7 +272,7 @@ def _read_csv(path: Path) -> np.ndarray:
 
 def _raise_if_short_row(path: Path, row: int, width: int, has_header: bool, first_data_line: int) -> None:
     """pandas pads short rows with NaN; name them as ragged rather than as NaN."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         rows = (fields for fields in csv.reader(handle) if fields)
         if has_header:
             next(rows)
@@ -217,9 +322,15 @@ def read_labels(path: Path, rows: int, max_bytes: int) -> pd.DataFrame:
     """The concept table from a labels file: id and name required; category, parents optional."""
     _check_file(path, LABEL_FORMATS, max_bytes)
     if path.suffix.lower() == ".csv":
-        labels = pd.read_csv(path, dtype={"id": str, "name": str, "category": str})
+        check_text(path)
+        try:
+            labels = pd.read_csv(path, dtype={"id": str, "name": str, "category": str}, encoding="utf-8-sig")
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path.name}: the labels file has no header and no rows") from None
+        except pd.errors.ParserError as error:
+            raise DataError(f"{path.name}: ragged rows ({_first_line(error)})") from None
     else:
-        labels = pd.read_parquet(path)
+        labels = _read_parquet_table(path).to_pandas()
     missing = [column for column in ("id", "name") if column not in labels.columns]
     if missing:
         raise DataError(f"{path.name}: labels need columns 'id' and 'name'; missing {', '.join(missing)}")
@@ -301,7 +412,10 @@ def import_dataset(
     embeddings_path = Path(embeddings_file)
     _check_file(embeddings_path, EMBEDDING_FORMATS, max_bytes)
     if (resolve_data_dir(data_dir) / name).exists() and not overwrite:
-        raise DataError(f"a dataset named {name!r} already exists; choose another name")
+        raise DataError(
+            f"a dataset named {name!r} already exists; choose another name, or ask to replace it "
+            "(--force on the command line, 'Replace' on the Data page)"
+        )
     array = read_embeddings(embeddings_path)
     rows, dim = array.shape
     labels_path = Path(labels_file) if labels_file is not None else None
@@ -336,6 +450,7 @@ def import_dataset(
                     "embeddings": embeddings_path.name,
                     "labels": labels_path.name if labels_path else None,
                 },
+                "source_stat": _file_stat(embeddings_path),
                 "source_dtype": str(array.dtype),
                 "package_versions": package_versions(),
                 "checksum": {EMBEDDINGS_FILE: f"sha256:{checksum}"},
@@ -367,3 +482,112 @@ def _release_pages(array: np.ndarray, start: int, count: int) -> None:
         mapping.madvise(mmap.MADV_DONTNEED, aligned, begin + count * row_bytes - aligned)
     except (OSError, ValueError):
         return
+
+
+def _file_stat(path: Path) -> dict:
+    """Where a file was and its size and modification time: enough to tell it was imported before."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def is_embeddings_path(text: str) -> bool:
+    """Whether a command-line DATA argument names an embeddings file rather than a dataset."""
+    return Path(text).suffix.lower() in EMBEDDING_FORMATS
+
+
+def derived_name(path: Path) -> str:
+    """A dataset name made from a file's name: unsafe characters become '-'."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-._")[:60]
+    return stem or "imported"
+
+
+def import_for_command(path_text: str, data_dir: Path | None = None) -> tuple[str, str]:
+    """Import an embeddings file given where a dataset is expected; return (dataset name, one sentence).
+
+    The name is derived from the file name. The same file (same place, size and
+    modification time) imported before is reused, and a different dataset that
+    holds the name is never replaced: the next free name (`name-2`, ...) is taken.
+    """
+    path = Path(path_text)
+    _check_file(path, EMBEDDING_FORMATS, DEFAULT_MAX_BYTES)
+    stem = derived_name(path)
+    current = _file_stat(path)
+    root = resolve_data_dir(data_dir)
+    for number in range(1, 1000):
+        name = stem if number == 1 else f"{stem}-{number}"
+        folder = root / name
+        if not folder.exists():
+            import_dataset(path, name=name, data_dir=data_dir)
+            rows = _meta_count(folder)
+            return name, f"imported {path.name} as dataset {name!r} ({rows:,} rows)"
+        if _meta_stat(folder) == current:
+            return name, f"using dataset {name!r}, imported from {path.name} before ({_meta_count(folder):,} rows)"
+    raise DataError(f"{path.name}: datasets {stem!r} to {stem}-999 all exist; import it with --name")
+
+
+def _meta(folder: Path) -> dict:
+    try:
+        return json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _meta_stat(folder: Path) -> dict | None:
+    return _meta(folder).get("source_stat")
+
+
+def _meta_count(folder: Path) -> int:
+    return int(_meta(folder).get("count") or 0)
+
+
+def read_embeddings_file(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """A user's embeddings file checked as an import checks it, without storing it (for `train` and `eval`)."""
+    path = Path(path)
+    _check_file(path, EMBEDDING_FORMATS, max_bytes)
+    array = read_embeddings(path)
+    chunk_rows = chunk_rows_for(array.shape[1])
+    for start in range(0, len(array), chunk_rows):
+        check_chunk(np.asarray(array[start : start + chunk_rows], dtype=np.float32), start, path)
+    return array
+
+
+def import_uploaded(
+    embeddings: tuple[str, bytes],
+    *,
+    name: str,
+    labels: tuple[str, bytes] | None = None,
+    data_dir: Path | None = None,
+    overwrite: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Path:
+    """Import files received as (file name, bytes), as the Data page's uploads arrive.
+
+    Each file is written into its own sub-folder of a hidden folder inside the
+    data folder (so an embeddings file and a labels file of the same name do not
+    overwrite each other, and nothing lands outside the data folder), imported,
+    and the hidden folder removed whatever happens.
+    """
+    check_name(name)
+    root = resolve_data_dir(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))
+    try:
+        saved = {}
+        for role, upload in (("embeddings", embeddings), ("labels", labels)):
+            if upload is None:
+                continue
+            file_name = Path(upload[0]).name or role  # the browser's name, without any folder part
+            folder = staging / role
+            folder.mkdir()
+            saved[role] = folder / file_name
+            saved[role].write_bytes(upload[1])
+        return import_dataset(
+            saved["embeddings"],
+            name=name,
+            labels_file=saved.get("labels"),
+            data_dir=data_dir,
+            overwrite=overwrite,
+            max_bytes=max_bytes,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

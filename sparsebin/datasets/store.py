@@ -213,7 +213,14 @@ def dataset_folder(name_or_path: str | Path, data_dir: Path | None = None) -> Pa
     candidate = Path(name_or_path)
     if candidate.is_dir() and is_dataset(candidate):
         return candidate
-    name = check_name(str(name_or_path))
+    if not _SAFE_NAME.fullmatch(str(name_or_path)) or ".." in str(name_or_path):
+        known = ", ".join(item["name"] for item in list_datasets(data_dir)) or "none"
+        what = "a folder that is not a dataset" if candidate.is_dir() else "neither a dataset name nor a dataset folder"
+        raise DataError(
+            f"{str(name_or_path)!r} is {what} (datasets: {known}); an embeddings file "
+            "(.npy, .npz, .parquet or .csv) is imported first with `import-data`, or given to `submit` or `train`"
+        )
+    name = str(name_or_path)
     folder = resolve_data_dir(data_dir) / name
     if not is_dataset(folder):
         known = ", ".join(item["name"] for item in list_datasets(data_dir)) or "none"

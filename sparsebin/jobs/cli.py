@@ -6,8 +6,9 @@ import logging
 import time
 from pathlib import Path
 
-from sparsebin.config import TrainConfig
+from sparsebin.config import ConfigError, TrainConfig
 from sparsebin.datasets import DataError, load_dataset
+from sparsebin.datasets.importing import import_for_command, is_embeddings_path
 from sparsebin.export import export_run
 from sparsebin.jobs.queue import Job, Store
 from sparsebin.jobs.worker import run_worker, worker_status
@@ -28,7 +29,11 @@ RUN_COLUMNS = ["job_id", "run_id", "status", "label", "n_bits", "k", "alpha", "l
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit = subparsers.add_parser("submit", help="queue a training run, or a grid of runs, for the worker")
-    submit.add_argument("dataset", help="dataset name (or folder) to train on")
+    submit.add_argument(
+        "dataset",
+        help="a dataset's name or folder, or an embeddings file (.npy, .npz, .parquet, .csv), "
+        "imported first under a name made from the file's",
+    )
     submit.add_argument("--config", type=Path, help="a config.json to start from")
     submit.add_argument("--label", default="", help="a note shown beside the run")
     for name, kind in GRID_OPTIONS.items():
@@ -72,10 +77,42 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     worker.set_defaults(func=worker_command)
 
 
+def read_config_file(path: Path) -> TrainConfig:
+    """A TrainConfig from a JSON file, with one sentence for each way the file can be wrong."""
+    if path.is_dir():
+        raise ConfigError(f"--config {path.name}: is a folder, not a config.json file.")
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path.name}: not UTF-8 text; a config is a JSON file.") from None
+    if not text.strip():
+        raise ConfigError(f"--config {path.name}: the file is empty; a config is a JSON object of settings.")
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"--config {path.name}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})."
+        ) from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"--config {path.name}: holds a JSON {type(values).__name__}, not an object of settings "
+            '(such as {"n_bits": 1024, "k": 16}).'
+        )
+    try:
+        return TrainConfig.from_dict(values).validate()
+    except TypeError as error:
+        raise ConfigError(f"--config {path.name}: {error}.") from None
+
+
 def submit_command(args: argparse.Namespace) -> int:
-    base = TrainConfig.from_json(args.config.read_text()) if args.config else TrainConfig()
+    base = read_config_file(args.config) if args.config else TrainConfig()
     base = base.replace(**{name: getattr(args, name) for name in SINGLE_OPTIONS if getattr(args, name) is not None})
     lists = {name: getattr(args, name) for name in GRID_OPTIONS if getattr(args, name) is not None}
+    if is_embeddings_path(args.dataset):
+        args.dataset, sentence = import_for_command(args.dataset)
+        print(sentence)
     store = Store()
     if any(len(values) > 1 for values in lists.values()):
         jobs = store.submit_grid(args.dataset, base, lists)
