@@ -12,6 +12,7 @@ import streamlit as st
 from sparsebin import paths, runfolder
 from sparsebin.datasets import build_status, list_datasets, load_dataset
 from sparsebin.interpret import bits as interpret
+from sparsebin.interpret import phrases
 from sparsebin.interpret.questions import run_name
 from sparsebin.jobs.queue import Store
 from sparsebin.search import codes as retrieval
@@ -130,6 +131,18 @@ def depth_analysis(run_id: str, dataset_name: str) -> interpret.DepthAnalysis:
 def concept_view(run_id: str, dataset_name: str, concept_id: str, metric: str) -> interpret.ConceptView:
     """A concept's bits and neighbours, so a rerun of the Concepts page only renders."""
     return interpret.concept_view(run_context(run_id, dataset_name), concept_id, k=10, metric=metric)
+
+
+@st.cache_data(max_entries=64)
+def phrase_view(run_id: str, dataset_name: str, phrase: str, metric: str) -> phrases.PhraseView:
+    """Any phrase's bits and neighbours, embedded with the dataset's own model (a PhraseError when it has none)."""
+    context = run_context(run_id, dataset_name)
+    (vector,) = phrases.embed_phrases([phrase], context_meta(dataset_name))
+    return phrases.phrase_view(context, phrases.check_phrase(phrase), vector, k=10, metric=metric)
+
+
+def context_meta(dataset_name: str) -> dict:
+    return dataset(dataset_name).meta
 
 
 @st.cache_data(max_entries=256)

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "sparsebin.training_cli",
     "sparsebin.datasets.cli",
     "sparsebin.jobs.cli",
+    "sparsebin.interpret.cli",
 )
 
 

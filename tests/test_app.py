@@ -170,6 +170,17 @@ def test_concepts_search_shows_the_concepts_bits(app):
     assert len(at.dataframe[1].value) == 10
 
 
+def test_concepts_phrase_box_on_a_dataset_without_a_model_says_so(app):
+    at = open_page(app, "concepts")
+    at.radio(key="lookup_mode").set_value("any phrase").run()
+    at.text_input(key="phrase").set_value("recurrent febrile seizures in infancy").run()
+    assert not at.exception
+    assert [error.value for error in at.error] == [
+        "dataset tiny was imported without a model, so a phrase cannot be placed among its concepts; "
+        "look up its own concepts by name or id instead."
+    ]
+
+
 def test_concepts_rerun_reuses_the_concept_view(app, monkeypatch):
     from sparsebin.interpret import bits as interpret
 

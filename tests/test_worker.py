@@ -195,7 +195,8 @@ def test_a_killed_worker_leaves_an_interrupted_job_that_resumes_without_losing_e
     assert store.job(job.id).status == Status.RUNNING  # nobody knows yet
 
     time.sleep(0.3)
-    assert run_worker(once=True, stale_after=0.2) == 0  # a new worker marks it, with nothing to run
+    # With resuming turned off, a new worker only marks it, and has nothing to run.
+    assert run_worker(once=True, stale_after=0.2, auto_resume=False) == 0
     interrupted = store.job(job.id)
     assert interrupted.status == Status.INTERRUPTED and "heartbeat" in interrupted.error
     assert not (store.run_folder(job.run_id) / "metrics.json").exists()
@@ -208,8 +209,7 @@ def test_a_killed_worker_leaves_an_interrupted_job_that_resumes_without_losing_e
         resumed_from.append(epoch)
         return epoch, history
 
-    store.resume(job.id)
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:  # a worker starting with the setting on resumes it by itself
         patch.setattr(sparsebin.train, "load_checkpoint", spy_load)
         assert run_worker(once=True) == 1
     done = store.job(job.id)
@@ -240,3 +240,56 @@ def test_a_worker_stopped_with_sigterm_leaves_its_job_interrupted_and_resumable(
     stopped = store.job(job.id)
     assert stopped.status == Status.INTERRUPTED and stopped.error == "the worker was stopped; resume it to continue."
     assert store.resume(job.id).status == Status.QUEUED
+
+
+def interrupted_job(store: Store, dataset: str, *, checkpoint: bool) -> int:
+    """A job a worker claimed and then lost (its heartbeat stopped), as after a kill or a reboot."""
+    job = store.submit(dataset, TINY)
+    store.claim("elsewhere:1")
+    if checkpoint:
+        folder = store.run_folder(job.run_id)
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.safetensors").write_bytes(b"")
+    time.sleep(0.05)
+    assert store.interrupt_stale(0.01) == [job.id]
+    return job.id
+
+
+def test_interrupted_jobs_are_queued_again_with_a_note_saying_what_happened():
+    store = Store()
+    dataset = make_dataset(n_rows=300)
+    saved = interrupted_job(store, dataset, checkpoint=True)
+    fresh = interrupted_job(store, dataset, checkpoint=False)
+    assert store.resume_interrupted() == [saved, fresh]
+    notes = {job.id: job.error for job in store.jobs()}
+    assert all(store.job(job_id).status == Status.QUEUED for job_id in (saved, fresh))
+    assert notes[saved].startswith("interrupted (its worker stopped sending heartbeats for over 0.01 s); resumed")
+    assert notes[saved].endswith(", from its last finished epoch.")
+    assert notes[fresh].endswith(", from the start (no epoch had finished).")
+    assert "resume it to continue" not in notes[saved]
+
+
+def test_a_job_interrupted_three_times_waits_for_the_user():
+    store = Store()
+    job_id = interrupted_job(store, make_dataset(n_rows=300), checkpoint=False)
+    for _ in range(2):
+        store.resume_interrupted()
+        store.claim("elsewhere:2")
+        time.sleep(0.05)
+        store.interrupt_stale(0.01)
+    assert store.job(job_id).attempts == 3
+    assert store.resume_interrupted() == []
+    job = store.job(job_id)
+    assert job.status == Status.INTERRUPTED
+    assert job.error.endswith("not resumed automatically after 3 attempts: resume it by hand.")
+
+
+def test_the_setting_turns_resuming_off(monkeypatch):
+    store = Store()
+    job_id = interrupted_job(store, make_dataset(n_rows=300), checkpoint=False)
+    monkeypatch.setenv("SPARSEBIN_AUTO_RESUME", "0")
+    assert run_worker(once=True) == 0
+    assert store.job(job_id).status == Status.INTERRUPTED
+    monkeypatch.setenv("SPARSEBIN_AUTO_RESUME", "1")
+    assert run_worker(once=True) == 1
+    assert store.job(job_id).status == Status.DONE and store.job(job_id).attempts == 2

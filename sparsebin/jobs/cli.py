@@ -74,6 +74,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     worker.add_argument("--progress-every", type=float, default=2.0, help="seconds between progress writes")
     worker.add_argument("--single", action="store_true", help="exit if another single worker serves the device")
+    worker.add_argument(
+        "--no-auto-resume",
+        dest="auto_resume",
+        action="store_false",
+        default=None,
+        help="leave interrupted jobs for `resume` (also: SPARSEBIN_AUTO_RESUME=0)",
+    )
     worker.set_defaults(func=worker_command)
 
 
@@ -145,6 +152,8 @@ def job_line(job: Job) -> str:
         eta = progress.get("eta_s")
         line += f"  epoch {progress['epoch']}/{job.config.epochs}  step {progress['step']}/{progress['total_steps']}"
         line += f"  loss {progress['loss']:.4f}" + (f"  eta {eta:.0f} s" if eta is not None else "")
+    if job.attempts > 1:
+        line += f"  attempt {job.attempts}"
     if job.error:
         line += f"  ({job.error})"
     return line
@@ -210,5 +219,6 @@ def worker_command(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         progress_every=args.progress_every,
         single=args.single,
+        auto_resume=args.auto_resume,
     )
     return 0

@@ -28,6 +28,7 @@ from sparsebin import paths
 from sparsebin.config import ConfigError, TrainConfig
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.devices import claimable_devices
+from sparsebin.experiment import CHECKPOINT
 
 DATABASE = "sparsebin.db"
 SCHEMA_VERSION = 1  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
@@ -98,6 +99,8 @@ class Status(enum.IntEnum):
     CANCELLED = 4
     INTERRUPTED = 5
 
+
+AUTO_RESUME_ATTEMPTS = 3  # a job interrupted this many times (a crash it causes, say) waits for the user
 
 FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
 RESUMABLE = (Status.INTERRUPTED, Status.FAILED, Status.CANCELLED)
@@ -347,6 +350,36 @@ class Store:
                 (Status.QUEUED, job.id),
             )
         return self.job(job_id)
+
+    def resume_interrupted(self, max_attempts: int = AUTO_RESUME_ATTEMPTS) -> list[int]:
+        """Queue every interrupted job again, as a worker starting does; return their ids.
+
+        The job's error becomes a note saying what happened (shown in the job
+        list while it waits and runs). A job already claimed `max_attempts`
+        times is left interrupted, with a note asking the user to resume it,
+        so a job that brings its worker down is not retried forever.
+        """
+        resumed = []
+        at = time.strftime("%H:%M:%S")
+        with self.transaction() as connection:
+            rows = connection.execute("SELECT * FROM jobs WHERE status = ? ORDER BY id", (Status.INTERRUPTED,))
+            for job in [job_from_row(row) for row in rows.fetchall()]:
+                reason = (job.error or "interrupted").split("; resume it")[0].rstrip(".")
+                if job.attempts >= max_attempts:
+                    if "not resumed automatically" not in (job.error or ""):
+                        note = f"{reason}; not resumed automatically after {job.attempts} attempts: resume it by hand."
+                        connection.execute("UPDATE jobs SET error = ? WHERE id = ?", (note, job.id))
+                    continue
+                saved = (self.run_folder(job.run_id) / CHECKPOINT).is_file()
+                start = "from its last finished epoch" if saved else "from the start (no epoch had finished)"
+                note = f"interrupted ({reason}); resumed automatically at {at}, {start}."
+                connection.execute(
+                    "UPDATE jobs SET status = ?, cancel_requested = 0, error = ?, traceback = NULL, "
+                    "started_at = NULL, finished_at = NULL WHERE id = ?",
+                    (Status.QUEUED, note, job.id),
+                )
+                resumed.append(job.id)
+        return resumed
 
     def _locked_job(self, connection: sqlite3.Connection, job_id: int) -> Job:
         row = connection.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()

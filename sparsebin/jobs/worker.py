@@ -131,8 +131,13 @@ def run_worker(
     progress_every: float = PROGRESS_EVERY,
     heartbeat_every: float = HEARTBEAT_EVERY,
     single: bool = False,
+    auto_resume: bool | None = None,
 ) -> int:
     """Run queued jobs until stopped; return how many jobs this worker ran.
+
+    Jobs left interrupted (a worker killed, a machine rebooted) are queued again
+    when the worker starts, and whenever it finds a stale job while idle, unless
+    `auto_resume` is False (default: on, unless SPARSEBIN_AUTO_RESUME=0).
 
     `once` returns when the queue is empty instead of waiting for more; `single`
     exits at once if another single worker already serves this device (that is
@@ -155,8 +160,17 @@ def run_worker(
     restore_signals = stop_on_signals(shutdown)
     log.info("worker %s started on %s", name, worker_device)
     jobs_run, idle_rounds = 0, 0
-    try:
+    if auto_resume is None:
+        auto_resume = auto_resume_enabled()
+
+    def look_for_interrupted() -> None:
         report_interrupted(store.interrupt_stale(stale_after))
+        if auto_resume:
+            for job_id in store.resume_interrupted():
+                log.info("job %d was interrupted; queued again to resume from its checkpoint", job_id)
+
+    try:
+        look_for_interrupted()
         while not shutdown.is_set() and (max_jobs is None or jobs_run < max_jobs):
             job = store.claim(name, worker_device)
             if job is None:
@@ -164,7 +178,7 @@ def run_worker(
                     break
                 shutdown.wait(min(idle_sleep * 2**idle_rounds, idle_sleep * 4))  # back off when idle
                 idle_rounds += 1
-                report_interrupted(store.interrupt_stale(stale_after))
+                look_for_interrupted()
                 continue
             idle_rounds = 0
             run_job(store, job, name, heartbeat, shutdown, device=worker_device, progress_every=progress_every)
@@ -226,6 +240,11 @@ def run_job(
         return status
     log.warning("job %d was taken from this worker while it ran; its outcome is not recorded", job.id)
     return None
+
+
+def auto_resume_enabled() -> bool:
+    """The setting: SPARSEBIN_AUTO_RESUME=0 leaves interrupted jobs for the user to resume."""
+    return os.environ.get("SPARSEBIN_AUTO_RESUME", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def release_device_memory() -> None:
