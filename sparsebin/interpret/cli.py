@@ -57,14 +57,14 @@ def as_json(view: PhraseView) -> dict:
 
 def describe(view: PhraseView, metric: str) -> str:
     active = view.active_bits
-    lines = [f"{view['phrase']!r}: {len(active)} active bits"]
+    lines = [f"{view.phrase!r}: {len(active)} active bits"]
     for row in active.itertuples():
         label = row.label if isinstance(row.label, str) and row.label else "no clear label"
         lines.append(f"  bit {row.bit:>5}  {label}  (fires for {row.firing_rate:.2%} of concepts)")
     count = len(view.dense_neighbours)
-    lines.append(f"  nearest {len(view['code_neighbours'])} concepts by code ({metric} distance):")
+    lines.append(f"  nearest {len(view.code_neighbours)} concepts by code ({metric} distance):")
     lines += [f"    {row.id}  {row.name}  {row.distance:.3f}" for row in view.code_neighbours.itertuples()]
     lines.append(f"  nearest {count} concepts by dense embedding (cosine):")
     lines += [f"    {row.id}  {row.name}  {row.cosine:.3f}" for row in view.dense_neighbours.itertuples()]
-    lines.append(f"  the two lists share {view['shared']} of {count} concepts ({view['overlap']:.0%}).")
+    lines.append(f"  the two lists share {view.shared} of {count} concepts ({view.overlap:.0%}).")
     return "\n".join(lines)
