@@ -1,4 +1,4 @@
-"""The Train page's job list: a fragment that refreshes every few seconds."""
+"""The Train page's job list: redrawn every few seconds while a job runs, only on a change otherwise."""
 
 import streamlit as st
 
@@ -10,8 +10,11 @@ from sparsebin.jobs.queue import RESUMABLE, Status
 LIVE = (Status.QUEUED, Status.RUNNING)
 
 
-@st.fragment(run_every=3)
 def job_list(limit: int = 20) -> None:
+    _shared.live_section(lambda: draw_jobs(limit), "jobs")
+
+
+def draw_jobs(limit: int) -> None:
     store = _shared.store()
     st.subheader("Jobs")
     jobs = store.jobs(limit=limit)
@@ -25,12 +28,14 @@ def job_list(limit: int = 20) -> None:
             head.markdown(f"**#{job.id} {title}** · {job.dataset} · `{job.status.name.lower()}`")
             if job.status in LIVE and actions.button("Cancel", key=f"cancel_{job.id}"):
                 store.cancel(job.id)
-                st.rerun(scope="fragment")
+                st.rerun()
             if job.status in RESUMABLE and actions.button("Resume", key=f"resume_{job.id}"):
                 store.resume(job.id)
-                st.rerun(scope="fragment")
+                st.rerun()
             if job.error:
                 head.caption(job.error)
+            if job.status == Status.DONE and job.attempts > 1:
+                head.caption(f"Finished on attempt {job.attempts}: it was stopped and resumed from its checkpoint.")
             progress = job.progress or {}
             if job.status == Status.RUNNING and progress.get("total_steps"):
                 share = min(progress["step"] / progress["total_steps"], 1.0)

@@ -10,10 +10,12 @@ import pandas as pd
 import streamlit as st
 
 from sparsebin import paths, runfolder
-from sparsebin.datasets import build_status, list_datasets, load_dataset
+from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset
+from sparsebin.datasets.status import seconds_left
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret import phrases
 from sparsebin.interpret.questions import run_name
+from sparsebin.jobs import activity
 from sparsebin.jobs.queue import Store
 from sparsebin.search import codes as retrieval
 
@@ -84,24 +86,84 @@ def pick_run(key: str = "run") -> pd.Series | None:
 def pick_dataset(key: str = "dataset") -> str | None:
     names = [item["name"] for item in datasets()]
     if not names:
-        st.info("No dataset yet. Build one on the Data page.")
+        building = [name for name in BUILTIN_DATASETS if (build_status(name) or {}).get("state") == "running"]
+        if building:
+            st.info(f"No dataset yet: {building[0]} is being built (above); this form opens as soon as it is ready.")
+        else:
+            st.info("No dataset yet. Build one on the Data page.")
         return None
     return st.selectbox("Dataset", names, key=key)
 
 
+LIVE_EVERY = 2.0  # seconds between redraws of a live section while a job or a build runs
+IDLE_EVERY = 10.0  # seconds between looks at the change marker while nothing runs
+
+
+def live_section(body, key: str) -> None:
+    """Draw `body()`, and keep it current without redrawing it while nothing happens.
+
+    While a job or a build runs, the section is a fragment redrawn every
+    LIVE_EVERY seconds. Otherwise it is drawn once, and a fragment that draws
+    nothing looks at the cheap change marker (`sparsebin.jobs.activity`) every
+    IDLE_EVERY seconds and reruns the page only when something changed. A live
+    section whose job or build ends, or whose datasets change, reruns the page
+    too, so the page switches between the two modes by itself.
+    """
+    seen = activity.current(store())
+    if seen.live:
+
+        def live() -> None:
+            body()
+            if activity.current(store()).shape != seen.shape:
+                st.rerun()
+
+        live.__qualname__ = f"live_{key}"  # one fragment per section, whatever the page
+        st.fragment(run_every=LIVE_EVERY)(live)()
+        return
+    body()
+
+    def watch() -> None:
+        if activity.current(store()).marker != seen.marker:
+            st.rerun()
+
+    watch.__qualname__ = f"watch_{key}"
+    st.fragment(run_every=IDLE_EVERY)(watch)()
+
+
 def build_progress(name: str) -> bool:
-    """Show a build's progress bar; True while it runs."""
+    """Show a build's progress bar with its estimate; True while it runs."""
     status = build_status(name)
     if status is None:
         return False
     if status["state"] == "running":
         total = status.get("total") or 0
-        share = status["done"] / total if total else 0.0
-        st.progress(share, text=f"Building {name}: {status['done']} of {total or '?'} concepts embedded")
+        if not total:
+            st.progress(0.0, text=f"Building {name}: reading the ontology and loading the language model")
+            return True
+        left = seconds_left(status)
+        estimate = f", about {duration(left)} left" if left is not None else ""
+        text = f"Building {name}: {status['done']:,} of {total:,} concepts embedded{estimate}"
+        st.progress(min(status["done"] / total, 1.0), text=text)
         return True
     if status["state"] == "failed":
         st.error(f"The build of {name} failed: {status.get('error')}")
     return False
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def build_banner(waiting_for: str = "") -> bool:
+    """The progress of running built-in builds, saying they yield to training; True while one runs.
+
+    `waiting_for` adds what the page offers once the first dataset is ready.
+    """
+    running = [name for name in BUILTIN_DATASETS if build_progress(name)]
+    if running:
+        note = "Builds run at low priority (nice 10): a run you queue trains at full speed meanwhile."
+        st.caption(f"{waiting_for} {note}".strip())
+    return bool(running)
 
 
 @st.cache_data(max_entries=64)

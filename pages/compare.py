@@ -13,7 +13,12 @@ SETTINGS = list(CONFIG_COLUMNS)
 st.title("Compare")
 table = _shared.runs()
 if not len(table):
-    st.info("No finished run yet. Queue some on the Train page.")
+
+    def waiting() -> None:
+        _shared.build_banner("Compare fills in once a run has finished.")
+        st.info("No finished run yet. Queue some on the Train page.")
+
+    _shared.live_section(waiting, "compare_waiting")  # reruns the page when a run finishes
     st.stop()
 filters = st.columns(4)
 for column, setting in zip(filters, ["dataset", "loss", "rounding", "sparsity"], strict=True):

@@ -9,10 +9,10 @@ from sparsebin.datasets.importing import import_uploaded
 st.title("Data")
 
 
-@st.fragment(run_every=3)
 def builtin_panel() -> None:
     st.subheader("Built-in datasets")
     present = {item["name"]: item for item in _shared.datasets()}  # read on every refresh, so a finished build shows
+    building = False
     for name in BUILTIN_DATASETS:
         with st.container(border=True):
             info, action = st.columns([4, 1])
@@ -23,12 +23,15 @@ def builtin_panel() -> None:
             )
             with info:
                 running = _shared.build_progress(name)
+            building |= running
             if not running and action.button("Rebuild" if item else "Build", key=f"build_{name}"):
                 start_build(name)
-                st.rerun(scope="fragment")
+                st.rerun()
+    if building:
+        st.caption("Builds run at low priority (nice 10): a run you queue trains at full speed meanwhile.")
 
 
-builtin_panel()
+_shared.live_section(builtin_panel, "data")
 st.subheader("Your own embeddings")
 st.caption(".npy, .npz, .parquet or .csv with one row per concept; an optional labels table (.csv or .parquet).")
 with st.form("upload_form"):

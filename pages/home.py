@@ -1,11 +1,8 @@
 """Home: what the app is, the datasets, the worker and the latest runs."""
 
-import time
-
 import streamlit as st
 
 from pages import _shared
-from sparsebin.datasets import BUILTIN_DATASETS
 from sparsebin.jobs.worker import worker_status
 
 st.title("sparsebin")
@@ -15,7 +12,6 @@ st.markdown(
 )
 
 
-@st.fragment(run_every=3)
 def status_panel() -> None:
     left, right = st.columns(2)
     with left:
@@ -23,7 +19,7 @@ def status_panel() -> None:
         present = _shared.datasets()
         for item in present:
             st.markdown(f"**{item['name']}**: {item['count']:,} concepts x {item['dim']} dimensions")
-        building = [name for name in BUILTIN_DATASETS if _shared.build_progress(name)]
+        building = _shared.build_banner()
         if not present and building:
             st.info("First start: building the built-in datasets (hpo, then icd10cm) in the background.")
         elif not present:
@@ -34,16 +30,16 @@ def status_panel() -> None:
         if worker is None:
             st.warning("No worker is running; queued runs wait until one starts (`python -m sparsebin worker`).")
         else:
-            job = f"job {worker.job_id}" if worker.job_id else "idle"
-            beat = time.time() - worker.heartbeat_at
-            st.success(f"Alive (pid {worker.pid}) on **{worker.device}**, {job}; heartbeat {beat:.0f} s ago.")
+            job = f"training job {worker.job_id}" if worker.job_id else "idle"
+            st.success(f"Alive (pid {worker.pid}) on **{worker.device}**, {job}.")
+    st.subheader("Latest runs")
+    latest = _shared.runs(done_only=False).head(10)
+    if len(latest):
+        columns = ["label", "dataset", "status", "n_bits", "k", "loss", "rounding", "sparsity"]
+        columns += ["recon_loss", "active_mean"]
+        st.dataframe(latest[columns], hide_index=True, key="home_runs")
+    else:
+        st.info("No runs yet. Queue one on the Train page.")
 
 
-status_panel()
-st.subheader("Latest runs")
-latest = _shared.runs(done_only=False).head(10)
-if len(latest):
-    columns = ["label", "dataset", "status", "n_bits", "k", "loss", "rounding", "sparsity", "recon_loss", "active_mean"]
-    st.dataframe(latest[columns], hide_index=True, key="home_runs")
-else:
-    st.info("No runs yet. Queue one on the Train page.")
+_shared.live_section(status_panel, "home")

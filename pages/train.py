@@ -12,6 +12,7 @@ SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1
 GRID_FIELDS = {"n_bits": int, "k": int, "alpha": float, "loss": str, "rounding": str, "sparsity": str, "seed": int}
 
 st.title("Train")
+_shared.live_section(_shared.build_banner, "train_builds")
 name = _shared.pick_dataset("train_dataset")
 if name is None:
     st.stop()

@@ -92,7 +92,7 @@ def test_start_build_launches_one_detached_process(data_dir, monkeypatch):
     start_build("hpo")  # already running: nothing new starts
     assert len(launched) == 1
     command, options = launched[0]
-    assert command[1:] == ["-m", "sparsebin.datasets.cli", "build-data", "hpo"]
+    assert command[1:] == ["-m", "sparsebin.datasets.cli", "build-data", "hpo", "--nice", "10"]  # below training
     assert options["start_new_session"] is True
     assert options["env"]["SPARSEBIN_DATA"] == str(data_dir)
     status = build_status("hpo")

@@ -26,6 +26,9 @@ def add_commands(subparsers) -> None:
     build.add_argument("name", choices=[*BUILTIN_DATASETS, "all"])
     build.add_argument("--force", action="store_true", help="rebuild even if already built")
     build.add_argument("--limit", type=int, default=None, help="build an evenly spread sample")
+    build.add_argument(
+        "--nice", type=int, default=0, help="lower this build's CPU priority by N (the app's background builds: 10)"
+    )
     build.set_defaults(func=run_build)
 
     imported = subparsers.add_parser("import-data", help="import your own embeddings")
@@ -42,6 +45,8 @@ def add_commands(subparsers) -> None:
 def run_build(args: argparse.Namespace) -> int:
     """Build one or all built-in datasets, with a progress bar and a status file."""
     names = BUILTIN_DATASETS if args.name == "all" else (args.name,)
+    if args.nice > 0:
+        os.nice(args.nice)  # training, at normal priority, takes the cores first
     if threading.current_thread() is threading.main_thread():
         # A terminated build (the app cancelling, a shutdown) unwinds like an error:
         # its temporary folder is removed and its status reads failed.

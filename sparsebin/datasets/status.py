@@ -16,6 +16,7 @@ from sparsebin.datasets.store import check_name, resolve_data_dir
 from sparsebin.processes import pid_alive
 
 STATUS_FOLDER = ".builds"
+BUILD_NICENESS = 10  # background builds yield the CPU to training (and to everything at normal priority)
 _MIN_WRITE_INTERVAL = 0.5  # seconds between progress writes; the app polls about once a second
 
 
@@ -58,19 +59,21 @@ def build_status(name: str, data_dir: Path | None = None) -> dict | None:
 def progress_writer(name: str, data_dir: Path | None = None):
     """A (done, total) callback that records progress, at most twice a second."""
     last_write = 0.0
+    started = None  # when the first count arrived: the ontology is read, the embedding begins
 
     def report(done: int, total: int) -> None:
-        nonlocal last_write
-        if done < total and time.monotonic() - last_write < _MIN_WRITE_INTERVAL:
+        nonlocal last_write, started
+        started = started or time.time()
+        if 0 < done < total and time.monotonic() - last_write < _MIN_WRITE_INTERVAL:
             return
         last_write = time.monotonic()
-        write_status(name, data_dir, state="running", done=done, total=total, pid=os.getpid())
+        write_status(name, data_dir, state="running", done=done, total=total, pid=os.getpid(), started_at=started)
 
     return report
 
 
 def start_build(name: str, data_dir: Path | None = None) -> None:
-    """Start `build-data name` as a detached process, unless one is already running.
+    """Start `build-data name` as a detached process at low priority, unless one is already running.
 
     The process outlives the caller (its own session), logs to .builds/<name>.log and
     reports through the status file read by `build_status`.
@@ -84,7 +87,7 @@ def start_build(name: str, data_dir: Path | None = None) -> None:
     environment = {**os.environ, "SPARSEBIN_DATA": str(root), "HF_HUB_OFFLINE": "1"}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name],
+            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name, "--nice", str(BUILD_NICENESS)],
             cwd=paths.PROJECT_DIR,
             env=environment,
             stdin=subprocess.DEVNULL,
@@ -93,3 +96,12 @@ def start_build(name: str, data_dir: Path | None = None) -> None:
             start_new_session=True,
         )
     write_status(name, data_dir, state="running", done=0, total=0, error=None, pid=process.pid)
+
+
+def seconds_left(status: dict, now: float | None = None) -> float | None:
+    """The build's remaining time at its rate so far, or None before the first embedded batch."""
+    done, total, started = status.get("done") or 0, status.get("total") or 0, status.get("started_at")
+    if not started or done <= 0 or total <= 0:
+        return None
+    elapsed = (now or time.time()) - started
+    return max(elapsed / done * (total - done), 0.0)
