@@ -1,9 +1,9 @@
-"""Home: what the app is, the datasets, the worker and the latest runs."""
+"""Home: what the app is, the datasets, who trains the queue and where, and the latest runs."""
 
 import streamlit as st
 
 from pages import _shared
-from sparsebin.jobs.worker import worker_status
+from sparsebin.jobs.overview import overview
 
 st.title("sparsebin")
 st.markdown(
@@ -25,13 +25,33 @@ def status_panel() -> None:
         elif not present:
             st.info("No dataset yet. Build or upload one on the Data page.")
     with right:
-        st.subheader("Worker")
-        worker = worker_status(store=_shared.store())
-        if worker is None:
+        st.subheader("Workers")
+        served = overview(_shared.store())
+        if not served.services:
             st.warning("No worker is running; queued runs wait until one starts (`python -m sparsebin worker`).")
-        else:
-            job = f"training job {worker.job_id}" if worker.job_id else "idle"
-            st.success(f"Alive (pid {worker.pid}) on **{worker.device}**, {job}.")
+        for service in served.services:
+            if service.kind == "ray-dispatcher":
+                st.success(f"Ray dispatcher alive ({service.name}) on cluster **{service.address}**.")
+            else:
+                job = f"training job {service.job_id}" if service.job_id else "idle"
+                st.success(f"Worker alive ({service.name}) on **{service.device}**, {job}.")
+        if served.running:
+            st.caption("Running jobs: where each trains (node, device), and the epoch in progress of all epochs.")
+            st.dataframe(
+                [
+                    {
+                        "job": job.job_id,
+                        "label": job.label,
+                        "node": job.node or "waiting for room",
+                        "device": job.device or "",
+                        "epoch": f"{job.epoch or 0}/{job.epochs}",
+                        "served by": job.served_by,
+                    }
+                    for job in served.running
+                ],
+                hide_index=True,
+                key="home_running",
+            )
     st.subheader("Latest runs")
     latest = _shared.runs(done_only=False).head(10)
     if len(latest):

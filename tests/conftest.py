@@ -1,4 +1,8 @@
-"""Shared fixtures: every test gets its own SPARSEBIN_HOME and SPARSEBIN_DATA."""
+"""Shared fixtures: every test gets its own SPARSEBIN_HOME and SPARSEBIN_DATA; Ray tests share one local Ray."""
+
+import logging
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -24,3 +28,27 @@ def planted_data(n_rows=3000, dim=64, n_bits=128, k=8, noise=0.05, seed=0):
         codes[row, rng.choice(n_bits, count, replace=False)] = 1
     x = codes @ dictionary + noise * rng.standard_normal((n_rows, dim)).astype(np.float32)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), codes
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance of 2 CPUs for the whole session (it takes seconds to start).
+
+    Its own short temp folder (Ray's socket paths must stay short) keeps its
+    files and logs apart from other Ray instances on the machine and goes away
+    after; Ray picks free ports itself, so test sessions run side by side.
+    """
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="sbray-")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        _temp_dir=temp_dir,
+    )
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

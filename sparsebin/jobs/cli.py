@@ -11,7 +11,7 @@ from sparsebin.datasets import DataError, load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
 from sparsebin.export import export_run
 from sparsebin.jobs.queue import Job, Store
-from sparsebin.jobs.worker import run_worker, worker_status
+from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
 
 # The settings `submit` accepts as lists; more than one value in any makes a grid.
 GRID_OPTIONS = {
@@ -64,8 +64,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, help="output folder (default: ./export-RUN)")
     export.set_defaults(func=export_command)
 
-    worker = subparsers.add_parser("worker", help="train queued jobs in this process until stopped")
-    worker.add_argument("--device", help="device for jobs whose config says auto (default: best present)")
+    worker = subparsers.add_parser(
+        "worker",
+        help="train queued jobs until stopped: in this process, one process per GPU, or on a Ray cluster",
+    )
+    worker.add_argument(
+        "--device",
+        help="device for jobs whose config says auto (default: best present); "
+        "`all` starts one worker process per visible CUDA device",
+    )
+    worker.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="dispatch jobs to a Ray cluster instead of training here: `local` starts a local Ray instance, "
+        "an address joins a cluster; without one, RAY_ADDRESS, else local",
+    )
+    worker.add_argument("--ray-cpus", type=int, help="CPUs a local Ray instance offers (default: all)")
+    worker.add_argument("--tasks", type=int, help="with --ray: jobs run at once (default: the cluster's CPUs)")
+    worker.add_argument("--cpus-per-task", type=int, default=1, help="with --ray: CPUs each job reserves")
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--max-jobs", type=int)
     worker.add_argument("--idle-sleep", type=float, default=1.0, help="seconds between looks at an empty queue")
@@ -211,6 +229,16 @@ def export_command(args: argparse.Namespace) -> int:
 
 def worker_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.ray is not None:
+        return ray_command(args)
+    for name, given in (("--ray-cpus", args.ray_cpus), ("--tasks", args.tasks)):
+        if given is not None:
+            raise ValueError(f"{name} applies to the Ray dispatcher only; add --ray.")
+    if args.device == "all":
+        devices = visible_cuda_devices()
+        if not devices:
+            raise ValueError("--device all starts one worker per CUDA device, but no CUDA device is visible.")
+        return run_device_workers(devices, worker_arguments(args))
     run_worker(
         device=args.device,
         once=args.once,
@@ -222,3 +250,41 @@ def worker_command(args: argparse.Namespace) -> int:
         auto_resume=args.auto_resume,
     )
     return 0
+
+
+def ray_command(args: argparse.Namespace) -> int:
+    """`worker --ray`: imported here, so the other commands never pay for importing Ray."""
+    for name, given in (("--single", args.single), ("--max-jobs", args.max_jobs is not None)):
+        if given:
+            raise ValueError(f"{name} applies to a local worker, not to the Ray dispatcher.")
+    if args.device == "all":
+        raise ValueError("--device all starts local workers; with --ray, Ray places each job on a GPU itself.")
+    if args.tasks is not None and args.tasks < 1:
+        raise ValueError(f"--tasks must be at least 1, got {args.tasks}.")
+    if args.cpus_per_task < 1:
+        raise ValueError(f"--cpus-per-task must be at least 1, got {args.cpus_per_task}.")
+    from sparsebin.jobs.dispatcher import run_dispatcher
+
+    run_dispatcher(
+        address=args.ray or None,
+        num_cpus=args.ray_cpus,
+        device=args.device,
+        once=args.once,
+        max_tasks=args.tasks,
+        cpus_per_task=args.cpus_per_task,
+        idle_sleep=args.idle_sleep,
+        stale_after=args.stale_after,
+        progress_every=args.progress_every,
+    )
+    return 0
+
+
+def worker_arguments(args: argparse.Namespace) -> list[str]:
+    """The options a `--device all` worker passes on to each of its per-device workers."""
+    arguments = ["--idle-sleep", str(args.idle_sleep), "--stale-after", str(args.stale_after)]
+    arguments += ["--progress-every", str(args.progress_every)]
+    if args.once:
+        arguments.append("--once")
+    if args.max_jobs is not None:
+        arguments += ["--max-jobs", str(args.max_jobs)]
+    return arguments

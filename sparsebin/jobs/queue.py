@@ -31,7 +31,7 @@ from sparsebin.devices import claimable_devices
 from sparsebin.experiment import CHECKPOINT
 
 DATABASE = "sparsebin.db"
-SCHEMA_VERSION = 1  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
+SCHEMA_VERSION = 2  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
 RUNS = "runs"
 
 # The validation metrics list_runs shows for a finished run; copied into the
@@ -69,7 +69,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
-    summary TEXT
+    summary TEXT,
+    node TEXT,
+    device TEXT,
+    runner_pid INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 CREATE TABLE IF NOT EXISTS progress (
@@ -86,9 +89,20 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at REAL NOT NULL,
     heartbeat_at REAL NOT NULL,
     job_id INTEGER,
-    stopped_at REAL
+    stopped_at REAL,
+    kind TEXT NOT NULL DEFAULT 'worker',
+    address TEXT
 );
 """
+# Columns added after version 1, as (table, column, declaration): a database
+# written by an older sparsebin gets them on its first open, its rows kept.
+ADDED_COLUMNS = (
+    ("jobs", "node", "TEXT"),  # the machine training the job's current or last attempt
+    ("jobs", "device", "TEXT"),  # the device it trains on there, as that machine names it
+    ("jobs", "runner_pid", "INTEGER"),  # the process training it there
+    ("workers", "kind", "TEXT NOT NULL DEFAULT 'worker'"),  # worker or ray-dispatcher
+    ("workers", "address", "TEXT"),  # a dispatcher's Ray cluster address
+)
 
 
 class Status(enum.IntEnum):
@@ -128,6 +142,9 @@ class Job:
     worker: str | None  # "host:pid" of the worker that claimed it last
     cancel_requested: bool
     attempts: int = 0  # times a worker has claimed it; 1 for a run never resumed
+    node: str | None = None  # where its current or last attempt trains; None until it has started there
+    device: str | None = None
+    runner_pid: int | None = None
 
 
 def expand_grid(base: TrainConfig, grid: dict[str, list]) -> list[TrainConfig]:
@@ -188,11 +205,18 @@ class Store:
             self.create_schema()
 
     def create_schema(self) -> None:
-        """Create the tables once; later opens skip this write (and its write lock) via user_version."""
+        """Create the tables, or add the columns an older version lacks, once.
+
+        Later opens skip this write (and its write lock) via user_version.
+        """
         with self.transaction() as connection:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
+            for table, column, declaration in ADDED_COLUMNS:
+                present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- connections ---------------------------------------------------------
@@ -401,11 +425,19 @@ class Store:
         which = f"AND json_extract(config, '$.device') IN ({', '.join('?' * len(names))}) " if names else ""
         with self.transaction() as connection:
             row = connection.execute(
-                "UPDATE jobs SET status = ?, started_at = ?, heartbeat_at = ?, worker = ?, attempts = attempts + 1 "
+                "UPDATE jobs SET status = ?, started_at = ?, heartbeat_at = ?, worker = ?, attempts = attempts + 1, "
+                "node = NULL, device = NULL, runner_pid = NULL "
                 f"WHERE id = (SELECT id FROM jobs WHERE status = ? {which}ORDER BY id LIMIT 1) RETURNING *",
                 (Status.RUNNING, now, now, worker, Status.QUEUED, *names),
             ).fetchone()
         return job_from_row(row) if row is not None else None
+
+    def place(self, job_id: int, worker: str, node: str, device: str, pid: int) -> None:
+        """Record where a claimed job trains: the machine, its device there and the training process."""
+        self.connection().execute(
+            "UPDATE jobs SET node = ?, device = ?, runner_pid = ? WHERE id = ? AND worker = ? AND status = ?",
+            (node, device, pid, job_id, worker, Status.RUNNING),
+        )
 
     def beat(self, job_id: int, worker: str) -> bool:
         """Refresh a running job's heartbeat; return whether a cancel was asked for."""
@@ -476,13 +508,15 @@ class Store:
 
     # -- the worker registry -------------------------------------------------
 
-    def register_worker(self, name: str, pid: int, host: str, device: str) -> None:
+    def register_worker(
+        self, name: str, pid: int, host: str, device: str, kind: str = "worker", address: str | None = None
+    ) -> None:
         now = time.time()
         with self.transaction() as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO workers (name, pid, host, device, started_at, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, pid, host, device, now, now),
+                "INSERT OR REPLACE INTO workers (name, pid, host, device, started_at, heartbeat_at, kind, address) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, pid, host, device, now, now, kind, address),
             )
 
     def beat_worker(self, name: str, job_id: int | None) -> None:
@@ -532,4 +566,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
         worker=row["worker"],
         cancel_requested=bool(row["cancel_requested"]),
         attempts=row["attempts"],
+        node=row["node"],
+        device=row["device"],
+        runner_pid=row["runner_pid"],
     )

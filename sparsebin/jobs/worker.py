@@ -214,6 +214,7 @@ def run_job(
         config = config.replace(device=device)
     folder = store.run_folder(job.run_id)
     try:
+        store.place(job.id, name, socket.gethostname(), resolve_device(config.device), os.getpid())
         dataset = load_dataset(job.dataset)
         result = run_experiment(
             dataset.embeddings,
@@ -245,6 +246,64 @@ def run_job(
 def auto_resume_enabled() -> bool:
     """The setting: SPARSEBIN_AUTO_RESUME=0 leaves interrupted jobs for the user to resume."""
     return os.environ.get("SPARSEBIN_AUTO_RESUME", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def visible_cuda_devices() -> list[str]:
+    """cuda:0, cuda:1, ... for each CUDA device this process can see (CUDA_VISIBLE_DEVICES honoured)."""
+    return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+
+
+def run_device_workers(
+    devices: list[str], arguments: list[str], home: Path | None = None, poll_every: float = 0.5
+) -> int:
+    """`worker --device all`: one `worker --device D` process per device, until all have exited.
+
+    This process holds each device's lock for them, so no second `--device all`
+    (nor a `--single` worker) serves the same devices. SIGTERM or SIGINT is
+    passed on to each worker, which leaves its job interrupted, ready to resume.
+    Returns the highest exit code among them (0 when all ended well).
+    """
+    home = Path(home) if home is not None else paths.home_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    locks = []
+    try:
+        for device in dict.fromkeys(devices):
+            lock = take_device_lock(home, device)
+            if lock is None:
+                raise ValueError(f"another worker already serves {device} (pid {device_lock_holder(home, device)}).")
+            locks.append(lock)
+        return supervise(devices, arguments, home, poll_every)
+    finally:
+        for lock in locks:
+            lock.close()
+
+
+def supervise(devices: list[str], arguments: list[str], home: Path, poll_every: float) -> int:
+    environment = dict(os.environ, SPARSEBIN_HOME=str(home))
+    environment["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(paths.PROJECT_DIR), environment.get("PYTHONPATH", "")) if part
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sparsebin", "worker", "--device", device, *arguments],
+            stdin=subprocess.DEVNULL,
+            env=environment,
+        )
+        for device in devices
+    ]
+    log.info("started %s", ", ".join(f"pid {p.pid} on {d}" for p, d in zip(processes, devices, strict=True)))
+    shutdown = threading.Event()
+    restore_signals = stop_on_signals(shutdown)
+    try:
+        while any(process.poll() is None for process in processes) and not shutdown.wait(poll_every):
+            pass
+    finally:
+        restore_signals()
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = [process.wait() for process in processes]
+    return max(codes)
 
 
 def release_device_memory() -> None:
@@ -389,7 +448,7 @@ def ensure_worker(home: Path | None = None, device: str = "auto", store: Store |
     with opened_store(home, store) as store, open(store.home / "worker-start.lock", "a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
         for worker in live_workers(store):
-            if worker["device"] == resolved:
+            if worker["device"] == resolved or worker["kind"] == "ray-dispatcher":
                 return WorkerStart(worker["pid"], started=False)
         holder = device_lock_holder(store.home, resolved)
         if holder is not None:
