@@ -6,6 +6,8 @@ runs are trained in-process by `run_worker(once=True)` before any page opens.
 
 import base64
 import json
+import os
+import socket
 
 import numpy as np
 import pandas as pd
@@ -292,3 +294,29 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     for _ in range(2):  # fresh sessions, as a browser reload would be
         AppTest.from_file("../app.py", default_timeout=60).run()
     assert started == ["hpo", "icd10cm"]  # the chain continues once
+
+
+def test_home_shows_the_ray_dispatcher_and_where_each_running_job_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
+    np.save(tmp_path / "tiny.npy", np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32))
+    import_dataset(tmp_path / "tiny.npy", name="tiny")
+    store = Store()
+    config = TrainConfig(n_bits=16, k=2, epochs=5, batch_size=16, device="cpu")
+    placed = store.submit("tiny", config, label="on gpu-node")
+    store.submit("tiny", config, label="waiting")
+    host = socket.gethostname()
+    name = f"{host}:{os.getpid()}"  # this process stands in for a live dispatcher
+    store.register_worker(name, os.getpid(), host, "ray", kind="ray-dispatcher", address="10.0.0.5:6379")
+    store.claim(name), store.claim(name)
+    store.place(placed.id, name, "gpu-node-3", "cuda:1", 4242)
+    store.record_progress(placed.id, placed.run_id, [], {"epoch": 2, "step": 9, "total_steps": 30})
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert f"Ray dispatcher alive ({name}) on cluster **10.0.0.5:6379**" in texts(at)
+    running = next(frame.value for frame in at.dataframe if "node" in frame.value.columns)
+    rows = running.set_index("label")
+    assert rows.loc["on gpu-node", ["node", "device", "epoch"]].tolist() == ["gpu-node-3", "cuda:1", "2/5"]
+    assert rows.loc["waiting", ["node", "device", "epoch"]].tolist() == ["waiting for room", "", "0/5"]

@@ -13,6 +13,7 @@ from test_store import TINY, make_dataset, one_torch_thread  # noqa: F401 - auto
 from test_worker import ARTIFACTS, wait_for
 
 from sparsebin import runfolder
+from sparsebin.cli import main
 from sparsebin.experiment import CHECKPOINT
 from sparsebin.jobs.dispatcher import run_dispatcher
 from sparsebin.jobs.queue import Status, Store
@@ -78,9 +79,10 @@ def test_a_grid_runs_to_the_end_on_ray_with_the_files_a_local_worker_writes(ray_
     assert [event.keys() for event in remote_history] == [event.keys() for event in local_history]
     assert [event["loss"] for event in remote_history] == [event["loss"] for event in local_history]
     assert (remote_folder / "split.json").read_bytes() == (local_folder / "split.json").read_bytes()
-    assert store.list_runs().set_index("run_id").loc[done[0].run_id, "recon_loss"] == local_metrics["validation"][
-        "recon_loss"
-    ]
+    assert (
+        store.list_runs().set_index("run_id").loc[done[0].run_id, "recon_loss"]
+        == local_metrics["validation"]["recon_loss"]
+    )
 
 
 def test_cancel_stops_a_running_remote_job_and_frees_its_cpu(ray_cluster):
@@ -134,3 +136,15 @@ def test_a_trainer_killed_mid_run_leaves_the_job_interrupted_and_resume_loses_no
     assert store.history(job.run_id) == history
     assert all((folder / name).is_file() for name in ARTIFACTS) and not (folder / CHECKPOINT).exists()
     assert integrity(store) == "ok"
+
+
+def test_worker_ray_on_the_command_line_runs_the_queue(ray_cluster, capsys):
+    store = Store()
+    job = store.submit(make_dataset(), TINY)
+    assert main(["worker", "--ray", "--once", "--tasks", "1", "--idle-sleep", "0.1"]) == 0
+    done = store.job(job.id)
+    assert done.status == Status.DONE and done.node == socket.gethostname()
+    assert store.workers() == []  # the dispatcher said it stopped
+    registered = store.connection().execute("SELECT kind, device, address FROM workers").fetchone()
+    assert registered["kind"] == "ray-dispatcher" and registered["device"] == "ray"
+    assert registered["address"] == ray_cluster.get_runtime_context().gcs_address

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_store import make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
+from test_store import TINY, make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
 
 from sparsebin import runfolder
 from sparsebin.config import ConfigError
@@ -124,3 +124,29 @@ def test_export_of_an_unfinished_run_says_what_is_missing(tmp_path):
     with pytest.raises(runfolder.RunFileError, match="has no config.json"):
         run_command("export", job.run_id, "--out", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_worker_options_that_do_not_fit_together_are_refused_with_a_sentence(monkeypatch):
+    monkeypatch.setattr(jobs_cli, "visible_cuda_devices", lambda: [])
+    with pytest.raises(ValueError, match="--device all starts one worker per CUDA device, but no CUDA device is"):
+        run_command("worker", "--device", "all")
+    with pytest.raises(ValueError, match="--tasks applies to the Ray dispatcher only; add --ray."):
+        run_command("worker", "--tasks", "2")
+    with pytest.raises(ValueError, match="--single applies to a local worker, not to the Ray dispatcher."):
+        run_command("worker", "--ray", "local", "--single")
+    with pytest.raises(ValueError, match="--tasks must be at least 1, got 0."):
+        run_command("worker", "--ray", "--tasks", "0")
+
+
+def test_device_all_runs_one_worker_process_per_device(monkeypatch):
+    store = Store()
+    jobs = [store.submit(make_dataset(n_rows=1000), TINY.replace(seed=seed)) for seed in range(4)]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers inherit this environment
+    monkeypatch.setattr(jobs_cli, "visible_cuda_devices", lambda: ["cpu", "cpu"])  # two "devices" here
+    assert run_command("worker", "--device", "all", "--once", "--idle-sleep", "0.1") == 0
+    done = [store.job(job.id) for job in jobs]
+    assert [job.status for job in done] == [Status.DONE] * 4, [job.error for job in done]
+    workers = store.connection().execute("SELECT pid, device, stopped_at FROM workers").fetchall()
+    assert len({row["pid"] for row in workers}) == 2 and all(row["device"] == "cpu" for row in workers)
+    assert all(row["stopped_at"] is not None for row in workers)  # both exited when the queue was empty
+    assert {job.runner_pid for job in done} <= {row["pid"] for row in workers}

@@ -187,3 +187,26 @@ def test_a_damaged_run_gives_a_clear_error_and_leaves_others_readable():
     assert runfolder.load_metrics(intact)["validation"]["recon_loss"] >= 0
     assert runfolder.load_codes(intact).shape == (200, 4)
     assert len(store.list_runs()) == 2  # listing reads the database, not the folders
+
+
+def test_a_version_1_database_gets_the_placement_columns_and_keeps_its_jobs(tmp_path):
+    store = Store(tmp_path)
+    job = store.submit(make_dataset(), TINY, label="from before")
+    store.register_worker("old:1", 1, "old", "cpu")
+    connection = store.connection()
+    for table, column in (("jobs", "node"), ("jobs", "device"), ("jobs", "runner_pid"), ("workers", "kind")):
+        connection.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    connection.execute("ALTER TABLE workers DROP COLUMN address")
+    connection.execute("PRAGMA user_version = 1")  # as sparsebin wrote it before the Ray dispatcher
+    store.close()
+
+    reopened = Store(tmp_path)
+    assert reopened.connection().execute("PRAGMA user_version").fetchone()[0] == 2
+    kept = reopened.job(job.id)
+    assert kept.label == "from before" and kept.node is None and kept.device is None
+    assert reopened.workers()[0]["kind"] == "worker"
+    claimed = reopened.claim("here:2")
+    reopened.place(claimed.id, "here:2", "node-a", "cuda:1", 42)
+    placed = reopened.job(job.id)
+    assert (placed.node, placed.device, placed.runner_pid) == ("node-a", "cuda:1", 42)
+    assert reopened.connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
