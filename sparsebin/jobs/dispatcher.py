@@ -358,6 +358,13 @@ def connect(address: str | None, num_cpus: int | None = None) -> str | None:
     return None
 
 
+def cluster_address(given: str | None) -> str:
+    """The cluster's address as the Home page shows it; through Ray Client (ray://) the one given."""
+    if ray.util.client.ray.is_connected():
+        return given or os.environ.get("RAY_ADDRESS", "")
+    return ray.get_runtime_context().gcs_address
+
+
 def run_dispatcher(
     home: Path | None = None,
     *,
@@ -386,7 +393,7 @@ def run_dispatcher(
     shutdown = shutdown or threading.Event()
     restore_signals = stop_on_signals(shutdown)
     name = worker_name()
-    cluster = ray.get_runtime_context().gcs_address
+    cluster = cluster_address(address)
     store.register_worker(name, os.getpid(), socket.gethostname(), "ray", kind=KIND, address=cluster)
     dispatcher = Dispatcher(
         store,
