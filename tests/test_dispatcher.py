@@ -51,7 +51,8 @@ def test_a_grid_runs_to_the_end_on_ray_with_the_files_a_local_worker_writes(ray_
     assert [job.status for job in done] == [Status.DONE] * 4, [job.error for job in done]
     for job in done:
         folder = store.run_folder(job.run_id)
-        assert sorted(path.name for path in folder.iterdir()) == sorted(ARTIFACTS)  # no checkpoint left
+        names = {path.name for path in folder.iterdir()}
+        assert set(ARTIFACTS) <= names and CHECKPOINT not in names
         assert runfolder.load_config(folder) == job.config
         history = store.history(job.run_id)
         assert [event["epoch"] for event in history if event["epoch_end"]] == [1, 2, 3]
@@ -79,6 +80,8 @@ def test_a_grid_runs_to_the_end_on_ray_with_the_files_a_local_worker_writes(ray_
     assert [event.keys() for event in remote_history] == [event.keys() for event in local_history]
     assert [event["loss"] for event in remote_history] == [event["loss"] for event in local_history]
     assert (remote_folder / "split.json").read_bytes() == (local_folder / "split.json").read_bytes()
+    remote_env, local_env = runfolder.load_environment(remote_folder), runfolder.load_environment(local_folder)
+    assert remote_env.keys() == local_env.keys() and remote_env["device"] == local_env["device"] == "cpu"
     assert (
         store.list_runs().set_index("run_id").loc[done[0].run_id, "recon_loss"]
         == local_metrics["validation"]["recon_loss"]
