@@ -174,9 +174,7 @@ def run_metrics(run_id: str) -> dict:
 
 def evaluated_metrics(run_id: str) -> tuple[str, dict]:
     """The split a run was judged on and its metrics: validation, or train when nothing was held out."""
-    metrics = run_metrics(run_id)
-    split = "validation" if metrics.get("validation") else "train"
-    return split, metrics[split]
+    return runfolder.evaluated_part(run_metrics(run_id))
 
 
 @st.cache_data(max_entries=64)

@@ -3,8 +3,9 @@
 import streamlit as st
 
 from pages import _shared
-from sparsebin.datasets import BUILTIN_DATASETS, DataError, start_build
+from sparsebin.datasets import BUILTIN_DATASETS, start_build
 from sparsebin.datasets.importing import import_uploaded
+from sparsebin.errors import DataError
 
 st.title("Data")
 

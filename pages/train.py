@@ -3,13 +3,11 @@
 import streamlit as st
 
 from pages import _jobs, _shared
-from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, ConfigError, TrainConfig
-from sparsebin.datasets import DataError
-from sparsebin.jobs.queue import expand_grid, parse_grid
+from sparsebin.config import GRID_SETTINGS, LOSSES, ROUNDINGS, SPARSITIES, TrainConfig, expand_grid, parse_grid
+from sparsebin.errors import ConfigError, DataError
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
-GRID_FIELDS = {"n_bits": int, "k": int, "alpha": float, "loss": str, "rounding": str, "sparsity": str, "seed": int}
 
 st.title("Train")
 _shared.live_section(_shared.build_banner, "train_builds")
@@ -57,18 +55,19 @@ if submitted:
 
 with st.expander("Ablation grid: every combination of the listed values, on top of the settings above"):
     st.caption("Comma-separated values; leave a field empty to keep the form's value.")
-    columns = st.columns(len(GRID_FIELDS))
+    columns = st.columns(len(GRID_SETTINGS))
     typed = {
-        field: column.text_input(field, key=f"grid_{field}") for column, field in zip(columns, GRID_FIELDS, strict=True)
+        setting: column.text_input(setting, key=f"grid_{setting}")
+        for column, setting in zip(columns, GRID_SETTINGS, strict=True)
     }
     try:
-        grid = parse_grid(typed, GRID_FIELDS)
+        grid = parse_grid(typed)
         planned = expand_grid(config, grid) if grid else []
         st.write(f"This grid queues **{len(planned)}** runs.")
         if planned and st.button(f"Queue {len(planned)} runs", key="submit_grid"):
             jobs = _shared.store().submit_grid(name, config, grid)
             st.success(f"Queued {len(jobs)} runs (jobs {jobs[0].id}-{jobs[-1].id}).")
-    except (ConfigError, DataError, ValueError) as error:
+    except (ConfigError, DataError) as error:
         st.error(str(error))
 
 _jobs.job_list()

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from sparsebin.devices import device_kind
+from sparsebin.files import CHUNK_ROWS
 
 PLACEMENTS = ("auto", "resident", "mapped")
 # The training rows may take at most this share of the free memory; the rest is
 # left to the model, its Adam moments and a batch's (B, N) activations.
 RESIDENT_SHARE = 0.5
-NORMALIZE_CHUNK_ROWS = 65536  # rows normalised at a time on the host
 PREFETCH_DEPTH = 3  # batches read ahead on the mapped path
 
 
@@ -69,8 +69,8 @@ def normalize_rows_(x: np.ndarray) -> np.ndarray:
     Row by row, so a batch normalised alone equals the same rows normalised with
     the whole training part.
     """
-    for start in range(0, len(x), NORMALIZE_CHUNK_ROWS):
-        block = torch.from_numpy(x[start : start + NORMALIZE_CHUNK_ROWS])
+    for start in range(0, len(x), CHUNK_ROWS):  # normalised on the host a chunk at a time
+        block = torch.from_numpy(x[start : start + CHUNK_ROWS])
         block.div_(block.norm(dim=1, keepdim=True).clamp_min_(1e-12))
     return x
 

@@ -1,22 +1,16 @@
 """python -m sparsebin: one sub-command per task.
 
-Each area of the library adds its own sub-commands through an
-`add_commands(subparsers)` function in the module named in COMMAND_MODULES;
-each sub-command's `func(args)` returns the exit code.
+Each area of the library adds its sub-commands through its `add_commands(subparsers)`;
+each sub-command's handler, `<command>_command(args)`, returns the exit code.
 """
 
 import argparse
-import importlib
-import sys
 
-from sparsebin.runfolder import RunFileError
-
-COMMAND_MODULES = (
-    "sparsebin.training_cli",
-    "sparsebin.datasets.cli",
-    "sparsebin.jobs.cli",
-    "sparsebin.interpret.cli",
-)
+from sparsebin import training_cli
+from sparsebin.datasets import cli as datasets_cli
+from sparsebin.errors import run_command
+from sparsebin.interpret import cli as interpret_cli
+from sparsebin.jobs import cli as jobs_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,15 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparse binary codes for dense concept embeddings (Binary Sparsity Alignment).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(subparsers)
+    for commands in (training_cli, datasets_cli, jobs_cli, interpret_cli):
+        commands.add_commands(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, RunFileError) as error:  # the library's user-facing errors (ConfigError, DataError, ...)
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(build_parser().parse_args(argv))

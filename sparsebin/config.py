@@ -1,10 +1,13 @@
 """Training settings: one frozen dataclass, validated with one sentence per fault.
 
 Every run saves its `TrainConfig` as JSON, so a run folder always says exactly
-what was trained.
+what was trained. The settings an ablation grid varies, and how a setting is
+read from text (a command-line option, a grid field on the Train page), are
+described here once, from the dataclass's own fields.
 """
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -12,15 +15,12 @@ from typing import Any
 import torch
 
 from sparsebin.devices import resolve_device  # noqa: F401 - the device choice lives with the devices
+from sparsebin.errors import ConfigError
 
 LOSSES = ("cosine", "mse", "l1")
 ROUNDINGS = ("ste", "none", "hard", "stochastic")
 SPARSITIES = ("align", "hard-topk", "l1", "none")
 INITS = ("default", "sparse")
-
-
-class ConfigError(ValueError):
-    """A setting is out of range or unknown; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,73 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        return cls.from_dict(json.loads(text))
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"the config is not valid JSON: {error}.") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"the config must be a JSON object of settings, got {type(values).__name__}.")
+        return cls.from_dict(values)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# The settings an ablation grid may vary: the Train page's grid fields and the `submit` options that take lists.
+GRID_SETTINGS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed")
+# How each setting is read from text; a setting that may be unset (None) is read as text.
+SETTING_KINDS = {
+    field.name: field.type if field.type in (int, float, bool) else str for field in dataclasses.fields(TrainConfig)
+}
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """A setting's value read from text as its field's kind; a ConfigError naming the setting and the text if not."""
+    if name not in SETTING_KINDS:
+        raise ConfigError(f"unknown setting {name!r}; known settings are {', '.join(sorted(SETTING_KINDS))}.")
+    kind, text = SETTING_KINDS[name], text.strip()
+    if kind is bool and text.lower() in TRUE_WORDS + FALSE_WORDS:
+        return text.lower() in TRUE_WORDS
+    if kind is not bool:
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ConfigError(f"{name}: {text!r} is not {KIND_NAMES[kind]}.")
+
+
+def parse_grid(texts: dict[str, str]) -> dict[str, list]:
+    """Comma-separated values typed per setting, as the grid `expand_grid` takes; empty fields are left out."""
+    grid = {}
+    for name, text in texts.items():
+        values = [parse_setting(name, value) for value in text.split(",") if value.strip()]
+        if values:
+            grid[name] = values
+    return grid
+
+
+def expand_grid(base: TrainConfig, grid: dict[str, list]) -> list[TrainConfig]:
+    """Every combination of the listed values on top of `base`, each once, in the order given.
+
+    Repeated values in one list are dropped, so `k=[4, 4]` is a single run.
+    """
+    for name in grid:
+        if name not in SETTING_KINDS:
+            raise ConfigError(
+                f"unknown setting {name!r} in the grid; known settings are {', '.join(sorted(SETTING_KINDS))}."
+            )
+    names = list(grid)
+    choices = [list(dict.fromkeys(_as_list(grid[name]))) for name in names]
+    for name, values in zip(names, choices, strict=True):
+        if not values:
+            raise ConfigError(f"the grid lists no values for {name}.")
+    return [base.replace(**dict(zip(names, combination, strict=True))) for combination in itertools.product(*choices)]
+
+
+def _as_list(values) -> list:
+    return list(values) if isinstance(values, list | tuple) else [values]
 
 
 def validation_size(n_rows: int, val_fraction: float) -> int:

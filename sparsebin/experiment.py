@@ -31,8 +31,7 @@ def run_experiment(
     but no metrics or codes; a finished run drops its checkpoint.
     """
     folder = Path(folder)
-    if (folder / "metrics.json").exists():
-        raise ValueError(f"{folder} already holds a finished run; train into another folder.")
+    runfolder.refuse_finished(folder)
     if (folder / CHECKPOINT).exists():
         check_checkpoint(folder / CHECKPOINT, config)  # before config.json is overwritten
     folder.mkdir(parents=True, exist_ok=True)

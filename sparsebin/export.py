@@ -8,10 +8,7 @@
 """
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,9 @@ import pandas as pd
 from safetensors.torch import save_file
 
 from sparsebin import runfolder
+from sparsebin.errors import DataError
+from sparsebin.files import BIT_CHUNK_ROWS, atomic_path, write_atomic
+from sparsebin.search.codes import unpack_bits
 
 
 def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = None) -> dict[str, Path]:
@@ -33,9 +33,7 @@ def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = 
     codes = runfolder.load_codes(run_folder, mmap=True)
     model = runfolder.load_model(run_folder)
     if concepts is not None and len(concepts) != len(codes):
-        raise ValueError(
-            f"the concept table has {len(concepts)} rows but run {run_folder.name} has {len(codes)} codes."
-        )
+        raise DataError(f"the concept table has {len(concepts)} rows but run {run_folder.name} has {len(codes)} codes.")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {
         "codes": out_dir / "codes.npy",
@@ -44,29 +42,17 @@ def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = 
         "concepts": out_dir / "concepts.csv",
         "config": out_dir / "config.json",
     }
-    with replaced_when_written(written["codes"]) as partial:
+    with atomic_path(written["codes"]) as partial:
         shutil.copyfile(run_folder / "codes.npy", partial)  # copied, not read: it can be 100+ MB
     encoder = {name: value.detach().cpu().contiguous() for name, value in model.encoder.state_dict().items()}
     meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
-    with replaced_when_written(written["encoder"]) as partial:
+    with atomic_path(written["encoder"]) as partial:
         save_file(encoder, str(partial), metadata=meta)
-    runfolder.write_atomic(written["metrics"], metrics_table(metrics).to_csv(index=False).encode())
+    write_atomic(written["metrics"], metrics_table(metrics).to_csv(index=False).encode())
     concept_csv = concept_table(codes, config.n_bits, concepts).to_csv(index=False).encode()
-    runfolder.write_atomic(written["concepts"], concept_csv)
+    write_atomic(written["concepts"], concept_csv)
     runfolder.save_json(written["config"], config.to_dict())
     return written
-
-
-@contextmanager
-def replaced_when_written(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path`, renamed onto it once written, so a reader or
-    an interrupted export never leaves half a file under the real name."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def metrics_table(metrics: dict) -> pd.DataFrame:
@@ -91,8 +77,8 @@ def concept_table(codes: np.ndarray, n_bits: int, concepts: pd.DataFrame | None 
             if column in concepts:
                 table[column] = concepts[column].to_numpy()
     counts, lists = [], []
-    for start in range(0, len(codes), 4096):
-        bits = np.unpackbits(np.asarray(codes[start : start + 4096]), axis=1, count=n_bits)  # (rows, N) of 0/1
+    for start in range(0, len(codes), BIT_CHUNK_ROWS):
+        bits = unpack_bits(codes[start : start + BIT_CHUNK_ROWS], n_bits)  # (rows, N) of 0/1
         counts.append(bits.sum(axis=1))
         lists += [" ".join(map(str, np.flatnonzero(row))) for row in bits]
     table["n_active"] = np.concatenate(counts) if counts else np.zeros(0, dtype=int)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sparsebin.devices import free_memory
+from sparsebin.files import CHUNK_ROWS
 from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.search.codes import (
@@ -22,7 +23,6 @@ from sparsebin.search.codes import (
     pack_bits,
     recall_at_k,
     sample_queries,
-    unpack_bits,
 )
 
 LOG10_BINS = np.arange(-7.0, 0.25, 0.25)  # firing-frequency histogram edges, 1e-7 .. 1
@@ -56,7 +56,7 @@ def evaluation_chunk_rows(n_bits: int, d_in: int, free_bytes: int | None = None)
     """
     per_row = (5 * n_bits + 6 * d_in) * 4
     budget = EVALUATION_BUDGET if free_bytes is None else min(EVALUATION_BUDGET, free_bytes // 4)
-    return int(np.clip(budget // per_row, 64, 65536))
+    return int(np.clip(budget // per_row, 64, CHUNK_ROWS))
 
 
 @torch.no_grad()
@@ -119,7 +119,7 @@ def code_metrics(
     """
     index = CodeIndex(packed, n_bits)
     active = index.sizes.astype(np.int64)  # (M,) active bits per concept
-    firing = firing_frequency(packed, n_bits)
+    firing = firing_frequency(index.bit_counts, len(packed))
     metrics = {"split": split, "n_rows": int(len(packed)), "n_bits": n_bits, "d_in": int(vectors.shape[1])}
     metrics |= activity_metrics(active)
     metrics |= firing_metrics(firing)
@@ -141,12 +141,9 @@ def activity_metrics(active: np.ndarray) -> dict:
     }
 
 
-def firing_frequency(packed: np.ndarray, n_bits: int, chunk_rows: int = 65536) -> np.ndarray:
-    """(N,) share of rows in which each bit is 1."""
-    counts = np.zeros(n_bits, dtype=np.int64)
-    for start in range(0, len(packed), chunk_rows):
-        counts += unpack_bits(packed[start : start + chunk_rows], n_bits).sum(axis=0, dtype=np.int64)
-    return counts / max(len(packed), 1)
+def firing_frequency(bit_counts: np.ndarray, n_rows: int) -> np.ndarray:
+    """(N,) share of the `n_rows` rows in which each bit is 1, from the (N,) counts `search.codes.bit_counts` gives."""
+    return bit_counts / max(n_rows, 1)
 
 
 def firing_metrics(firing: np.ndarray) -> dict:
@@ -225,12 +222,15 @@ def sign_codes(
     else:
         rotation, offset = np.eye(d_in, n_bits, dtype=np.float32), np.zeros(d_in, np.float32)
     packed = [
-        pack_bits((np.asarray(vectors[i : i + 65536]) - offset) @ rotation > 0) for i in range(0, len(vectors), 65536)
+        pack_bits((np.asarray(vectors[i : i + CHUNK_ROWS]) - offset) @ rotation > 0)
+        for i in range(0, len(vectors), CHUNK_ROWS)
     ]
     return np.concatenate(packed)
 
 
-def principal_axes(vectors: np.ndarray, n_components: int, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def principal_axes(
+    vectors: np.ndarray, n_components: int, chunk_rows: int = CHUNK_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
     """(mean (D,), axes (D, n_components)) from the covariance, accumulated in chunks."""
     d_in = vectors.shape[1]
     total = np.zeros(d_in, dtype=np.float64)

@@ -6,13 +6,14 @@ of the calling process and `projection_status` reports its stage; the caller
 polls. The cache file is written atomically, so a reader sees all or nothing.
 """
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from sparsebin.files import atomic_path
 
 CACHE_FILE = "umap.npy"
 STAGES = ("loading embeddings", "finding neighbours and laying out", "saving")
@@ -48,10 +49,8 @@ def compute_projection(
     coordinates = reducer.fit_transform(vectors).astype(np.float32)  # (M, 2)
     report(2, len(STAGES), STAGES[2])
     path = projection_path(dataset_folder)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
+    with atomic_path(path) as partial, open(partial, "wb") as handle:
         np.save(handle, coordinates)
-    os.replace(partial, path)
     report(3, len(STAGES), "done")
     return coordinates
 

@@ -12,7 +12,6 @@ Weights are loaded with safetensors, never with pickle.
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,36 +20,24 @@ from safetensors.torch import load_file, save_file
 
 from sparsebin.config import TrainConfig
 from sparsebin.devices import is_available
+from sparsebin.errors import RunFileError
+from sparsebin.files import atomic_path, write_atomic
 from sparsebin.model import BinaryAutoencoder
 
 ENVIRONMENT = "environment.json"
 ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy")
 
 
-class RunFileError(RuntimeError):
-    """A run folder lacks an artifact or holds a damaged one."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename, so a reader never sees half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def save_model(path: Path, model: BinaryAutoencoder, config: TrainConfig) -> None:
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=meta)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        save_file(tensors, str(partial), metadata=meta)
 
 
 def save_codes(path: Path, packed: np.ndarray) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
+    with atomic_path(path) as partial, open(partial, "wb") as handle:
         np.save(handle, packed)
-    os.replace(partial, path)
 
 
 def save_json(path: Path, value) -> None:
@@ -59,6 +46,12 @@ def save_json(path: Path, value) -> None:
 
 def save_history(path: Path, history: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(event) + "\n" for event in history).encode())
+
+
+def refuse_finished(folder: Path) -> None:
+    """Raise RunFileError when `folder` already holds a finished run (its metrics.json), so nothing trains over it."""
+    if (Path(folder) / "metrics.json").exists():
+        raise RunFileError(f"{folder} already holds a finished run; train into another folder.")
 
 
 def _require(folder: Path, name: str) -> Path:
@@ -82,6 +75,12 @@ def load_metrics(folder: Path) -> dict:
         return json.loads(path.read_text())
     except ValueError as error:
         raise RunFileError(f"run {Path(folder).name} has a damaged metrics.json: {error}") from error
+
+
+def evaluated_part(metrics: dict) -> tuple[str, dict]:
+    """The part a run is judged on and its metrics: ("validation", ...), or ("train", ...) when nothing was held out."""
+    split = "validation" if metrics.get("validation") else "train"
+    return split, metrics.get(split) or {}
 
 
 def load_history(folder: Path) -> list[dict]:

@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from sparsebin.batches import Placement, choose_placement, release_pages, training_rows
 from sparsebin.config import TrainConfig, validation_size
-from sparsebin.datasets.store import DataError
 from sparsebin.devices import free_memory, get_rng_state, resolve_device, set_rng_state, synchronize
+from sparsebin.errors import DataError, RunFileError
+from sparsebin.files import CHUNK_ROWS, atomic_path
 from sparsebin.losses import distance, sparsity_term
 from sparsebin.model import BinaryAutoencoder
 
@@ -65,8 +66,8 @@ def check_embeddings(embeddings: np.ndarray, normalize: bool = True) -> None:
         raise DataError(f"embeddings must be a 2-D array of at least 2 x 2, got shape {embeddings.shape}.")
     if not np.issubdtype(embeddings.dtype, np.floating):
         raise DataError(f"embeddings must be floating point, got dtype {embeddings.dtype}.")
-    for start in range(0, embeddings.shape[0], 65536):
-        chunk = np.asarray(embeddings[start : start + 65536])
+    for start in range(0, embeddings.shape[0], CHUNK_ROWS):
+        chunk = np.asarray(embeddings[start : start + CHUNK_ROWS])
         bad = ~np.isfinite(chunk).all(axis=1)
         if bad.any():
             row = start + int(np.argmax(bad))
@@ -235,27 +236,25 @@ def save_checkpoint(
         "param_groups": json.dumps(optimizer_state["param_groups"]),
         "rng_device": device,
     }
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    save_file({name: value.contiguous() for name, value in tensors.items()}, str(partial), metadata=meta)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        save_file({name: value.contiguous() for name, value in tensors.items()}, str(partial), metadata=meta)
 
 
 def check_checkpoint(path: Path, config: TrainConfig) -> dict:
-    """The checkpoint's metadata; ValueError when it was written for another config.
+    """The checkpoint's metadata; RunFileError when it was written for another config.
 
     The device and the logging interval may differ: they do not change what is learned.
     """
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
     if "config" not in meta:
-        raise ValueError(f"{path} does not say which config it was written for; delete it to start over.")
+        raise RunFileError(f"{path} does not say which config it was written for; delete it to start over.")
     saved = TrainConfig.from_json(meta["config"]).to_dict()
     changed = [
         name for name, value in config.to_dict().items() if saved[name] != value and name not in ("device", "log_every")
     ]
     if changed:
-        raise ValueError(
+        raise RunFileError(
             f"{path} is a checkpoint of a different configuration ({', '.join(changed)} differ); "
             "train into another folder, or delete the checkpoint to start over."
         )

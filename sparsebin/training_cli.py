@@ -1,4 +1,8 @@
-"""`train` and `eval`: train one run in the foreground, or evaluate a finished run."""
+"""`train` and `eval`: train one run in the foreground, or evaluate a finished run.
+
+Also the one table of help for the training settings, and the options made from
+it, which `submit` (sparsebin.jobs.cli) shares.
+"""
 
 import argparse
 import dataclasses
@@ -11,14 +15,16 @@ import numpy as np
 from tqdm import tqdm
 
 from sparsebin import runfolder
-from sparsebin.config import INITS, LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
+from sparsebin.config import INITS, LOSSES, ROUNDINGS, SPARSITIES, TrainConfig, parse_setting
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import is_embeddings_path, read_embeddings_file
+from sparsebin.errors import ConfigError, DataError
 from sparsebin.experiment import run_experiment
 from sparsebin.metrics import evaluate_model, normalized_rows
 from sparsebin.paths import home_dir
 from sparsebin.train import check_embeddings
 
+# One line of help per TrainConfig field (a new setting adds its line here); `train --help` and `submit --help` show it.
 OPTION_HELP = {
     "n_bits": "code length N",
     "k": "target number of active bits per concept K",
@@ -47,15 +53,8 @@ def add_commands(subparsers) -> None:
     )
     train.add_argument("--out", type=Path, help="run folder to write (default: <home>/runs/cli-<time>)")
     train.add_argument("--queries", type=int, default=500, help="retrieval queries sampled per evaluated part")
-    for field in dataclasses.fields(TrainConfig):
-        train.add_argument(
-            f"--{field.name.replace('_', '-')}",
-            dest=field.name,
-            type=_option_type(field),
-            default=field.default,
-            help=f"{OPTION_HELP[field.name]} (default: {field.default})",
-        )
-    train.set_defaults(func=run_train)
+    add_setting_options(train)
+    train.set_defaults(func=train_command)
 
     evaluate = subparsers.add_parser("eval", help="metrics of a finished run on a given set of embeddings")
     evaluate.add_argument("run", type=Path, help="run folder")
@@ -64,23 +63,37 @@ def add_commands(subparsers) -> None:
     )
     evaluate.add_argument("--queries", type=int, default=500, help="retrieval queries sampled from the set")
     evaluate.add_argument("--json", action="store_true", help="print every metric as JSON")
-    evaluate.set_defaults(func=run_eval)
+    evaluate.set_defaults(func=eval_command)
 
 
-def _option_type(field: dataclasses.Field):
-    if field.type in (bool, "bool"):
-        return _parse_bool
-    if field.default is None:
-        return str
-    return type(field.default)
+def add_setting_options(parser: argparse.ArgumentParser, *, lists: tuple[str, ...] = (), defaults: bool = True) -> None:
+    """An option per TrainConfig field, read as the field's kind; those in `lists` take one or more values.
+
+    Without `defaults` an option left out reads as None, so a base config (`submit --config`) keeps its value.
+    """
+    for field in dataclasses.fields(TrainConfig):
+        listed = field.name in lists
+        text = OPTION_HELP[field.name] + (" (one or more values; several make a grid)" if listed else "")
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            type=_setting_reader(field.name),
+            nargs="+" if listed else None,
+            default=field.default if defaults else None,
+            help=f"{text} (default: {field.default})",
+        )
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _setting_reader(name: str):
+    """An argparse type reading one value of setting `name`; a bad value is named in argparse's usage error."""
+
+    def read(text: str):
+        try:
+            return parse_setting(name, text)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return read
 
 
 def load_embeddings(source: str, say=print) -> np.ndarray:
@@ -97,7 +110,7 @@ def load_embeddings(source: str, say=print) -> np.ndarray:
     return load_dataset(source).embeddings
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**values)
     embeddings = load_embeddings(args.data)
@@ -111,19 +124,19 @@ def run_train(args: argparse.Namespace) -> int:
             bar.set_postfix(epoch=event["epoch"], loss=f"{event['loss']:.4f}", active=f"{event['active_mean']:.1f}")
 
         run_experiment(embeddings, config, out, progress=progress, n_queries=args.queries)
-    metrics = runfolder.load_metrics(out)
+    _, metrics = runfolder.evaluated_part(runfolder.load_metrics(out))
     print(f"run folder: {out}")
-    print(summary(metrics.get("validation") or metrics["train"]))
+    print(summary(metrics))
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def eval_command(args: argparse.Namespace) -> int:
     model = runfolder.load_model(args.run, device=runfolder.evaluation_device(args.run))
     config = runfolder.load_config(args.run)
     embeddings = load_embeddings(args.data, say=lambda text: print(text, file=sys.stderr))
     check_embeddings(embeddings, config.normalize)
     if embeddings.shape[1] != model.d_in:
-        raise ValueError(f"the run expects {model.d_in}-d embeddings, but {args.data} has {embeddings.shape[1]}.")
+        raise DataError(f"the run expects {model.d_in}-d embeddings, but {args.data} has {embeddings.shape[1]}.")
     vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)
     metrics = evaluate_model(model, vectors, split=f"all of {args.data}", n_queries=args.queries).metrics
     print(json.dumps(metrics, indent=2) if args.json else summary(metrics))

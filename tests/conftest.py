@@ -1,11 +1,27 @@
-"""Shared fixtures: every test gets its own SPARSEBIN_HOME and SPARSEBIN_DATA; Ray tests share one local Ray."""
+"""Shared fixtures and helpers: each test gets its own SPARSEBIN_HOME and SPARSEBIN_DATA; Ray tests share one Ray.
+
+Test modules take the helpers here with `from conftest import ...`, never from one another.
+"""
 
 import logging
+import os
 import shutil
 import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
+
+from sparsebin.config import TrainConfig
+from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
+
+# A config that trains in well under a second on make_dataset's rows.
+TINY = TrainConfig(n_bits=32, k=4, epochs=2, batch_size=32, log_every=2, device="cpu")
+# Every file a finished run folder holds.
+ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy", "split.json")
 
 
 @pytest.fixture(autouse=True)
@@ -13,6 +29,47 @@ def isolated_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models train fastest on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int = 0) -> str:
+    """Write a small dataset folder under SPARSEBIN_DATA and return its name."""
+    folder = Path(os.environ["SPARSEBIN_DATA"]) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np.save(folder / EMBEDDINGS_FILE, rng.standard_normal((n_rows, dim)).astype(np.float32))
+    concepts = pd.DataFrame(
+        {
+            "id": [f"C{row}" for row in range(n_rows)],
+            "name": [f"concept {row}" for row in range(n_rows)],
+            "source": "test",
+            "category": "none",
+            "depth": 1,
+            "parents": [[] for _ in range(n_rows)],
+        }
+    )
+    write_concepts(folder, concepts)
+    write_meta(folder, {"name": name, "count": n_rows, "dim": dim})
+    return name
+
+
+def wait_for(condition, timeout: float = 60.0, every: float = 0.05):
+    """Poll `condition` until it returns something true, and return that; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"gave up after {timeout} s waiting for {condition}")
 
 
 def planted_data(n_rows=3000, dim=64, n_bits=128, k=8, noise=0.05, seed=0):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from sparsebin.config import ConfigError, TrainConfig
+from sparsebin.config import TrainConfig
+from sparsebin.errors import ConfigError
 
 INVALID = [
     ({"k": 64, "n_bits": 64}, "k must be smaller than n_bits, got k=64 and n_bits=64"),

@@ -8,13 +8,13 @@ import simple_icd_10_cm as icd
 
 from sparsebin.datasets import (
     BUILTIN_DATASETS,
-    DataError,
     build_dataset,
     builtin,
     list_datasets,
     load_dataset,
 )
 from sparsebin.datasets.store import file_sha256
+from sparsebin.errors import DataError
 
 SAMPLE = 200
 

@@ -1,6 +1,5 @@
 """The build-data and import-data commands, and the status file behind background builds."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -10,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
+from sparsebin.cli import main
 from sparsebin.datasets import build_status, list_datasets, load_dataset, start_build
 from sparsebin.datasets import status as status_module
-from sparsebin.datasets.cli import add_commands
 from sparsebin.datasets.status import write_status
 
 
@@ -24,10 +23,7 @@ def data_dir(tmp_path, monkeypatch):
 
 
 def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(list(argv))
 
 
 def test_import_data_command(tmp_path, data_dir, capsys):

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sparsebin.datasets import DataError, import_dataset, list_datasets, load_dataset
+from sparsebin.datasets import import_dataset, list_datasets, load_dataset
+from sparsebin.errors import DataError
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import sqlite3
 import threading
 
 import numpy as np
+import pytest
+from conftest import ARTIFACTS, TINY, make_dataset, wait_for
 from safetensors import safe_open
-from test_store import TINY, make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
-from test_worker import ARTIFACTS, wait_for
 
 from sparsebin import runfolder
 from sparsebin.cli import main
@@ -19,6 +19,8 @@ from sparsebin.jobs.dispatcher import run_dispatcher
 from sparsebin.jobs.queue import Status, Store
 from sparsebin.jobs.worker import run_worker
 from sparsebin.processes import pid_alive
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def integrity(store: Store) -> str:

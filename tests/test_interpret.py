@@ -25,6 +25,7 @@ import torch
 
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig
+from sparsebin.errors import RunFileError
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret.bits import (
     Concept,
@@ -263,5 +264,5 @@ def test_run_context_loads_a_run_folder_and_refuses_another_dataset(tmp_path):
     assert (ctx.run_id, ctx.n_bits, len(ctx.concepts)) == (tmp_path.name, N_BITS, 14)
     assert bit_table(ctx).loc[0, "label"] == "Heart"
     smaller = SimpleNamespace(name="other", embeddings=embeddings[:5], concepts=make_concepts()[:5])
-    with pytest.raises(runfolder.RunFileError, match="trained on another dataset"):
+    with pytest.raises(RunFileError, match="trained on another dataset"):
         RunContext.load(tmp_path, smaller)

@@ -5,16 +5,17 @@ import argparse
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, make_dataset
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_store import TINY, make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
 
 from sparsebin import runfolder
-from sparsebin.config import ConfigError
+from sparsebin.errors import ConfigError, RunFileError
 from sparsebin.jobs import cli as jobs_cli
 from sparsebin.jobs.queue import Status, Store
 from sparsebin.jobs.worker import run_worker
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY_FLAGS = ["--epochs", "2", "--batch-size", "32", "--device", "cpu"]
 
 
@@ -121,7 +122,7 @@ def test_export_of_an_unfinished_run_says_what_is_missing(tmp_path):
     make_dataset()
     run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
     (job,) = Store().jobs()
-    with pytest.raises(runfolder.RunFileError, match="has no config.json"):
+    with pytest.raises(RunFileError, match="has no config.json"):
         run_command("export", job.run_id, "--out", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 

@@ -8,7 +8,7 @@ import torch
 
 from sparsebin.metrics import code_metrics, evaluate_model, firing_frequency, sign_codes, storage_metrics
 from sparsebin.model import BinaryAutoencoder
-from sparsebin.search.codes import pack_bits, recall_at_k
+from sparsebin.search.codes import bit_counts, pack_bits, recall_at_k
 
 
 def test_dead_and_dense_bits_and_activity_of_known_codes():
@@ -81,7 +81,9 @@ def test_retrieval_recall_is_one_when_codes_copy_the_dense_geometry():
 def test_firing_frequency_in_chunks_equals_whole():
     rng = np.random.default_rng(1)
     bits = (rng.random((1000, 24)) < 0.2).astype(np.uint8)
-    np.testing.assert_allclose(firing_frequency(pack_bits(bits), 24, chunk_rows=77), bits.mean(axis=0))
+    np.testing.assert_allclose(
+        firing_frequency(bit_counts(pack_bits(bits), 24, chunk_rows=77), 1000), bits.mean(axis=0)
+    )
 
 
 def test_sign_baseline_keeps_leading_components_for_equal_storage():

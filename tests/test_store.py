@@ -1,53 +1,18 @@
 """The job queue: submitting, grids, claiming, cancelling, resuming and reading runs."""
 
-import os
 import sqlite3
 import threading
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-import torch
+from conftest import TINY, make_dataset
 
 from sparsebin import runfolder
-from sparsebin.config import ConfigError, TrainConfig
-from sparsebin.datasets import DataError
-from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
-from sparsebin.jobs.queue import Status, Store, expand_grid
+from sparsebin.config import expand_grid
+from sparsebin.errors import ConfigError, DataError, JobError, RunFileError
+from sparsebin.jobs.queue import Status, Store
 from sparsebin.jobs.worker import run_worker
 
-TINY = TrainConfig(n_bits=32, k=4, epochs=2, batch_size=32, log_every=2, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models train fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int = 0) -> str:
-    """Write a small dataset folder under SPARSEBIN_DATA and return its name."""
-    folder = Path(os.environ["SPARSEBIN_DATA"]) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    np.save(folder / EMBEDDINGS_FILE, rng.standard_normal((n_rows, dim)).astype(np.float32))
-    concepts = pd.DataFrame(
-        {
-            "id": [f"C{row}" for row in range(n_rows)],
-            "name": [f"concept {row}" for row in range(n_rows)],
-            "source": "test",
-            "category": "none",
-            "depth": 1,
-            "parents": [[] for _ in range(n_rows)],
-        }
-    )
-    write_concepts(folder, concepts)
-    write_meta(folder, {"name": name, "count": n_rows, "dim": dim})
-    return name
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_submit_queues_a_job_with_its_config():
@@ -133,7 +98,7 @@ def test_cancel_a_queued_job_at_once_and_refuse_a_finished_one():
     cancelled = store.cancel(job.id)
     assert cancelled.status == Status.CANCELLED
     assert store.claim("worker") is None  # the worker never sees it
-    with pytest.raises(ValueError, match="only queued or running jobs can be cancelled"):
+    with pytest.raises(JobError, match="only queued or running jobs can be cancelled"):
         store.cancel(job.id)
 
 
@@ -147,7 +112,7 @@ def test_stale_running_jobs_become_interrupted_and_resume_to_queued():
     assert interrupted.status == Status.INTERRUPTED and "heartbeat" in interrupted.error
     resumed = store.resume(job.id)
     assert resumed.status == Status.QUEUED and resumed.run_id == job.run_id and resumed.error is None
-    with pytest.raises(ValueError, match="only interrupted, failed or cancelled"):
+    with pytest.raises(JobError, match="only interrupted, failed or cancelled"):
         store.resume(job.id)
 
 
@@ -178,11 +143,11 @@ def test_a_damaged_run_gives_a_clear_error_and_leaves_others_readable():
     (broken / "metrics.json").write_text("{not json")
     (broken / "codes.npy").unlink()
     (broken / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(runfolder.RunFileError, match="damaged metrics.json"):
+    with pytest.raises(RunFileError, match="damaged metrics.json"):
         runfolder.load_metrics(broken)
-    with pytest.raises(runfolder.RunFileError, match="has no codes.npy"):
+    with pytest.raises(RunFileError, match="has no codes.npy"):
         runfolder.load_codes(broken)
-    with pytest.raises(runfolder.RunFileError, match="damaged model.safetensors"):
+    with pytest.raises(RunFileError, match="damaged model.safetensors"):
         runfolder.load_model(broken)
     assert runfolder.load_metrics(intact)["validation"]["recon_loss"] >= 0
     assert runfolder.load_codes(intact).shape == (200, 4)

@@ -9,6 +9,7 @@ import torch
 from conftest import planted_data
 
 from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
+from sparsebin.errors import DataError, RunFileError
 from sparsebin.experiment import evaluate_run, run_experiment
 from sparsebin.losses import (
     cosine_alignment,
@@ -125,14 +126,14 @@ def test_every_combination_trains_and_yields_finite_metrics(loss, rounding, spar
 def test_nan_or_inf_in_data_is_refused_before_training(row, value):
     x, _ = planted_data(n_rows=50, dim=8, n_bits=8, k=2)
     x[row, 2] = value
-    with pytest.raises(ValueError, match=f"embeddings contain NaN or inf, first in row {row}"):
+    with pytest.raises(DataError, match=f"embeddings contain NaN or inf, first in row {row}"):
         train(x, TrainConfig(n_bits=16, k=2, batch_size=10))
 
 
 def test_zero_row_is_refused_when_normalising():
     x, _ = planted_data(n_rows=50, dim=8, n_bits=8, k=2)
     x[5] = 0
-    with pytest.raises(ValueError, match="embeddings row 5 is all zeros"):
+    with pytest.raises(DataError, match="embeddings row 5 is all zeros"):
         train(x, TrainConfig(n_bits=16, k=2, batch_size=10))
 
 
@@ -204,10 +205,10 @@ def test_a_folder_with_another_configs_checkpoint_is_refused_untouched(tmp_path)
 
     run_experiment(x, config, tmp_path, should_stop=stop_in_epoch_two)
     before = (tmp_path / "config.json").read_text()
-    with pytest.raises(ValueError, match=r"checkpoint of a different configuration \(loss differ\)"):
+    with pytest.raises(RunFileError, match=r"checkpoint of a different configuration \(loss differ\)"):
         run_experiment(x, config.replace(loss="cosine"), tmp_path)
     assert (tmp_path / "config.json").read_text() == before
     run_experiment(x, config, tmp_path)  # the same config resumes and finishes
     assert (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoint.safetensors").exists()
-    with pytest.raises(ValueError, match="already holds a finished run"):
+    with pytest.raises(RunFileError, match="already holds a finished run"):
         run_experiment(x, config, tmp_path)

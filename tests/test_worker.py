@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_store import TINY, make_dataset, one_torch_thread  # noqa: F401 - autouse fixture
+from conftest import ARTIFACTS, TINY, make_dataset, wait_for
 
 import sparsebin.train
 from sparsebin import runfolder
@@ -21,9 +21,9 @@ from sparsebin.jobs.queue import Status, Store
 from sparsebin.jobs.worker import Heartbeat, WorkerStart, ensure_worker, run_worker, worker_status
 from sparsebin.processes import pid_alive
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parent.parent
 WORKER_COMMAND = [sys.executable, "-m", "sparsebin", "worker"]
-ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy", "split.json")
 
 
 def subprocess_environment() -> dict:
@@ -42,16 +42,6 @@ def start_worker(*arguments: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def wait_for(condition, timeout: float = 60.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"gave up after {timeout} s waiting for {condition}")
 
 
 def test_in_process_worker_runs_a_job_to_done_with_every_artifact():

@@ -3,11 +3,10 @@
 from sparsebin.datasets.builtin import BUILTIN_DATASETS, build_dataset
 from sparsebin.datasets.importing import import_dataset
 from sparsebin.datasets.status import build_status, start_build
-from sparsebin.datasets.store import DataError, Dataset, list_datasets, load_dataset
+from sparsebin.datasets.store import Dataset, list_datasets, load_dataset
 
 __all__ = [
     "BUILTIN_DATASETS",
-    "DataError",
     "Dataset",
     "build_dataset",
     "build_status",

@@ -17,7 +17,6 @@ import pandas as pd
 
 from sparsebin.datasets.store import (
     EMBEDDINGS_FILE,
-    DataError,
     atomic_dataset_folder,
     file_sha256,
     is_dataset,
@@ -27,6 +26,7 @@ from sparsebin.datasets.store import (
     write_concepts,
     write_meta,
 )
+from sparsebin.errors import DataError
 
 BUILTIN_DATASETS = ("hpo", "icd10cm")
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"

@@ -17,7 +17,8 @@ from tqdm import tqdm
 from sparsebin.datasets.builtin import BUILTIN_DATASETS, build_dataset
 from sparsebin.datasets.importing import DEFAULT_MAX_BYTES, import_dataset
 from sparsebin.datasets.status import progress_writer, write_status
-from sparsebin.datasets.store import META_FILE, DataError
+from sparsebin.datasets.store import META_FILE
+from sparsebin.errors import DataError, run_command
 
 
 def add_commands(subparsers) -> None:
@@ -29,7 +30,7 @@ def add_commands(subparsers) -> None:
     build.add_argument(
         "--nice", type=int, default=0, help="lower this build's CPU priority by N (the app's background builds: 10)"
     )
-    build.set_defaults(func=run_build)
+    build.set_defaults(func=build_data_command)
 
     imported = subparsers.add_parser("import-data", help="import your own embeddings")
     imported.add_argument("file", help="embeddings: .npy, .npz, .parquet or .csv")
@@ -39,10 +40,10 @@ def add_commands(subparsers) -> None:
     imported.add_argument(
         "--force", "--overwrite", dest="overwrite", action="store_true", help="replace a dataset of that name"
     )
-    imported.set_defaults(func=run_import)
+    imported.set_defaults(func=import_data_command)
 
 
-def run_build(args: argparse.Namespace) -> int:
+def build_data_command(args: argparse.Namespace) -> int:
     """Build one or all built-in datasets, with a progress bar and a status file."""
     names = BUILTIN_DATASETS if args.name == "all" else (args.name,)
     if args.nice > 0:
@@ -52,9 +53,7 @@ def run_build(args: argparse.Namespace) -> int:
         # its temporary folder is removed and its status reads failed.
         signal.signal(signal.SIGTERM, _exit_on_terminate)
     for name in names:
-        code = build_one(name, force=args.force, limit=args.limit)
-        if code:
-            return code
+        build_one(name, force=args.force, limit=args.limit)
     return 0
 
 
@@ -62,7 +61,7 @@ def _exit_on_terminate(signal_number, frame) -> None:
     sys.exit(128 + signal_number)
 
 
-def build_one(name: str, *, force: bool, limit: int | None) -> int:
+def build_one(name: str, *, force: bool, limit: int | None) -> None:
     """Build one dataset, reporting to the terminal and to the status file."""
     write_status(name, state="running", done=0, total=0, error=None, pid=os.getpid())
     record = progress_writer(name)
@@ -75,34 +74,28 @@ def build_one(name: str, *, force: bool, limit: int | None) -> int:
 
         try:
             folder = build_dataset(name, force=force, limit=limit, progress=progress)
-        except DataError as error:
-            write_status(name, state="failed", error=str(error))
-            print(f"error: {error}", file=sys.stderr)
-            return 2
         except BaseException as error:
-            stopped = isinstance(error, SystemExit | KeyboardInterrupt)
-            reason = "the build was stopped" if stopped else f"{type(error).__name__}: {error}"
-            write_status(name, state="failed", error=reason)
+            write_status(name, state="failed", error=failure_reason(error))
             raise
     count = json.loads((folder / META_FILE).read_text())["count"]
     write_status(name, state="done", done=count, total=count, error=None)
     print(f"{name}: {count} concepts in {folder}")
-    return 0
 
 
-def run_import(args: argparse.Namespace) -> int:
-    """Import a user's embeddings file; a validation fault exits with status 2."""
-    try:
-        folder = import_dataset(
-            args.file,
-            name=args.name,
-            labels_file=args.labels,
-            max_bytes=args.max_bytes,
-            overwrite=args.overwrite,
-        )
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def failure_reason(error: BaseException) -> str:
+    """What a failed build's status says: the fault's sentence, that it was stopped, or the bug's type and message."""
+    if isinstance(error, DataError):
+        return str(error)
+    if isinstance(error, SystemExit | KeyboardInterrupt):
+        return "the build was stopped"
+    return f"{type(error).__name__}: {error}"
+
+
+def import_data_command(args: argparse.Namespace) -> int:
+    """Import a user's embeddings file."""
+    folder = import_dataset(
+        args.file, name=args.name, labels_file=args.labels, max_bytes=args.max_bytes, overwrite=args.overwrite
+    )
     print(f"{args.name}: {folder}")
     return 0
 
@@ -110,8 +103,7 @@ def run_import(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsebin.datasets.cli")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 from sparsebin.datasets.store import (
     EMBEDDINGS_FILE,
     META_FILE,
-    DataError,
     NpyWriter,
     atomic_dataset_folder,
     check_name,
@@ -35,6 +34,7 @@ from sparsebin.datasets.store import (
     write_concepts,
     write_meta,
 )
+from sparsebin.errors import DataError
 
 EMBEDDING_FORMATS = (".npy", ".npz", ".parquet", ".csv")
 LABEL_FORMATS = (".csv", ".parquet")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sparsebin import paths
 from sparsebin.datasets.store import check_name, resolve_data_dir
+from sparsebin.files import write_atomic
 from sparsebin.processes import pid_alive
 
 STATUS_FOLDER = ".builds"
@@ -30,9 +31,7 @@ def write_status(name: str, data_dir: Path | None = None, **fields) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     status = _read(path) or {"name": name, "done": 0, "total": 0, "error": None}
     status.update(fields, updated=time.time())
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(status))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(status).encode())
 
 
 def _read(path: Path) -> dict | None:

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from sparsebin import paths
+from sparsebin.errors import DataError
+from sparsebin.files import atomic_path, write_atomic
 from sparsebin.processes import pid_alive
 
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -34,10 +36,6 @@ CONCEPT_COLUMNS = ("id", "name", "source", "category", "depth", "parents")
 # Folder names users may choose: no separators, no leading dot (hidden, temporary).
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _HASH_CHUNK_BYTES = 16 * 2**20
-
-
-class DataError(ValueError):
-    """A dataset or input file is unusable; the message names the file and the row or column."""
 
 
 @dataclass(frozen=True)
@@ -193,11 +191,12 @@ def atomic_dataset_folder(name: str, data_dir: Path | None = None) -> Iterator[P
 
 
 def write_meta(folder: Path, meta: dict) -> None:
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_atomic(folder / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_concepts(folder: Path, concepts: pd.DataFrame) -> None:
-    concepts.reset_index(drop=True).to_parquet(folder / CONCEPTS_FILE, index=False)
+    with atomic_path(folder / CONCEPTS_FILE) as partial:
+        concepts.reset_index(drop=True).to_parquet(partial, index=False)
 
 
 def now_iso() -> str:

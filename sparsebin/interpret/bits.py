@@ -21,6 +21,8 @@ import scipy.stats
 import torch
 
 from sparsebin.config import TrainConfig
+from sparsebin.errors import RunFileError
+from sparsebin.files import CHUNK_ROWS
 from sparsebin.interpret.ontology import (
     Ancestors,
     Categories,
@@ -32,7 +34,7 @@ from sparsebin.interpret.ontology import (
 )
 from sparsebin.metrics import unit_rows
 from sparsebin.model import BinaryAutoencoder
-from sparsebin.runfolder import RunFileError, evaluation_device, load_codes, load_config, load_model
+from sparsebin.runfolder import evaluation_device, load_codes, load_config, load_model
 from sparsebin.search.codes import CodeIndex, active_counts, codes_by_bit, smallest_k_labelled, unpack_bits
 
 LABEL_BLOCK_BITS = 1024  # bits labelled per sparse product, bounding its memory
@@ -160,7 +162,10 @@ class RunContext:
     @cached_property
     def row_norms(self) -> np.ndarray:
         """(M,) L2 norms of the embeddings, so normalised products need no normalised copy."""
-        norms = [np.linalg.norm(self.embeddings[i : i + 65536], axis=1) for i in range(0, len(self.embeddings), 65536)]
+        norms = [
+            np.linalg.norm(self.embeddings[i : i + CHUNK_ROWS], axis=1)
+            for i in range(0, len(self.embeddings), CHUNK_ROWS)
+        ]
         return np.maximum(np.concatenate(norms), 1e-12).astype(np.float32)
 
     @cached_property
@@ -185,7 +190,7 @@ class RunContext:
         weight = self.model.encoder.weight[bit].detach().cpu().numpy()  # (D,)
         bias = np.float32(self.model.encoder.bias[bit].detach().cpu())
         logits = np.concatenate(
-            [self._inputs(slice(i, i + 65536)) @ weight + bias for i in range(0, len(self.embeddings), 65536)]
+            [self._inputs(slice(i, i + CHUNK_ROWS)) @ weight + bias for i in range(0, len(self.embeddings), CHUNK_ROWS)]
         )
         firing = np.zeros(len(logits), dtype=bool)
         firing[self.by_bit.indices[self.by_bit.indptr[bit] : self.by_bit.indptr[bit + 1]]] = True

@@ -4,6 +4,7 @@ import argparse
 import json
 
 from sparsebin.datasets import load_dataset
+from sparsebin.errors import JobError
 from sparsebin.interpret.bits import RunContext
 from sparsebin.interpret.phrases import PhraseView, embed_phrases, phrase_view
 from sparsebin.jobs.queue import Status, Store
@@ -27,7 +28,7 @@ def encode_command(args: argparse.Namespace) -> int:
     store = Store()
     job = store.job_for_run(args.run)
     if job.status != Status.DONE:
-        raise ValueError(f"run {args.run} is {job.status.name.lower()}; only a finished run has codes to compare with.")
+        raise JobError(f"run {args.run} is {job.status.name.lower()}; only a finished run has codes to compare with.")
     dataset = load_dataset(job.dataset)
     vectors = embed_phrases(args.phrases, dataset.meta)
     context = RunContext.load(store.run_folder(job.run_id), dataset)

@@ -4,26 +4,18 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from sparsebin.config import ConfigError, TrainConfig
-from sparsebin.datasets import DataError, load_dataset
+from sparsebin.config import GRID_SETTINGS, TrainConfig
+from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
+from sparsebin.errors import ConfigError, DataError
 from sparsebin.export import export_run
 from sparsebin.jobs.queue import Job, Store
 from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
+from sparsebin.training_cli import add_setting_options
 
-# The settings `submit` accepts as lists; more than one value in any makes a grid.
-GRID_OPTIONS = {
-    "n_bits": int,
-    "k": int,
-    "alpha": float,
-    "loss": str,
-    "rounding": str,
-    "sparsity": str,
-    "seed": int,
-}
-SINGLE_OPTIONS = {"epochs": int, "lr": float, "batch_size": int, "device": str, "init": str, "log_every": int}
 RUN_COLUMNS = ["job_id", "run_id", "status", "label", "n_bits", "k", "alpha", "loss", "recon_loss", "active_mean"]
 
 
@@ -36,10 +28,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     submit.add_argument("--config", type=Path, help="a config.json to start from")
     submit.add_argument("--label", default="", help="a note shown beside the run")
-    for name, kind in GRID_OPTIONS.items():
-        submit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, nargs="+", help="one or more values")
-    for name, kind in SINGLE_OPTIONS.items():
-        submit.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    add_setting_options(submit, lists=GRID_SETTINGS, defaults=False)
     submit.set_defaults(func=submit_command)
 
     status = subparsers.add_parser("status", help="show queued and recent jobs, or one job in full")
@@ -47,13 +36,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--limit", type=int, default=20)
     status.set_defaults(func=status_command)
 
-    for name, action, text in (
-        ("cancel", "cancel", "cancel queued or running jobs"),
-        ("resume", "resume", "requeue interrupted, failed or cancelled jobs from their checkpoints"),
+    for name, handler, text in (
+        ("cancel", cancel_command, "cancel queued or running jobs"),
+        ("resume", resume_command, "requeue interrupted, failed or cancelled jobs from their checkpoints"),
     ):
         parser = subparsers.add_parser(name, help=text)
         parser.add_argument("jobs", nargs="+", type=int, metavar="JOB")
-        parser.set_defaults(func=lambda args, action=action: change_command(args, action))
+        parser.set_defaults(func=handler)
 
     runs = subparsers.add_parser("runs", help="a table of runs with their key validation metrics")
     runs.add_argument("--dataset", help="only runs on this dataset")
@@ -132,9 +121,11 @@ def read_config_file(path: Path) -> TrainConfig:
 
 
 def submit_command(args: argparse.Namespace) -> int:
+    given = {field.name: getattr(args, field.name) for field in fields(TrainConfig)}
+    given = {name: value for name, value in given.items() if value is not None}
+    lists = {name: values for name, values in given.items() if name in GRID_SETTINGS}
     base = read_config_file(args.config) if args.config else TrainConfig()
-    base = base.replace(**{name: getattr(args, name) for name in SINGLE_OPTIONS if getattr(args, name) is not None})
-    lists = {name: getattr(args, name) for name in GRID_OPTIONS if getattr(args, name) is not None}
+    base = base.replace(**{name: given[name] for name in given.keys() - lists.keys()})
     if is_embeddings_path(args.dataset):
         args.dataset, sentence = import_for_command(args.dataset)
         print(sentence)
@@ -195,10 +186,18 @@ def describe_job(job: Job) -> str:
     return "\n".join(lines)
 
 
-def change_command(args: argparse.Namespace, action: str) -> int:
-    store = Store()
-    for job_id in args.jobs:
-        job = getattr(store, action)(job_id)
+def cancel_command(args: argparse.Namespace) -> int:
+    return change_jobs(args.jobs, Store().cancel)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    return change_jobs(args.jobs, Store().resume)
+
+
+def change_jobs(job_ids: list[int], change) -> int:
+    """Apply `change` (Store.cancel or Store.resume) to each job and print its new state."""
+    for job_id in job_ids:
+        job = change(job_id)
         state = "cancel requested" if job.cancel_requested else job.status.name.lower()
         print(f"job {job.id}: {state}")
     return 0
@@ -233,11 +232,11 @@ def worker_command(args: argparse.Namespace) -> int:
         return ray_command(args)
     for name, given in (("--ray-cpus", args.ray_cpus), ("--tasks", args.tasks)):
         if given is not None:
-            raise ValueError(f"{name} applies to the Ray dispatcher only; add --ray.")
+            raise ConfigError(f"{name} applies to the Ray dispatcher only; add --ray.")
     if args.device == "all":
         devices = visible_cuda_devices()
         if not devices:
-            raise ValueError("--device all starts one worker per CUDA device, but no CUDA device is visible.")
+            raise ConfigError("--device all starts one worker per CUDA device, but no CUDA device is visible.")
         return run_device_workers(devices, worker_arguments(args))
     run_worker(
         device=args.device,
@@ -256,13 +255,13 @@ def ray_command(args: argparse.Namespace) -> int:
     """`worker --ray`: imported here, so the other commands never pay for importing Ray."""
     for name, given in (("--single", args.single), ("--max-jobs", args.max_jobs is not None)):
         if given:
-            raise ValueError(f"{name} applies to a local worker, not to the Ray dispatcher.")
+            raise ConfigError(f"{name} applies to a local worker, not to the Ray dispatcher.")
     if args.device == "all":
-        raise ValueError("--device all starts local workers; with --ray, Ray places each job on a GPU itself.")
+        raise ConfigError("--device all starts local workers; with --ray, Ray places each job on a GPU itself.")
     if args.tasks is not None and args.tasks < 1:
-        raise ValueError(f"--tasks must be at least 1, got {args.tasks}.")
+        raise ConfigError(f"--tasks must be at least 1, got {args.tasks}.")
     if args.cpus_per_task < 1:
-        raise ValueError(f"--cpus-per-task must be at least 1, got {args.cpus_per_task}.")
+        raise ConfigError(f"--cpus-per-task must be at least 1, got {args.cpus_per_task}.")
     from sparsebin.jobs.dispatcher import run_dispatcher
 
     run_dispatcher(

@@ -133,8 +133,7 @@ class Dispatcher:
         try:
             config, gpu = self.placed_config(job)
             folder = self.store.run_folder(job.run_id)
-            if (folder / "metrics.json").exists():
-                raise ValueError(f"{folder} already holds a finished run; train into another folder.")
+            runfolder.refuse_finished(folder)
             checkpoint = folder / CHECKPOINT
             data = checkpoint.read_bytes() if checkpoint.exists() else None
             embeddings = self.dataset_object(job.dataset)

@@ -9,7 +9,6 @@ gets its own connection, because a SQLite connection must not cross threads.
 """
 
 import enum
-import itertools
 import json
 import math
 import secrets
@@ -18,16 +17,17 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sparsebin import paths
-from sparsebin.config import ConfigError, TrainConfig
+from sparsebin.config import TrainConfig, expand_grid
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.devices import claimable_devices
+from sparsebin.errors import JobError
 from sparsebin.experiment import CHECKPOINT
 
 DATABASE = "sparsebin.db"
@@ -120,10 +120,6 @@ FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
 RESUMABLE = (Status.INTERRUPTED, Status.FAILED, Status.CANCELLED)
 
 
-class JobError(ValueError):
-    """A job does not exist, or cannot make the change asked of it in its state."""
-
-
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -145,51 +141,6 @@ class Job:
     node: str | None = None  # where its current or last attempt trains; None until it has started there
     device: str | None = None
     runner_pid: int | None = None
-
-
-def expand_grid(base: TrainConfig, grid: dict[str, list]) -> list[TrainConfig]:
-    """Every combination of the listed values, each once, in the order given.
-
-    Repeated values in one list are dropped, so `k=[4, 4]` is a single run.
-    """
-    known = {field.name for field in fields(TrainConfig)}
-    for name in grid:
-        if name not in known:
-            raise ConfigError(f"unknown setting {name!r} in the grid; known settings are {', '.join(sorted(known))}.")
-    names = list(grid)
-    choices = [list(dict.fromkeys(_as_list(grid[name]))) for name in names]
-    for name, values in zip(names, choices, strict=True):
-        if not values:
-            raise ConfigError(f"the grid lists no values for {name}.")
-    return [base.replace(**dict(zip(names, combination, strict=True))) for combination in itertools.product(*choices)]
-
-
-KIND_NAMES = {int: "an integer", float: "a number"}  # for the sentence naming a value that does not parse
-
-
-def parse_grid(texts: dict[str, str], kinds: dict[str, type]) -> dict[str, list]:
-    """Comma-separated values typed per setting, as the grid `expand_grid` takes; empty fields are left out.
-
-    A value that is not of its setting's kind raises a ConfigError naming the
-    setting and the value, so a form can show one sentence instead of a traceback.
-    """
-    grid = {}
-    for name, text in texts.items():
-        values = [parse_value(name, value.strip(), kinds[name]) for value in text.split(",") if value.strip()]
-        if values:
-            grid[name] = values
-    return grid
-
-
-def parse_value(name: str, text: str, kind: type):
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"{name}: {text!r} is not {KIND_NAMES.get(kind, kind.__name__)}.") from None
-
-
-def _as_list(values) -> list:
-    return list(values) if isinstance(values, list | tuple) else [values]
 
 
 class Store:

@@ -30,7 +30,9 @@ import torch
 from sparsebin import paths, runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.devices import resolve_device
+from sparsebin.errors import ConfigError
 from sparsebin.experiment import run_experiment
+from sparsebin.files import write_atomic
 from sparsebin.jobs.queue import SUMMARY_METRICS, Job, Status, Store
 from sparsebin.processes import pid_alive
 
@@ -270,7 +272,7 @@ def run_device_workers(
         for device in dict.fromkeys(devices):
             lock = take_device_lock(home, device)
             if lock is None:
-                raise ValueError(f"another worker already serves {device} (pid {device_lock_holder(home, device)}).")
+                raise ConfigError(f"another worker already serves {device} (pid {device_lock_holder(home, device)}).")
             locks.append(lock)
         return supervise(devices, arguments, home, poll_every)
     finally:
@@ -314,8 +316,7 @@ def release_device_memory() -> None:
 
 def run_summary(folder: Path) -> dict:
     """The key validation metrics (train metrics when nothing was held out)."""
-    metrics = runfolder.load_metrics(folder)
-    part = metrics.get("validation") or metrics.get("train") or {}
+    _, part = runfolder.evaluated_part(runfolder.load_metrics(folder))
     return {name: part.get(name) for name in SUMMARY_METRICS}
 
 
@@ -458,7 +459,7 @@ def ensure_worker(home: Path | None = None, device: str = "auto", store: Store |
             return WorkerStart(spawned, started=False)
         pid = spawn_worker(store.home, resolved)
         record = {"pid": pid, "started_at": time.time()}
-        runfolder.write_atomic(spawn_record_path(store.home, resolved), json.dumps(record).encode())
+        write_atomic(spawn_record_path(store.home, resolved), json.dumps(record).encode())
     return WorkerStart(pid, started=True)
 
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 
+from sparsebin.files import BIT_CHUNK_ROWS, CHUNK_ROWS
 from sparsebin.search._kernels import SHIFT, search_postings, search_words
 
 METRICS = ("hamming", "jaccard")
@@ -73,7 +74,7 @@ class CodeIndex:
         self,
         packed: np.ndarray,
         n_bits: int,
-        chunk_rows: int = 65536,
+        chunk_rows: int = CHUNK_ROWS,
         by_bit: sp.csr_matrix | None = None,
         method: str | None = None,
     ):
@@ -310,7 +311,7 @@ def pair_distances(inter: np.ndarray, query_sizes, row_sizes, metric: str) -> np
         return np.where(union > 0, 1 - inter / union, 1.0).astype(np.float32)
 
 
-def active_counts(packed: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+def active_counts(packed: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """(M,) int64 active bits per packed row, by popcount over the bytes."""
     counts = [
         np.bitwise_count(np.asarray(packed[i : i + chunk_rows])).sum(axis=1, dtype=np.int64)
@@ -323,7 +324,7 @@ def words_per_vector(n_bits: int) -> int:
     return -(-n_bits // 64)
 
 
-def as_words(packed: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+def as_words(packed: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """(M, B) uint8 packed rows -> (M, ceil(B / 8)) uint64, zero-padded (bit order does not matter to popcount)."""
     n_words = -(-packed.shape[1] // 8)
     padded = np.zeros((len(packed), n_words * 8), dtype=np.uint8)
@@ -332,7 +333,7 @@ def as_words(packed: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
     return padded.view(np.uint64)
 
 
-def bit_counts(packed: np.ndarray, n_bits: int, chunk_rows: int = 8192) -> np.ndarray:
+def bit_counts(packed: np.ndarray, n_bits: int, chunk_rows: int = BIT_CHUNK_ROWS) -> np.ndarray:
     """(N,) int64 rows where each bit fires, summed over unpacked chunks (fastest of the ways tried)."""
     counts = np.zeros(n_bits, dtype=np.int64)
     for start in range(0, len(packed), chunk_rows):
@@ -343,7 +344,7 @@ def bit_counts(packed: np.ndarray, n_bits: int, chunk_rows: int = 8192) -> np.nd
 BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(bool)  # (256, 8) bits of a byte
 
 
-def active_positions(packed: np.ndarray, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def active_positions(packed: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """(rows, bits) int32 of every active bit, row-major, read from the packed bytes.
 
     Works on the non-zero bytes only (a byte -> bits lookup), so sparse codes
@@ -361,7 +362,7 @@ def active_positions(packed: np.ndarray, chunk_rows: int = 65536) -> tuple[np.nd
     return np.concatenate(rows), np.concatenate(bits)
 
 
-def codes_by_bit(packed: np.ndarray, n_bits: int, chunk_rows: int = 65536) -> sp.csr_matrix:
+def codes_by_bit(packed: np.ndarray, n_bits: int, chunk_rows: int = CHUNK_ROWS) -> sp.csr_matrix:
     """(N, M) float32 CSR of packed codes, one row per bit (the rows where it fires, ascending)."""
     rows, bits = active_positions(packed, chunk_rows)
     keep = bits < n_bits  # padding bits of the last byte are zero in codes from pack_bits; be safe
@@ -390,7 +391,7 @@ def smallest_k(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dense_neighbours(
-    vectors: np.ndarray, query_rows: np.ndarray, k: int, chunk_rows: int = 65536
+    vectors: np.ndarray, query_rows: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k among `vectors` for the given rows, the row itself left out.
 

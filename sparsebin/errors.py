@@ -1,0 +1,43 @@
+"""The faults a user can cause, one class each; the message is the sentence to show.
+
+The command line (`run_command`) prints these as `error: <message>` and exits with status 2;
+any other exception is a bug and keeps its traceback. Each is also a
+ValueError, since each reports a value (a setting, a file, a job id) that
+cannot be used.
+"""
+
+import argparse
+import sys
+
+
+class SparsebinError(ValueError):
+    """A fault in what the user asked for or gave; str(error) is one sentence saying which and why."""
+
+
+class ConfigError(SparsebinError):
+    """A setting is out of range or unknown; the message says which and why."""
+
+
+class DataError(SparsebinError):
+    """A dataset or input file is unusable; the message names the file and the row or column."""
+
+
+class RunFileError(SparsebinError):
+    """A run folder or checkpoint lacks an artifact, holds a damaged one, or belongs to another config."""
+
+
+class JobError(SparsebinError):
+    """A job does not exist, or cannot make the change asked of it in its state."""
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed sub-command (`args.func`); a user's fault prints as `error: <sentence>` and gives 2.
+
+    Every other exception propagates with its traceback: it is a bug, and a
+    friendly line would hide it.
+    """
+    try:
+        return args.func(args)
+    except SparsebinError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

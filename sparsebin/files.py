@@ -1,0 +1,41 @@
+"""How sparsebin writes files and reads big arrays.
+
+A file is written under a temporary name beside it and renamed into place
+(`atomic_path`, `write_atomic`), so a reader, or a writer killed midway, never
+leaves half a file under the real name. Arrays that may be memory-mapped files
+of any size are read `CHUNK_ROWS` rows at a time.
+"""
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Rows of embeddings or packed codes read at a time: 65536 rows of 384 float32 dimensions are 96 MiB.
+CHUNK_ROWS = 65536
+# Rows at a time where each row is expanded to one value per bit (unpacked codes, a model's (rows, N)
+# outputs): eight times the bytes of a packed row, so an eighth of the rows.
+BIT_CHUNK_ROWS = CHUNK_ROWS // 8
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to; renamed onto `path` when the block ends, removed if it fails.
+
+    The name is hidden and carries the process and thread, so two writers of
+    one file never write into each other's temporary file; the last rename wins whole.
+    """
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half of one."""
+    with atomic_path(path) as partial:
+        partial.write_bytes(data)
