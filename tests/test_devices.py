@@ -8,9 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import planted_data
+from conftest import TINY, make_dataset, planted_data
 from safetensors import safe_open
-from test_store import TINY, make_dataset
 
 import sparsebin.train
 from sparsebin import devices, runfolder
