@@ -4,8 +4,8 @@ embedding."""
 import streamlit as st
 
 from pages import _shared
+from sparsebin.errors import PhraseError
 from sparsebin.interpret.bits import find_concepts
-from sparsebin.interpret.phrases import PhraseError
 
 st.title("Concepts")
 run = _shared.pick_run("concepts_run")

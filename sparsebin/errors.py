@@ -30,6 +30,10 @@ class JobError(SparsebinError):
     """A job does not exist, or cannot make the change asked of it in its state."""
 
 
+class PhraseError(SparsebinError):
+    """A phrase cannot be encoded: it is empty, or the dataset has no model to embed it with."""
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed sub-command (`args.func`); a user's fault prints as `error: <sentence>` and gives 2.
 

@@ -14,8 +14,9 @@ import pytest
 
 from sparsebin import runfolder
 from sparsebin.cli import main
-from sparsebin.datasets import DataError, import_dataset, list_datasets, load_dataset
+from sparsebin.datasets import import_dataset, list_datasets, load_dataset
 from sparsebin.datasets.importing import import_uploaded
+from sparsebin.errors import DataError, RunFileError
 from sparsebin.jobs.queue import Store
 
 
@@ -323,7 +324,7 @@ def test_damaged_run_files(tmp_path, file, damage, reader, sentence):
     folder = tmp_path / "20260101-000000-abcdef"
     folder.mkdir()
     (folder / file).write_bytes(damage)
-    with pytest.raises(runfolder.RunFileError) as caught:
+    with pytest.raises(RunFileError) as caught:
         reader(folder)
     assert f"run {folder.name} {sentence}" in str(caught.value)
 
@@ -331,7 +332,7 @@ def test_damaged_run_files(tmp_path, file, damage, reader, sentence):
 def test_a_run_file_that_is_a_folder(tmp_path):
     folder = tmp_path / "run"
     (folder / "metrics.json").mkdir(parents=True)
-    with pytest.raises(runfolder.RunFileError, match="run run has no metrics.json"):
+    with pytest.raises(RunFileError, match="run run has no metrics.json"):
         runfolder.load_metrics(folder)
 
 

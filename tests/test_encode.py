@@ -13,8 +13,9 @@ from sparsebin.config import TrainConfig
 from sparsebin.datasets import import_dataset, load_dataset
 from sparsebin.datasets.builtin import MODEL_NAME, encode_batch, load_model
 from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
+from sparsebin.errors import PhraseError
 from sparsebin.interpret.bits import RunContext
-from sparsebin.interpret.phrases import PhraseError, embed_phrases, phrase_view
+from sparsebin.interpret.phrases import embed_phrases, phrase_view
 from sparsebin.jobs.queue import Store
 from sparsebin.jobs.worker import run_worker
 from sparsebin.search.codes import unpack_bits

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sparsebin.errors import PhraseError
 from sparsebin.interpret.bits import RunContext, _with_score, labels_for, top_rows
 from sparsebin.search.codes import pack_bits
 
@@ -29,10 +30,6 @@ class PhraseView:
     dense_neighbours: pd.DataFrame  # id, name, category, cosine
     shared: int  # concepts in both lists
     overlap: float  # share of the dense neighbours that are also code neighbours
-
-
-class PhraseError(ValueError):
-    """A phrase cannot be encoded: it is empty, or the dataset has no model to embed it with."""
 
 
 def check_phrase(text: str) -> str:
