@@ -14,6 +14,11 @@ Rounding while training (at evaluation the decoder always sees h):
 - stochastic: b ~ Bernoulli(s), with the pass-through gradient
 With sparsity "hard-topk" the decoder sees exactly K bits: b = s + (t - s).detach(),
 and the stored code of such a model is t, not h.
+
+While training, the decoder product of a 0/1 code may be computed from its
+active columns only (see `sparsebin.decoding`); `decoder_path` picks auto (by
+measured cost, on a CPU), dense or sparse. Both give the same result within
+float32 rounding.
 """
 
 import math
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparsebin.decoding import DECODER_PATHS, active_positions, sparse_decode, sparse_pays
 from sparsebin.losses import mask_from_indices, topk_indices
 
 
@@ -74,6 +80,8 @@ class BinaryAutoencoder(nn.Module):
         self.rounding, self.sparsity = rounding, sparsity
         self.encoder = nn.Linear(d_in, n_bits)
         self.decoder = nn.Linear(n_bits, d_in)
+        self.decoder_path = "auto"  # auto, dense or sparse; not saved: every path gives the same model
+        self.active_share = 1.0  # share of code entries on in the last training batch; the start is dense
         if init == "sparse":
             # Few bits fire at the start; METHOD.md notes this leaves most bits dead.
             nn.init.constant_(self.encoder.bias, math.log(k / (n_bits - k)))
@@ -101,7 +109,31 @@ class BinaryAutoencoder(nn.Module):
         hard = (logits > 0).to(soft.dtype)
         topk = topk_indices(logits, self.k)  # sigmoid is monotone: same as the top of s
         code = self._training_code(soft, hard, topk) if self.training else self.stored_code(hard, topk)
-        return Forward(logits, soft, hard, topk, code, self.decoder(code))
+        return Forward(logits, soft, hard, topk, code, self.reconstruct(code, topk))
+
+    def reconstruct(self, code: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
+        """x_hat = b @ W_d.T + b_d, (B, D): the decoder product of a forward pass.
+
+        While training with a 0/1 forward code (every rounding but `none`), from
+        the active columns when `decoder_path` says so: auto asks the measured
+        cost rule, on a CPU only (no GPU cost was measured), at the last batch's
+        active share.
+        """
+        binary = self.training and (self.rounding != "none" or self.sparsity == "hard-topk")
+        if not binary or not self._sparse_now(code):
+            if binary and self.decoder_path == "auto" and code.device.type == "cpu":
+                self.active_share = float(code.detach().sum()) / code.numel()
+            return self.decoder(code)
+        rows, columns = active_positions(code, topk if self.sparsity == "hard-topk" else None)
+        self.active_share = len(columns) / code.numel()
+        return sparse_decode(code, rows, columns, self.decoder.weight, self.decoder.bias)
+
+    def _sparse_now(self, code: torch.Tensor) -> bool:
+        if self.decoder_path not in DECODER_PATHS:
+            raise ValueError(f"decoder_path must be one of {', '.join(DECODER_PATHS)}, got {self.decoder_path!r}.")
+        if self.decoder_path != "auto":
+            return self.decoder_path == "sparse"
+        return code.device.type == "cpu" and sparse_pays(self.active_share, self.d_in, self.sparsity == "hard-topk")
 
     def stored_code(self, hard: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
         return mask_from_indices(topk, self.n_bits, hard) if self.sparsity == "hard-topk" else hard

@@ -103,6 +103,7 @@ def train(
     checkpoint_path: Path | None = None,
     placement: str = "auto",
     free_bytes: int | None = None,
+    decoder_path: str = "auto",
 ) -> TrainResult:
     """Train a model on `embeddings` (M, D) with `config`.
 
@@ -119,7 +120,9 @@ def train(
     `placement` is auto (the training rows are held on the device when they
     take at most half its free memory, else read batch by batch from the
     data), resident or mapped; every choice gives the same result. The free
-    memory is measured unless `free_bytes` is given.
+    memory is measured unless `free_bytes` is given. `decoder_path` (auto,
+    dense, sparse) says how the decoder product is computed (see
+    `sparsebin.decoding`); every path learns the same model within float32 rounding.
     """
     check_embeddings(embeddings, config.normalize)
     config.validate(n_rows=embeddings.shape[0])
@@ -134,6 +137,7 @@ def train(
     n_train = len(rows)
 
     model = build_model(config, d_in).to(device)
+    model.decoder_path = decoder_path
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))
     generator = torch.Generator().manual_seed(config.seed)  # batch order, CPU so devices agree
     history: list[dict] = []
