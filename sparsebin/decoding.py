@@ -16,6 +16,7 @@ D = 384, shared machine) in ns: a dense multiply-add ~0.084, a gathered or
 scattered element ~0.54, finding the active entries ~5.2 per code entry.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,8 +46,19 @@ def active_positions(code: torch.Tensor, topk: torch.Tensor | None = None) -> tu
 
 def _offsets(keys: torch.Tensor, length: int) -> torch.Tensor:
     """Start of each key's run in a list sorted by key: the exclusive cumulative count."""
-    counts = torch.bincount(keys, minlength=length)
+    if keys.device.type == "cpu":  # numpy's bincount is ~100x faster than torch's on a CPU
+        counts = torch.from_numpy(np.bincount(keys.numpy(), minlength=length))
+    else:
+        counts = torch.bincount(keys, minlength=length)
     return torch.cumsum(counts, 0) - counts
+
+
+def _column_order(columns: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """Positions of `columns` sorted by column, ties in their given order (so by row)."""
+    if columns.device.type == "cpu":  # numpy sorts small integer keys by radix, ~5x faster than torch here
+        keys = columns.numpy().astype(np.int16 if n_bits <= 2**15 else np.int32)
+        return torch.from_numpy(np.argsort(keys, kind="stable"))
+    return torch.argsort(columns, stable=True)
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -65,7 +77,7 @@ class _SparseDecode(torch.autograd.Function):
         grad_code = grad @ weight if ctx.needs_input_grad[0] else None  # (B, N), dense
         grad_weight = None
         if ctx.needs_input_grad[3]:
-            order = torch.argsort(columns, stable=True)
+            order = _column_order(columns, ctx.n_bits)
             # (N, D): row j sums the output gradients of the rows where bit j is on.
             by_column = F.embedding_bag(rows[order], grad, _offsets(columns, ctx.n_bits), mode="sum")
             grad_weight = by_column.t().contiguous()  # (D, N)

@@ -9,10 +9,13 @@ MPS) behaves differently from a CPU, so the training loop can stay plain:
 - a CPU job never initialises CUDA (no `torch.cuda` call unless the device is CUDA).
 """
 
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import logging
 import platform
+import sys
 import warnings
 
 import torch
@@ -174,3 +177,26 @@ def set_rng_state(device: str, state: torch.Tensor, saved_on: str) -> None:
         torch.mps.set_rng_state(state)
     else:
         torch.set_rng_state(state)
+
+
+@functools.cache
+def reuse_freed_blocks() -> bool:
+    """Let glibc keep freed large blocks for reuse instead of unmapping them (CPU training).
+
+    A training step allocates about ten (B, N) float tensors; glibc maps each
+    block over 32 MiB afresh and unmaps it when freed, so every step pays the
+    page faults of touching new memory again (measured: a 64 MiB comparison
+    into fresh memory ~4x slower than into reused memory, ~10 % of a step at
+    B = N = 4096 on 2 cores). Raising the mmap and trim thresholds keeps the
+    blocks in the heap: the process holds its peak instead of returning it
+    between steps. Once per process; False where libc is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 2**30) and mallopt(m_trim_threshold, 2**31 - 1))

@@ -22,7 +22,14 @@ from safetensors.torch import load_file, save_file
 
 from sparsebin.batches import Placement, choose_placement, release_pages, training_rows
 from sparsebin.config import TrainConfig, validation_size
-from sparsebin.devices import free_memory, get_rng_state, resolve_device, set_rng_state, synchronize
+from sparsebin.devices import (
+    free_memory,
+    get_rng_state,
+    resolve_device,
+    reuse_freed_blocks,
+    set_rng_state,
+    synchronize,
+)
 from sparsebin.errors import DataError, RunFileError
 from sparsebin.files import CHUNK_ROWS, atomic_path
 from sparsebin.losses import distance, sparsity_term
@@ -127,6 +134,8 @@ def train(
     check_embeddings(embeddings, config.normalize)
     config.validate(n_rows=embeddings.shape[0])
     device = resolve_device(config.device)
+    if device == "cpu":
+        reuse_freed_blocks()
     split = split_rows(embeddings.shape[0], config.val_fraction, config.seed)
     d_in = embeddings.shape[1]
     free = free_memory(device) if free_bytes is None and placement == "auto" else free_bytes
