@@ -17,7 +17,7 @@ from sparsebin.interpret import phrases
 from sparsebin.interpret.questions import run_name
 from sparsebin.jobs import activity
 from sparsebin.jobs.queue import Store
-from sparsebin.search import codes as retrieval
+from sparsebin.search import codes
 
 
 @st.cache_resource
@@ -223,10 +223,10 @@ def concept_link(concept_id: str, name: str, run_id: str) -> None:
 @st.cache_data(max_entries=8)
 def active_counts(run_id: str) -> np.ndarray:
     """(M,) active bits per concept of a finished run."""
-    return retrieval.active_counts(runfolder.load_codes(store().run_folder(run_id)))
+    return codes.active_counts(runfolder.load_codes(store().run_folder(run_id)))
 
 
 @st.cache_data(max_entries=32)
 def bit_column(run_id: str, n_bits: int, bit: int) -> np.ndarray:
     """(M,) 0/1: whether `bit` fires for each concept of a finished run."""
-    return retrieval.bit_column(runfolder.load_codes(store().run_folder(run_id)), n_bits, bit)
+    return codes.bit_column(runfolder.load_codes(store().run_folder(run_id)), n_bits, bit)

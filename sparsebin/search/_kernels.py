@@ -23,7 +23,7 @@ sit at distance 1 and the lowest untouched rows are taken. A whole group is
 kept because float32 Jaccard distances of different sizes can tie (from unions
 of ~4100 bits on).
 
-Distances are float32 and equal numpy's `retrieval.pair_distances` bit for bit:
+Distances are float32 and equal numpy's `codes.pair_distances` bit for bit:
 each float32 division or subtraction is done in float64 and rounded once, which
 gives the correctly rounded float32 result. Ties go to the lower row.
 """

@@ -66,7 +66,7 @@ class CodeIndex:
     `expected_postings`, against M rows of N / 64 words for popcount. The plain
     inverted index, `by_bit`, an (N, M) float32 CSR with one row per bit
     listing the rows where it fires, serves full distance matrices; a caller
-    that already built it (`interpret.RunContext`) passes it in, so it is not
+    that already built it (`interpret.bits.RunContext`) passes it in, so it is not
     built twice.
     """
 
