@@ -19,29 +19,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 
 def write_dataset(folder: Path, rows: int, dim: int) -> None:
+    from sparsebin.datasets.importing import index_labels
     from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
 
     folder.mkdir(parents=True)
     embeddings = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
     np.save(folder / EMBEDDINGS_FILE, embeddings)
-    concepts = pd.DataFrame(
-        {
-            "id": [f"C{row}" for row in range(rows)],
-            "name": [f"concept {row}" for row in range(rows)],
-            "source": "bench",
-            "category": "none",
-            "depth": 1,
-            "parents": [[] for _ in range(rows)],
-        }
-    )
-    write_concepts(folder, concepts)
+    write_concepts(folder, index_labels(rows))  # rows named by their index, as an import without labels
     write_meta(folder, {"name": folder.name, "count": rows, "dim": dim})
 
 

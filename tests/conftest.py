@@ -32,6 +32,18 @@ def isolated_folders(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def data_dir():
+    """The test's SPARSEBIN_DATA folder (not created until something writes there)."""
+    return Path(os.environ["SPARSEBIN_DATA"])
+
+
+@pytest.fixture
+def vectors():
+    """Six random 4-d float32 rows, for imports."""
+    return np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+
+
+@pytest.fixture
 def one_torch_thread():
     """Tiny models train fastest on one thread, and the test machine's cores are shared."""
     threads = torch.get_num_threads()

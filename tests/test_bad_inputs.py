@@ -20,16 +20,6 @@ from sparsebin.errors import DataError, RunFileError
 from sparsebin.jobs.queue import Store
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def vectors():
-    return np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
-
-
 def refused(data_dir, source, sentence, **kwargs):
     """The import raises exactly this sentence (as a substring) and leaves the data folder as it was."""
     before = sorted(path.name for path in data_dir.iterdir()) if data_dir.exists() else []

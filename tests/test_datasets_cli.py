@@ -15,13 +15,6 @@ from sparsebin.datasets import status as status_module
 from sparsebin.datasets.status import write_status
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "data"
-    monkeypatch.setenv("SPARSEBIN_DATA", str(folder))
-    return folder
-
-
 def run(*argv: str) -> int:
     return main(list(argv))
 

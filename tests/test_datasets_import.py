@@ -10,16 +10,6 @@ from sparsebin.datasets import import_dataset, list_datasets, load_dataset
 from sparsebin.errors import DataError
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def vectors():
-    return np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
-
-
 def assert_rejected(data_dir, source, match, **kwargs):
     """The import fails with the message, and no dataset (or data folder) appears."""
     kwargs.setdefault("name", "mine")
