@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import planted_data
 
+from sparsebin import training_cli
 from sparsebin.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +53,20 @@ def test_help_explains_each_option():
     )
     for phrase in ("code length N", "target number of active bits", "pass-through", "the paper's"):
         assert phrase in " ".join(result.stdout.split())
+
+
+def test_a_fault_is_one_sentence_but_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "x.npy"
+    np.save(data, planted_data(n_rows=100, dim=8, n_bits=8, k=2)[0])
+    assert main(["eval", str(tmp_path / "no-run"), str(data)]) == 2
+    assert (
+        capsys.readouterr().err
+        == "error: run no-run has no model.safetensors; it may not have finished, or was damaged.\n"
+    )
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(training_cli, "run_experiment", broken)
+    with pytest.raises(ValueError, match="operands could not be broadcast together"):
+        main(["train", str(data), "--n-bits", "8", "--k", "2", "--batch-size", "10", "--out", str(tmp_path / "run")])

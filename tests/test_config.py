@@ -1,8 +1,10 @@
 """Every invalid setting is refused with one sentence that names it."""
 
+import dataclasses
+
 import pytest
 
-from sparsebin.config import TrainConfig
+from sparsebin.config import GRID_SETTINGS, SETTING_KINDS, TrainConfig, parse_grid, parse_setting
 from sparsebin.errors import ConfigError
 
 INVALID = [
@@ -56,3 +58,14 @@ def test_json_round_trip_keeps_every_setting():
 def test_unknown_setting_in_json_is_named():
     with pytest.raises(ConfigError, match="unknown setting 'bits'"):
         TrainConfig.from_dict({"bits": 12})
+
+
+def test_grid_fields_are_read_as_their_settings_kind():
+    typed = {"n_bits": "32, 64", "alpha": "0.5", "loss": " mse ,l1", "seed": "", "normalize": "no, yes"}
+    assert parse_grid(typed) == {"n_bits": [32, 64], "alpha": [0.5], "loss": ["mse", "l1"], "normalize": [False, True]}
+    with pytest.raises(ConfigError, match="normalize: 'maybe' is not true or false."):
+        parse_setting("normalize", "maybe")
+    with pytest.raises(ConfigError, match="unknown setting 'bits'"):
+        parse_grid({"bits": "12"})
+    assert parse_setting("rec_loss", "l1") == "l1"  # a setting that may be unset is read as text
+    assert set(GRID_SETTINGS) <= set(SETTING_KINDS) == {field.name for field in dataclasses.fields(TrainConfig)}

@@ -46,6 +46,17 @@ def test_submit_one_run_with_a_label_and_refuse_a_bad_one(capsys):
     assert len(Store().jobs()) == 1
 
 
+def test_submit_takes_every_setting_train_takes(capsys):
+    make_dataset()
+    flags = ["--n-bits", "32", "--k", "4", "--val-fraction", "0.2", "--normalize", "false", "--rec-loss", "mse"]
+    assert run_command("submit", "tiny", *flags, *TINY_FLAGS) == 0
+    (job,) = Store().jobs()
+    assert job.config.val_fraction == 0.2 and job.config.normalize is False and job.config.rec_loss == "mse"
+    with pytest.raises(SystemExit):  # argparse names the option and the value
+        run_command("submit", "tiny", "--normalize", "maybe", *TINY_FLAGS)
+    assert "argument --normalize: normalize: 'maybe' is not true or false." in capsys.readouterr().err
+
+
 def test_status_cancel_and_resume(capsys):
     make_dataset()
     run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)

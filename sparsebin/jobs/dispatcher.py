@@ -35,6 +35,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
+from sparsebin.errors import ConfigError
 from sparsebin.experiment import CHECKPOINT
 from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.remote import Trainer
@@ -157,7 +158,7 @@ class Dispatcher:
             device = self.device or ("cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu")
         gpu = device.startswith("cuda")
         if gpu and ray.cluster_resources().get("GPU", 0) < 1:
-            raise ValueError(f"the job trains on {device}, but the Ray cluster has no GPU; resume it once one joins.")
+            raise ConfigError(f"the job trains on {device}, but the Ray cluster has no GPU; resume it once one joins.")
         return config.replace(device="cuda" if gpu else device), gpu
 
     def dataset_object(self, name: str) -> "ray.ObjectRef":
