@@ -115,7 +115,7 @@ def test_a_trainer_killed_mid_run_leaves_the_job_interrupted_and_resume_loses_no
     store = Store()
     job = store.submit(make_dataset(n_rows=2000), TINY.replace(epochs=30))
     folder = store.run_folder(job.run_id)
-    dispatcher = start_dispatcher()
+    dispatcher = start_dispatcher(auto_resume=False)
     wait_for(lambda: (folder / CHECKPOINT).exists() and checkpoint_epoch(folder / CHECKPOINT) >= 2)
     killed = store.job(job.id)
     os.kill(killed.runner_pid, signal.SIGKILL)
@@ -130,7 +130,7 @@ def test_a_trainer_killed_mid_run_leaves_the_job_interrupted_and_resume_loses_no
     assert integrity(store) == "ok"
 
     assert store.resume(job.id).status == Status.QUEUED
-    assert run_dispatcher(once=True, progress_every=0.1) == 1
+    assert run_dispatcher(once=True, progress_every=0.1, auto_resume=False) == 1
     resumed = store.job(job.id)
     assert resumed.status == Status.DONE and resumed.attempts == 2, resumed.error
     assert resumed.runner_pid != killed.runner_pid
@@ -153,3 +153,19 @@ def test_worker_ray_on_the_command_line_runs_the_queue(ray_cluster, capsys):
     registered = store.connection().execute("SELECT kind, device, address FROM workers").fetchone()
     assert registered["kind"] == "ray-dispatcher" and registered["device"] == "ray"
     assert registered["address"] == ray_cluster.get_runtime_context().gcs_address
+
+
+def test_with_auto_resume_a_job_whose_trainer_is_lost_is_taken_up_again_at_once(ray_cluster):
+    store = Store()
+    job = store.submit(make_dataset(n_rows=2000), TINY.replace(epochs=30))
+    dispatcher = start_dispatcher(auto_resume=True)
+    placed = wait_for(lambda: (current := store.job(job.id)).runner_pid and current)
+    os.kill(placed.runner_pid, signal.SIGKILL)
+    dispatcher.join(timeout=120)
+    assert not dispatcher.is_alive()
+    done = store.job(job.id)
+    assert done.status == Status.DONE and done.attempts == 2, done.error
+    assert done.runner_pid != placed.runner_pid
+    history = runfolder.load_history(store.run_folder(job.run_id))
+    assert [event["epoch"] for event in history if event["epoch_end"]] == list(range(1, 31))
+    assert integrity(store) == "ok"

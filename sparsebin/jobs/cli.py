@@ -274,6 +274,7 @@ def ray_command(args: argparse.Namespace) -> int:
         idle_sleep=args.idle_sleep,
         stale_after=args.stale_after,
         progress_every=args.progress_every,
+        auto_resume=args.auto_resume,
     )
     return 0
 
@@ -286,4 +287,6 @@ def worker_arguments(args: argparse.Namespace) -> list[str]:
         arguments.append("--once")
     if args.max_jobs is not None:
         arguments += ["--max-jobs", str(args.max_jobs)]
+    if args.auto_resume is False:
+        arguments.append("--no-auto-resume")
     return arguments

@@ -43,8 +43,9 @@ from sparsebin.jobs.worker import (
     HEARTBEAT_EVERY,
     PROGRESS_EVERY,
     ProgressWriter,
+    auto_resume_enabled,
     one_line,
-    report_interrupted,
+    recover_interrupted,
     run_summary,
     stop_on_signals,
     with_eta,
@@ -109,6 +110,7 @@ class Dispatcher:
         self.datasets: dict[str, tuple[float, ray.ObjectRef]] = {}  # name -> (embeddings mtime, object)
         self.beaten_at = 0.0
         self.jobs_run = 0
+        self.lost = False  # a trainer was lost since the dispatcher last looked for interrupted jobs
 
     # -- capacity and claiming -------------------------------------------
 
@@ -261,6 +263,7 @@ class Dispatcher:
         except RayActorError:
             item.writer.write(item.writer.pending)  # what was drained before the trainer was lost
             status = Status.CANCELLED if self.cancel_asked(item) else Status.INTERRUPTED
+            self.lost = self.lost or status == Status.INTERRUPTED
             error = (
                 "cancelled while running; its trainer was ended."
                 if status == Status.CANCELLED
@@ -380,14 +383,19 @@ def run_dispatcher(
     heartbeat_every: float = HEARTBEAT_EVERY,
     poll_every: float = 0.2,
     shutdown: threading.Event | None = None,
+    auto_resume: bool | None = None,
 ) -> int:
     """Dispatch queued jobs to Ray until stopped; return how many jobs ended under this dispatcher.
 
     `once` returns when the queue is empty and nothing runs. An existing Ray
     connection in this process is used as it is (and left open). SIGTERM or
     SIGINT stop the running jobs at their next step and leave them interrupted,
-    their last checkpoint in the run folder.
+    their last checkpoint in the run folder. As the local worker does, it queues
+    interrupted jobs again when it starts and when it goes idle (a job whose
+    trainer was lost thus resumes on whichever node has room), unless
+    `auto_resume` is False (default: on, unless SPARSEBIN_AUTO_RESUME=0).
     """
+    auto_resume = auto_resume_enabled() if auto_resume is None else auto_resume
     store = Store(home)
     temp_dir = connect(address, num_cpus)
     shutdown = shutdown or threading.Event()
@@ -410,12 +418,15 @@ def run_dispatcher(
     )
     idle_rounds = 0
     try:
-        report_interrupted(store.interrupt_stale(stale_after))
+        recover_interrupted(store, stale_after, auto_resume)
         while not shutdown.is_set():
             started = dispatcher.fill()
             if dispatcher.running:
                 idle_rounds = 0
                 dispatcher.poll(poll_every)
+                if dispatcher.lost:  # resume it now, not when the whole grid is done
+                    dispatcher.lost = False
+                    recover_interrupted(store, stale_after, auto_resume)
                 continue
             if started == 0 and once:
                 break
@@ -423,7 +434,7 @@ def run_dispatcher(
             dispatcher.release_idle(IDLE_KEEP)
             shutdown.wait(min(idle_sleep * 2**idle_rounds, idle_sleep * 4))  # back off when idle
             idle_rounds += 1
-            report_interrupted(store.interrupt_stale(stale_after))
+            recover_interrupted(store, stale_after, auto_resume)
     finally:
         restore_signals()
         dispatcher.stop_all(STOP_GRACE)

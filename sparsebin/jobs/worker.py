@@ -166,10 +166,7 @@ def run_worker(
         auto_resume = auto_resume_enabled()
 
     def look_for_interrupted() -> None:
-        report_interrupted(store.interrupt_stale(stale_after))
-        if auto_resume:
-            for job_id in store.resume_interrupted():
-                log.info("job %d was interrupted; queued again to resume from its checkpoint", job_id)
+        recover_interrupted(store, stale_after, auto_resume)
 
     try:
         look_for_interrupted()
@@ -243,6 +240,14 @@ def run_job(
         return status
     log.warning("job %d was taken from this worker while it ran; its outcome is not recorded", job.id)
     return None
+
+
+def recover_interrupted(store: Store, stale_after: float, auto_resume: bool) -> None:
+    """Mark jobs whose worker went silent as interrupted and, with `auto_resume`, queue every interrupted job again."""
+    report_interrupted(store.interrupt_stale(stale_after))
+    if auto_resume:
+        for job_id in store.resume_interrupted():
+            log.info("job %d was interrupted; queued again to resume from its checkpoint", job_id)
 
 
 def auto_resume_enabled() -> bool:
