@@ -15,7 +15,7 @@ from safetensors import safe_open
 from sparsebin import runfolder
 from sparsebin.cli import main
 from sparsebin.experiment import CHECKPOINT
-from sparsebin.jobs.dispatcher import run_dispatcher
+from sparsebin.jobs.dispatcher import connect, run_dispatcher
 from sparsebin.jobs.queue import Status, Store
 from sparsebin.jobs.worker import run_worker
 from sparsebin.processes import pid_alive
@@ -169,3 +169,16 @@ def test_with_auto_resume_a_job_whose_trainer_is_lost_is_taken_up_again_at_once(
     history = runfolder.load_history(store.run_folder(job.run_id))
     assert [event["epoch"] for event in history if event["epoch_end"]] == list(range(1, 31))
     assert integrity(store) == "ok"
+
+
+def test_a_cluster_that_cannot_be_joined_is_named_in_one_sentence(monkeypatch):
+    def refuse(**options):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {options['address']}")
+
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+    monkeypatch.setattr("ray.init", refuse)
+    with pytest.raises(ValueError, match=r"could not join the Ray cluster at 10.1.2.3:6379 \(ConnectionError: Failed"):
+        connect("10.1.2.3:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")
+    with pytest.raises(ValueError, match="RAY_AUTH_MODE=token"):
+        connect(None)  # RAY_ADDRESS honoured

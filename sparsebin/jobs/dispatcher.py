@@ -357,7 +357,14 @@ def connect(address: str | None, num_cpus: int | None = None) -> str | None:
         ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir, **common)
         return temp_dir
     package = Path(__file__).resolve().parent.parent
-    ray.init(address=address, runtime_env={"py_modules": [str(package)]}, **common)
+    try:
+        ray.init(address=address, runtime_env={"py_modules": [str(package)]}, **common)
+    except ConnectionError as error:
+        raise ValueError(
+            f"could not join the Ray cluster at {address} ({one_line(error)}); check that it runs there. "
+            "A cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
+            "(RAY_AUTH_TOKEN, or the file `ray get-auth-token` reads) where the dispatcher runs."
+        ) from error
     return None
 
 
