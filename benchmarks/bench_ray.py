@@ -3,10 +3,12 @@
     python benchmarks/bench_ray.py --rows 5000 --dim 64 --epochs 5 --cpus 2
 
 On a synthetic dataset in a temporary SPARSEBIN_DATA, the grid (k x loss, six
-runs) is queued twice, in two homes. The local worker (`run_worker(once=True)`,
+runs) is queued three times, in three homes. The local worker (`run_worker(once=True)`,
 in this process, torch's default threads) trains its copy one job at a time;
 the dispatcher (`run_dispatcher(once=True)` on a local Ray instance of
-`--cpus` CPUs) trains the other as `--cpus` one-CPU tasks at once. Ray's
+`--cpus` CPUs) trains the other as `--cpus` one-CPU tasks at once. A third copy
+goes through the local worker held to one torch and one BLAS thread, as each
+Ray task is: on a loaded machine, many threads cost more than they bring. Ray's
 start-up (`ray.init`) is timed apart and reported with and without the grid.
 With `--repeats` > 1 the order alternates, so neither always runs on the warmer
 machine. The load average is printed before and after: the machine may be shared.
@@ -36,11 +38,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance: tasks at once")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--skip-default-threads",
+        action="store_true",
+        help="leave out the local worker on torch's default threads (slow on a loaded machine)",
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     os.environ["SPARSEBIN_DATA"] = str(root / "data")
     import ray
+    import torch
+    from threadpoolctl import threadpool_limits
 
     from sparsebin.config import TrainConfig
     from sparsebin.jobs.dispatcher import run_dispatcher
@@ -75,22 +84,36 @@ def main() -> None:
         assert statuses == [Status.DONE] * len(jobs), [store.job(job.id).error for job in jobs]
         return wall
 
+    def run_local_one_thread(home: Path) -> None:
+        # As a Ray task runs: one torch thread, one BLAS/OpenMP thread.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1):
+                run_worker(home, once=True)
+        finally:
+            torch.set_num_threads(threads)
+
     runners = {
         "local": lambda home: run_worker(home, once=True),
+        "local-1": run_local_one_thread,
         "ray": lambda home: run_dispatcher(home, once=True),
     }
+    if args.skip_default_threads:
+        del runners["local"]
     walls = {name: [] for name in runners}
     try:
         for repeat in range(args.repeats):
-            order = ("local", "ray") if repeat % 2 == 0 else ("ray", "local")
+            order = list(runners) if repeat % 2 == 0 else list(reversed(runners))
             for name in order:
                 walls[name].append(run_grid(name, repeat, runners[name]))
-            local, remote = walls["local"][-1], walls["ray"][-1]
-            print(
-                f"repeat {repeat}: local worker {local:.2f} s, Ray dispatcher {remote:.2f} s, "
-                f"ratio {remote / local:.3f} ({(remote + startup) / local:.3f} with Ray's start-up)",
-                flush=True,
-            )
+            single, remote = walls["local-1"][-1], walls["ray"][-1]
+            line = f"repeat {repeat}: Ray dispatcher {remote:.2f} s, local worker on one thread {single:.2f} s"
+            line += f" (ratio {remote / single:.3f}, {(remote + startup) / single:.3f} with Ray's start-up)"
+            if "local" in walls:
+                local = walls["local"][-1]
+                line += f", local worker on default threads {local:.2f} s (ratio {remote / local:.3f})"
+            print(line, flush=True)
     finally:
         ray.shutdown()
         shutil.rmtree(ray_dir, ignore_errors=True)
@@ -100,8 +123,12 @@ def main() -> None:
         f"6 jobs (k 8/16/32 x loss cosine/mse), {args.rows} x {args.dim}, N={args.n_bits}, {steps} steps each; "
         f"Ray: {args.cpus} one-CPU tasks at once; local: one job at a time"
     )
-    local, remote = min(walls["local"]), min(walls["ray"])
-    print(f"min wall: local {local:.2f} s, Ray {remote:.2f} s, ratio Ray/local {remote / local:.3f}")
+    single, remote = min(walls["local-1"]), min(walls["ray"])
+    line = f"min wall: Ray {remote:.2f} s, local on one thread {single:.2f} s, ratio {remote / single:.3f}"
+    if "local" in walls:
+        local = min(walls["local"])
+        line += f"; local on default threads {local:.2f} s, ratio {remote / local:.3f}"
+    print(line)
     print(f"load average after: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
 
 

@@ -1,6 +1,7 @@
 """The job commands as a user types them: submit, status, cancel, resume, runs, export."""
 
 import argparse
+import os
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,16 @@ def test_device_all_runs_one_worker_process_per_device(monkeypatch):
     assert len({row["pid"] for row in workers}) == 2 and all(row["device"] == "cpu" for row in workers)
     assert all(row["stopped_at"] is not None for row in workers)  # both exited when the queue was empty
     assert {job.runner_pid for job in done} <= {row["pid"] for row in workers}
+
+
+def test_status_names_the_ray_dispatcher_and_where_a_running_job_trains(capsys):
+    store = Store()
+    job = store.submit(make_dataset(), TINY, label="remote")
+    name = f"head:{os.getpid()}"
+    store.register_worker(name, os.getpid(), "head", "ray", kind="ray-dispatcher", address="10.0.0.5:6379")
+    store.claim(name)
+    store.place(job.id, name, "gpu-node-3", "cuda:1", 4242)
+    run_command("status")
+    listing = capsys.readouterr().out
+    assert f"ray dispatcher: {name} on cluster 10.0.0.5:6379" in listing
+    assert "running" in listing and "remote  on gpu-node-3 cuda:1" in listing

@@ -12,7 +12,8 @@ from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
 from sparsebin.errors import ConfigError, DataError
 from sparsebin.export import export_run
-from sparsebin.jobs.queue import Job, Store
+from sparsebin.jobs.overview import overview
+from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
 from sparsebin.training_cli import add_setting_options
 
@@ -147,8 +148,14 @@ def status_command(args: argparse.Namespace) -> int:
     if args.job is not None:
         print(describe_job(store.job(args.job)))
         return 0
-    worker = worker_status()
-    print(f"worker: pid {worker.pid} on {worker.device}" if worker else "worker: none running")
+    services = overview(store).services
+    for service in services:
+        if service.kind == "ray-dispatcher":
+            print(f"ray dispatcher: {service.name} on cluster {service.address}")
+        else:
+            print(f"worker: pid {service.pid} on {service.device}" + (f" ({service.host})" if service.host else ""))
+    if not services:
+        print("worker: none running")
     for job in store.jobs(limit=args.limit):
         print(job_line(job))
     return 0
@@ -163,6 +170,8 @@ def job_line(job: Job) -> str:
         line += f"  loss {progress['loss']:.4f}" + (f"  eta {eta:.0f} s" if eta is not None else "")
     if job.attempts > 1:
         line += f"  attempt {job.attempts}"
+    if job.status == Status.RUNNING and job.node:
+        line += f"  on {job.node} {job.device}"
     if job.error:
         line += f"  ({job.error})"
     return line

@@ -173,11 +173,15 @@ class Dispatcher:
         return self.datasets[name][1]
 
     def trainer(self, gpu: bool) -> Placement:
-        """An idle trainer of this shape, or a new one (its process start is paid once)."""
+        """An idle trainer of this shape, or a new one (its process start is paid once).
+
+        Idle trainers of the other shape are ended first: they hold CPUs the new one may need.
+        """
         for placement in self.idle:
             if placement.gpu == gpu:
                 self.idle.remove(placement)
                 return placement
+        self.release_idle(0.0)
         options = {"num_cpus": self.cpus_per_task, "num_gpus": 1 if gpu else 0, "max_concurrency": 4}
         actor = ray.remote(Trainer).options(**options).remote(self.cpus_per_task)
         return Placement(actor, gpu, where_ref=actor.where.remote())

@@ -41,7 +41,8 @@ class Trainer:
         import ray
 
         gpus = ray.get_gpu_ids()
-        device = f"cuda:{gpus[0]}" if gpus else f"cpu ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        device = f"cuda:{gpus[0]}" if gpus else f"cpu ({threads} thread{'s' if threads > 1 else ''})"
         return {"node": socket.gethostname(), "device": device, "pid": os.getpid()}
 
     def run(self, job_id: int, embeddings: np.ndarray, config_json: str, checkpoint: bytes | None) -> dict:
