@@ -182,3 +182,24 @@ def test_a_cluster_that_cannot_be_joined_is_named_in_one_sentence(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")
     with pytest.raises(ValueError, match="RAY_AUTH_MODE=token"):
         connect(None)  # RAY_ADDRESS honoured
+
+
+def test_bad_jobs_fail_with_their_reason_and_the_dispatcher_carries_on(ray_cluster, tmp_path):
+    store = Store()
+    make_dataset("doomed")
+    missing = store.submit("doomed", TINY)
+    damaged = store.submit(make_dataset(), TINY)
+    fine = store.submit("tiny", TINY.replace(seed=1))
+    (tmp_path / "data" / "doomed" / "embeddings.npy").unlink()
+    folder = store.run_folder(damaged.run_id)
+    folder.mkdir(parents=True)
+    (folder / CHECKPOINT).write_bytes(b"not a checkpoint")  # fails on the Ray node, where it is read
+    assert run_dispatcher(once=True, auto_resume=False) == 3
+    failed = store.job(missing.id)
+    assert failed.status == Status.FAILED and failed.error.startswith("DataError: no dataset 'doomed'")
+    broken = store.job(damaged.id)
+    assert broken.status == Status.FAILED and "Traceback" in broken.traceback
+    assert "run_experiment" in broken.traceback and "\x1b[" not in broken.traceback
+    assert broken.error.startswith("SafetensorError") and broken.node == socket.gethostname()
+    assert store.job(fine.id).status == Status.DONE
+    assert integrity(store) == "ok"

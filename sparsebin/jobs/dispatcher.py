@@ -19,6 +19,7 @@ on whichever node has room.
 
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -221,6 +222,7 @@ class Dispatcher:
             where = placement.where
             self.store.place(item.job.id, self.name, where["node"], where["device"], where["pid"])
             item.placed = True
+            log.info("job %d trains on %s, %s (pid %d)", item.job.id, where["node"], where["device"], where["pid"])
         if item.drain_ref is not None and ready(item.drain_ref):
             try:
                 self.take_drained(item, ray.get(item.drain_ref))
@@ -276,25 +278,31 @@ class Dispatcher:
             )
         except RayTaskError as failure:
             cause = failure.cause if isinstance(failure.cause, BaseException) else failure
-            status, error, trace = Status.FAILED, one_line(cause), str(failure)
+            status, error, trace = Status.FAILED, one_line(cause), remote_traceback(failure)
             self.keep_idle(item.placement)
         except RayError as failure:  # the run's result itself was lost, or the node ran out of memory
             status, error = Status.INTERRUPTED, f"{one_line(failure)}; resume it to continue."
             ray.kill(item.placement.actor)
         else:
-            write_run_files(folder, outcome["files"])
-            history = runfolder.load_history(folder) if (folder / "history.jsonl").exists() else []
-            if history:  # the run may end before its last events were drained
-                item.writer.latest = with_eta(history[-1], job.config.batch_size)
-            item.writer.write(history)  # the whole history, epochs before a resume included
-            if outcome["cancelled"]:
-                cancelled = self.cancel_asked(item)
-                status = Status.CANCELLED if cancelled else Status.INTERRUPTED
-                error = "cancelled while running." if cancelled else STOPPED
-            else:
-                status, summary = Status.DONE, run_summary(folder)
             self.keep_idle(item.placement)
+            try:
+                status, error, summary = self.store_outcome(item, folder, outcome)
+            except Exception as failure:  # e.g. a full disk here: the job fails, the dispatcher goes on
+                status, error, trace = Status.FAILED, one_line(failure), traceback.format_exc()
         self.finish(job, status, error=error, trace=trace, summary=summary)
+
+    def store_outcome(self, item: Running, folder: Path, outcome: dict) -> tuple[Status, str | None, dict | None]:
+        """Write a run's files and whole history here; return its status, error and summary."""
+        write_run_files(folder, outcome["files"])
+        history = runfolder.load_history(folder) if (folder / "history.jsonl").exists() else []
+        if history:  # the run may end before its last events were drained
+            item.writer.latest = with_eta(history[-1], item.job.config.batch_size)
+        item.writer.write(history)  # the whole history, epochs before a resume included
+        if not outcome["cancelled"]:
+            return Status.DONE, None, run_summary(folder)
+        if self.cancel_asked(item):
+            return Status.CANCELLED, "cancelled while running.", None
+        return Status.INTERRUPTED, STOPPED, None
 
     def cancel_asked(self, item: Running) -> bool:
         return item.stop_reason == "cancel" and self.store.job(item.job.id).cancel_requested
@@ -323,6 +331,11 @@ class Dispatcher:
             del self.running[item.job.id]
             self.finish(item.job, Status.INTERRUPTED, error=STOPPED)
         self.release_idle(0.0)
+
+
+def remote_traceback(failure: RayTaskError) -> str:
+    """The traceback Ray brought back from the node, without its terminal colours."""
+    return "Traceback (on the Ray node):\n" + re.sub(r"\x1b\[[0-9;]*m", "", str(failure))
 
 
 def ready(ref: "ray.ObjectRef") -> bool:
