@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from sparsebin import runfolder
 from sparsebin.cli import main
+from sparsebin.errors import ConfigError
 from sparsebin.experiment import CHECKPOINT
 from sparsebin.jobs.dispatcher import connect, run_dispatcher
 from sparsebin.jobs.queue import Status, Store
@@ -177,10 +178,10 @@ def test_a_cluster_that_cannot_be_joined_is_named_in_one_sentence(monkeypatch):
 
     monkeypatch.setattr("ray.is_initialized", lambda: False)
     monkeypatch.setattr("ray.init", refuse)
-    with pytest.raises(ValueError, match=r"could not join the Ray cluster at 10.1.2.3:6379 \(ConnectionError: Failed"):
+    with pytest.raises(ConfigError, match=r"could not join the Ray cluster at 10.1.2.3:6379 \(ConnectionError: Failed"):
         connect("10.1.2.3:6379")
     monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")
-    with pytest.raises(ValueError, match="RAY_AUTH_MODE=token"):
+    with pytest.raises(ConfigError, match="RAY_AUTH_MODE=token"):
         connect(None)  # RAY_ADDRESS honoured
 
 

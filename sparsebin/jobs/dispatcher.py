@@ -377,7 +377,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> str | None:
     try:
         ray.init(address=address, runtime_env={"py_modules": [str(package)]}, **common)
     except ConnectionError as error:
-        raise ValueError(
+        raise ConfigError(
             f"could not join the Ray cluster at {address} ({one_line(error)}); check that it runs there. "
             "A cluster with token authentication also needs RAY_AUTH_MODE=token and its token "
             "(RAY_AUTH_TOKEN, or the file `ray get-auth-token` reads) where the dispatcher runs."
