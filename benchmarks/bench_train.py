@@ -24,7 +24,6 @@ training) against the file's size.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -159,19 +158,20 @@ def memmap_child(path: str, placement: str, n_bits: int, k: int, batch: int, ste
     """Train on the file in this fresh process; print JSON with samples/s and RSS growth."""
     data = np.load(path, mmap_mode="r")
     config = TrainConfig(n_bits=n_bits, k=k, batch_size=batch, epochs=1, val_fraction=0.0, device="cpu")
-    before = _rss_now()
+    before = _status("VmRSS")
     rate, active = sparsebin_rate(data, config, steps, placement=placement)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status("VmHWM")  # this process's peak; ru_maxrss can carry the parent's peak over the fork
     model_bytes = 4 * 4 * (2 * n_bits * data.shape[1] + n_bits + data.shape[1])  # weights, grads, 2 Adam moments
     print(json.dumps({"rate": rate, "active": active, "before": before, "peak": peak, "model": model_bytes}))
 
 
-def _rss_now() -> int:
+def _status(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in bytes (Linux)."""
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    return 0
+    raise RuntimeError(f"/proc/self/status has no {field}; --memmap needs Linux.")
 
 
 def memmap_comparison(rows: int, dim: int, n_bits: int, k: int, batch: int, steps: int) -> None:

@@ -76,8 +76,16 @@ def normalize_rows_(x: np.ndarray) -> np.ndarray:
 
 
 def read_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool) -> np.ndarray:
-    """(len(rows), D) float32 copy of the chosen rows, in the order given, normalised if asked."""
-    x = np.ascontiguousarray(embeddings[np.asarray(rows)], dtype=np.float32)  # indexing by an array copies
+    """(len(rows), D) float32 copy of the chosen rows, in the order given, normalised if asked.
+
+    Copied a chunk at a time, handing a memory map's pages back after each, so
+    the process holds the copy and one chunk of the file, not the copy and the file.
+    """
+    rows = np.asarray(rows)
+    x = np.empty((len(rows), embeddings.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), CHUNK_ROWS):
+        x[start : start + CHUNK_ROWS] = embeddings[rows[start : start + CHUNK_ROWS]]
+        release_pages(embeddings)
     return normalize_rows_(x) if normalize else x
 
 
@@ -112,7 +120,6 @@ class ResidentRows:
 
     def __init__(self, embeddings: np.ndarray, rows: np.ndarray, normalize: bool, device: str):
         x = read_rows(embeddings, rows, normalize)  # one host copy, normalised in place
-        release_pages(embeddings)
         self.x = torch.from_numpy(x).to(device)  # (M_train, D); on a CPU the same memory
         self.device = device
 
