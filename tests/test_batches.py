@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import planted_data
 
-from sparsebin.batches import Prefetcher, choose_placement
+import sparsebin.batches
+from sparsebin.batches import Prefetcher, choose_placement, read_rows
 from sparsebin.config import TrainConfig
 from sparsebin.train import train
 
@@ -71,3 +72,13 @@ def test_a_read_error_reaches_the_training_loop():
     with pytest.raises(OSError, match="went away"):
         prefetcher.get()
     prefetcher.close()
+
+
+def test_rows_read_a_chunk_at_a_time_equal_rows_read_at_once(mapped_file, monkeypatch):
+    rows = np.random.default_rng(2).permutation(400)[:300]
+    whole = read_rows(mapped_file, rows, normalize=True)
+    monkeypatch.setattr(sparsebin.batches, "CHUNK_ROWS", 64)
+    np.testing.assert_array_equal(read_rows(mapped_file, rows, normalize=True), whole)
+    expected = np.asarray(mapped_file[rows])
+    np.testing.assert_allclose(whole, expected / np.linalg.norm(expected, axis=1, keepdims=True), rtol=1e-6)
+    assert not np.shares_memory(whole, mapped_file)
