@@ -174,7 +174,7 @@ def _status(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}; --memmap needs Linux.")
 
 
-def memmap_comparison(rows: int, dim: int, n_bits: int, k: int, batch: int, steps: int) -> None:
+def memmap_comparison(rows: int, dim: int, n_bits: int, k: int, batch: int, steps: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory(dir="/tmp") as folder:
         path = Path(folder) / "embeddings.npy"
         data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
@@ -184,17 +184,26 @@ def memmap_comparison(rows: int, dim: int, n_bits: int, k: int, batch: int, step
         data.flush()
         del data
         size = path.stat().st_size
-        results = {}
-        for placement in ("resident", "mapped"):
-            command = [sys.executable, __file__, "--child", str(path), placement]
-            command += ["--n-bits", str(n_bits), "--k", str(k), "--batch", str(batch), "--steps", str(steps)]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results[placement] = json.loads(output.strip().splitlines()[-1])
+        runs: dict[str, list[dict]] = {"resident": [], "mapped": []}
+        for _ in range(rounds):  # interleaved, so a load change on the shared machine hits both paths alike
+            for placement in runs:
+                command = [sys.executable, __file__, "--child", str(path), placement]
+                command += ["--n-bits", str(n_bits), "--k", str(k), "--batch", str(batch), "--steps", str(steps)]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                runs[placement].append(json.loads(output.strip().splitlines()[-1]))
+    results = {  # median rates; the largest memory growth of any round
+        placement: {key: float(np.median([run[key] for run in found])) for key in found[0]}
+        | {"growth": max(run["peak"] - run["before"] for run in found), "peak": max(run["peak"] for run in found)}
+        for placement, found in runs.items()
+    }
+    pairs = zip(runs["resident"], runs["mapped"], strict=True)
+    per_round = ", ".join(f"{mapped['rate'] / resident['rate']:.2f}" for resident, mapped in pairs)
     gib = 2**30
     print(f"memory-mapped training: {rows} x {dim} float32 file of {size / gib:.2f} GiB")
     print(f"  N={n_bits} K={k}, batch {batch}, {steps} timed steps after {steps} warm-up, each path in a fresh process")
+    print(f"  medians of {rounds} interleaved rounds (mapped against resident samples/s per round: {per_round})")
     for placement, result in results.items():
-        growth = result["peak"] - result["before"]
+        growth = result["growth"]
         print(
             f"  {placement}: {result['rate']:.0f} samples/s, active {result['active']:.1f}; peak RSS "
             f"{result['peak'] / gib:.2f} GiB, {growth / gib:.2f} GiB beyond the process before training "
@@ -221,7 +230,7 @@ def main() -> None:
     if args.child:
         memmap_child(args.child[0], args.child[1], args.n_bits, args.k, args.batch, args.steps)
     elif args.memmap:
-        memmap_comparison(args.rows, args.dim or 768, args.n_bits, args.k, args.batch, args.steps)
+        memmap_comparison(args.rows, args.dim or 768, args.n_bits, args.k, args.batch, args.steps, args.rounds)
     else:
         compare(args.dim or 384, args.n_bits, args.k, args.batch, args.steps, args.device, args.rounds)
 
