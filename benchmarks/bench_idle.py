@@ -26,7 +26,7 @@ sys.path.insert(0, str(PROJECT / "tests"))
 
 from appserver import AppServer  # noqa: E402
 
-PAGES = {"home": "", "train": "train", "data": "data", "compare": "compare", "bits": "bits", "concepts": "concepts"}
+PAGES = {"none": None, "home": "", "train": "train", "data": "data", "compare": "compare", "bits": "bits", "concepts": "concepts"}
 
 
 def prepare(root: Path) -> dict[str, str]:
@@ -67,8 +67,9 @@ def main() -> int:
                 browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
                 for page_name in args.pages:
                     page = browser.new_page()
-                    page.goto(f"{server.url}/{PAGES[page_name]}")
-                    page.get_by_test_id("stMainBlockContainer").wait_for()
+                    if PAGES[page_name] is not None:  # "none": the server with no tab open, for reference
+                        page.goto(f"{server.url}/{PAGES[page_name]}")
+                        page.get_by_test_id("stMainBlockContainer").wait_for()
                     time.sleep(args.settle)
                     before, started = server.cpu_seconds(), time.monotonic()
                     time.sleep(args.seconds)

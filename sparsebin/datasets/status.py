@@ -81,12 +81,14 @@ def start_build(name: str, data_dir: Path | None = None) -> None:
     if current is not None and current.get("state") == "running":
         return
     root = resolve_data_dir(data_dir)
+    limit = os.environ.get("SPARSEBIN_BUILD_LIMIT", "").strip()  # a quick sample, for tests and first looks
     log_path = status_path(name, data_dir).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "SPARSEBIN_DATA": str(root), "HF_HUB_OFFLINE": "1"}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name, "--nice", str(BUILD_NICENESS)],
+            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name, "--nice", str(BUILD_NICENESS)]
+            + (["--limit", limit] if limit else []),
             cwd=paths.PROJECT_DIR,
             env=environment,
             stdin=subprocess.DEVNULL,
