@@ -26,7 +26,15 @@ sys.path.insert(0, str(PROJECT / "tests"))
 
 from appserver import AppServer  # noqa: E402
 
-PAGES = {"none": None, "home": "", "train": "train", "data": "data", "compare": "compare", "bits": "bits", "concepts": "concepts"}
+PAGES = {
+    "none": None,
+    "home": "",
+    "train": "train",
+    "data": "data",
+    "compare": "compare",
+    "bits": "bits",
+    "concepts": "concepts",
+}
 
 
 def prepare(root: Path) -> dict[str, str]:
