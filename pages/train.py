@@ -3,11 +3,21 @@
 import streamlit as st
 
 from pages import _jobs, _shared
-from sparsebin.config import GRID_SETTINGS, LOSSES, ROUNDINGS, SPARSITIES, TrainConfig, expand_grid, parse_grid
+from sparsebin.config import (
+    GRID_SETTINGS,
+    LOSSES,
+    ROUNDINGS,
+    SETTING_CHOICES,
+    SPARSITIES,
+    TrainConfig,
+    expand_grid,
+    parse_grid,
+)
 from sparsebin.errors import ConfigError, DataError
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
+CHOICE_NAMES = {"rounding": ROUNDING_NAMES, "sparsity": SPARSITY_NAMES}
 
 st.title("Train")
 _shared.live_section(_shared.build_banner, "train_builds")
@@ -54,20 +64,42 @@ if submitted:
         st.error(str(error))
 
 with st.expander("Ablation grid: every combination of the listed values, on top of the settings above"):
-    st.caption("Comma-separated values; leave a field empty to keep the form's value.")
+    st.caption(
+        "Pick values for the settings with known choices and type comma-separated numbers for the others; "
+        "a setting left empty keeps the form's value."
+    )
     columns = st.columns(len(GRID_SETTINGS))
-    typed = {
-        setting: column.text_input(setting, key=f"grid_{setting}")
-        for column, setting in zip(columns, GRID_SETTINGS, strict=True)
-    }
-    try:
-        grid = parse_grid(typed)
-        planned = expand_grid(config, grid) if grid else []
-        st.write(f"This grid queues **{len(planned)}** runs.")
-        if planned and st.button(f"Queue {len(planned)} runs", key="submit_grid"):
-            jobs = _shared.store().submit_grid(name, config, grid)
-            st.success(f"Queued {len(jobs)} runs (jobs {jobs[0].id}-{jobs[-1].id}).")
-    except (ConfigError, DataError) as error:
-        st.error(str(error))
+    grid, typo = {}, False
+    for column, setting in zip(columns, GRID_SETTINGS, strict=True):
+        choices = SETTING_CHOICES.get(setting)
+        if choices:
+            names = CHOICE_NAMES.get(setting, {})
+            picked = column.multiselect(
+                setting, choices, key=f"grid_{setting}", format_func=lambda v, n=names: n.get(v, v)
+            )
+            if picked:
+                grid[setting] = picked
+            continue
+        text = column.text_input(setting, key=f"grid_{setting}", placeholder="e.g. 1, 2")
+        try:  # checked as typed: the sentence sits under the field
+            grid.update(parse_grid({setting: text}))
+        except ConfigError as error:
+            column.error(str(error))
+            typo = True
+    if grid and not typo:
+        try:
+            planned = expand_grid(config, grid)
+            for planned_config in planned:
+                try:
+                    planned_config.validate(n_rows=count)
+                except ConfigError as error:
+                    which = " ".join(f"{setting}={getattr(planned_config, setting)}" for setting in grid)
+                    raise ConfigError(f"the grid's run {which} would be refused: {error}") from None
+            st.write(f"This grid queues **{len(planned)}** runs.")
+            if st.button(f"Queue {len(planned)} runs", key="submit_grid"):
+                jobs = _shared.store().submit_grid(name, config, grid)
+                st.success(f"Queued {len(jobs)} runs (jobs {jobs[0].id}-{jobs[-1].id}).")
+        except (ConfigError, DataError) as error:
+            st.error(str(error))
 
 _jobs.job_list()

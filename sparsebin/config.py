@@ -138,6 +138,8 @@ class TrainConfig:
 
 # The settings an ablation grid may vary: the Train page's grid fields and the `submit` options that take lists.
 GRID_SETTINGS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed")
+# The settings whose values are a known list: a form offers them as choices instead of free text.
+SETTING_CHOICES = {"loss": LOSSES, "rounding": ROUNDINGS, "sparsity": SPARSITIES, "init": INITS}
 # How each setting is read from text; a setting that may be unset (None) is read as text.
 SETTING_KINDS = {
     field.name: field.type if field.type in (int, float, bool) else str for field in dataclasses.fields(TrainConfig)

@@ -109,8 +109,9 @@ def test_train_queues_a_run_and_refuses_bad_settings(app, world):
     assert any("Queued job" in success.value for success in at.success)
     assert "queued from the test" in texts(at)
     at.text_input(key="grid_k").set_value("2, 3")
-    at.text_input(key="grid_loss").set_value("cosine, mse, l1").run()
+    at.multiselect(key="grid_loss").set_value(["cosine", "mse", "l1"]).run()
     assert "This grid queues **6** runs." in texts(at)
+    assert at.multiselect(key="grid_rounding").options == ["pass-through", "removed", "hard", "stochastic"]
     job = Store(world["home"]).jobs(limit=1)[0]
     assert job.label == "queued from the test" and job.status.name == "QUEUED"
     Store(world["home"]).cancel(job.id)  # leave the other tests the finished runs and nothing queued
@@ -126,6 +127,18 @@ def test_a_grid_value_of_the_wrong_kind_is_named_in_one_sentence(app):
     at.text_input(key="grid_n_bits").set_value("")
     at.text_input(key="grid_alpha").set_value("0.5, x").run()
     assert "alpha: 'x' is not a number." in [error.value for error in at.error]
+
+
+def test_a_grid_whose_run_would_be_refused_says_which_before_queuing(app, world):
+    at = open_page(app, "train")
+    at.text_input(key="grid_n_bits").set_value("8, 64")
+    at.text_input(key="grid_k").set_value("4, 16").run()
+    sentence = "the grid's run n_bits=8 k=16 would be refused: k must be smaller than n_bits, got k=16 and n_bits=8."
+    assert sentence in [error.value for error in at.error]
+    assert not [button for button in at.button if button.key == "submit_grid"]  # nothing to press
+    at.text_input(key="grid_k").set_value("2, 4").run()
+    assert "This grid queues **4** runs." in texts(at)
+    assert [button.label for button in at.button if button.key == "submit_grid"] == ["Queue 4 runs"]
 
 
 def test_compare_shows_both_picked_runs(app, world):
