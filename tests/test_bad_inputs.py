@@ -331,3 +331,21 @@ def test_meta_json_is_written_by_every_import(tmp_path, data_dir, vectors):
     folder = import_dataset(tmp_path / "x.npy", name="mine", data_dir=data_dir)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["source_stat"]["size"] == (tmp_path / "x.npy").stat().st_size
+
+
+# -- dataset folders on disk
+
+
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [("embeddings.npy", b""), ("embeddings.npy", b"junk"), ("concepts.parquet", b"junk"), ("meta.json", b"{")],
+)
+def test_a_damaged_dataset_folder_is_named_not_a_traceback(tmp_path, data_dir, vectors, file, damage):
+    np.save(tmp_path / "x.npy", vectors)
+    folder = import_dataset(tmp_path / "x.npy", name="mine", data_dir=data_dir)
+    (folder / file).write_bytes(damage)
+    with pytest.raises(DataError) as caught:
+        load_dataset("mine", data_dir=data_dir)
+    assert str(caught.value) == f"dataset mine has a damaged {file}; rebuild or re-import it"
+    listed = [item["name"] for item in list_datasets(data_dir)]
+    assert listed == ([] if file == "meta.json" else ["mine"])

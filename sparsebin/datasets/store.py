@@ -237,9 +237,17 @@ def load_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> Data
     almost no memory until rows are read.
     """
     folder = dataset_folder(name_or_path, data_dir)
-    meta = json.loads((folder / META_FILE).read_text())
-    embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r", allow_pickle=False)
-    concepts = pd.read_parquet(folder / CONCEPTS_FILE)
+    meta = read_meta(folder)
+    if meta is None:
+        raise DataError(f"dataset {folder.name} has a damaged {META_FILE}; rebuild or re-import it")
+    try:
+        embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError):
+        raise DataError(f"dataset {folder.name} has a damaged {EMBEDDINGS_FILE}; rebuild or re-import it") from None
+    try:
+        concepts = pd.read_parquet(folder / CONCEPTS_FILE)
+    except (ValueError, OSError):
+        raise DataError(f"dataset {folder.name} has a damaged {CONCEPTS_FILE}; rebuild or re-import it") from None
     if len(concepts) != embeddings.shape[0]:
         raise DataError(
             f"{folder / CONCEPTS_FILE} has {len(concepts)} rows but "
@@ -257,6 +265,15 @@ def load_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> Data
     )
 
 
+def read_meta(folder: Path) -> dict | None:
+    """A dataset's meta.json as a dict, or None when it is unreadable or not a JSON object."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def list_datasets(data_dir: Path | None = None) -> list[dict]:
     """One summary per complete dataset folder, sorted by name; hidden folders are skipped."""
     root = resolve_data_dir(data_dir)
@@ -266,7 +283,9 @@ def list_datasets(data_dir: Path | None = None) -> list[dict]:
     for folder in sorted(root.iterdir()):
         if folder.name.startswith(".") or not folder.is_dir() or not is_dataset(folder):
             continue
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = read_meta(folder)
+        if meta is None:  # a damaged dataset is not offered; loading it by name says what is wrong
+            continue
         summaries.append(
             {
                 "name": folder.name,
