@@ -80,6 +80,83 @@ def _offer(top_dist, top_rows, filled, dist, row):
     return filled
 
 
+@numba.njit(cache=True, inline="always")
+def _walk_postings(query, indptr, rows, frequent, count, touched):
+    """Walk the posting lists of the query's active bits; returns (touched rows, B, query size).
+
+    Each row a list touches gets count = SHIFT + the change in the bits it shares
+    with the query, and is appended to `touched`. B counts the query's frequent bits.
+    """
+    n_bits = len(frequent)
+    n_touched = base = query_size = 0
+    for byte_index in range(len(query)):
+        byte = query[byte_index]
+        if byte == 0:
+            continue
+        for offset in range(8):  # np.packbits order: bit 0 is the high bit of byte 0
+            bit = byte_index * 8 + offset
+            if byte & (128 >> offset) == 0 or bit >= n_bits:
+                continue
+            query_size += 1
+            step = 1
+            if frequent[bit]:
+                base += 1
+                step = -1
+            for entry in range(indptr[bit], indptr[bit + 1]):
+                row = rows[entry]
+                if count[row] == 0:
+                    count[row] = SHIFT
+                    touched[n_touched] = row
+                    n_touched += 1
+                count[row] += step
+    return n_touched, base, query_size
+
+
+@numba.njit(cache=True, inline="always")
+def _offer_touched(touched, n_touched, count, sizes, own, base, query_size, jaccard, top_dist, top_rows):
+    """Offer every touched row but `own` to the empty top k; returns the fill."""
+    k = len(top_dist)
+    filled = 0
+    for position in range(n_touched):
+        row = touched[position]
+        if row == own:
+            continue
+        dist = _distance(base + count[row] - SHIFT, query_size, sizes[row], jaccard)
+        if filled < k or dist <= top_dist[k - 1]:  # the call is the costly part: most rows fail this
+            filled = _offer(top_dist, top_rows, filled, dist, row)
+    return filled
+
+
+@numba.njit(cache=True, inline="always")
+def _fill_untouched(
+    count, sizes, by_size, group_sizes, group_starts, base, query_size, jaccard, top_dist, top_rows, filled
+):
+    """Offer the rows no list touched (count 0), each sharing exactly B bits, by size; returns the fill."""
+    k = len(top_dist)
+    if jaccard and base == 0:  # every untouched row is at distance 1: the lowest rows win
+        taken = 0
+        for row in range(len(sizes)):
+            if taken == k:
+                break
+            if count[row] == 0:
+                taken += 1
+                filled = _offer(top_dist, top_rows, filled, _distance(0, query_size, sizes[row], jaccard), row)
+        return filled
+    for group in range(len(group_sizes)):  # distance grows with size: stop once a group cannot enter
+        dist = _distance(base, query_size, group_sizes[group], jaccard)
+        if filled == k and dist > top_dist[k - 1]:
+            break
+        taken = 0  # a group's rows tie: its k lowest untouched rows are all it can give
+        for position in range(group_starts[group], group_starts[group + 1]):
+            if taken == k:
+                break
+            row = by_size[position]
+            if count[row] == 0:
+                taken += 1
+                filled = _offer(top_dist, top_rows, filled, dist, row)
+    return filled
+
+
 @numba.njit(cache=True, nogil=True)
 def search_postings(indptr, rows, frequent, sizes, by_size, group_sizes, group_starts, queries, exclude, k, jaccard):
     """(Q, k) int64 rows and float32 distances, nearest first.
@@ -92,77 +169,26 @@ def search_postings(indptr, rows, frequent, sizes, by_size, group_sizes, group_s
     exclude: (Q,) the row to leave out per query, or -1. Needs k <= M - 1.
     Runs without the GIL, so threads can each take a share of the queries.
     """
-    n_queries, n_bytes = queries.shape
-    n_bits = len(frequent)
-    n_rows = len(sizes)
+    n_queries = len(queries)
     out_rows = np.empty((n_queries, k), dtype=np.int64)
     out_dist = np.empty((n_queries, k), dtype=np.float32)
     # count[row]: 0 while no list of this query has touched the row, then SHIFT + the
     # change in its shared bits. One int32 array keeps the random accesses to one cache line.
-    count = np.zeros(n_rows, dtype=np.int32)
-    touched = np.empty(n_rows + 1, dtype=np.int32)
+    count = np.zeros(len(sizes), dtype=np.int32)
+    touched = np.empty(len(sizes) + 1, dtype=np.int32)
     top_dist = np.empty(k, dtype=np.float32)
     top_rows = np.empty(k, dtype=np.int64)
     for query in range(n_queries):
         own = exclude[query]
-        n_touched = 0
-        base = 0
-        query_size = 0
-        for byte_index in range(n_bytes):
-            byte = queries[query, byte_index]
-            if byte == 0:
-                continue
-            for offset in range(8):  # np.packbits order: bit 0 is the high bit of byte 0
-                if byte & (128 >> offset) == 0:
-                    continue
-                bit = byte_index * 8 + offset
-                if bit >= n_bits:
-                    break
-                query_size += 1
-                step = 1
-                if frequent[bit]:
-                    base += 1
-                    step = -1
-                for entry in range(indptr[bit], indptr[bit + 1]):
-                    row = rows[entry]
-                    if count[row] == 0:
-                        count[row] = SHIFT
-                        touched[n_touched] = row
-                        n_touched += 1
-                    count[row] += step
-        filled = 0
-        for position in range(n_touched):
-            row = touched[position]
-            if row == own:
-                continue
-            dist = _distance(base + count[row] - SHIFT, query_size, sizes[row], jaccard)
-            if filled < k or dist <= top_dist[k - 1]:  # the call is the costly part: most rows fail this
-                filled = _offer(top_dist, top_rows, filled, dist, row)
-        if own >= 0 and count[own] == 0:  # not a filler either
+        n_touched, base, query_size = _walk_postings(queries[query], indptr, rows, frequent, count, touched)
+        filled = _offer_touched(touched, n_touched, count, sizes, own, base, query_size, jaccard, top_dist, top_rows)
+        if own >= 0 and count[own] == 0:  # marked touched, so it is not offered as an untouched row either
             count[own] = SHIFT
             touched[n_touched] = own
             n_touched += 1
-        if jaccard and base == 0:  # every untouched row is at distance 1: the lowest rows win
-            taken = 0
-            for row in range(n_rows):
-                if taken == k:
-                    break
-                if count[row] == 0:
-                    taken += 1
-                    filled = _offer(top_dist, top_rows, filled, _distance(0, query_size, sizes[row], jaccard), row)
-        else:  # distance grows with size: walk the size groups while one can still enter the top k
-            for group in range(len(group_sizes)):
-                dist = _distance(base, query_size, group_sizes[group], jaccard)
-                if filled == k and dist > top_dist[k - 1]:
-                    break
-                taken = 0  # a group's rows tie: its k lowest untouched rows are all it can give
-                for position in range(group_starts[group], group_starts[group + 1]):
-                    if taken == k:
-                        break
-                    row = by_size[position]
-                    if count[row] == 0:
-                        taken += 1
-                        filled = _offer(top_dist, top_rows, filled, dist, row)
+        filled = _fill_untouched(
+            count, sizes, by_size, group_sizes, group_starts, base, query_size, jaccard, top_dist, top_rows, filled
+        )
         for position in range(n_touched):
             count[touched[position]] = 0
         out_rows[query] = top_rows
