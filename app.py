@@ -22,7 +22,7 @@ st.set_page_config(page_title="sparsebin", page_icon=":material/grid_on:", layou
 @st.cache_resource(ttl=60)
 def keep_worker_alive() -> WorkerStart:
     """Start a worker when none is alive; re-checked at most once a minute."""
-    return ensure_worker(store=_shared.store())
+    return ensure_worker()
 
 
 @st.cache_resource

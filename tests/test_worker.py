@@ -18,7 +18,15 @@ from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
 from sparsebin.jobs.queue import Status, Store
-from sparsebin.jobs.worker import Heartbeat, WorkerStart, ensure_worker, run_worker, worker_status
+from sparsebin.jobs.worker import (
+    DISPATCHER_DEVICE,
+    Heartbeat,
+    WorkerStart,
+    ensure_worker,
+    run_worker,
+    take_device_lock,
+    worker_status,
+)
 from sparsebin.processes import pid_alive
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -129,7 +137,15 @@ def test_a_cancel_answer_for_a_finished_job_does_not_stop_the_next_job():
     assert heartbeat.stop_requested.is_set()  # job 2's own cancel still stops it
 
 
-def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypatch):
+def stop_processes(*pids: int) -> None:
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        wait_for(lambda pid=pid: not pid_alive(pid))
+
+
+def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue_and_a_dead_one_is_replaced(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the detached worker inherits this environment
     monkeypatch.setattr("sparsebin.jobs.worker.LOG_LIMIT_BYTES", 1000)
     store = Store()
@@ -137,6 +153,7 @@ def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypat
     job = store.submit(make_dataset(), TINY)
     started = ensure_worker()
     assert started.started
+    pids = [started.pid]
     try:
         assert ensure_worker() == WorkerStart(started.pid, started=False)  # still starting: not a second one
         wait_for(lambda: store.job(job.id).status == Status.DONE)
@@ -145,13 +162,70 @@ def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue(monkeypat
         status = worker_status()
         assert status is not None and status.pid == started.pid and status.device == "cpu"
         assert runfolder.load_metrics(store.run_folder(job.run_id))["validation"]["recon_loss"] >= 0
-    finally:
-        os.kill(started.pid, signal.SIGTERM)
+
+        os.kill(started.pid, signal.SIGKILL)  # a crash: nothing of the worker's runs, nothing is cleaned up
         wait_for(lambda: not pid_alive(started.pid))
+        replacement = ensure_worker()
+        pids.append(replacement.pid)
+        assert replacement.started and replacement.pid != started.pid
+        assert ensure_worker() == WorkerStart(replacement.pid, started=False)
+        second = store.submit(job.dataset, TINY)
+        wait_for(lambda: store.job(second.id).status == Status.DONE)  # the replacement runs the queue
+        assert worker_status().pid == replacement.pid
+    finally:
+        stop_processes(*pids)
     assert worker_status() is None
     log = (store.home / "worker.log").read_text()
-    assert "job 1 done" in log and "an old worker's line" not in log
+    assert "job 1 done" in log and "job 2 done" in log and "an old worker's line" not in log
     assert (store.home / "worker.log.1").read_text() == "an old worker's line\n" * 100
+
+
+def test_while_a_worker_holds_the_device_lock_a_single_worker_exits_and_none_is_started():
+    store = Store()
+    job = store.submit(make_dataset(), TINY)
+    held = take_device_lock(store.home, "cpu")  # as a worker started by hand holds it
+    try:
+        assert ensure_worker(device="cpu") == WorkerStart(os.getpid(), started=False)
+        assert run_worker(once=True, device="cpu", single=True) == 0
+        assert store.job(job.id).status == Status.QUEUED and store.workers() == []
+    finally:
+        held.close()
+    assert run_worker(once=True, device="cpu", single=True) == 1  # the lock is free again
+
+
+def test_no_local_worker_is_started_while_a_ray_dispatcher_holds_its_lock():
+    store = Store()
+    held = take_device_lock(store.home, DISPATCHER_DEVICE)  # as a running `worker --ray` holds it
+    try:
+        assert ensure_worker(device="cpu") == WorkerStart(os.getpid(), started=False)
+    finally:
+        held.close()
+
+
+def test_concurrent_ensure_worker_calls_start_one_worker(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    store = Store()
+    callers = 4
+    together = threading.Barrier(callers)
+    results = []
+
+    def call() -> None:
+        together.wait()
+        results.append(ensure_worker())
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    starts = [result for result in results if result.started]
+    try:
+        assert len(starts) == 1 and len(results) == callers
+        assert {result.pid for result in results} == {starts[0].pid}  # the others name the one started
+        wait_for(lambda: worker_status() is not None)
+        assert [worker["pid"] for worker in store.workers()] == [starts[0].pid]
+    finally:
+        stop_processes(*(result.pid for result in starts))
 
 
 def test_two_worker_processes_run_twenty_jobs_each_exactly_once():

@@ -81,7 +81,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--stale-after", type=float, default=30.0, help="seconds without a heartbeat before a job is interrupted"
     )
     worker.add_argument("--progress-every", type=float, default=2.0, help="seconds between progress writes")
-    worker.add_argument("--single", action="store_true", help="exit if another single worker serves the device")
+    worker.add_argument("--single", action="store_true", help="exit if another worker holds the device's lock")
+    worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the device lock ensure_worker hands over
     worker.add_argument(
         "--no-auto-resume",
         dest="auto_resume",
@@ -256,6 +257,7 @@ def worker_command(args: argparse.Namespace) -> int:
         progress_every=args.progress_every,
         single=args.single,
         auto_resume=args.auto_resume,
+        lock_fd=args.lock_fd,
     )
     return 0
 

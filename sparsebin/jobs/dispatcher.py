@@ -41,6 +41,7 @@ from sparsebin.experiment import CHECKPOINT
 from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.remote import Trainer
 from sparsebin.jobs.worker import (
+    DISPATCHER_DEVICE,
     HEARTBEAT_EVERY,
     PROGRESS_EVERY,
     ProgressWriter,
@@ -49,6 +50,7 @@ from sparsebin.jobs.worker import (
     recover_interrupted,
     run_summary,
     stop_on_signals,
+    take_device_lock,
     with_eta,
     worker_name,
 )
@@ -426,7 +428,8 @@ def run_dispatcher(
     restore_signals = stop_on_signals(shutdown)
     name = worker_name()
     cluster = cluster_address(address)
-    store.register_worker(name, os.getpid(), socket.gethostname(), "ray", kind=KIND, address=cluster)
+    lock = take_device_lock(store.home, DISPATCHER_DEVICE)  # while held, the app starts no local worker
+    store.register_worker(name, os.getpid(), socket.gethostname(), DISPATCHER_DEVICE, kind=KIND, address=cluster)
     dispatcher = Dispatcher(
         store,
         name,
@@ -464,6 +467,8 @@ def run_dispatcher(
         dispatcher.stop_all(STOP_GRACE)
         store.unregister_worker(name)
         store.close()
+        if lock is not None:
+            lock.close()
         if temp_dir is not None:
             ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)

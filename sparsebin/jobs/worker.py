@@ -1,7 +1,7 @@
 """The background trainer: claim a job, train it, record the outcome, repeat.
 
 `python -m sparsebin worker` runs `run_worker`; the app calls `ensure_worker`
-to start one, detached, when none is alive. A heartbeat thread (with its own
+to start one, detached, when none serves the device. A heartbeat thread (with its own
 database connection) refreshes the worker's and the job's heartbeat and picks
 up cancel requests, so the training loop's `should_stop` only reads a flag.
 A job whose worker stops beating is marked interrupted by the next worker to
@@ -9,7 +9,6 @@ start or go idle, and resumes from the checkpoint of its last finished epoch.
 """
 
 import fcntl
-import json
 import logging
 import math
 import os
@@ -32,14 +31,13 @@ from sparsebin.datasets import load_dataset
 from sparsebin.devices import resolve_device
 from sparsebin.errors import ConfigError
 from sparsebin.experiment import run_experiment
-from sparsebin.files import write_atomic
 from sparsebin.jobs.queue import SUMMARY_METRICS, Job, Status, Store
 from sparsebin.processes import pid_alive
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats and cancel checks
 PROGRESS_EVERY = 2.0  # seconds between progress writes to the database
 ALIVE_WITHIN = 10.0  # a worker whose last heartbeat is older than this counts as gone
-STARTUP_GRACE = 60.0  # seconds a just-started worker may take to import torch and register
+DISPATCHER_DEVICE = "ray"  # the device a Ray dispatcher registers and holds the lock of: it serves every device
 LOG_FILE = "worker.log"
 LOG_LIMIT_BYTES = 10 * 2**20  # a worker starting on a larger log moves it to worker.log.1 (one old log kept)
 
@@ -134,6 +132,7 @@ def run_worker(
     heartbeat_every: float = HEARTBEAT_EVERY,
     single: bool = False,
     auto_resume: bool | None = None,
+    lock_fd: int | None = None,
 ) -> int:
     """Run queued jobs until stopped; return how many jobs this worker ran.
 
@@ -141,20 +140,21 @@ def run_worker(
     when the worker starts, and whenever it finds a stale job while idle, unless
     `auto_resume` is False (default: on, unless SPARSEBIN_AUTO_RESUME=0).
 
-    `once` returns when the queue is empty instead of waiting for more; `single`
-    exits at once if another single worker already serves this device (that is
-    how `ensure_worker` avoids starting two). SIGTERM or SIGINT stop the current
-    job at its next step and leave it interrupted, ready to resume.
+    `once` returns when the queue is empty instead of waiting for more. The
+    worker holds its device's lock while it runs when no other process does
+    (see `ensure_worker`); `single` exits at once when another does, and
+    `lock_fd` is the lock `ensure_worker` took and handed over. SIGTERM or
+    SIGINT stop the current job at its next step and leave it interrupted,
+    ready to resume.
     """
     store = Store(home)
     name = worker_name()
     worker_device = resolve_device(device or "auto")
-    lock = None
-    if single:
-        lock = take_device_lock(store.home, worker_device)
-        if lock is None:
-            log.info("another worker already serves %s; exiting", worker_device)
-            return 0
+    lock = take_device_lock(store.home, worker_device, lock_fd)
+    if lock is None and single:
+        log.info("another worker already serves %s; exiting", worker_device)
+        store.close()
+        return 0
     store.register_worker(name, os.getpid(), socket.gethostname(), worker_device)
     heartbeat = Heartbeat(store, name, heartbeat_every)
     heartbeat.start()
@@ -277,7 +277,8 @@ def run_device_workers(
         for device in dict.fromkeys(devices):
             lock = take_device_lock(home, device)
             if lock is None:
-                raise ConfigError(f"another worker already serves {device} (pid {device_lock_holder(home, device)}).")
+                holder = lock_holder(device_lock_path(home, device))
+                raise ConfigError(f"another worker already serves {device} (pid {holder}).")
             locks.append(lock)
         return supervise(devices, arguments, home, poll_every)
     finally:
@@ -354,34 +355,54 @@ def device_lock_path(home: Path, device: str) -> Path:
     return Path(home) / f"worker-{device.replace(':', '-')}.lock"
 
 
-def take_device_lock(home: Path, device: str):
-    """Hold an exclusive lock on the device's lock file for this process's lifetime, or None if taken."""
-    handle = open(device_lock_path(home, device), "a+")  # noqa: SIM115 - held until the worker exits
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+def take_device_lock(home: Path, device: str, inherited: int | None = None):
+    """Hold the device's lock for this process's lifetime and write our pid in it, or None if taken.
+
+    `inherited` is the descriptor `ensure_worker` locked before starting this
+    worker: the same open file, so locking it again succeeds at once.
+    """
+    if inherited is not None:
+        handle = os.fdopen(inherited, "a+")
+    else:
+        handle = open(device_lock_path(home, device), "a+")  # noqa: SIM115 - held until the worker exits
+    if not try_lock(handle):
         handle.close()
         return None
-    handle.truncate(0)
-    handle.write(str(os.getpid()))
-    handle.flush()
+    write_holder(handle, os.getpid())
     return handle
 
 
-def device_lock_holder(home: Path, device: str) -> int | None:
-    """The pid holding the device lock, or None when no worker holds it."""
-    path = device_lock_path(home, device)
-    if not path.exists():
-        return None
+def try_lock(handle) -> bool:
+    """Take the exclusive lock on an open file without waiting; False when another open file holds it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid holding a device lock, or None when nobody holds it."""
     with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
+        if try_lock(handle):
+            return None  # closing the file lets go again
+    return read_holder(path)
+
+
+def write_holder(handle, pid: int) -> None:
+    handle.truncate(0)
+    handle.write(str(pid))
+    handle.flush()
+
+
+def read_holder(path: Path, wait: float = 2.0) -> int | None:
+    """The pid in a held device lock; a starter writes it just after the start, so wait for it a moment."""
+    deadline = time.monotonic() + wait
+    while True:
+        text = path.read_text().strip()
+        if text.isdigit() or time.monotonic() > deadline:
+            return int(text) if text.isdigit() else None
+        time.sleep(0.02)
 
 
 def live_workers(store: Store) -> list[dict]:
@@ -425,7 +446,7 @@ class WorkerStatus:
 class WorkerStart:
     """What `ensure_worker` did: started a worker (`started`), or found one serving the device."""
 
-    pid: int
+    pid: int | None  # None only when a worker being started has not written its pid within 2 s
     started: bool
 
 
@@ -443,44 +464,25 @@ def worker_status(home: Path | None = None, store: Store | None = None) -> Worke
     return WorkerStatus(worker["pid"], worker["host"], worker["device"], worker["job_id"], worker["heartbeat_at"])
 
 
-def ensure_worker(home: Path | None = None, device: str = "auto", store: Store | None = None) -> WorkerStart:
-    """Start a detached worker for `device` unless one is alive; its log goes to <home>/worker.log.
+def ensure_worker(home: Path | None = None, device: str = "auto") -> WorkerStart:
+    """Start a detached worker for `device` unless one serves it; its log goes to <home>/worker.log.
 
-    Callers take turns on a lock file, and a worker started less than
-    STARTUP_GRACE seconds ago counts as alive while it imports and registers,
-    so two app sessions starting at once do not start two workers.
+    One kernel lock decides (flock on <home>/worker-<device>.lock): taken here and handed to the worker started,
+    it is dropped by the kernel when that worker dies however it dies, so a crash never leaves a stale claim.
     """
     resolved = resolve_device(device)
-    with opened_store(home, store) as store, open(store.home / "worker-start.lock", "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
-        for worker in live_workers(store):
-            if worker["device"] == resolved or worker["kind"] == "ray-dispatcher":
-                return WorkerStart(worker["pid"], started=False)
-        holder = device_lock_holder(store.home, resolved)
-        if holder is not None:
-            return WorkerStart(holder, started=False)
-        spawned = spawn_record(store.home, resolved)
-        if spawned is not None:
-            return WorkerStart(spawned, started=False)
-        pid = spawn_worker(store.home, resolved)
-        record = {"pid": pid, "started_at": time.time()}
-        write_atomic(spawn_record_path(store.home, resolved), json.dumps(record).encode())
+    home = Path(home) if home is not None else paths.home_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    dispatcher = lock_holder(device_lock_path(home, DISPATCHER_DEVICE))  # a Ray dispatcher serves every device
+    if dispatcher is not None:
+        return WorkerStart(dispatcher, started=False)
+    path = device_lock_path(home, resolved)
+    with open(path, "a+") as handle:  # our copy closes here; the worker keeps the lock on its own
+        if not try_lock(handle):
+            return WorkerStart(read_holder(path), started=False)
+        pid = spawn_worker(home, resolved, handle.fileno())
+        write_holder(handle, pid)
     return WorkerStart(pid, started=True)
-
-
-def spawn_record_path(home: Path, device: str) -> Path:
-    return Path(home) / f"worker-{device.replace(':', '-')}.spawned"
-
-
-def spawn_record(home: Path, device: str) -> int | None:
-    """The pid of a worker started within STARTUP_GRACE seconds that is still running, else None."""
-    try:
-        record = json.loads(spawn_record_path(home, device).read_text())
-    except (OSError, ValueError):
-        return None
-    if time.time() - record.get("started_at", 0) < STARTUP_GRACE and pid_alive(record.get("pid", -1)):
-        return record["pid"]
-    return None
 
 
 def rotate_log(path: Path, limit_bytes: int) -> None:
@@ -495,8 +497,9 @@ def rotate_log(path: Path, limit_bytes: int) -> None:
         pass
 
 
-def spawn_worker(home: Path, device: str) -> int:
-    """Start `python -m sparsebin worker` in its own session, logging to <home>/worker.log."""
+def spawn_worker(home: Path, device: str, lock_fd: int) -> int:
+    """Start `python -m sparsebin worker` in its own session, holding the device lock `lock_fd`,
+    logging to <home>/worker.log."""
     environment = dict(os.environ, SPARSEBIN_HOME=str(home))
     environment["PYTHONPATH"] = os.pathsep.join(
         part for part in (str(paths.PROJECT_DIR), environment.get("PYTHONPATH", "")) if part
@@ -505,12 +508,13 @@ def spawn_worker(home: Path, device: str) -> int:
     rotate_log(log_path, LOG_LIMIT_BYTES)
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sparsebin", "worker", "--device", device, "--single"],
+            [sys.executable, "-m", "sparsebin", "worker", "--device", device, "--single", "--lock-fd", str(lock_fd)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=paths.PROJECT_DIR,
             env=environment,
             start_new_session=True,  # outlives the app and its terminal
+            pass_fds=(lock_fd,),
         )
     return process.pid
