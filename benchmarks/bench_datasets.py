@@ -77,10 +77,12 @@ def bench_build(name: str, raw_sample: int | None = None) -> dict:
 
 def write_random_npy(path: Path, rows: int, dim: int) -> None:
     """A (rows, dim) float32 .npy written in chunks, so the writer stays small too."""
+    from sparsebin.files import CHUNK_ROWS
+
     target = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
     rng = np.random.default_rng(0)
-    for start in range(0, rows, 65536):
-        stop = min(start + 65536, rows)
+    for start in range(0, rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, rows)
         target[start:stop] = rng.standard_normal((stop - start, dim), dtype=np.float32)
     target.flush()
     del target

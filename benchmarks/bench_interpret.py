@@ -38,6 +38,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from sparsebin.config import TrainConfig  # noqa: E402
 from sparsebin.experiment import run_experiment  # noqa: E402
+from sparsebin.files import BIT_CHUNK_ROWS  # noqa: E402
 from sparsebin.interpret.bits import RunContext, bit_profile, bit_table, concept_view, rank_bits  # noqa: E402
 from sparsebin.metrics import sign_codes  # noqa: E402
 from sparsebin.model import BinaryAutoencoder  # noqa: E402
@@ -79,8 +80,8 @@ def synthetic_context(n_rows: int, n_bits: int, k: int, dim: int = 384, seed: in
     )
     popularity = rng.dirichlet(np.ones(n_bits))  # bits fire at different rates, as trained ones do
     packed = []
-    for start in range(0, n_rows, 8192):
-        bits = np.zeros((min(8192, n_rows - start), n_bits), dtype=np.uint8)
+    for start in range(0, n_rows, BIT_CHUNK_ROWS):
+        bits = np.zeros((min(BIT_CHUNK_ROWS, n_rows - start), n_bits), dtype=np.uint8)
         np.put_along_axis(bits, rng.choice(n_bits, size=(len(bits), k), p=popularity), 1, axis=1)
         packed.append(pack_bits(bits))
     embeddings = rng.standard_normal((n_rows, dim)).astype(np.float32)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparsebin.train  # noqa: E402 - after the project is on the path
 from sparsebin.config import TrainConfig  # noqa: E402
 from sparsebin.devices import reuse_freed_blocks  # noqa: E402
+from sparsebin.files import CHUNK_ROWS  # noqa: E402
 from sparsebin.train import train  # noqa: E402
 
 
@@ -179,8 +180,10 @@ def memmap_comparison(rows: int, dim: int, n_bits: int, k: int, batch: int, step
         path = Path(folder) / "embeddings.npy"
         data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
         rng = np.random.default_rng(0)
-        for start in range(0, rows, 65536):
-            data[start : start + 65536] = rng.standard_normal((min(65536, rows - start), dim), dtype=np.float32)
+        for start in range(0, rows, CHUNK_ROWS):
+            data[start : start + CHUNK_ROWS] = rng.standard_normal(
+                (min(CHUNK_ROWS, rows - start), dim), dtype=np.float32
+            )
         data.flush()
         del data
         size = path.stat().st_size
