@@ -17,7 +17,20 @@ import torch
 from sparsebin.devices import resolve_device  # noqa: F401 - the device choice lives with the devices
 from sparsebin.errors import ConfigError
 
-LOSSES = ("cosine", "mse", "l1")
+LOSSES = ("cosine", "mse", "l1")  # the paper's distance and the two per-entry means of its ablation
+# Scale-fair forms: the per-row sum over entries instead of the mean. On unit vectors
+# mean((x - x_hat)^2) ~ (2 - 2 cos) / D, so the per-entry mean also shrinks the term's
+# weight against alpha D-fold; the per-row sum keeps it on the cosine's scale.
+SCALE_FAIR = ("mse_sum", "l1_sum")
+DISTANCES = LOSSES + SCALE_FAIR
+DISTANCE_NAMES = {
+    "cosine": "cosine",
+    "mse": "MSE (mean over entries)",
+    "l1": "L1 (mean over entries)",
+    "mse_sum": "MSE (per-row sum, scale-fair)",
+    "l1_sum": "L1 (per-row sum, scale-fair)",
+}
+DEFAULT_SPLIT_SEED = 0  # every run of a dataset is scored on the same held-out rows and queries
 ROUNDINGS = ("ste", "none", "hard", "stochastic")
 SPARSITIES = ("align", "hard-topk", "l1", "none")
 INITS = ("default", "sparse")
@@ -28,9 +41,9 @@ class TrainConfig:
     n_bits: int = 1024  # N: code length
     k: int = 16  # K: target number of active bits per concept
     alpha: float = 1.0  # weight of the sparsity term
-    loss: str = "cosine"  # distance of both terms: cosine (the paper's), mse or l1
-    rec_loss: str | None = None  # advanced: override the reconstruction distance
-    sparsity_loss: str | None = None  # advanced: override the alignment distance
+    loss: str = "cosine"  # distance of both terms: cosine (the paper's), mse, l1, mse_sum or l1_sum
+    rec_loss: str | None = None  # override the reconstruction distance only (the per-term ablation)
+    sparsity_loss: str | None = None  # override the alignment distance only (the per-term ablation)
     rounding: str = "ste"  # ste (pass-through), none (removed), hard, stochastic
     sparsity: str = "align"  # align (the paper's), hard-topk, l1, none
     init: str = "default"  # default: nn.Linear init, ~half the bits fire at first;
@@ -40,7 +53,8 @@ class TrainConfig:
     lr: float = 1e-3  # Adam; on HPO 3e-3 and 1e-2 left 40-85 % of bits dead, 1e-3 under 2 %
     batch_size: int = 256  # rows per step; ~67 steps an epoch on HPO
     epochs: int = 40  # on HPO (N=1024, K=16) the active count levels off by epoch ~25
-    seed: int = 0  # split, initialisation and batch order
+    seed: int = 0  # training seed: initialisation and batch order
+    split_seed: int = DEFAULT_SPLIT_SEED  # held-out rows and retrieval queries; the same for every run of a dataset
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
     log_every: int = 50  # steps between progress events (the only host syncs)
 
@@ -73,11 +87,11 @@ class TrainConfig:
             yield f"alpha must be a number of at least 0, got {self.alpha!r}."
         if not _is_number(self.lr) or self.lr <= 0:
             yield f"lr must be a positive number, got {self.lr!r}."
-        if self.loss not in LOSSES:
-            yield f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}."
+        if self.loss not in DISTANCES:
+            yield f"loss must be one of {', '.join(DISTANCES)}, got {self.loss!r}."
         for name, value in (("rec_loss", self.rec_loss), ("sparsity_loss", self.sparsity_loss)):
-            if value is not None and value not in LOSSES:
-                yield f"{name} must be one of {', '.join(LOSSES)} or unset, got {value!r}."
+            if value is not None and value not in DISTANCES:
+                yield f"{name} must be one of {', '.join(DISTANCES)} or unset, got {value!r}."
         if self.rounding not in ROUNDINGS:
             yield f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}."
         if self.sparsity not in SPARSITIES:
@@ -92,8 +106,9 @@ class TrainConfig:
             yield f"epochs must be a positive integer, got {self.epochs!r}."
         if not isinstance(self.log_every, int) or self.log_every < 1:
             yield f"log_every must be a positive integer, got {self.log_every!r}."
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            yield f"seed must be an integer, got {self.seed!r}."
+        for name, value in (("seed", self.seed), ("split_seed", self.split_seed)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                yield f"{name} must be an integer, got {value!r}."
         device_fault = _device_fault(self.device)
         if device_fault:
             yield device_fault
@@ -116,10 +131,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """A config from its JSON form. One saved before `split_seed` existed split its rows by
+        `seed`, so it reads back with split_seed = seed: exactly what that run was scored on."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r}; known settings are {', '.join(sorted(known))}.")
+        if "split_seed" not in values and "seed" in values:
+            values = {**values, "split_seed": values["seed"]}
         return cls(**values)
 
     @classmethod

@@ -7,8 +7,16 @@ import numpy as np
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig
 from sparsebin.devices import describe_device
-from sparsebin.metrics import code_metrics, evaluate_model, normalized_rows, principal_axes, sign_codes
-from sparsebin.search.codes import bytes_per_vector
+from sparsebin.health import bit_health, convergence
+from sparsebin.metrics import (
+    code_metrics,
+    evaluate_model,
+    normalized_rows,
+    principal_axes,
+    retrieval_metrics,
+    sign_codes,
+)
+from sparsebin.search.codes import CodeIndex, bytes_per_vector, sample_queries
 from sparsebin.train import ProgressCallback, TrainResult, check_checkpoint, train
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -61,38 +69,58 @@ def environment(result: TrainResult) -> dict:
 
 
 def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int = 500) -> tuple[dict, np.ndarray]:
-    """Metrics on both parts plus the sign baseline, and packed codes for every row."""
+    """Metrics on both parts, bit health, convergence and the sign baseline; packed codes for every row.
+
+    Retrieval: a sample of each part's rows (seeded by the split seed, so every
+    run of a dataset uses the same queries) is searched against every row of
+    the data set, the realistic index. Bit health counts over all rows.
+    """
     config, split = result.config, result.split
-    train_vectors = normalized_rows(embeddings, split.train, config.normalize)
+    all_rows = np.arange(len(embeddings))
+    vectors = normalized_rows(embeddings, all_rows, config.normalize)  # (M, D) as trained
     codes = np.zeros((len(embeddings), bytes_per_vector(config.n_bits)), dtype=np.uint8)
+    parts = [(name, rows) for name, rows in (("train", split.train), ("validation", split.validation)) if len(rows)]
     metrics = {}
-    for name, rows, vectors in (
-        ("train", split.train, train_vectors),
-        ("validation", split.validation, normalized_rows(embeddings, split.validation, config.normalize)),
-    ):
-        if len(rows) == 0:
-            continue
-        evaluation = evaluate_model(result.model, vectors, split=name, n_queries=n_queries, seed=config.seed)
+    for name, rows in parts:
+        evaluation = evaluate_model(result.model, vectors[rows], split=name, retrieval=False)
         codes[rows] = evaluation.packed
         metrics[name] = evaluation.metrics
-        if name == "validation" or len(split.validation) == 0:
-            metrics |= sign_baselines(vectors, train_vectors, evaluation.metrics, name, n_queries, config.seed)
+    index = CodeIndex(codes, config.n_bits)
+    for name, rows in parts:
+        queries = rows[sample_queries(len(rows), n_queries, config.split_seed)]
+        metrics[name] |= retrieval_metrics(index, vectors, queries)
+    metrics["bit_health"] = bit_health(codes, config.n_bits, split.validation)
+    metrics["convergence"] = convergence(result.history, config.k)
+    name, rows = parts[-1]  # the sign baseline on the part the run is judged on
+    queries = rows[sample_queries(len(rows), n_queries, config.split_seed)]
+    metrics |= sign_baselines(vectors, vectors[split.train], metrics[name], name, queries, rows)
     return metrics, codes
 
 
 def sign_baselines(
-    vectors: np.ndarray, train_vectors: np.ndarray, model_metrics: dict, split: str, n_queries: int, seed: int
+    vectors: np.ndarray,
+    train_vectors: np.ndarray,
+    model_metrics: dict,
+    split: str,
+    queries: np.ndarray,
+    rows: np.ndarray,
 ) -> dict:
     """The sign baseline at one bit per dimension, and at the model's storage.
 
     "Equal storage" keeps as many PCA components as the model's codes take
-    bits as a list of active indices (active_mean * ceil(log2 N)), at most D.
+    bits as a list of active indices (active_mean * ceil(log2 N)), at most D:
+    sign bits cannot spend more bits than D, so a model storing more is
+    compared at D (`capped_at_d` says so). Activity metrics are on `rows` (the
+    part); retrieval searches `queries` against every row, as for the model.
     """
     dim = vectors.shape[1]
-    budget = int(np.clip(round(model_metrics["bits_index_list"]), 1, dim))
+    wanted = int(round(model_metrics["bits_index_list"]))
+    budget = int(np.clip(wanted, 1, dim))
     axes = principal_axes(train_vectors, dim)
     result = {}
     for key, n_bits in ((f"sign_{split}", dim), (f"sign_{split}_equal_storage", budget)):
         codes = sign_codes(vectors, n_bits=n_bits, axes=axes)
-        result[key] = code_metrics(codes, n_bits, vectors, split=split, n_queries=n_queries, seed=seed)
+        result[key] = code_metrics(codes[rows], n_bits, vectors[rows], split=split, retrieval=False)
+        result[key] |= retrieval_metrics(CodeIndex(codes, n_bits), vectors, queries)
+    result[f"sign_{split}_equal_storage"] |= {"model_bits": wanted, "capped_at_d": wanted > dim}
     return result

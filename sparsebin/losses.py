@@ -32,7 +32,24 @@ def mean_absolute_error(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(a, c)
 
 
-DISTANCES = {"cosine": cosine_distance, "mse": mean_squared_error, "l1": mean_absolute_error}
+def row_squared_error(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of |a - c|^2, summed over entries: on unit vectors about 2 - 2 cos,
+    the cosine distance's scale (the per-entry mean is D times smaller)."""
+    return (a - c).square().sum(dim=-1).mean()
+
+
+def row_absolute_error(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of |a - c|_1, summed over entries (the scale-fair L1)."""
+    return (a - c).abs().sum(dim=-1).mean()
+
+
+DISTANCES = {
+    "cosine": cosine_distance,
+    "mse": mean_squared_error,
+    "l1": mean_absolute_error,
+    "mse_sum": row_squared_error,
+    "l1_sum": row_absolute_error,
+}
 
 
 def distance(kind: str, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,12 @@ from sparsebin.search.codes import (
     bytes_per_vector,
     dense_neighbours,
     pack_bits,
-    recall_at_k,
     sample_queries,
 )
 
 LOG10_BINS = np.arange(-7.0, 0.25, 0.25)  # firing-frequency histogram edges, 1e-7 .. 1
 EVALUATION_BUDGET = 256 * 2**20  # bytes one evaluation chunk may hold alive at once
+TIES = "tie-aware: rows tied at the k-th code distance count by their chance under a random order"
 
 
 @dataclass
@@ -68,12 +68,15 @@ def evaluate_model(
     n_queries: int = 500,
     seed: int = 0,
     chunk_rows: int | None = None,
+    retrieval: bool = True,
 ) -> Evaluation:
     """Every metric of METHOD.md for `vectors` (M, D), already normalised as trained.
 
     `split` names the part evaluated ("train", "validation", ...) and is stored
     in the result, so every reported number says where it came from. Chunks
-    are sized by N and the device's free memory unless `chunk_rows` is given.
+    are sized by N and the device's free memory unless `chunk_rows` is given. With
+    `retrieval=False` the recall metrics are left to the caller, which can
+    search a part's queries against every row (see `retrieval_metrics`).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -106,14 +109,24 @@ def evaluate_model(
         "topk_overlap": sums["topk_overlap"] / n,
         "k": model.k,
     }
-    metrics |= code_metrics(packed, model.n_bits, vectors, split=split, n_queries=n_queries, seed=seed)
+    metrics |= code_metrics(
+        packed, model.n_bits, vectors, split=split, n_queries=n_queries, seed=seed, retrieval=retrieval
+    )
     return Evaluation(metrics, packed)
 
 
 def code_metrics(
-    packed: np.ndarray, n_bits: int, vectors: np.ndarray, *, split: str, n_queries: int = 500, seed: int = 0
+    packed: np.ndarray,
+    n_bits: int,
+    vectors: np.ndarray,
+    *,
+    split: str,
+    n_queries: int = 500,
+    seed: int = 0,
+    retrieval: bool = True,
 ) -> dict:
-    """Metrics any binary code has: activity, firing, storage, retrieval.
+    """Metrics any binary code has: activity, firing, storage and (unless `retrieval` is False) retrieval
+    with queries from these rows searched among them.
 
     Shared by trained models and the `sign` baseline, so both are measured alike.
     """
@@ -124,7 +137,9 @@ def code_metrics(
     metrics |= activity_metrics(active)
     metrics |= firing_metrics(firing)
     metrics |= storage_metrics(n_bits, metrics["active_mean"], vectors.shape[1])
-    metrics |= retrieval_metrics(index, packed, vectors, n_queries=n_queries, seed=seed)
+    if retrieval:
+        queries = sample_queries(len(packed), n_queries, seed)
+        metrics |= retrieval_metrics(index, vectors, queries)
     return metrics
 
 
@@ -173,26 +188,51 @@ def storage_metrics(n_bits: int, active_mean: float, d_in: int) -> dict:
     }
 
 
-def retrieval_metrics(
-    index: CodeIndex, packed: np.ndarray, vectors: np.ndarray, *, n_queries: int, seed: int, k: int = 10
-) -> dict:
+def retrieval_metrics(index: CodeIndex, vectors: np.ndarray, queries: np.ndarray, *, k: int = 10) -> dict:
     """Recall@k of code neighbours (Hamming, Jaccard) against dense cosine neighbours.
 
-    Queries are a seeded sample of the evaluated rows; each query's own row is
-    excluded from both neighbour lists. The dense neighbours are by cosine
-    whether or not the run normalised its inputs.
+    `queries` are row numbers of `index` / `vectors` (M, D); each is searched
+    against every indexed row but itself. Rows tied with the k-th nearest code
+    distance are counted fairly: each tied row counts by its chance of making
+    the list under a uniformly random order of the tied rows (the expected
+    recall of random tie-breaking), instead of by its row number. The dense
+    neighbours are by cosine whether or not the run normalised its inputs
+    (exact ties among float cosines are left to the row order).
     """
-    if len(packed) <= k:
-        return {"recall_at_10_hamming": float("nan"), "recall_at_10_jaccard": float("nan"), "n_queries": 0}
-    queries = sample_queries(len(packed), n_queries, seed)
-    norms = np.linalg.norm(vectors, axis=1)
+    nan = {"recall_at_10_hamming": float("nan"), "recall_at_10_jaccard": float("nan"), "n_queries": 0}
+    if len(index) <= k or len(queries) == 0:
+        return nan | {"n_index_rows": int(len(index)), "recall_ties": TIES}
+    queries = np.asarray(queries, dtype=np.int64)
+    norms = np.linalg.norm(vectors[: min(len(vectors), 1000)], axis=1)
     unit = vectors if np.allclose(norms, 1.0, atol=1e-4) else unit_rows(vectors)
     truth, _ = dense_neighbours(unit, queries, k)
-    result = {"n_queries": int(len(queries))}
+    result = {"n_queries": int(len(queries)), "n_index_rows": int(len(index)), "recall_ties": TIES}
     for metric in ("hamming", "jaccard"):
-        found, _ = index.search(packed[queries], k, metric=metric, exclude=queries)
-        result[f"recall_at_10_{metric}"] = recall_at_k(found, truth)
+        result[f"recall_at_10_{metric}"] = tie_aware_recall(index, queries, truth, k, metric)
     return result
+
+
+def tie_aware_recall(index: CodeIndex, queries: np.ndarray, truth: np.ndarray, k: int, metric: str) -> float:
+    """Mean over queries of the expected share of `truth` (Q, k) among the k code neighbours.
+
+    With d_k the k-th smallest code distance, L the rows nearer than d_k and T
+    the rows at exactly d_k, a true neighbour nearer than d_k counts 1, one at
+    d_k counts (k - L) / T, one farther 0. Float32 distances of equal fractions
+    are equal (division is correctly rounded), so Jaccard ties are exact.
+    """
+    block = max(1, 2**24 // max(len(index), 1))  # each (block, M) distance matrix ~64 MB
+    shares = []
+    for start in range(0, len(queries), block):
+        rows = queries[start : start + block]
+        dist = index.distances(index.packed[rows], metric)  # (b, M)
+        dist[np.arange(len(rows)), rows] = np.inf  # a query is not its own neighbour
+        kth = np.partition(dist, k - 1, axis=1)[:, k - 1 : k]  # (b, 1)
+        nearer = (dist < kth).sum(axis=1)
+        tied = (dist == kth).sum(axis=1)
+        truth_dist = np.take_along_axis(dist, truth[start : start + block], axis=1)  # (b, k)
+        expected = (truth_dist < kth).sum(axis=1) + (truth_dist == kth).sum(axis=1) * (k - nearer) / tied
+        shares.append(expected / truth.shape[1])
+    return float(np.concatenate(shares).mean())
 
 
 def sign_codes(

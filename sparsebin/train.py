@@ -58,7 +58,11 @@ class TrainResult:
 
 
 def split_rows(n_rows: int, val_fraction: float, seed: int) -> Split:
-    """A fixed, seeded split; the same seed always holds out the same rows."""
+    """A fixed, seeded split; the same seed always holds out the same rows.
+
+    Training passes the config's `split_seed`, not its training seed, so runs
+    that differ only in seed are scored on the same held-out rows.
+    """
     order = np.random.default_rng(seed).permutation(n_rows)
     n_val = validation_size(n_rows, val_fraction)
     return Split(train=np.sort(order[n_val:]), validation=np.sort(order[:n_val]))
@@ -136,7 +140,7 @@ def train(
     device = resolve_device(config.device)
     if device == "cpu":
         reuse_freed_blocks()
-    split = split_rows(embeddings.shape[0], config.val_fraction, config.seed)
+    split = split_rows(embeddings.shape[0], config.val_fraction, config.split_seed)
     d_in = embeddings.shape[1]
     free = free_memory(device) if free_bytes is None and placement == "auto" else free_bytes
     chosen = choose_placement(placement, len(split.train), d_in, device, free)

@@ -15,11 +15,12 @@ import numpy as np
 from tqdm import tqdm
 
 from sparsebin import runfolder
-from sparsebin.config import INITS, LOSSES, ROUNDINGS, SPARSITIES, TrainConfig, parse_setting
+from sparsebin.config import DISTANCES, INITS, ROUNDINGS, SPARSITIES, TrainConfig, parse_setting
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import is_embeddings_path, read_embeddings_file
 from sparsebin.errors import ConfigError, DataError
 from sparsebin.experiment import run_experiment
+from sparsebin.health import HEALTH_LABELS, convergence_word
 from sparsebin.metrics import evaluate_model, normalized_rows
 from sparsebin.paths import home_dir
 from sparsebin.train import check_embeddings
@@ -29,9 +30,9 @@ OPTION_HELP = {
     "n_bits": "code length N",
     "k": "target number of active bits per concept K",
     "alpha": "weight of the sparsity term",
-    "loss": f"distance of both loss terms: {', '.join(LOSSES)}",
-    "rec_loss": "override the reconstruction distance (advanced)",
-    "sparsity_loss": "override the alignment distance (advanced)",
+    "loss": f"distance of both loss terms: {', '.join(DISTANCES)} (_sum = per-row sum, scale-fair)",
+    "rec_loss": "override the reconstruction distance only",
+    "sparsity_loss": "override the alignment distance only",
     "rounding": f"round to bits while training: {', '.join(ROUNDINGS)} (ste = pass-through)",
     "sparsity": f"sparsity scheme: {', '.join(SPARSITIES)} (align = the paper's)",
     "init": f"encoder initialisation: {', '.join(INITS)} (sparse = bias logit(K/N))",
@@ -40,7 +41,8 @@ OPTION_HELP = {
     "lr": "Adam learning rate",
     "batch_size": "rows per training step",
     "epochs": "passes over the training rows",
-    "seed": "seed of the split, initialisation and batch order",
+    "seed": "training seed: initialisation and batch order",
+    "split_seed": "seed of the held-out rows and the retrieval queries (keep it fixed per dataset)",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "log_every": "steps between progress reports",
 }
@@ -124,9 +126,15 @@ def train_command(args: argparse.Namespace) -> int:
             bar.set_postfix(epoch=event["epoch"], loss=f"{event['loss']:.4f}", active=f"{event['active_mean']:.1f}")
 
         run_experiment(embeddings, config, out, progress=progress, n_queries=args.queries)
-    _, metrics = runfolder.evaluated_part(runfolder.load_metrics(out))
+    full = runfolder.load_metrics(out)
+    _, metrics = runfolder.evaluated_part(full)
     print(f"run folder: {out}")
     print(summary(metrics))
+    health = full.get("bit_health", {})
+    for key, label in HEALTH_LABELS.items():
+        print(f"{health.get(key)!s:>8}  {label}")
+    state = full.get("convergence", {})
+    print(f"{convergence_word(state.get('converged'))}: {state.get('reason')}")
     return 0
 
 

@@ -1,154 +1,253 @@
-"""METHOD.md's questions answered in sentences that carry the runs' numbers."""
+"""METHOD.md's questions answered from run tables built to tempt each mistake a careless comparison makes."""
 
 import math
 
 import pandas as pd
+import pytest
 
 from sparsebin.config import TrainConfig
 from sparsebin.interpret.bits import DepthAnalysis
-from sparsebin.interpret.questions import answer_questions, answer_storage, run_name
+from sparsebin.interpret.questions import (
+    answer_questions,
+    answer_storage,
+    comparison_key,
+    controlled_groups,
+    default_run,
+    run_name,
+    study_configs,
+)
+
+METRICS = {
+    "recon_loss": 0.30,
+    "fixed_topk_recon_loss": 0.35,
+    "soft_recon_loss": 0.2,
+    "active_mean": 4.2,
+    "active_std": 1.5,
+    "dead_bits": 0,
+    "dense_bits": 0,
+    "topk_overlap": 0.8,
+    "recall_at_10_hamming": 0.3,
+    "recall_at_10_jaccard": 0.4,
+    "bits_index_list": 24.0,
+    "dead_all_rows": 0,
+    "silent_held_out": 0,
+    "rare_bits": 0,
+    "dense_all_rows": 0,
+    "n_rows": 1000,
+    "converged": True,
+}
 
 
-def runs_table() -> pd.DataFrame:
-    base = {
-        "n_bits": 64,
-        "k": 4,
-        "alpha": 1.0,
-        "label": "",
-        "active_std": 1.5,
-        "soft_recon_loss": 0.2,
-        "bits_index_list": 24.0,
-        "recall_at_10_jaccard": 0.4,
-        "recall_at_10_hamming": 0.3,
-    }
-    rows = [
-        {
-            "loss": "cosine",
-            "rounding": "ste",
-            "sparsity": "align",
-            "active_mean": 4.2,
-            "dead_bits": 0,
-            "recon_loss": 0.30,
-        },
-        {
-            "loss": "mse",
-            "rounding": "ste",
-            "sparsity": "align",
-            "active_mean": 4.0,
-            "dead_bits": 16,
-            "recon_loss": 0.40,
-        },
-        {
-            "loss": "cosine",
-            "rounding": "none",
-            "sparsity": "align",
-            "active_mean": 5.5,
-            "dead_bits": 2,
-            "recon_loss": 0.55,
-        },
-        {
-            "loss": "cosine",
-            "rounding": "ste",
-            "sparsity": "hard-topk",
-            "active_mean": 4.0,
-            "dead_bits": 30,
-            "recon_loss": 0.25,
-        },
-        {
-            "loss": "cosine",
-            "rounding": "ste",
-            "sparsity": "align",
-            "active_mean": math.nan,
-            "dead_bits": math.nan,
-            "recon_loss": math.nan,
-        },  # queued: ignored
-    ]
-    return pd.DataFrame([base | row for row in rows])
+def run(seed=0, dataset="hpo", label="", **changes) -> dict:
+    """One runs-table row: the paper's setting at N=64, K=4, changed by `changes`
+    (settings and metrics alike), as `Store.list_runs` gives it."""
+    settings = {key: value for key, value in changes.items() if key in TrainConfig().to_dict()}
+    config = TrainConfig(n_bits=64, k=4, epochs=20, seed=seed).replace(**settings)
+    metrics = {key: value for key, value in changes.items() if key not in settings}
+    return (
+        {"run_id": f"r{len(str(changes))}-{seed}-{id(changes)}", "dataset": dataset, "label": label, "status": "done"}
+        | config.to_dict()
+        | {
+            "reconstruction_distance": config.reconstruction_distance,
+            "alignment_distance": config.alignment_distance,
+        }
+        | METRICS
+        | metrics
+    )
 
 
-def test_six_answers_with_numbers():
-    answers = answer_questions(runs_table())
-    assert [answer.number for answer in answers] == [1, 2, 3, 4, 5, 6]
-    assert "4.2 ± 1.5 active bits for K=4" in answers[0].answer
-    assert answers[0].answer.startswith("Partly")  # only 1 of 2 cosine-aligned runs is near K
-    assert "mse leaves 25.0% of its bits dead (16 of 64)" in answers[1].answer
-    assert "mse leaves more dead bits than cosine" in answers[1].answer
-    assert "cosine leaves 0.0% of its bits dead (0 of 64)" in answers[1].answer  # the rounding=none run left out
-    assert answers[2].answer.startswith("At cosine/align N=64 K=4 alpha=1, ")
-    assert "ste: recon loss 0.300 on the hard bits" in answers[2].answer  # the mse and hard-topk runs left out
-    assert "none: recon loss 0.550 on the hard bits against 0.200" in answers[2].answer
-    assert "ste reconstructs best and none worst (a difference of 0.250)" in answers[2].answer
-    assert "Pick one finished run" in answers[4].answer
+def table(*rows) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
 
 
-def test_storage_names_the_sign_baseline_and_missing_baselines():
-    sign = {"bits_bitmap": 384, "compression_bitmap": 32.0, "recall_at_10_hamming": 0.55}
-    text = answer_storage(runs_table().iloc[:4], sign)
-    assert "The sign baseline stores 384 bits per vector (32x smaller than float32) with recall@10 0.550" in text
-    equal = {"bits_bitmap": 160, "recall_at_10_hamming": 0.31}
-    text = answer_storage(runs_table().iloc[:4], sign, equal, sign_run="mse run")
-    assert "Cut to the storage of mse run (160 bits, the leading PCA components)" in text
-    assert "recall@10 0.310 (Hamming)" in text
-    assert "Add runs with sparsity l1" in text
+def test_the_comparison_key_holds_every_setting_that_changes_a_result():
+    key = comparison_key()
+    for setting in ("dataset", "n_rows", "n_bits", "k", "alpha", "rounding", "sparsity", "init", "normalize"):
+        assert setting in key
+    for setting in ("lr", "batch_size", "epochs", "val_fraction", "split_seed"):
+        assert setting in key
+    assert "reconstruction_distance" in key and "alignment_distance" in key  # loss with both overrides
+    assert "seed" not in key and "device" not in key
 
 
-def test_depth_and_bit_answers():
+def test_rounding_is_never_read_from_runs_that_differ_in_anything_else():
+    tempting = table(
+        run(recon_loss=0.30),
+        run(rounding="none", epochs=5, recon_loss=0.60),  # fewer epochs
+        run(rounding="hard", dataset="icd10cm", recon_loss=0.70),  # another dataset
+        run(rounding="none", init="sparse", recon_loss=0.65),  # another init
+        run(rounding="hard", sparsity_loss="mse", recon_loss=0.80),  # an override
+        run(rounding="none", n_rows=999, recon_loss=0.61),  # another row count
+    )
+    assert controlled_groups(tempting, ["rounding"]) == []
+    answer = answer_questions(tempting)[2]
+    assert answer.answer.startswith("Select finished runs that differ only in rounding")
+    queued = {(plan.dataset, plan.config.rounding, plan.config.epochs, plan.config.init) for plan in answer.to_queue}
+    assert queued == {("hpo", "none", 20, "default"), ("hpo", "hard", 20, "default")}
+    assert "queue 2 run(s): rounding hard, rounding none (seed 0)" in answer.answer
+
+
+def test_seeds_pool_into_mean_sd_and_n_and_a_gap_within_their_spread_is_no_difference():
+    runs = table(
+        run(seed=0, recon_loss=0.300, soft_recon_loss=0.2),
+        run(seed=1, recon_loss=0.310, soft_recon_loss=0.2),
+        run(seed=0, rounding="none", recon_loss=0.302, soft_recon_loss=0.1),
+        run(seed=1, rounding="none", recon_loss=0.309, soft_recon_loss=0.1),
+        run(seed=0, rounding="hard", recon_loss=0.500),
+        run(seed=1, rounding="hard", recon_loss=0.520),
+    )
+    text = answer_questions(runs)[2].answer
+    assert "against rounding ste" in text
+    assert (
+        "rounding none: recon loss on the hard bits (validation part) 0.305 ± 0.005 (n=2) against 0.305 ± 0.007 (n=2), no difference beyond the seed spread"
+        in text
+    )
+    assert (
+        "rounding hard: recon loss on the hard bits (validation part) 0.510 ± 0.014 (n=2) against 0.305 ± 0.007 (n=2), higher by 0.205"
+        in text
+    )
+    assert "best" not in text and "worst" not in text
+
+
+def test_one_seed_gives_numbers_but_no_verdict():
+    runs = table(run(recon_loss=0.300), run(rounding="none", recon_loss=0.301))
+    text = answer_questions(runs)[2].answer
+    assert "0.301 (n=1) against 0.300 (n=1) (spread unknown with one seed, no verdict)" in text
+
+
+def test_dead_bits_compare_loss_distances_only_at_equal_settings_and_name_each_part():
+    runs = table(
+        run(seed=0, dead_all_rows=0, silent_held_out=10),
+        run(seed=1, dead_all_rows=2, silent_held_out=12),
+        run(seed=0, sparsity_loss="mse", dead_all_rows=30, silent_held_out=50),
+        run(seed=1, sparsity_loss="mse", dead_all_rows=34, silent_held_out=52),
+        run(seed=0, loss="mse", dead_all_rows=60, alpha=2.0),  # another alpha: not comparable
+        run(seed=0, rounding="hard", sparsity_loss="l1", dead_all_rows=60),  # a rounding ablation
+    )
+    text = answer_questions(runs)[1].answer
+    assert "against cosine (both terms)" in text
+    assert (
+        "alignment MSE (mean over entries), reconstruction cosine: dead (all rows) 32.0 ± 2.8 (n=2) "
+        "against 1.0 ± 1.4 (n=2), higher by 31.0" in text
+    )
+    assert "; silent (held-out) 51.0 ± 1.4 (n=2) against 11.0 ± 1.4 (n=2), higher by 40.0" in text
+    assert "alpha 1 " in text and "60" not in text
+
+
+def test_unconverged_runs_are_marked_and_question_one_draws_no_conclusion_from_them():
+    runs = table(run(converged=False, active_mean=40.0), run(seed=1, converged=False, active_mean=38.0))
+    answer = answer_questions(runs)[0]
+    assert answer.answer.startswith("Not answered")
+    assert "none of the 2 run(s) converged" in answer.answer and "no conclusion is drawn" in answer.answer
+    assert {(plan.config.epochs, plan.config.seed) for plan in answer.to_queue} == {(40, 0), (40, 1)}
+    mixed = table(
+        run(active_mean=4.1, active_std=1.2),
+        run(seed=1, active_mean=4.3, active_std=1.0),
+        run(seed=2, converged=False, active_mean=30.0),
+    )
+    text = answer_questions(mixed)[0].answer
+    assert text.startswith("Yes") and "4.2 ± 0.1 (n=2) active bits per concept for K=4" in text
+    assert "1 run(s) left out as not converged" in text
+    rounding = table(run(), run(rounding="none", converged=False))
+    assert "rounding none [1 of 1 NOT converged]: recon loss" in answer_questions(rounding)[2].answer
+
+
+def test_question_one_leaves_out_ablations_and_overrides():
+    runs = table(run(sparsity_loss="mse", active_mean=4.0), run(rounding="none", active_mean=4.0))
+    answer = answer_questions(runs)[0]
+    assert answer.answer.startswith("No finished run with the paper's setting")
+    assert [plan.config.sparsity_loss for plan in answer.to_queue] == [None]
+
+
+def test_questions_four_to_six_describe_the_named_run_by_default_the_paper_setting():
+    runs = table(run(sparsity="l1", label="l1 run"), run(label="paper run", seed=1), run(label="paper 0"))
+    named, why = default_run(runs)
+    assert named["label"] == "paper 0" and "paper's setting" in why  # converged, lowest seed
+    unconverged = table(run(label="moving", converged=False), run(label="settled", seed=3))
+    assert default_run(unconverged)[0]["label"] == "settled"
+    sign = {"bits_bitmap": 16, "compression_bitmap": 32.0, "recall_at_10_hamming": 0.55}
+    equal = {"bits_bitmap": 16, "recall_at_10_hamming": 0.31, "model_bits": 24, "capped_at_d": True}
+    text = answer_storage(runs, sign, equal, named=named).answer
+    assert text.startswith("paper 0 stores 24 bits per vector")
+    assert "sign bits cannot spend N bits, so they are compared at D" in text
+    assert "The sign baseline of paper 0 stores 16 bits per vector" in text
+
+
+def test_storage_compares_sparsity_schemes_at_equal_settings():
+    runs = table(run(), run(sparsity="hard-topk", bits_index_list=24.0, recall_at_10_jaccard=0.5))
+    text = answer_storage(runs, None).answer
+    assert "sparsity hard-topk: bits per vector as an index list 24 (n=1)" in text
+    assert "recall@10 (Jaccard, held-out queries against every row) 0.500 (n=1) against 0.400 (n=1)" in text
+
+
+def test_depth_answer_counts_concepts_per_depth_and_names_its_assumption():
     depth = DepthAnalysis(
         per_depth=pd.DataFrame({"source": ["hpo", "hpo"], "depth": [1, 5], "mean_active": [3.0, 6.0], "n": [10, 20]}),
         spearman={"hpo": 0.4},
         p_value={"hpo": 0.001},
     )
+    text = answer_questions(table(run()), depth=depth, sign_run="paper run")[4].answer
+    assert "Spearman rho = 0.40 (p = 0.001): deeper concepts clearly activate more bits" in text
+    assert "(concepts: 10 at depth 1, 20 at depth 5)" in text
+    assert "treats concepts as independent" in text and text.startswith("In paper run")
+
+
+def test_bit_answer_uses_the_chance_corrected_coherence():
     bits = pd.DataFrame(
         {
             "bit": [0, 1, 2, 3],
-            "n_active": [5, 0, 7, 2],
-            "coherence": [0.9, 0.0, 0.2, 1.0],
-            "label": ["Eye", "", "Mixed", "Tiny"],
+            "n_active": [50, 0, 7, 2],
+            "coherence": [0.9, math.nan, 0.5, 1.0],
+            "corrected_coherence": [0.85, math.nan, 0.2, 0.6],
+            "q_value": [1e-6, math.nan, 0.2, 0.5],
+            "precision": [0.92, math.nan, 0.6, 1.0],
+            "category_size": [400, 0, 300, 20],
+            "label": ["Abnormal eye, 90 % of 50", None, "Mixed", "Tiny"],
+            "category": ["Eye", None, "Skin", "Ear"],
         }
     )
-    answers = answer_questions(runs_table(), depth=depth, bits=bits)
-    assert "Spearman rho = 0.40 (p = 0.001): deeper concepts clearly activate more bits" in answers[4].answer
-    assert "3.0 on average at depth 1 against 6.0 at depth 5" in answers[4].answer
-    assert "Of the picked run's 3 live bits, 2 fire for at least 5 concepts; 1 of those (50%)" in answers[5].answer
-    assert "bit 0, 'Eye'" in answers[5].answer
-
-
-def test_rounding_compares_only_runs_sharing_the_other_settings():
-    runs = runs_table().iloc[:4]
-    topk_hard = runs.iloc[3].to_dict() | {"rounding": "hard", "recon_loss": 0.01}  # hard-topk ignores rounding
-    wide_hard = runs.iloc[0].to_dict() | {"rounding": "hard", "n_bits": 128, "recon_loss": 0.02}  # another N
-    answer = answer_questions(pd.concat([runs, pd.DataFrame([topk_hard, wide_hard])], ignore_index=True))[2].answer
-    assert "hard" not in answer.replace("hard bits", "")
-    assert "ste reconstructs best and none worst" in answer
-    alone = answer_questions(pd.DataFrame([runs.iloc[0].to_dict(), wide_hard]))[2].answer
-    assert alone.startswith("Select finished runs that differ in rounding") and "share N, K" in alone
+    text = answer_questions(table(run()), bits=bits)[5].answer
+    assert "Of the picked run's 3 live bits, 2 fire for at least 5 concepts; 1 of those (50%)" in text
+    assert "bit 0, 'Abnormal eye, 90 % of 50' (category Eye)" in text
+    assert "corrected 0.85, raw precision 0.92, category of 400 concepts" in text
 
 
 def test_a_dataset_with_one_category_has_no_coherence_to_report():
     bits = pd.DataFrame({"bit": [0, 1], "n_active": [9, 6], "coherence": [math.nan, math.nan], "label": ["all"] * 2})
-    answer = answer_questions(runs_table(), bits=bits)[5].answer
+    answer = answer_questions(table(run()), bits=bits)[5].answer
     assert "in one category, so coherence is undefined" in answer and "0%" not in answer
 
 
 def test_a_run_without_a_label_is_named_by_its_settings():
     settings = TrainConfig(n_bits=64, k=4, loss="mse", rounding="none").to_dict()
-    assert run_name({"label": "", **settings}) == "mse/none/align N=64 K=4"  # a job's config, as the job list has it
-    assert run_name(runs_table().iloc[1]) == "mse/ste/align N=64 K=4"  # a runs-table row, as the pickers have it
+    assert run_name({"label": "", **settings}) == "mse/none/align N=64 K=4"
     assert run_name({"label": "mine", **settings}) == "mine"
 
 
 def test_no_runs_says_what_to_select():
-    empty = runs_table().iloc[0:0]
-    answers = answer_questions(empty)
-    assert "No finished run with the cosine alignment" in answers[0].answer
-    assert "Select finished runs that differ in rounding" in answers[2].answer
+    answers = answer_questions(table(run()).iloc[0:0])
+    assert "No finished run with the paper's setting" in answers[0].answer
+    assert "Select finished runs that differ only in rounding" in answers[2].answer
+
+
+def test_the_study_queues_every_setting_times_the_seeds():
+    pairs = study_configs(TrainConfig(n_bits=128, k=8, epochs=7, rounding="hard"), seeds=2)
+    assert len(pairs) == 18
+    configs = {label: config for label, config in pairs}
+    assert configs["paper setting seed=0"].rounding == "ste"  # the paper's setting, whatever the form said
+    assert configs["reconstruction MSE (scale-fair) seed=1"].rec_loss == "mse_sum"
+    assert configs["both L1 seed=0"].reconstruction_distance == "l1_sum"
+    assert configs["both L1 seed=0"].alignment_distance == "l1"
+    assert {config.n_bits for config in configs.values()} == {128} and {c.seed for c in configs.values()} == {0, 1}
+    with pytest.raises(ValueError, match="at least one seed"):
+        study_configs(TrainConfig(), seeds=0)
 
 
 def test_depth_answer_skips_a_source_without_a_correlation():
     depth = DepthAnalysis(
-        per_depth=pd.DataFrame(columns=["source", "depth", "mean_active", "n"]),
+        per_depth=pd.DataFrame({"source": ["user"], "depth": [2], "mean_active": [4.0], "n": [7]}),
         spearman={"user": math.nan},
         p_value={"user": math.nan},
     )
-    answer = answer_questions(runs_table(), depth=depth)[4].answer
-    assert "for user, too few distinct depths or active counts to correlate" in answer
+    answer = answer_questions(table(run()), depth=depth)[4].answer
+    assert "for user, too few distinct depths or active counts to correlate (concepts: 7 at depth 2)" in answer

@@ -61,7 +61,16 @@ def test_in_process_worker_runs_a_job_to_done_with_every_artifact():
     folder = store.run_folder(job.run_id)
     assert all((folder / name).is_file() for name in ARTIFACTS)
     metrics = runfolder.load_metrics(folder)
-    assert set(metrics) == {"train", "validation", "sign_validation", "sign_validation_equal_storage"}
+    assert set(metrics) == {
+        "train",
+        "validation",
+        "sign_validation",
+        "sign_validation_equal_storage",
+        "bit_health",
+        "convergence",
+    }
+    listed = store.list_runs().iloc[0]
+    assert listed["dead_all_rows"] == metrics["bit_health"]["dead_all_rows"] and listed["n_rows"] == 200
     assert runfolder.load_codes(folder).shape == (200, 4)  # 32 bits packed into 4 bytes
     assert runfolder.load_model(folder).n_bits == 32
     history = store.history(job.run_id)

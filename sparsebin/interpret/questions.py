@@ -1,16 +1,35 @@
 """Answers to METHOD.md's six questions, in plain sentences with the numbers, from a set of runs.
 
-The input is a runs table as `Store.list_runs` gives it (one row per run:
-settings plus validation metrics). The answers only report what the selected
-runs measured; when they cannot answer a question they say which runs would.
+The input is a runs table as `Store.list_runs` gives it (one row per run: every
+setting, the validation metrics, bit health over all rows, convergence).
+
+Rules every answer keeps (a reviewer's rules):
+- A question about a factor (loss distance, rounding, sparsity) compares only
+  runs whose comparison key (`comparison_key`: every setting that can change a
+  result) is the same but for that factor and the training seed.
+- Runs that differ only in seed are pooled: mean ± sd and n over seeds.
+- Two settings differ only when both have at least two seeds and their
+  mean ± sd ranges do not overlap; otherwise the answer says "no difference
+  beyond the seed spread" or "spread unknown (one seed)", never "best" and "worst".
+- A run that did not converge is marked so wherever its numbers appear, and
+  Question 1 draws no conclusion from it.
+- Where no controlled comparison exists, the answer lists exactly which runs
+  to queue (`Answer.to_queue`), and the Compare page offers to queue them.
+Questions 4 (sign baseline), 5 and 6 are about one run the user names
+(`default_run` picks the paper's setting among the picked runs).
 """
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+
+from sparsebin.config import DISTANCE_NAMES, TrainConfig
+from sparsebin.health import CONVERGED_ACTIVE, CONVERGED_LOSS, HEALTH_COLUMNS, RARE_BELOW
 
 if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not need
     from sparsebin.interpret.bits import DepthAnalysis
@@ -23,10 +42,53 @@ QUESTIONS = (
     "Do concepts deeper in the ontology activate more bits?",
     "Which concepts make a given bit fire, and does the bit mean one thing?",
 )
-ROUNDING_PEERS = ["n_bits", "k", "loss", "sparsity", "alpha"]  # runs compared for rounding share these
 NEAR_K = 0.25  # "centred near K": the mean lies within 25 % of K
-COHERENT = 0.5  # a bit "means one thing" when its coherence reaches this
-MIN_ACTIVE = 5  # bits firing for fewer concepts are not judged for coherence
+SIGNIFICANT = 0.05  # a bit "means one thing" when its best category's FDR-corrected p-value is below this
+MIN_ACTIVE = RARE_BELOW  # bits firing for fewer concepts are rare and not judged for coherence
+# Settings that do not change what a run measures: the training seed is the replicate,
+# the device and the logging interval only change speed.
+NOT_IN_KEY = ("seed", "device", "log_every", "loss", "rec_loss", "sparsity_loss")
+
+# The method's ablation study, one setting per row: what the Train page's one-click study
+# queues and the report's ablation table lists. Each replaces one thing of the paper's setting.
+PAPER_SETTING = {"loss": "cosine", "rec_loss": None, "sparsity_loss": None, "rounding": "ste", "sparsity": "align"}
+STUDY = {
+    "paper setting": {},
+    "alignment MSE": {"sparsity_loss": "mse"},
+    "alignment L1": {"sparsity_loss": "l1"},
+    "reconstruction MSE (scale-fair)": {"rec_loss": "mse_sum"},
+    "reconstruction L1 (scale-fair)": {"rec_loss": "l1_sum"},
+    "both MSE": {"rec_loss": "mse_sum", "sparsity_loss": "mse"},
+    "both L1": {"rec_loss": "l1_sum", "sparsity_loss": "l1"},
+    "rounding none": {"rounding": "none"},
+    "rounding hard": {"rounding": "hard"},
+}
+
+
+def study_configs(base: TrainConfig, seeds: int = 3) -> list[tuple[str, TrainConfig]]:
+    """(label, config) for every setting of the study times `seeds` training seeds (0, 1, ...).
+
+    Everything but the studied setting comes from `base` (N, K, epochs, lr, ...),
+    so the runs pair up as controlled comparisons; seeds run in the outer loop,
+    so a study stopped early still holds one run of every setting.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"the study needs at least one seed, got {seeds!r}.")
+    paper = base.replace(**PAPER_SETTING)
+    return [
+        (f"{name} seed={seed}", paper.replace(seed=seed, **changes))
+        for seed in range(seeds)
+        for name, changes in STUDY.items()
+    ]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run an answer needs and the selection lacks."""
+
+    dataset: str
+    config: TrainConfig
+    label: str
 
 
 @dataclass(frozen=True)
@@ -34,6 +96,7 @@ class Answer:
     number: int
     question: str
     answer: str
+    to_queue: tuple[Planned, ...] = ()  # runs that would let this question be answered (or answered better)
 
 
 def run_name(run: Mapping) -> str:
@@ -52,158 +115,446 @@ def finished(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["recon_loss"].notna()] if len(runs) else runs
 
 
+def with_settings(runs: pd.DataFrame) -> pd.DataFrame:
+    """The table with every column the comparison key needs; older tables get the defaults' values."""
+    runs = runs.copy()
+    defaults = TrainConfig().to_dict()
+    for name, value in defaults.items():
+        if name not in runs.columns:
+            runs[name] = value
+    if "reconstruction_distance" not in runs.columns:
+        runs["reconstruction_distance"] = [_distance(row, "rec_loss") for _, row in runs.iterrows()]
+    if "alignment_distance" not in runs.columns:
+        runs["alignment_distance"] = [_distance(row, "sparsity_loss") for _, row in runs.iterrows()]
+    for column in ("dataset", "n_rows", "converged", *HEALTH_COLUMNS):
+        if column not in runs.columns:
+            runs[column] = "" if column == "dataset" else math.nan
+    return runs
+
+
+def _distance(row: pd.Series, override: str) -> str:
+    value = row[override]
+    return value if isinstance(value, str) and value else row["loss"]
+
+
+def comparison_key(runs: pd.DataFrame | None = None) -> list[str]:
+    """Every column that can change a run's result: the dataset and its row count, and every
+    training setting but the seed, the device and the logging interval, with the two loss
+    terms' distances resolved (`loss` with its overrides)."""
+    settings = [field.name for field in dataclasses.fields(TrainConfig) if field.name not in NOT_IN_KEY]
+    return ["dataset", "n_rows", *settings, "reconstruction_distance", "alignment_distance"]
+
+
+def is_paper_setting(runs: pd.DataFrame) -> pd.Series:
+    return (
+        (runs["alignment_distance"] == "cosine")
+        & (runs["reconstruction_distance"] == "cosine")
+        & (runs["rounding"] == "ste")
+        & (runs["sparsity"] == "align")
+    )
+
+
+def controlled_groups(runs: pd.DataFrame, factor: list[str]) -> list[pd.DataFrame]:
+    """Groups of runs identical in every key setting but `factor` (and the seed), with at least
+    two values of the factor: the only sets a factor's effect may be read from."""
+    if not len(runs):
+        return []
+    shared = [column for column in comparison_key() if column not in factor]
+    keyed = runs.assign(**{column: runs[column].map(_hashable) for column in shared})
+    groups = []
+    for _, group in keyed.groupby(shared, dropna=False, sort=False):
+        if len(group[factor].drop_duplicates()) >= 2:
+            groups.append(runs.loc[group.index])
+    return groups
+
+
+def _hashable(value):
+    """NaN and None as one value, so runs lacking a fact (older runs) still group together."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "(unknown)"
+    return value
+
+
+def describe_setting(run: pd.Series, skip: tuple[str, ...] = ()) -> str:
+    """What a group of runs shares, in words: the key settings, non-default ones spelled out."""
+    parts = [f"{run['dataset']}" if run["dataset"] else "", f"N={int(run['n_bits'])}", f"K={int(run['k'])}"]
+    shown = {"n_bits", "k", "dataset", "n_rows", "loss", "rec_loss", "sparsity_loss", *skip}
+    always = ("alpha", "epochs", "lr", "batch_size")
+    if "alignment_distance" not in skip and "reconstruction_distance" not in skip:
+        parts.append(f"loss {distances_text(run)}")
+    for name in ("rounding", "sparsity"):
+        if name not in skip:
+            parts.append(f"{name} {run[name]}")
+    defaults = TrainConfig().to_dict()
+    for name in [*always, *(name for name in defaults if name not in always)]:
+        if name in shown or name in NOT_IN_KEY or name in ("rounding", "sparsity"):
+            continue
+        if name in always or run[name] != defaults[name]:
+            parts.append(f"{name} {run[name]:g}" if isinstance(run[name], float) else f"{name} {run[name]}")
+    return " ".join(part for part in parts if part)
+
+
+def distances_text(run: Mapping) -> str:
+    """The two terms' distances, named with their form: "alignment X, reconstruction Y"."""
+    alignment, reconstruction = run["alignment_distance"], run["reconstruction_distance"]
+    if alignment == reconstruction:
+        return f"{DISTANCE_NAMES.get(alignment, alignment)} (both terms)"
+    return (
+        f"alignment {DISTANCE_NAMES.get(alignment, alignment)}, "
+        f"reconstruction {DISTANCE_NAMES.get(reconstruction, reconstruction)}"
+    )
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One metric over the seeds of one setting."""
+
+    mean: float
+    sd: float
+    n: int
+
+    def text(self, digits: int = 3) -> str:
+        if self.n == 0 or math.isnan(self.mean):
+            return "n/a"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f} (n=1)"
+        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f} (n={self.n})"
+
+
+def spread(values: pd.Series) -> Spread:
+    """Mean, sample sd and count of the known values (NaN left out)."""
+    known = pd.to_numeric(values, errors="coerce").dropna()
+    if not len(known):
+        return Spread(math.nan, math.nan, 0)
+    return Spread(float(known.mean()), float(known.std(ddof=1)) if len(known) > 1 else 0.0, len(known))
+
+
+def differs(a: Spread, b: Spread) -> bool | None:
+    """True when both have two or more seeds and their mean ± sd ranges do not overlap, False when
+    they overlap (no difference beyond the seed spread), None when a spread is unknown."""
+    if a.n < 2 or b.n < 2:
+        return None
+    return abs(a.mean - b.mean) > a.sd + b.sd
+
+
+def contrast(a: Spread, b: Spread, what: str, digits: int = 3) -> str:
+    """A clause comparing a setting (a) with the reference (b) on one metric."""
+    verdict = differs(a, b)
+    delta = a.mean - b.mean
+    if verdict is None:
+        return f"{what} {a.text(digits)} against {b.text(digits)} (spread unknown with one seed, no verdict)"
+    if not verdict:
+        return f"{what} {a.text(digits)} against {b.text(digits)}, no difference beyond the seed spread"
+    direction = "higher" if delta > 0 else "lower"
+    return f"{what} {a.text(digits)} against {b.text(digits)}, {direction} by {abs(delta):.{digits}f}"
+
+
+def converged_note(runs: pd.DataFrame) -> str:
+    """ " (k of n not converged)" when some of the runs did not settle, else ""."""
+    flags = runs["converged"].map(_flag)
+    bad, unknown = int((flags == False).sum()), int(flags.isna().sum())  # noqa: E712
+    notes = []
+    if bad:
+        notes.append(f"{bad} of {len(runs)} NOT converged")
+    if unknown:
+        notes.append(f"{unknown} of {len(runs)} of unknown convergence")
+    return f" [{'; '.join(notes)}]" if notes else ""
+
+
+def _flag(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)
+
+
+def config_of(run: pd.Series) -> TrainConfig:
+    """The TrainConfig a runs-table row was trained with (numpy scalars and NaN turned back)."""
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = run.get(field.name, field.default)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            value = None if field.default is None else field.default
+        elif isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(field.default, bool):
+            value = bool(value)
+        elif isinstance(field.default, int) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        values[field.name] = value
+    return TrainConfig(**values)
+
+
+def plan_variants(references: pd.DataFrame, variants: dict[str, dict], present: pd.DataFrame) -> tuple[Planned, ...]:
+    """Runs to queue: each reference run's config with each variant's changes, unless a run with
+    that exact config (seed included) on the same data is already among `present`."""
+    have = {(row["dataset"], _hashable(row.get("n_rows")), config_of(row)) for _, row in present.iterrows()}
+    planned, seen = [], set()
+    for _, reference in references.iterrows():
+        base = config_of(reference)
+        for name, changes in variants.items():
+            config = base.replace(**changes)
+            key = (reference["dataset"], _hashable(reference.get("n_rows")), config)
+            if key in have or key in seen:
+                continue
+            seen.add(key)
+            planned.append(Planned(str(reference["dataset"]), config, f"{name} seed={config.seed}"))
+    return tuple(planned)
+
+
+def queue_text(planned: tuple[Planned, ...]) -> str:
+    if not planned:
+        return ""
+    names = sorted({plan.label.rsplit(" seed=", 1)[0] for plan in planned})
+    seeds = sorted({plan.config.seed for plan in planned})
+    return (
+        f" To answer it, queue {len(planned)} run(s): {', '.join(names)} "
+        f"(seed {', '.join(map(str, seeds))}), each otherwise identical to the reference run."
+    )
+
+
 def answer_questions(
     runs: pd.DataFrame,
     *,
+    named: pd.Series | None = None,
     sign: dict | None = None,
     sign_equal: dict | None = None,
     depth: "DepthAnalysis | None" = None,
     bits: pd.DataFrame | None = None,
     sign_run: str | None = None,
 ) -> list[Answer]:
-    """All six answers. `sign` is one run's sign-baseline metrics (one bit per
-    dimension), `sign_equal` the same baseline cut to that run's storage and
-    `sign_run` that run's name; `depth` a `depth_analysis` result and `bits` a
-    `bit_table`, each for the run they describe."""
-    runs = finished(runs)
-    texts = (
+    """All six answers. `named` is the run Questions 4-6 are about (its runs-table row); `sign`
+    is its sign-baseline metrics (one bit per dimension), `sign_equal` the same baseline at
+    its storage; `depth` a `depth_analysis` result and `bits` a `bit_table` of that run."""
+    runs = with_settings(finished(runs))
+    if sign_run is None and named is not None:
+        sign_run = run_name(named)
+    answers = (
         answer_flexibility(runs),
         answer_dead_bits(runs),
         answer_rounding(runs),
-        answer_storage(runs, sign, sign_equal, sign_run),
-        answer_depth(depth),
-        answer_bit_meaning(bits),
+        answer_storage(runs, sign, sign_equal, sign_run, named=named),
+        answer_depth(depth, sign_run),
+        answer_bit_meaning(bits, sign_run),
     )
     return [
-        Answer(number, question, text)
-        for number, (question, text) in enumerate(zip(QUESTIONS, texts, strict=True), start=1)
+        answer if isinstance(answer, Answer) else Answer(number, question, answer)
+        for number, (question, answer) in enumerate(zip(QUESTIONS, answers, strict=True), start=1)
     ]
 
 
-def answer_flexibility(runs: pd.DataFrame) -> str:
-    aligned = runs[(runs["sparsity"] == "align") & (runs["loss"] == "cosine")] if len(runs) else runs
-    if not len(aligned):
-        return "No finished run with the cosine alignment (loss cosine, sparsity align) is selected."
-    facts, flexible, near = [], 0, 0
-    for _, run in aligned.iterrows():
-        k, mean, std = int(run["k"]), float(run["active_mean"]), float(run["active_std"])
-        flexible += std > 0
-        near += abs(mean - k) <= NEAR_K * k
-        facts.append(f"{run_name(run)} has {mean:.1f} ± {std:.1f} active bits for K={k}")
-    total = len(aligned)
-    verdict = "Yes" if flexible == near == total else "Partly" if flexible or near else "No"
-    return (
-        f"{verdict}: in {flexible} of {total} cosine-aligned runs the active count varies between concepts "
-        f"(std > 0) and in {near} of {total} its mean lies within {NEAR_K:.0%} of K. " + "; ".join(facts) + "."
-    )
-
-
-def answer_dead_bits(runs: pd.DataFrame) -> str:
-    """Dead bits by loss among aligned runs with the paper's pass-through round.
-
-    The rounding ablations collapse on their own (most bits die whatever the
-    loss), so counting them here would blur the comparison of losses.
-    """
-    aligned = runs[(runs["sparsity"] == "align") & (runs["rounding"] == "ste")] if len(runs) else runs
-    if not len(aligned):
-        return "No finished run with the alignment term (sparsity align) and the pass-through round is selected."
-    share = aligned.assign(dead_share=aligned["dead_bits"] / aligned["n_bits"])
-    by_loss = share.groupby("loss").agg(dead_share=("dead_share", "mean"))
-    facts = []
-    for loss, group in share.groupby("loss"):
-        counts = ", ".join(f"{run.dead_bits:.0f} of {run.n_bits:.0f}" for run in group.itertuples())
-        facts.append(f"{loss} leaves {by_loss.loc[loss, 'dead_share']:.1%} of its bits dead ({counts})")
-    text = "In the selected aligned runs with the pass-through round, " + "; ".join(facts) + "."
-    if "cosine" not in by_loss.index or len(by_loss) < 2:
-        return text + " Select aligned runs with cosine and with mse or l1 to compare them."
-    cosine = by_loss.loc["cosine", "dead_share"]
-    others = by_loss.drop(index="cosine")
-    more = [loss for loss, row in others.iterrows() if row.dead_share > cosine]
-    fewer = [loss for loss, row in others.iterrows() if row.dead_share <= cosine]
-    parts = []
-    if more:
-        parts.append(f"{' and '.join(more)} leave{'s' if len(more) == 1 else ''} more dead bits than cosine")
-    if fewer:
-        parts.append(f"{' and '.join(fewer)} leave{'s' if len(fewer) == 1 else ''} no more than cosine")
-    return text + " So " + ", and ".join(parts) + "."
-
-
-def answer_rounding(runs: pd.DataFrame) -> str:
-    """Rounding compared only within runs that share every other setting; hard-topk ignores rounding."""
-    candidates = runs[runs["sparsity"] != "hard-topk"] if len(runs) else runs
-    peers = candidates.groupby(ROUNDING_PEERS, sort=False) if len(candidates) else []
-    groups = [group for _, group in peers if group["rounding"].nunique() >= 2]
-    if not groups:
-        return (
-            "Select finished runs that differ in rounding (ste, none, hard) and share N, K, loss, sparsity and "
-            "alpha to compare them (hard-topk runs ignore rounding, so they are left out)."
+def default_run(runs: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The run Questions 4-6 describe when the user names none, and why it was chosen:
+    the paper's setting among the picked runs (converged first, then the lowest seed)."""
+    runs = with_settings(finished(runs))
+    if not len(runs):
+        return None, "no finished run is picked"
+    paper = runs[is_paper_setting(runs)]
+    if len(paper):
+        order = paper.assign(_bad=paper["converged"].map(lambda v: _flag(v) is not True)).sort_values(
+            ["_bad", "seed"], kind="stable"
         )
-    return " ".join(compare_rounding(group) for group in groups)
+        return runs.loc[order.index[0]], "the paper's setting among the picked runs"
+    return runs.iloc[0], "no picked run has the paper's setting, so the first picked run"
 
 
-def compare_rounding(group: pd.DataFrame) -> str:
-    """One sentence for runs that differ only in rounding (and seed)."""
-    first = group.iloc[0]
-    setting = (
-        f"{first['loss']}/{first['sparsity']} N={int(first['n_bits'])} K={int(first['k'])} alpha={first['alpha']:g}"
+# -- the six questions ---------------------------------------------------------
+
+
+def answer_flexibility(runs: pd.DataFrame) -> Answer:
+    number, question = 1, QUESTIONS[0]
+    paper = runs[is_paper_setting(runs)] if len(runs) else runs
+    if not len(paper):
+        planned = plan_variants(runs.head(1), {"paper setting": PAPER_SETTING}, runs) if len(runs) else ()
+        text = "No finished run with the paper's setting (cosine in both terms, pass-through round, align) is picked."
+        return Answer(number, question, text + queue_text(planned), planned)
+    facts, planned = [], []
+    verdicts = []
+    for _, group in paper.groupby([c for c in comparison_key()], dropna=False, sort=False):
+        first = group.iloc[0]
+        k = int(first["k"])
+        settled = group[group["converged"].map(_flag) == True]  # noqa: E712
+        unsettled = group.drop(index=settled.index)
+        setting = describe_setting(first, skip=("rounding", "sparsity", "alignment_distance"))
+        if not len(settled):
+            longer = plan_variants(unsettled, {"longer training": {"epochs": int(first["epochs"]) * 2}}, runs)
+            planned += longer
+            facts.append(
+                f"at {setting}, none of the {len(group)} run(s) converged (active mean or loss still moved by more "
+                f"than {CONVERGED_ACTIVE:.0%} of K or {CONVERGED_LOSS:.0%} over the last tenth of training; "
+                f"active mean {spread(group['active_mean']).text(1)} for K={k}), so no conclusion is drawn; "
+                f"train them longer (epochs={int(first['epochs']) * 2})"
+            )
+            continue
+        mean, std = spread(settled["active_mean"]), spread(settled["active_std"])
+        flexible, near = std.mean > 0, abs(mean.mean - k) <= NEAR_K * k
+        verdicts.append(flexible and near)
+        left_out = f"; {len(unsettled)} run(s) left out as not converged or unknown" if len(unsettled) else ""
+        facts.append(
+            f"at {setting}, {mean.text(1)} active bits per concept for K={k} with a per-concept sd of "
+            f"{std.text(1)} ({'varies between concepts' if flexible else 'the same for every concept'}, mean "
+            f"{'within' if near else 'outside'} {NEAR_K:.0%} of K){left_out}"
+        )
+    if not verdicts:
+        head = "Not answered"
+    else:
+        head = "Yes" if all(verdicts) else "No" if not any(verdicts) else "Partly"
+    text = f"{head}: " + "; ".join(facts) + ". Active counts are on the validation part."
+    planned = tuple(planned)
+    return Answer(number, question, text + queue_text(planned), planned)
+
+
+def _factor_answer(
+    runs: pd.DataFrame,
+    number: int,
+    factor: list[str],
+    reference: dict,
+    variants: dict[str, dict],
+    metrics: list[tuple[str, str, int]],
+    name_of,
+    missing_text: str,
+) -> Answer:
+    """Shared body of Questions 2-4: controlled groups over `factor`, each value against the reference."""
+    question = QUESTIONS[number - 1]
+    groups = controlled_groups(runs, factor)
+    groups = [g for g in groups if (g[list(reference)] == pd.Series(reference)).all(axis=1).any()]
+    if not groups:
+        references = runs[(runs[list(reference)] == pd.Series(reference)).all(axis=1)] if len(runs) else runs
+        if not len(references) and len(runs):
+            references = plan_variants(runs.head(1), {"paper setting": PAPER_SETTING}, runs)
+            references = (
+                pd.DataFrame([{**plan.config.to_dict(), "dataset": plan.dataset} for plan in references])
+                if references
+                else runs.head(0)
+            )
+        planned = plan_variants(references, variants, runs) if len(references) else ()
+        return Answer(number, question, missing_text + queue_text(planned), planned)
+    sentences = []
+    for group in groups:
+        is_reference = (group[list(reference)] == pd.Series(reference)).all(axis=1)
+        base = group[is_reference]
+        setting = describe_setting(group.iloc[0], skip=tuple(factor))
+        parts = []
+        for value, runs_of in group[~is_reference].groupby(factor, sort=True):
+            value = value if isinstance(value, tuple) else (value,)
+            name = name_of(dict(zip(factor, value, strict=True)))
+            facts = [contrast(spread(runs_of[m]), spread(base[m]), what, d) for m, what, d in metrics]
+            parts.append(f"{name}{converged_note(runs_of)}: " + "; ".join(facts))
+        base_name = name_of(dict(zip(factor, [base.iloc[0][f] for f in factor], strict=True)))
+        sentences.append(f"At {setting}, against {base_name}{converged_note(base)}: " + ". ".join(parts) + ".")
+    return Answer(number, question, " ".join(sentences))
+
+
+def answer_dead_bits(runs: pd.DataFrame) -> Answer:
+    """Bit health by loss distance among aligned runs with the pass-through round: the rounding
+    ablations collapse whatever the loss, so they would blur the comparison."""
+    aligned = runs[(runs["sparsity"] == "align") & (runs["rounding"] == "ste")] if len(runs) else runs
+    return _factor_answer(
+        aligned,
+        2,
+        ["alignment_distance", "reconstruction_distance"],
+        {"alignment_distance": "cosine", "reconstruction_distance": "cosine"},
+        {name: STUDY[name] for name in ("alignment MSE", "alignment L1")},
+        [
+            ("dead_all_rows", HEALTH_COLUMNS["dead_all_rows"], 1),
+            ("silent_held_out", HEALTH_COLUMNS["silent_held_out"], 1),
+        ],
+        distances_text,
+        "Select runs with the alignment term and the pass-through round that differ only in the loss "
+        "distances (cosine against MSE or L1) and the seed.",
     )
-    by_rounding = group.groupby("rounding").agg(recon=("recon_loss", "mean"), soft=("soft_recon_loss", "mean"))
-    facts = []
-    for rounding, row in by_rounding.iterrows():
-        fact = f"{rounding}: recon loss {row.recon:.3f} on the hard bits"
-        if rounding == "none":
-            fact += f" against {row.soft:.3f} on the soft code it trained with (gap {row.recon - row.soft:+.3f})"
-        facts.append(fact)
-    best, worst = by_rounding["recon"].idxmin(), by_rounding["recon"].idxmax()
-    return (
-        f"At {setting}, " + "; ".join(facts) + f". {best} reconstructs best and {worst} worst "
-        f"(a difference of {by_rounding.loc[worst, 'recon'] - by_rounding.loc[best, 'recon']:.3f})."
+
+
+def answer_rounding(runs: pd.DataFrame) -> Answer:
+    """Rounding compared within runs that share every other setting; hard-topk ignores rounding."""
+    candidates = runs[runs["sparsity"] != "hard-topk"] if len(runs) else runs
+    answer = _factor_answer(
+        candidates,
+        3,
+        ["rounding"],
+        {"rounding": "ste"},
+        {name: STUDY[name] for name in ("rounding none", "rounding hard")},
+        [
+            ("recon_loss", "recon loss on the hard bits (validation part)", 3),
+            ("soft_recon_loss", "on the soft code", 3),
+            ("silent_held_out", HEALTH_COLUMNS["silent_held_out"], 1),
+        ],
+        lambda values: f"rounding {values['rounding']}",
+        "Select finished runs that differ only in rounding (ste, none, hard) and the seed (hard-topk runs "
+        "ignore rounding, so they are left out).",
     )
+    return answer
 
 
 def answer_storage(
-    runs: pd.DataFrame, sign: dict | None, sign_equal: dict | None = None, sign_run: str | None = None
-) -> str:
-    """Storage against quality per run; the sign baselines come from `sign_run`, which the text names."""
+    runs: pd.DataFrame,
+    sign: dict | None,
+    sign_equal: dict | None = None,
+    sign_run: str | None = None,
+    *,
+    named: pd.Series | None = None,
+) -> Answer:
+    """Storage against quality: sparsity schemes compared at an otherwise equal setting, and the
+    named run's sign baselines (which cannot spend more than one bit per dimension)."""
+    runs = with_settings(runs)
     if not len(runs):
-        return "No finished run is selected."
-    facts = []
-    for _, run in runs.sort_values("bits_index_list").iterrows():
-        bits = float(run["bits_index_list"])
-        facts.append(
-            f"{run_name(run)} ({run['sparsity']}) stores {bits:.0f} bits per vector as a list of active indices "
-            f"({int(run['n_bits'])} as a bitmap) at recon loss {run['recon_loss']:.3f} "
-            f"and recall@10 {_number(run['recall_at_10_jaccard'])} (Jaccard)"
+        return Answer(4, QUESTIONS[3], "No finished run is selected.")
+    if sign_run is None and named is not None:
+        sign_run = run_name(named)
+    metrics = [
+        ("bits_index_list", "bits per vector as an index list", 0),
+        ("recon_loss", "recon loss", 3),
+        ("recall_at_10_jaccard", "recall@10 (Jaccard, held-out queries against every row)", 3),
+    ]
+    answer = _factor_answer(
+        runs,
+        4,
+        ["sparsity"],
+        {"sparsity": "align"},
+        {"rigid TopK": {"sparsity": "hard-topk"}, "L1 penalty": {"sparsity": "l1"}},
+        metrics,
+        lambda values: f"sparsity {values['sparsity']}",
+        "Select runs that differ only in sparsity (align against hard-topk and l1) and the seed to compare "
+        "storage at equal settings.",
+    )
+    text = answer.answer
+    if named is not None:
+        text = (
+            f"{run_name(named)} stores {float(named['bits_index_list']):.0f} bits per vector as a list of active "
+            f"indices ({int(named['n_bits'])} as a bitmap) at recon loss {_number(named['recon_loss'])} and "
+            f"recall@10 {_number(named['recall_at_10_jaccard'])} (Jaccard){converged_note(pd.DataFrame([named]))}. "
+            + text
         )
-    text = "; ".join(facts) + "."
     if sign:
         text += (
-            f" The sign baseline stores {sign['bits_bitmap']} bits per vector "
-            f"({sign['compression_bitmap']:.0f}x smaller than float32) with recall@10 "
+            f" The sign baseline of {sign_run or 'the named run'} stores {sign['bits_bitmap']} bits per vector "
+            f"(one per dimension, {sign['compression_bitmap']:.0f}x smaller than float32) with recall@10 "
             f"{_number(sign['recall_at_10_hamming'])} (Hamming)."
         )
     if sign_equal:
-        text += (
-            f" Cut to the storage of {sign_run or 'the run it was measured for'} "
-            f"({sign_equal['bits_bitmap']} bits, the leading PCA components), "
-            f"the sign baseline reaches recall@10 {_number(sign_equal['recall_at_10_hamming'])} (Hamming)."
-        )
-    missing = {"align", "hard-topk", "l1"} - set(runs["sparsity"])
-    if missing:
-        text += f" Add runs with sparsity {', '.join(sorted(missing))} at the same N to compare at equal storage."
-    return text
+        if sign_equal.get("capped_at_d"):
+            text += (
+                f" The run's codes take {sign_equal.get('model_bits')} bits, more than the "
+                f"{sign_equal['bits_bitmap']} dimensions: sign bits cannot spend N bits, so they are compared at D."
+            )
+        else:
+            text += (
+                f" Cut to that run's storage ({sign_equal['bits_bitmap']} bits, the leading PCA components), "
+                f"the sign baseline reaches recall@10 {_number(sign_equal['recall_at_10_hamming'])} (Hamming)."
+            )
+    return dataclasses.replace(answer, answer=text)
 
 
-def answer_depth(depth: "DepthAnalysis | None") -> str:
+def answer_depth(depth: "DepthAnalysis | None", run: str | None = None) -> str:
     if depth is None or not depth.spearman:
         return "Pick one finished run on an ontology dataset to relate active bits to concept depth."
     per_depth = depth.per_depth
     facts = []
     for source, rho in depth.spearman.items():
-        if rho is None or math.isnan(rho):
-            facts.append(f"for {source}, too few distinct depths or active counts to correlate")
-            continue
         rows = per_depth[per_depth["source"] == source].sort_values("depth")
+        counts = ", ".join(f"{int(r['n'])} at depth {int(r['depth'])}" for _, r in rows.iterrows())
+        if rho is None or math.isnan(rho):
+            facts.append(f"for {source}, too few distinct depths or active counts to correlate (concepts: {counts})")
+            continue
         p_value = depth.p_value.get(source, float("nan"))
         direction = "more" if rho > 0 else "fewer"
         strength = "hardly" if abs(rho) < 0.1 else "weakly" if abs(rho) < 0.3 else "clearly"
@@ -217,34 +568,51 @@ def answer_depth(depth: "DepthAnalysis | None") -> str:
                 f", {first['mean_active']:.1f} on average at depth {int(first['depth'])} "
                 f"against {last['mean_active']:.1f} at depth {int(last['depth'])}"
             )
-        facts.append(fact)
-    return "In the picked run, " + "; ".join(facts) + "."
+        facts.append(fact + f" (concepts: {counts})")
+    who = f"In {run}" if run else "In the picked run"
+    return (
+        f"{who}, "
+        + "; ".join(facts)
+        + ". The p-value treats concepts as independent; concepts of one branch share ancestors, so it is optimistic."
+    )
 
 
-def answer_bit_meaning(bits: pd.DataFrame | None) -> str:
+def answer_bit_meaning(bits: pd.DataFrame | None, run: str | None = None) -> str:
+    who = run or "the picked run"
     if bits is None or not len(bits):
         return (
             "Pick one finished run to see how coherent its bits are; open a bit on the Bits page to see its concepts."
         )
     live = bits[bits["n_active"] > 0]
     if not len(live):
-        return "The picked run has no live bits."
+        return f"{who} has no live bits."
     judged = live[live["n_active"] >= MIN_ACTIVE]  # one or two concepts always look coherent
     if not len(judged):
-        return f"None of the picked run's {len(live)} live bits fires for {MIN_ACTIVE} concepts or more."
+        return f"None of {who}'s {len(live)} live bits fires for {MIN_ACTIVE} concepts or more."
     if judged["coherence"].isna().all():  # one category: precision above chance has no chance to beat
         return (
-            f"Every concept of the picked run's dataset is in one category, so coherence is undefined for its "
+            f"Every concept of {who}'s dataset is in one category, so coherence is undefined for its "
             f"{len(judged)} bits firing for {MIN_ACTIVE} concepts or more; open a bit on the Bits page to see "
             "its concepts and their shared ancestor instead."
         )
-    coherent = judged[judged["coherence"] >= COHERENT]
-    best = judged.sort_values(["coherence", "n_active"], ascending=False).iloc[0]
+    if "corrected_coherence" not in judged.columns:
+        best = judged.sort_values(["coherence", "n_active"], ascending=False).iloc[0]
+        return (
+            f"Of {who}'s {len(live)} live bits, {len(judged)} fire for at least {MIN_ACTIVE} concepts "
+            f"(median raw coherence {judged['coherence'].median():.2f}, not corrected for chance). The highest is "
+            f"bit {int(best['bit'])}, '{best['label']}', firing for {int(best['n_active'])} concepts."
+        )
+    significant = judged[judged["q_value"] < SIGNIFICANT]
+    best = judged.sort_values(["corrected_coherence", "n_active"], ascending=False).iloc[0]
     return (
-        f"Of the picked run's {len(live)} live bits, {len(judged)} fire for at least {MIN_ACTIVE} concepts; "
-        f"{len(coherent)} of those ({len(coherent) / len(judged):.0%}) have coherence of at least {COHERENT} "
-        f"(median {judged['coherence'].median():.2f}). The most coherent is bit {int(best['bit'])}, "
-        f"'{best['label']}', firing for {int(best['n_active'])} concepts (coherence {best['coherence']:.2f}). "
+        f"Of {who}'s {len(live)} live bits, {len(judged)} fire for at least {MIN_ACTIVE} concepts; "
+        f"{len(significant)} of those ({len(significant) / len(judged):.0%}) are enriched in one category beyond "
+        f"chance (hypergeometric test, Benjamini-Hochberg q < {SIGNIFICANT} across bits). Coherence corrected for "
+        f"chance and size (precision above chance minus its mean for random sets of the bit's size; about 0 "
+        f"at random): median {judged['corrected_coherence'].median():.2f}. The most coherent is bit "
+        f"{int(best['bit'])}, '{best['label']}' (category {best['category']}), firing for "
+        f"{int(best['n_active'])} concepts: corrected {best['corrected_coherence']:.2f}, raw precision "
+        f"{best['precision']:.2f}, category of {int(best['category_size'])} concepts. "
         "Open a bit on the Bits page for the concepts that make it fire."
     )
 

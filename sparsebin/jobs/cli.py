@@ -12,12 +12,15 @@ from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
 from sparsebin.errors import ConfigError, DataError
 from sparsebin.export import export_run
+from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS
 from sparsebin.jobs.overview import overview
 from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
 from sparsebin.training_cli import add_setting_options
 
 RUN_COLUMNS = ["job_id", "run_id", "status", "label", "n_bits", "k", "alpha", "loss", "recon_loss", "active_mean"]
+# Bit health as every page and the report name it: over all rows, on held-out rows, and rare.
+RUN_FACT_COLUMNS = HEALTH_COLUMNS | {"converged": "converged"}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -218,7 +221,9 @@ def runs_command(args: argparse.Namespace) -> int:
     if table.empty:
         print("no runs yet.")
     else:
-        print(table[RUN_COLUMNS].to_string(index=False))
+        shown = table[RUN_COLUMNS + list(RUN_FACT_COLUMNS)].rename(columns=RUN_FACT_COLUMNS)
+        print(shown.to_string(index=False))
+        print("recon_loss, active_mean: validation part. " + "; ".join(HEALTH_LABELS.values()) + ".")
     return 0
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,8 @@ SUMMARY_METRICS = (
     "recall_at_10_jaccard",
     "bits_index_list",
 )
+# Whole-run facts beside them (bit health over all rows, convergence from the history).
+RUN_FACTS = ("dead_all_rows", "silent_held_out", "rare_bits", "dense_all_rows", "n_rows", "converged")
 CONFIG_COLUMNS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed", "epochs", "lr")
 
 SCHEMA = """
@@ -269,7 +271,12 @@ class Store:
         return [json.loads(row["event"]) for row in rows]
 
     def list_runs(self, dataset: str | None = None) -> pd.DataFrame:
-        """One row per job with its settings and, once done, its key validation metrics."""
+        """One row per job with every setting and, once done, its key validation metrics and run facts.
+
+        The settings are every TrainConfig field plus the two distances each
+        term used (`reconstruction_distance`, `alignment_distance`), so
+        comparisons can tell runs apart by anything that changes a result.
+        """
         query, values = "SELECT * FROM jobs", []
         if dataset is not None:
             query, values = query + " WHERE dataset = ?", [str(dataset)]
@@ -284,12 +291,15 @@ class Store:
                 "label": job.label,
                 "created_at": job.created_at,
             }
-            row.update({name: getattr(job.config, name) for name in CONFIG_COLUMNS})
+            row.update(job.config.to_dict())
+            row["reconstruction_distance"] = job.config.reconstruction_distance
+            row["alignment_distance"] = job.config.alignment_distance
             summary = json.loads(record["summary"]) if job.status == Status.DONE and record["summary"] else {}
-            row.update({name: summary.get(name, math.nan) for name in SUMMARY_METRICS})
+            row.update({name: _summary_value(summary.get(name)) for name in (*SUMMARY_METRICS, *RUN_FACTS)})
             rows.append(row)
-        columns = ["run_id", "job_id", "dataset", "status", "label", "created_at", *CONFIG_COLUMNS, *SUMMARY_METRICS]
-        return pd.DataFrame(rows, columns=columns)
+        settings = [field.name for field in fields(TrainConfig)] + ["reconstruction_distance", "alignment_distance"]
+        columns = ["run_id", "job_id", "dataset", "status", "label", "created_at", *settings]
+        return pd.DataFrame(rows, columns=columns + [*SUMMARY_METRICS, *RUN_FACTS])
 
     # -- user actions --------------------------------------------------------
 
@@ -484,6 +494,11 @@ class Store:
         """Workers that have not said they stopped, most recent heartbeat first."""
         rows = self.connection().execute("SELECT * FROM workers WHERE stopped_at IS NULL ORDER BY heartbeat_at DESC")
         return [dict(row) for row in rows]
+
+
+def _summary_value(value):
+    """A summary entry as a table cell: a missing one (an older run, a queued one) is NaN."""
+    return math.nan if value is None else value
 
 
 def count_rows(dataset: str) -> int:

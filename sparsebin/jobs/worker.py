@@ -31,7 +31,7 @@ from sparsebin.datasets import load_dataset
 from sparsebin.devices import resolve_device
 from sparsebin.errors import ConfigError
 from sparsebin.experiment import run_experiment
-from sparsebin.jobs.queue import SUMMARY_METRICS, Job, Status, Store
+from sparsebin.jobs.queue import RUN_FACTS, SUMMARY_METRICS, Job, Status, Store
 from sparsebin.processes import pid_alive
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats and cancel checks
@@ -321,9 +321,11 @@ def release_device_memory() -> None:
 
 
 def run_summary(folder: Path) -> dict:
-    """The key validation metrics (train metrics when nothing was held out)."""
-    _, part = runfolder.evaluated_part(runfolder.load_metrics(folder))
-    return {name: part.get(name) for name in SUMMARY_METRICS}
+    """The key validation metrics (train metrics when nothing was held out), bit health and convergence."""
+    metrics = runfolder.load_metrics(folder)
+    _, part = runfolder.evaluated_part(metrics)
+    facts = metrics.get("bit_health", {}) | {"converged": metrics.get("convergence", {}).get("converged")}
+    return {name: part.get(name) for name in SUMMARY_METRICS} | {name: facts.get(name) for name in RUN_FACTS}
 
 
 def one_line(error: BaseException) -> str:
