@@ -1,14 +1,24 @@
-"""Compare: pick finished runs, see their metrics, curves and histograms side by side."""
+"""Compare: pick finished runs, see every setting and metric side by side, the six answers and the report."""
+
+import time
 
 import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
-from sparsebin.interpret.questions import answer_questions
-from sparsebin.jobs.queue import CONFIG_COLUMNS, SUMMARY_METRICS
+from sparsebin.health import convergence_word
+from sparsebin.interpret.questions import answer_questions, comparison_key, default_run, with_settings
+from sparsebin.interpret.report import TABLE_METRICS, report_for_store
 
-METRICS = list(SUMMARY_METRICS)
-SETTINGS = list(CONFIG_COLUMNS)
+ALWAYS = ["dataset", "n_bits", "k", "epochs", "seed"]  # shown even where the picked runs agree
+METRICS = {column: header for column, header, _ in TABLE_METRICS if column != "bytes_index_list"}
+METRICS |= {"bits_index_list": "bits/vector (index list, val)", "rare_bits": "rare bits (<5 concepts, all rows)"}
+
+
+def pick_submission(table, ids_of) -> None:
+    """Set the run picker to every run of the chosen submission (runs queued together share created_at)."""
+    st.session_state["compare_runs"] = ids_of[st.session_state["compare_submission"]]
+
 
 st.title("Compare")
 table = _shared.runs()
@@ -25,14 +35,30 @@ for column, setting in zip(filters, ["dataset", "loss", "rounding", "sparsity"],
     chosen = column.multiselect(setting, sorted(table[setting].unique()), key=f"filter_{setting}")
     table = table[table[setting].isin(chosen)] if chosen else table
 titles = dict(zip(table["run_id"], (_shared.run_title(row) for _, row in table.iterrows()), strict=True))
+submissions = {
+    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))} · {len(group)} runs · jobs "
+    f"{group['job_id'].min()}-{group['job_id'].max()}": list(group["run_id"])
+    for created, group in table.groupby("created_at", sort=False)
+}
+left, right = st.columns([3, 1])
+left.selectbox("Submission (runs queued together, e.g. a grid or a study)", list(submissions), key="compare_submission")
+right.button("Pick all its runs", key="pick_submission", on_click=pick_submission, args=(table, submissions))
 picked = st.multiselect("Runs", list(titles), default=list(titles)[:4], format_func=titles.get, key="compare_runs")
+picked = [run_id for run_id in picked if run_id in titles]
 if not picked:
     st.stop()
-runs = table[table["run_id"].isin(picked)].assign(label=lambda frame: frame["run_id"].map(titles))
+runs = with_settings(table[table["run_id"].isin(picked)].assign(label=lambda frame: frame["run_id"].map(titles)))
 metrics = {titles[run_id]: _shared.evaluated_metrics(run_id)[1] for run_id in picked}
 
-shown = runs.set_index("label")[SETTINGS + METRICS].T
-st.dataframe(shown.map(lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)), key="compare_table")
+settings = ALWAYS + [c for c in comparison_key() if c not in ALWAYS and runs[c].astype(str).nunique() > 1]
+shown = runs.set_index("label")[settings + list(METRICS)].rename(columns=METRICS)
+shown["convergence"] = [convergence_word(value) for value in runs["converged"]]
+st.dataframe(shown.T.map(lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)), key="compare_table")
+st.caption(
+    "Settings: those that tell the picked runs apart (the comparison key), plus dataset, N, K, epochs and seed. "
+    "val = the held-out validation part; bit health counts over all rows (silent: on held-out rows); recall: "
+    "held-out queries searched against every row, ties counted fairly."
+)
 left, right = st.columns(2)
 metric = left.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")
 histories = {titles[run_id]: _shared.run_history(run_id) for run_id in picked}
@@ -42,28 +68,52 @@ histograms = {label: values["active_histogram"] for label, values in metrics.ite
 right.plotly_chart(charts.active_histograms(histograms, k=k), key="active_chart")
 firing = {label: values["log10_firing_histogram"] for label, values in metrics.items()}
 left.plotly_chart(charts.firing_histograms(firing), key="firing_chart")
-right.plotly_chart(charts.dead_dense_bars(runs), key="dead_chart")
+right.plotly_chart(charts.bit_health_bars(runs), key="dead_chart")
 left.plotly_chart(charts.recon_vs_active(runs), key="trade_chart")
 with right:
-    axes = charts.grid_axes(runs, SETTINGS)
+    axes = charts.grid_axes(runs, settings)
     if len(axes) < 2:
         st.info("The picked runs vary in fewer than two settings; pick the runs of a grid (e.g. N x K) for a heatmap.")
     else:
         x, y, value = st.columns(3)
         x_axis = x.selectbox("x", axes, key="grid_x")
         y_axis = y.selectbox("y", [axis for axis in axes if axis != x_axis], key="grid_y")
-        colour = value.selectbox("colour", METRICS, key="grid_metric")
+        colour = value.selectbox("colour", list(METRICS), key="grid_metric")
         st.plotly_chart(charts.grid_heatmap(runs, x_axis, y_axis, colour), key="grid_chart")
 
 st.subheader("What the picked runs say about the method's six questions")
-first = runs.iloc[0]
-st.caption(f"Questions 4 (sign baseline), 5 and 6 use the first picked run: {first['label']}.")
-depth = _shared.depth_analysis(first["run_id"], first["dataset"])
-bits = _shared.bit_table(first["run_id"], first["dataset"])
-split, _ = _shared.evaluated_metrics(first["run_id"])
-first_metrics = _shared.run_metrics(first["run_id"])
-sign, sign_equal = first_metrics.get(f"sign_{split}"), first_metrics.get(f"sign_{split}_equal_storage")
+default, why = default_run(runs)
+named_id = st.selectbox(
+    f"Questions 4-6 describe (default: {why})",
+    picked,
+    index=picked.index(default["run_id"]),
+    format_func=titles.get,
+    key="named_run",
+)
+named = runs[runs["run_id"] == named_id].iloc[0]
+depth = _shared.depth_analysis(named_id, named["dataset"])
+bits = _shared.bit_table(named_id, named["dataset"])
+split, _ = _shared.evaluated_metrics(named_id)
+named_metrics = _shared.run_metrics(named_id)
+sign, sign_equal = named_metrics.get(f"sign_{split}"), named_metrics.get(f"sign_{split}_equal_storage")
+answers = answer_questions(runs, named=named, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits)
 text, chart = st.columns([3, 2])
-for answer in answer_questions(runs, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits, sign_run=first["label"]):
+for answer in answers:
     text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")
 chart.plotly_chart(charts.depth_chart(depth.per_depth), key="depth_chart")
+needed = list({(plan.dataset, plan.config): plan for answer in answers for plan in answer.to_queue}.values())
+if needed and st.button(f"Queue the {len(needed)} runs these answers need", key="queue_needed"):
+    for dataset in sorted({plan.dataset for plan in needed}):
+        mine = [plan for plan in needed if plan.dataset == dataset]
+        _shared.store().submit_many(dataset, [plan.config for plan in mine], [plan.label for plan in mine])
+    st.success(f"Queued {len(needed)} runs; they appear here once finished.")
+
+st.subheader("Report")
+wanted = (tuple(sorted(picked)), named_id)  # a report is offered only for the runs it was built from
+if st.button("Build the report of the picked runs", key="build_report"):
+    st.session_state["report"] = (wanted, report_for_store(_shared.store(), runs, named_id))
+built, report = st.session_state.get("report", (None, None))
+if report is not None and built == wanted:
+    st.download_button("report.html (self-contained)", report.html, "report.html", "text/html", key="report_html")
+    st.download_button("report.md", report.markdown, "report.md", "text/markdown", key="report_md")
+    st.download_button("table.csv", report.table.to_csv(index=False), "table.csv", "text/csv", key="report_csv")

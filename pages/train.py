@@ -14,6 +14,7 @@ from sparsebin.config import (
     parse_grid,
 )
 from sparsebin.errors import ConfigError, DataError
+from sparsebin.interpret.questions import STUDY, study_configs
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
@@ -42,6 +43,15 @@ with st.form("train_form"):
     device = c.selectbox("device", ["auto", "cpu", "cuda", "mps"], key="device")
     label = d.text_input("label (optional)", key="label")
     submitted = st.form_submit_button("Queue run", key="submit_run")
+    st.caption(
+        "One-click study of the method's ablations at these N, K, epochs and other settings: "
+        + ", ".join(STUDY)
+        + " (MSE/L1 in the reconstruction term as the scale-fair per-row sum), each for training seeds 0, 1, ...; "
+        "the split seed stays fixed, so every run is scored on the same held-out rows."
+    )
+    left, right = st.columns([1, 3])
+    seeds = left.number_input("training seeds", 1, 20, 3, key="study_seeds")
+    study_submitted = right.form_submit_button("Queue the study", key="submit_study")
 
 config = TrainConfig(
     n_bits=int(n_bits),
@@ -60,6 +70,13 @@ if submitted:
     try:
         job = _shared.store().submit(name, config.validate(n_rows=count), label=label)
         st.success(f"Queued job {job.id} (run {job.run_id}).")
+    except (ConfigError, DataError) as error:
+        st.error(str(error))
+if study_submitted:
+    try:
+        study = study_configs(config, int(seeds))
+        jobs = _shared.store().submit_many(name, [c for _, c in study], [study_label for study_label, _ in study])
+        st.success(f"Queued the study: {len(jobs)} runs (jobs {jobs[0].id}-{jobs[-1].id}).")
     except (ConfigError, DataError) as error:
         st.error(str(error))
 

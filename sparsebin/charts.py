@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sparsebin.health import HEALTH_LABELS
+
 _LAYOUT = {"margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "legend": {"orientation": "h", "y": -0.2}}
 
 
@@ -77,18 +79,24 @@ def firing_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]]) -
     return figure
 
 
-def dead_dense_bars(runs: pd.DataFrame) -> go.Figure:
-    """Dead and dense bit counts side by side per run (columns label, dead_bits, dense_bits)."""
-    figure = _figure("Dead and dense bits", "run", "bits")
-    for column, name in (("dead_bits", "dead (never fire)"), ("dense_bits", "dense (fire for over half)")):
-        figure.add_trace(go.Bar(x=runs["label"], y=runs[column], name=name))
-    figure.update_layout(barmode="group")
+def bit_health_bars(runs: pd.DataFrame) -> go.Figure:
+    """The bit-health counts side by side per run (columns label and HEALTH_LABELS' keys):
+    dead over all rows, silent on held-out rows, rare, always-on."""
+    figure = _figure("Bit health", "run", "bits")
+    for column, name in HEALTH_LABELS.items():
+        if column in runs:
+            figure.add_trace(go.Bar(x=runs["label"], y=runs[column], name=name))
+    figure.update_layout(barmode="group", legend={"orientation": "h", "y": -0.3})
     return figure
 
 
 def recon_vs_active(runs: pd.DataFrame) -> go.Figure:
     """One point per run: validation reconstruction loss against mean active bits."""
-    figure = _figure("Reconstruction against sparsity", "active bits per concept (mean)", "recon loss (cosine)")
+    figure = _figure(
+        "Reconstruction against sparsity (validation part)",
+        "active bits per concept (mean)",
+        "recon loss (cosine, hard bits)",
+    )
     figure.add_trace(
         go.Scatter(
             x=runs["active_mean"],

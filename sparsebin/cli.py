@@ -10,6 +10,7 @@ from sparsebin import training_cli
 from sparsebin.datasets import cli as datasets_cli
 from sparsebin.errors import run_command
 from sparsebin.interpret import cli as interpret_cli
+from sparsebin.interpret import report
 from sparsebin.jobs import cli as jobs_cli
 
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparse binary codes for dense concept embeddings (Binary Sparsity Alignment).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (training_cli, datasets_cli, jobs_cli, interpret_cli):
+    for commands in (training_cli, datasets_cli, jobs_cli, interpret_cli, report):
         commands.add_commands(subparsers)
     return parser
 

@@ -147,10 +147,30 @@ def test_compare_shows_both_picked_runs(app, world):
     at.multiselect(key="compare_runs").set_value(ids[:1]).run()
     assert len(at.dataframe[0].value.columns) == 1
     at.multiselect(key="compare_runs").set_value(ids).run()
-    columns = " ".join(at.dataframe[0].value.columns)
+    shown = at.dataframe[0].value
+    columns = " ".join(shown.columns)
     assert "cosine run" in columns and "mse run" in columns
+    assert {"dead (all rows)", "silent (held-out)", "recon (val, hard bits)", "convergence"} <= set(shown.index)
+    assert "val_fraction" in shown.index  # the all-train run differs from the others in it
     answers = texts(at)
-    assert "mse leaves" in answers and "cosine leaves" in answers
+    # cosine and mse differ only in the loss: a controlled pair, one seed each
+    assert "against cosine (both terms)" in answers and "MSE (mean over entries) (both terms)" in answers
+    assert "spread unknown with one seed, no verdict" in answers
+
+
+def test_compare_picks_a_whole_submission_and_queues_what_the_answers_need(app, world):
+    at = open_page(app, "compare")
+    assert len(at.selectbox(key="compare_submission").options) == 3  # three separate submissions
+    at.button(key="pick_submission").click().run()
+    assert len(at.multiselect(key="compare_runs").value) == 1
+    at.multiselect(key="compare_runs").set_value(list(world["runs"]["run_id"])).run()
+    before = len(Store(world["home"]).jobs())
+    at.button(key="queue_needed").click().run()
+    store = Store(world["home"])
+    queued = [job for job in store.jobs() if job.status.name == "QUEUED"]
+    assert len(store.jobs()) > before and any("rounding none" in job.label for job in queued)
+    for job in queued:
+        store.cancel(job.id)  # leave the other tests nothing queued
 
 
 def test_compare_answers_for_a_run_without_a_validation_split(app, world):
@@ -160,8 +180,43 @@ def test_compare_answers_for_a_run_without_a_validation_split(app, world):
     at.multiselect(key="compare_runs").set_value([all_train]).run()
     assert not at.exception
     answers = texts(at)
-    assert "The sign baseline stores 16 bits per vector" in answers  # its sign_train metrics, 16 dimensions
-    assert "Cut to the storage of all-train run" in answers  # the run the baseline was measured for
+    assert "The sign baseline of all-train run" in answers and "stores 16 bits per vector" in answers
+
+
+def test_compare_offers_the_report_of_the_picked_runs(app, world):
+    at = open_page(app, "compare")
+    at.multiselect(key="compare_runs").set_value(list(world["runs"]["run_id"])[:2]).run()
+    assert not at.get("download_button")
+    at.button(key="build_report").click().run()
+    assert not at.exception
+    labels = [button.proto.label for button in at.get("download_button")]
+    assert labels == ["report.html (self-contained)", "report.md", "table.csv"]
+
+
+def test_the_one_click_study_queues_every_setting_times_the_seeds(app, world):
+    at = open_page(app, "train")
+    at.number_input(key="n_bits").set_value(24)
+    at.number_input(key="k").set_value(3)
+    at.number_input(key="epochs").set_value(2)
+    at.number_input(key="batch_size").set_value(32)
+    at.selectbox(key="rounding").set_value("hard")  # the study starts from the paper's setting whatever the form says
+    at.number_input(key="study_seeds").set_value(2)
+    at.button(key="submit_study").click().run()
+    assert any("Queued the study: 18 runs" in success.value for success in at.success), texts(at)
+    store = Store(world["home"])
+    queued = [job for job in store.jobs() if job.status.name == "QUEUED"]
+    assert len(queued) == 18
+    by_label = {job.label: job.config for job in queued}
+    assert {config.n_bits for config in by_label.values()} == {24} and {c.epochs for c in by_label.values()} == {2}
+    assert {config.seed for config in by_label.values()} == {0, 1}
+    assert by_label["paper setting seed=1"].rounding == "ste" and by_label["rounding hard seed=0"].rounding == "hard"
+    assert by_label["alignment L1 seed=0"].alignment_distance == "l1"
+    assert by_label["alignment L1 seed=0"].reconstruction_distance == "cosine"
+    assert by_label["reconstruction MSE (scale-fair) seed=1"].reconstruction_distance == "mse_sum"
+    assert by_label["both MSE seed=0"].alignment_distance == "mse"
+    assert by_label["rounding none seed=1"].rounding == "none"
+    for job in queued:
+        store.cancel(job.id)
 
 
 def test_bits_opens_a_bit_with_its_top_concepts(app):

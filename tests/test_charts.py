@@ -45,9 +45,13 @@ def test_recon_vs_active_one_point_per_run():
     assert list(figure.data[0].x) == [4.0, 8.0] and list(figure.data[0].text) == ["a", "b"]
 
 
-def test_dead_dense_bars_and_enrichment():
-    runs = pd.DataFrame({"label": ["a"], "dead_bits": [3], "dense_bits": [1]})
-    assert [list(trace.y) for trace in charts.dead_dense_bars(runs).data] == [[3], [1]]
+def test_bit_health_bars_name_each_count_and_enrichment():
+    runs = pd.DataFrame(
+        {"label": ["a"], "dead_all_rows": [3], "silent_held_out": [7], "rare_bits": [2], "dense_all_rows": [1]}
+    )
+    figure = charts.bit_health_bars(runs)
+    assert [list(trace.y) for trace in figure.data] == [[3], [7], [2], [1]]
+    assert figure.data[1].name == "bits silent on held-out rows (fire on training rows only)"
     enrichment = pd.DataFrame(
         {
             "category": ["eye", "ear"],

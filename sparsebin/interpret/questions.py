@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from sparsebin.config import DISTANCE_NAMES, TrainConfig
+from sparsebin.errors import ConfigError
 from sparsebin.health import CONVERGED_ACTIVE, CONVERGED_LOSS, HEALTH_COLUMNS, RARE_BELOW
 
 if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not need
@@ -73,7 +74,7 @@ def study_configs(base: TrainConfig, seeds: int = 3) -> list[tuple[str, TrainCon
     so a study stopped early still holds one run of every setting.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"the study needs at least one seed, got {seeds!r}.")
+        raise ConfigError(f"the study needs at least one seed, got {seeds!r}.")
     paper = base.replace(**PAPER_SETTING)
     return [
         (f"{name} seed={seed}", paper.replace(seed=seed, **changes))
