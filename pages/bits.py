@@ -13,10 +13,14 @@ if run is None:
     st.stop()
 table = _shared.bit_table(run["run_id"], run["dataset"])
 live = int((table["n_active"] > 0).sum())
-st.caption(f"{live} of {len(table)} bits fire for at least one concept; sort by any column.")
-st.dataframe(
-    table[["bit", "label", "coherence", "firing_rate", "n_active"]], hide_index=True, height=260, key="bit_table"
+st.caption(
+    f"{live} of {len(table)} bits fire for at least one concept (over all rows); sort by any column. label: the "
+    "most specific ancestor covering half or more of the bit's concepts, with its share; corrected coherence: "
+    "precision above chance minus its mean for random sets of the bit's size (about 0 at random); q: the "
+    "category's enrichment p-value, false-discovery corrected across bits."
 )
+columns = ["bit", "label", "category", "corrected_coherence", "q_value", "precision", "category_size", "n_active"]
+st.dataframe(table[columns + ["coherence", "firing_rate"]], hide_index=True, height=260, key="bit_table")
 
 ranked = _shared.ranked_bits(run["run_id"], run["dataset"])  # cleanest bits firing for 5+ concepts first
 wanted = st.query_params.get("bit")
@@ -30,11 +34,12 @@ def bit_dashboard(run_id: str, dataset_name: str, n_bits: int, first: int) -> No
     st.query_params["bit"] = str(bit)
     profile = _shared.bit_profile(run_id, dataset_name, bit)
     label = profile.label
-    coherence = "n/a" if math.isnan(label.coherence) else f"{label.coherence:.2f}"  # NaN for a dead bit
+    corrected = "n/a" if math.isnan(label.corrected_coherence) else f"{label.corrected_coherence:.2f}"  # dead bit
     st.subheader(f"Bit {bit}: {label.label or 'no clear label'}")
     st.caption(
-        f"Fires for {profile.n_active:,} concepts ({profile.firing_rate:.3%}); "
-        f"coherence {coherence}, shared ancestor {label.ancestor_name or '-'}."
+        f"Fires for {profile.n_active:,} concepts ({profile.firing_rate:.3%} of all rows); category "
+        f"{label.category or '-'} ({label.precision:.0%} of its concepts, category of {label.category_size:,}); "
+        f"coherence corrected for chance and size {corrected} (q = {label.q_value:.2g})."
     )
     left, right = st.columns(2)
     left.markdown("**Top concepts** (largest logit)")

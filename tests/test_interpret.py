@@ -103,7 +103,8 @@ def ctx() -> RunContext:
 def test_bit_table_labels_each_bit_with_its_category_and_covering_ancestor(ctx):
     table = bit_table(ctx).set_index("bit")
     assert list(table.index) == list(range(N_BITS))
-    assert table.loc[0, ["label", "precision", "recall", "ancestor_id", "ancestor_share", "coherence"]].tolist() == [
+    assert table.loc[0, "label"] == "Heart anomaly, 100 % of 3"  # the covering ancestor with its share
+    assert table.loc[0, ["category", "precision", "recall", "ancestor_id", "ancestor_share", "coherence"]].tolist() == [
         "Heart",
         1.0,
         3 / 5,
@@ -112,7 +113,7 @@ def test_bit_table_labels_each_bit_with_its_category_and_covering_ancestor(ctx):
         1.0,
     ]
     assert table.loc[0, "firing_rate"] == pytest.approx(3 / 14)
-    assert (table.loc[1, "label"], table.loc[1, "ancestor_id"]) == ("Heart", "A")  # A1, A2 of A1, A2, B1
+    assert (table.loc[1, "category"], table.loc[1, "ancestor_id"]) == ("Heart", "A")  # A1, A2 of A1, A2, B1
     assert table.loc[1, "precision"] == pytest.approx(2 / 3)
     assert table.loc[1, "coherence"] == pytest.approx((2 / 3 - 5 / 14) / (1 - 5 / 14))
     assert table.loc[1, "ancestor_share"] == pytest.approx(2 / 3)
@@ -147,7 +148,7 @@ def test_one_category_leaves_coherence_undefined_not_zero():
     concepts = pd.DataFrame({"category": ["eye"] * 4})
     members = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
     labels = best_labels(members, category_index(concepts))
-    assert labels.loc[0, "label"] == "eye" and labels.loc[0, "precision"] == 1.0
+    assert labels.loc[0, "category"] == "eye" and labels.loc[0, "precision"] == 1.0
     assert labels["coherence"].isna().all()
 
 
@@ -155,8 +156,8 @@ def test_a_bit_at_chance_in_every_category_gets_no_label():
     concepts = pd.DataFrame({"category": ["eye", "eye", "limb", "limb"]})
     members = sp.csr_matrix(np.array([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=np.float32))
     labels = best_labels(members, category_index(concepts))
-    assert pd.isna(labels.loc[0, "label"]) and labels.loc[0, "coherence"] == 0.0  # fires for everything
-    assert labels.loc[1, "label"] == "eye" and labels.loc[1, "coherence"] == pytest.approx(1 / 3)
+    assert pd.isna(labels.loc[0, "category"]) and labels.loc[0, "coherence"] == 0.0  # fires for everything
+    assert labels.loc[1, "category"] == "eye" and labels.loc[1, "coherence"] == pytest.approx(1 / 3)
 
 
 def test_a_higher_share_climbs_to_a_broader_ancestor(ctx):
@@ -168,12 +169,16 @@ def test_ranking_puts_clean_bits_first_and_the_mixed_bit_last(ctx):
     ranked = rank_bits(ctx, min_active=2)
     assert set(ranked["bit"]) == {0, 1, 2, 3, 5, 7, 8}
     assert set(ranked["bit"][:4]) == {0, 2, 3, 5}  # each fires inside one category
-    assert ranked["bit"].iloc[-1] == 8  # fires across all four categories
+    # Last: bit 7, two concepts in two categories (raw coherence 0.3, below what two random concepts
+    # score on average), then bit 8, five concepts across all four categories.
+    assert ranked["bit"].tolist()[-2:] == [8, 7]
+    assert (ranked["corrected_coherence"].iloc[-2:] < 0).all() and ranked["corrected_coherence"].iloc[0] > 0.5
 
 
 def test_bit_profile_shows_strongest_concepts_quantiles_histogram_and_enrichment(ctx):
     profile = bit_profile(ctx, 0, top=3, quantiles=3, per_quantile=1)
-    assert profile.n_active == 3 and profile.label.label == "Heart"
+    assert profile.n_active == 3 and profile.label.category == "Heart" and profile.label.category_size == 5
+    assert profile.label.label == "Heart anomaly, 100 % of 3"
     assert profile.top_concepts["id"].tolist() == ["A1", "A2", "A3"]
     np.testing.assert_allclose(profile.top_concepts["logit"], [3, 2, 1], atol=1e-4)
     assert profile.quantile_concepts[["quantile", "id"]].values.tolist() == [[1, "A1"], [2, "A2"], [3, "A3"]]
@@ -190,7 +195,7 @@ def test_cofiring_and_decoder_neighbours(ctx):
     cofiring = profile.cofiring
     assert cofiring["bit"].tolist() == [3, 7, 1, 8]
     np.testing.assert_allclose(cofiring["jaccard"], [2 / 3, 1 / 4, 1 / 5, 1 / 7])
-    assert cofiring["label"].iloc[0] == "Lung"
+    assert cofiring["label"].iloc[0] == "Lung anomaly, 100 % of 2"
     assert profile.decoder_neighbours["id"].iloc[0] == "B2"
     assert profile.decoder_neighbours["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
 
@@ -199,7 +204,11 @@ def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
     view = concept_view(ctx, "A1", k=2, metric="jaccard")
     assert view.concept == Concept(id="A1", name="Septal defect", category="Heart", depth=2, definition=None)
     assert view.active_bits["bit"].tolist() == [0, 1, 5]  # strongest logit first, ties by bit
-    assert view.active_bits["label"].tolist() == ["Heart", "Heart", "Heart"]
+    assert view.active_bits["label"].tolist() == [
+        "Heart anomaly, 100 % of 3",
+        "Heart anomaly, 67 % of 3",
+        "Septal defect, 100 % of 2",
+    ]
     np.testing.assert_allclose(view.active_bits["firing_rate"], [3 / 14, 3 / 14, 2 / 14])
     assert view.code_neighbours["id"].tolist() == ["A2", "A3"]
     jaccard = [1 - 2 / 4, 1 - 1 / 3]  # A1 {0,1,5} against A2 {0,1,8} and A3 {0}
@@ -262,7 +271,7 @@ def test_run_context_loads_a_run_folder_and_refuses_another_dataset(tmp_path):
     dataset = SimpleNamespace(name="hand", embeddings=embeddings, concepts=make_concepts())
     ctx = RunContext.load(tmp_path, dataset)
     assert (ctx.run_id, ctx.n_bits, len(ctx.concepts)) == (tmp_path.name, N_BITS, 14)
-    assert bit_table(ctx).loc[0, "label"] == "Heart"
+    assert bit_table(ctx).loc[0, "category"] == "Heart"
     smaller = SimpleNamespace(name="other", embeddings=embeddings[:5], concepts=make_concepts()[:5])
     with pytest.raises(RunFileError, match="trained on another dataset"):
         RunContext.load(tmp_path, smaller)

@@ -27,8 +27,10 @@ from sparsebin.interpret.ontology import (
     Ancestors,
     Categories,
     ancestor_index,
+    benjamini_hochberg,
     best_labels,
     category_index,
+    chance_coherence,
     covering_ancestors,
     enrichment_table,
 )
@@ -46,13 +48,17 @@ CONCEPT_COLUMNS = ["id", "name", "category"]
 class BitLabel:
     """What a bit means in the ontology (one row of `bit_table`): None and NaN for a dead bit."""
 
-    label: str | None  # the category most concepts where it fires share
+    label: str | None  # most specific ancestor covering the share, "Abnormal social development, 94 % of 17"
+    category: str | None  # the top-level category most enriched among the concepts where it fires
     precision: float  # share of its concepts in that category
     recall: float  # share of that category where it fires
-    ancestor_id: str | None  # the deepest ancestor covering `ancestor_share` of its concepts
+    category_size: int  # concepts in that category, over all rows
+    ancestor_id: str | None  # the most specific ancestor covering `ancestor_share` of its concepts
     ancestor_name: str | None
     ancestor_share: float
-    coherence: float
+    coherence: float  # raw: precision above chance (favours small bits)
+    corrected_coherence: float  # raw minus its mean for random sets of the same size (about 0 at random)
+    q_value: float  # Benjamini-Hochberg across bits of the category's hypergeometric p-value
 
 
 # Results holding tables compare by identity (eq=False): equality of data frames has no single truth value.
@@ -245,7 +251,8 @@ def check_bit(ctx: RunContext, bit: int) -> None:
 
 
 def label_bits(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.DataFrame:
-    """Category label, enrichment and covering ancestor for the given bits (one row each, in order)."""
+    """Label, category enrichment, covering ancestor and chance-corrected coherence for the given
+    bits (one row each, in order). The q-values correct for testing every bit given: pass all bits."""
     bits = np.asarray(bits, dtype=np.int64)
     parts = []
     for start in range(0, max(len(bits), 1), LABEL_BLOCK_BITS):  # once even for no bits, to keep the columns
@@ -257,7 +264,17 @@ def label_bits(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.
     table.insert(0, "bit", bits)
     table.insert(1, "firing_rate", n_active / max(len(ctx.concepts), 1))
     table.insert(2, "n_active", n_active)
+    table.insert(3, "label", [ancestor_label(row) for row in table.itertuples()])
+    table["corrected_coherence"] = table["coherence"] - chance_coherence(n_active, ctx.categories)
+    table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy())
     return table
+
+
+def ancestor_label(row) -> str | None:
+    """ "Abnormal social development, 94 % of 17": the covering ancestor with its share, else the category."""
+    if isinstance(row.ancestor_name, str) and row.ancestor_name:
+        return f"{row.ancestor_name}, {row.ancestor_share:.0%} of {int(row.n_active)}".replace("%", " %")
+    return row.category
 
 
 def bit_table(ctx: RunContext, min_share: float = 0.5) -> pd.DataFrame:
@@ -273,23 +290,21 @@ def bit_table(ctx: RunContext, min_share: float = 0.5) -> pd.DataFrame:
 
 
 def rank_bits(ctx: RunContext, min_active: int = 5, min_share: float = 0.5) -> pd.DataFrame:
-    """Bits firing for at least `min_active` concepts, cleanest (highest coherence) first.
+    """Bits firing for at least `min_active` concepts, cleanest (highest chance-corrected coherence) first.
 
     The tail of the ranking holds the muddled bits. Bits firing for very few
     concepts are left out because one or two concepts always look coherent.
     """
     table = bit_table(ctx, min_share)
     ranked = table[table["n_active"] >= min_active].sort_values(
-        ["coherence", "n_active", "bit"], ascending=[False, False, True], kind="stable"
+        ["corrected_coherence", "n_active", "bit"], ascending=[False, False, True], kind="stable"
     )
     return ranked.reset_index(drop=True)
 
 
 def labels_for(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.DataFrame:
-    """Labels for a few bits: from the cached table when there is one, else computed for just these."""
-    if min_share in ctx.tables:
-        return ctx.tables[min_share].iloc[np.asarray(bits, dtype=np.int64)].reset_index(drop=True)
-    return label_bits(ctx, bits, min_share)
+    """Labels for a few bits, read from the whole bit table (its q-values correct across all bits)."""
+    return bit_table(ctx, min_share).iloc[np.asarray(bits, dtype=np.int64)].reset_index(drop=True)
 
 
 def bit_profile(
