@@ -3,6 +3,7 @@
 import streamlit as st
 
 from pages import _shared
+from sparsebin.health import HEALTH_COLUMNS, convergence_word
 from sparsebin.jobs.overview import overview
 
 st.title("sparsebin")
@@ -56,8 +57,10 @@ def status_panel() -> None:
     latest = _shared.runs(done_only=False).head(10)
     if len(latest):
         columns = ["label", "dataset", "status", "n_bits", "k", "loss", "rounding", "sparsity"]
-        columns += ["recon_loss", "active_mean"]
-        st.dataframe(latest[columns], hide_index=True, key="home_runs")
+        columns += ["recon_loss", "active_mean", "dead_all_rows", "silent_held_out"]
+        shown = latest[columns].rename(columns={"recon_loss": "recon (val)", "active_mean": "active mean (val)"})
+        shown = shown.rename(columns=HEALTH_COLUMNS).assign(convergence=latest["converged"].map(convergence_word))
+        st.dataframe(shown, hide_index=True, key="home_runs")
     else:
         st.info("No runs yet. Queue one on the Train page.")
 

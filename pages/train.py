@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages import _jobs, _shared
 from sparsebin.config import (
+    DISTANCE_NAMES,
     GRID_SETTINGS,
     LOSSES,
     ROUNDINGS,
@@ -42,6 +43,9 @@ with st.form("train_form"):
     seed = b.number_input("seed", 0, 2**31 - 1, defaults.seed, key="seed")
     device = c.selectbox("device", ["auto", "cpu", "cuda", "mps"], key="device")
     label = d.text_input("label (optional)", key="label")
+    named = {None: "as loss", **DISTANCE_NAMES}
+    rec_loss = a.selectbox("reconstruction distance", list(named), format_func=named.get, key="rec_loss")
+    sparsity_loss = b.selectbox("alignment distance", list(named), format_func=named.get, key="sparsity_loss")
     submitted = st.form_submit_button("Queue run", key="submit_run")
     st.caption(
         "One-click study of the method's ablations at these N, K, epochs and other settings: "
@@ -58,6 +62,8 @@ config = TrainConfig(
     k=int(k),
     alpha=float(alpha),
     loss=loss,
+    rec_loss=rec_loss,
+    sparsity_loss=sparsity_loss,
     rounding=rounding,
     sparsity=sparsity,
     epochs=int(epochs),

@@ -114,6 +114,7 @@ def test_train_queues_a_run_and_refuses_bad_settings(app, world):
     assert at.multiselect(key="grid_rounding").options == ["pass-through", "removed", "hard", "stochastic"]
     job = Store(world["home"]).jobs(limit=1)[0]
     assert job.label == "queued from the test" and job.status.name == "QUEUED"
+    assert job.config.reconstruction_distance == "cosine"  # "as loss" unless chosen
     Store(world["home"]).cancel(job.id)  # leave the other tests the finished runs and nothing queued
 
 
@@ -200,6 +201,7 @@ def test_the_one_click_study_queues_every_setting_times_the_seeds(app, world):
     at.number_input(key="epochs").set_value(2)
     at.number_input(key="batch_size").set_value(32)
     at.selectbox(key="rounding").set_value("hard")  # the study starts from the paper's setting whatever the form says
+    at.selectbox(key="rec_loss").set_value("l1")  # so do the distances
     at.number_input(key="study_seeds").set_value(2)
     at.button(key="submit_study").click().run()
     assert any("Queued the study: 18 runs" in success.value for success in at.success), texts(at)

@@ -37,6 +37,26 @@ def test_submit_a_grid_queues_every_combination(capsys):
     assert all(job.config.epochs == 2 and job.config.alpha == 0.5 for job in jobs)
 
 
+def test_submit_the_study_and_the_per_term_distances(capsys):
+    make_dataset()
+    assert run_command("submit", "tiny", "--study", "2", "--n-bits", "32", "--k", "4", *TINY_FLAGS) == 0
+    jobs = Store().jobs()
+    assert len(jobs) == 18 and {job.config.seed for job in jobs} == {0, 1}
+    assert {job.label for job in jobs if job.config.rec_loss == "mse_sum"} == {
+        "reconstruction MSE (scale-fair) seed=0",
+        "reconstruction MSE (scale-fair) seed=1",
+        "both MSE seed=0",
+        "both MSE seed=1",
+    }
+    assert run_command("submit", "tiny", "--sparsity-loss", "l1", "--split-seed", "3", *TINY_FLAGS) == 0
+    newest = Store().jobs(limit=1)[0].config
+    assert (newest.alignment_distance, newest.reconstruction_distance, newest.split_seed) == ("l1", "cosine", 3)
+    with pytest.raises(
+        ConfigError, match=r"--study sets loss, rounding, sparsity and seed itself .* \(got --rounding\)"
+    ):
+        run_command("submit", "tiny", "--study", "2", "--rounding", "none", *TINY_FLAGS)
+
+
 def test_submit_one_run_with_a_label_and_refuse_a_bad_one(capsys):
     make_dataset()
     run_command("submit", "tiny", "--n-bits", "32", "--k", "4", "--label", "baseline", *TINY_FLAGS)

@@ -55,8 +55,8 @@ def test_the_report_opens_with_every_section_and_its_html_loads_nothing_remote(g
         assert section in markdown
     for number in range(1, 7):
         assert f"**{number}. " in markdown
-    assert "| paper setting | cosine (both terms) | ste | align | 2 |" in markdown
-    assert "| rounding none | cosine (both terms) | none | align | 2 |" in markdown
+    assert "| paper setting | cosine (both terms) | ste | align | 3 | 2 |" in markdown
+    assert "| rounding none | cosine (both terms) | none | align | 3 | 2 |" in markdown
     assert "dead (all rows)" in markdown and "recall@10 Jaccard (val queries, all rows)" in markdown
     assert "Questions 4-6 describe paper setting seed=0" in markdown  # the paper's setting, converged or lowest seed
     assert "against rounding ste" in markdown  # Question 3 pairs the controlled runs

@@ -381,7 +381,8 @@ def answer_flexibility(runs: pd.DataFrame) -> Answer:
             planned += longer
             facts.append(
                 f"at {setting}, none of the {len(group)} run(s) converged (active mean or loss still moved by more "
-                f"than {CONVERGED_ACTIVE:.0%} of K or {CONVERGED_LOSS:.0%} over the last tenth of training; "
+                f"than {CONVERGED_ACTIVE:.0%} of K, or the loss by more than {CONVERGED_LOSS:.0%} of its final value, "
+                f"over the last tenth of training; "
                 f"active mean {spread(group['active_mean']).text(1)} for K={k}), so no conclusion is drawn; "
                 f"train them longer (epochs={int(first['epochs']) * 2})"
             )
@@ -419,7 +420,9 @@ def _factor_answer(
     groups = controlled_groups(runs, factor)
     groups = [g for g in groups if (g[list(reference)] == pd.Series(reference)).all(axis=1).any()]
     if not groups:
-        references = runs[(runs[list(reference)] == pd.Series(reference)).all(axis=1)] if len(runs) else runs
+        # What to queue: the factor's missing values next to the paper-setting runs picked.
+        matches = (runs[list(reference)] == pd.Series(reference)).all(axis=1) if len(runs) else []
+        references = runs[matches & is_paper_setting(runs)] if len(runs) else runs
         if not len(references) and len(runs):
             references = plan_variants(runs.head(1), {"paper setting": PAPER_SETTING}, runs)
             references = (

@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from sparsebin import charts, runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.errors import DataError, JobError, RunFileError
-from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS, RARE_BELOW, convergence_word
+from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS, convergence_word
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret.questions import (
     STUDY,
@@ -127,10 +127,11 @@ def table_markdown(table: pd.DataFrame) -> str:
     """The ablation table as a markdown table: mean ± sd per cell, headers naming each metric's part."""
     if not len(table):
         return "(no finished run)"
-    headers = ["setting", "loss terms", "rounding", "sparsity", "n", *(h for _, h, _ in TABLE_METRICS), "converged"]
+    headers = ["setting", "loss terms", "rounding", "sparsity", "epochs", "n", *(h for _, h, _ in TABLE_METRICS)]
+    headers.append("converged")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for _, row in table.iterrows():
-        cells = [row["setting"], row["loss terms"], row["rounding"], row["sparsity"], str(row["n"])]
+        cells = [row["setting"], row["loss terms"], row["rounding"], row["sparsity"], str(row["epochs"]), str(row["n"])]
         for column, _, digits in TABLE_METRICS:
             cells.append(_cell(row[f"{column}_mean"], row[f"{column}_sd"], row["n"], digits))
         cells.append(row["converged"])
@@ -184,6 +185,7 @@ def build_report(
     histories: dict[str, list[dict]],
     metrics: dict[str, dict],
     named: pd.Series | None = None,
+    why: str = "named by the user",
     sign: dict | None = None,
     sign_equal: dict | None = None,
     depth: interpret.DepthAnalysis | None = None,
@@ -193,7 +195,6 @@ def build_report(
     """The report of `runs` (a runs table); `histories` and `metrics` (the judged part's metrics) are keyed
     by run name; `named` is the run Questions 4-6 describe (default: the paper's setting among the runs)."""
     runs = with_settings(finished(runs))
-    why = "named by the user"
     if named is None:
         named, why = default_run(runs)
     answers = answer_questions(
@@ -205,8 +206,7 @@ def build_report(
     datasets = ", ".join(sorted(map(str, runs["dataset"].unique()))) or "none"
     intro = (
         f"{len(runs)} finished run(s) on {datasets}; generated {stamp}. Questions 4-6 describe "
-        f"{_name(named) or 'no run'} ({why}). Bit health: {'; '.join(HEALTH_LABELS.values())} "
-        f"(rare: fewer than {RARE_BELOW} concepts)."
+        f"{_name(named) or 'no run'} ({why}). Bit health: {'; '.join(HEALTH_LABELS.values())}."
     )
     sections = [
         ("Ablation table", table_markdown(table) + "\n\n" + TABLE_NOTES),
@@ -256,10 +256,11 @@ def report_html(
 def _html_table(table: pd.DataFrame) -> str:
     if not len(table):
         return "<p>(no finished run)</p>"
-    headers = ["setting", "loss terms", "rounding", "sparsity", "n", *(h for _, h, _ in TABLE_METRICS), "converged"]
+    headers = ["setting", "loss terms", "rounding", "sparsity", "epochs", "n", *(h for _, h, _ in TABLE_METRICS)]
+    headers.append("converged")
     rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"]
     for _, row in table.iterrows():
-        cells = [row["setting"], row["loss terms"], row["rounding"], row["sparsity"], str(row["n"])]
+        cells = [row["setting"], row["loss terms"], row["rounding"], row["sparsity"], str(row["epochs"]), str(row["n"])]
         cells += [_cell(row[f"{c}_mean"], row[f"{c}_sd"], row["n"], d) for c, _, d in TABLE_METRICS]
         cells.append(row["converged"])
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -277,7 +278,7 @@ def write_report(report: Report, out: Path) -> dict[str, Path]:
     return paths
 
 
-def report_for_store(store, runs: pd.DataFrame, named_run_id: str | None = None) -> Report:
+def report_for_store(store: Store, runs: pd.DataFrame, named_run_id: str | None = None) -> Report:
     """Everything `build_report` needs, read from the store, run folders and the named run's dataset."""
     runs = with_settings(finished(runs))
     if not len(runs):
@@ -292,14 +293,13 @@ def report_for_store(store, runs: pd.DataFrame, named_run_id: str | None = None)
         loaded = runfolder.load_metrics(store.run_folder(run_id))
         all_metrics[run_id] = loaded
         metrics[names[run_id]] = loaded.get("validation") or loaded["train"]
-    named = None
     if named_run_id is not None:
         chosen = runs[runs["run_id"] == named_run_id]
         if not len(chosen):
             raise JobError(f"run {named_run_id!r} is not among the runs of the report.")
-        named = chosen.iloc[0]
+        named, why = chosen.iloc[0], "named by the user"
     else:
-        named, _ = default_run(runs)
+        named, why = default_run(runs)
     split = "validation" if all_metrics[named["run_id"]].get("validation") else "train"
     sign = all_metrics[named["run_id"]].get(f"sign_{split}")
     sign_equal = all_metrics[named["run_id"]].get(f"sign_{split}_equal_storage")
@@ -314,6 +314,7 @@ def report_for_store(store, runs: pd.DataFrame, named_run_id: str | None = None)
         histories=histories,
         metrics=metrics,
         named=named,
+        why=why,
         sign=sign,
         sign_equal=sign_equal,
         depth=depth,

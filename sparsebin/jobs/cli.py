@@ -13,6 +13,7 @@ from sparsebin.datasets.importing import import_for_command, is_embeddings_path
 from sparsebin.errors import ConfigError, DataError
 from sparsebin.export import export_run
 from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS
+from sparsebin.interpret.questions import PAPER_SETTING, study_configs
 from sparsebin.jobs.overview import overview
 from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
@@ -33,6 +34,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--config", type=Path, help="a config.json to start from")
     submit.add_argument("--label", default="", help="a note shown beside the run")
     add_setting_options(submit, lists=GRID_SETTINGS, defaults=False)
+    submit.add_argument(
+        "--study",
+        type=int,
+        metavar="SEEDS",
+        help="queue the one-click ablation study at these settings, each setting for SEEDS training seeds",
+    )
     submit.set_defaults(func=submit_command)
 
     status = subparsers.add_parser("status", help="show queued and recent jobs, or one job in full")
@@ -135,7 +142,17 @@ def submit_command(args: argparse.Namespace) -> int:
         args.dataset, sentence = import_for_command(args.dataset)
         print(sentence)
     store = Store()
-    if any(len(values) > 1 for values in lists.values()):
+    if args.study is not None:
+        own = sorted(set(given) & {*PAPER_SETTING, "seed"})
+        if own or any(len(values) > 1 for values in lists.values()):
+            raise ConfigError(
+                "--study sets loss, rounding, sparsity and seed itself and takes one value per other setting"
+                f"{' (got --' + ', --'.join(name.replace('_', '-') for name in own) + ')' if own else ''}."
+            )
+        base = base.replace(**{name: values[0] for name, values in lists.items()})
+        study = study_configs(base, args.study)
+        jobs = store.submit_many(args.dataset, [config for _, config in study], [label for label, _ in study])
+    elif any(len(values) > 1 for values in lists.values()):
         jobs = store.submit_grid(args.dataset, base, lists)
     else:
         single = base.replace(**{name: values[0] for name, values in lists.items()})
