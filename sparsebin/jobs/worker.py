@@ -133,8 +133,9 @@ def run_worker(
     single: bool = False,
     auto_resume: bool | None = None,
     lock_fd: int | None = None,
+    shutdown: threading.Event | None = None,
 ) -> int:
-    """Run queued jobs until stopped; return how many jobs this worker ran.
+    """Run queued jobs until stopped (or `shutdown` is set); return how many jobs this worker ran.
 
     Jobs left interrupted (a worker killed, a machine rebooted) are queued again
     when the worker starts, and whenever it finds a stale job while idle, unless
@@ -158,7 +159,7 @@ def run_worker(
     store.register_worker(name, os.getpid(), socket.gethostname(), worker_device)
     heartbeat = Heartbeat(store, name, heartbeat_every)
     heartbeat.start()
-    shutdown = threading.Event()
+    shutdown = shutdown or threading.Event()
     restore_signals = stop_on_signals(shutdown)
     log.info("worker %s started on %s", name, worker_device)
     jobs_run, idle_rounds = 0, 0
