@@ -21,6 +21,7 @@ from sparsebin.search.codes import (
     bytes_per_vector,
     dense_neighbours,
     pack_bits,
+    recall_at_k,
     sample_queries,
 )
 
@@ -110,9 +111,21 @@ def evaluate_model(
         "k": model.k,
     }
     metrics |= code_metrics(
-        packed, model.n_bits, vectors, split=split, n_queries=n_queries, seed=seed, retrieval=retrieval
+        packed,
+        model.n_bits,
+        vectors,
+        split=split,
+        n_queries=n_queries,
+        seed=seed,
+        projection=decoder_projection(model),
+        retrieval=retrieval,
     )
     return Evaluation(metrics, packed)
+
+
+def decoder_projection(model: BinaryAutoencoder) -> np.ndarray:
+    """(D, N) W_d: a query q scores bit j by q . W_d[:, j] in asymmetric search."""
+    return model.decoder.weight.detach().cpu().numpy().astype(np.float32)
 
 
 def code_metrics(
@@ -123,12 +136,15 @@ def code_metrics(
     split: str,
     n_queries: int = 500,
     seed: int = 0,
+    projection: np.ndarray | None = None,
     retrieval: bool = True,
 ) -> dict:
     """Metrics any binary code has: activity, firing, storage and (unless `retrieval` is False) retrieval
     with queries from these rows searched among them.
 
     Shared by trained models and the `sign` baseline, so both are measured alike.
+    With a `projection` (D, N) taking a dense query to its weight per bit, the
+    asymmetric recall is measured too.
     """
     index = CodeIndex(packed, n_bits)
     active = index.sizes.astype(np.int64)  # (M,) active bits per concept
@@ -139,7 +155,7 @@ def code_metrics(
     metrics |= storage_metrics(n_bits, metrics["active_mean"], vectors.shape[1])
     if retrieval:
         queries = sample_queries(len(packed), n_queries, seed)
-        metrics |= retrieval_metrics(index, vectors, queries)
+        metrics |= retrieval_metrics(index, vectors, queries, projection=projection)
     return metrics
 
 
@@ -188,8 +204,14 @@ def storage_metrics(n_bits: int, active_mean: float, d_in: int) -> dict:
     }
 
 
-def retrieval_metrics(index: CodeIndex, vectors: np.ndarray, queries: np.ndarray, *, k: int = 10) -> dict:
-    """Recall@k of code neighbours (Hamming, Jaccard) against dense cosine neighbours.
+def retrieval_metrics(
+    index: CodeIndex, vectors: np.ndarray, queries: np.ndarray, *, projection: np.ndarray | None = None, k: int = 10
+) -> dict:
+    """Recall@k of code neighbours (Hamming, Jaccard, asymmetric) against dense cosine neighbours.
+
+    Asymmetric search (with a `projection` (D, N)) scores each dense query,
+    taken to one weight per bit by the projection, against the stored codes;
+    its float scores rarely tie, and ties go to the lower row.
 
     `queries` are row numbers of `index` / `vectors` (M, D); each is searched
     against every indexed row but itself. Rows tied with the k-th nearest code
@@ -200,6 +222,8 @@ def retrieval_metrics(index: CodeIndex, vectors: np.ndarray, queries: np.ndarray
     (exact ties among float cosines are left to the row order).
     """
     nan = {"recall_at_10_hamming": float("nan"), "recall_at_10_jaccard": float("nan"), "n_queries": 0}
+    if projection is not None:
+        nan["recall_at_10_asymmetric"] = float("nan")
     if len(index) <= k or len(queries) == 0:
         return nan | {"n_index_rows": int(len(index)), "recall_ties": TIES}
     queries = np.asarray(queries, dtype=np.int64)
@@ -209,6 +233,10 @@ def retrieval_metrics(index: CodeIndex, vectors: np.ndarray, queries: np.ndarray
     result = {"n_queries": int(len(queries)), "n_index_rows": int(len(index)), "recall_ties": TIES}
     for metric in ("hamming", "jaccard"):
         result[f"recall_at_10_{metric}"] = tie_aware_recall(index, queries, truth, k, metric)
+    if projection is not None:
+        query_vectors = np.asarray(vectors[queries], dtype=np.float32) @ projection  # (Q, N)
+        found, _ = index.search_asymmetric(query_vectors, k, exclude=queries)
+        result["recall_at_10_asymmetric"] = recall_at_k(found, truth)
     return result
 
 

@@ -139,3 +139,40 @@ def test_recall_truth_is_cosine_even_when_rows_are_not_normalised():
         index_metrics["recall_at_10_jaccard"]
         == code_metrics(pack_bits(bits), 8, unit, split="hand", n_queries=12)["recall_at_10_jaccard"]
     )
+
+
+def test_every_part_and_baseline_reports_asymmetric_recall_over_every_row():
+    from conftest import planted_data
+
+    from sparsebin.config import TrainConfig
+    from sparsebin.experiment import evaluate_run
+    from sparsebin.train import train
+
+    x, _ = planted_data(n_rows=300, dim=16, n_bits=32, k=4)
+    result = train(x, TrainConfig(n_bits=32, k=4, epochs=2, batch_size=64))
+    metrics, _ = evaluate_run(x, result, n_queries=20)
+    for part in ("train", "validation", "sign_validation", "sign_validation_equal_storage"):
+        assert 0.0 <= metrics[part]["recall_at_10_asymmetric"] <= 1.0, part
+        assert metrics[part]["n_index_rows"] == 300 and metrics[part]["n_queries"] == 20, part
+
+
+def test_sign_asymmetric_recall_ranks_rows_by_query_dot_sign_bits():
+    from sparsebin.metrics import principal_axes, retrieval_metrics
+    from sparsebin.search.codes import CodeIndex, dense_neighbours, recall_at_k, sample_queries, unpack_bits
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((400, 12)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    offset, rotation = principal_axes(vectors, 12)
+    codes = sign_codes(vectors, n_bits=8, axes=(offset, rotation))
+    part = np.arange(100, 400)
+    queries = part[sample_queries(len(part), 30, 1)]
+    metrics = retrieval_metrics(CodeIndex(codes, 8), vectors, queries, projection=rotation[:, :8])
+    signs = 2.0 * unpack_bits(codes, 8) - 1  # (M, 8) of +-1: sign((x - mean) @ R)
+    found = []
+    for query in queries:
+        scores = signs @ (vectors[query] @ rotation[:, :8])  # q . sign(x) in the rotated basis
+        scores[query] = -np.inf
+        found.append(np.lexsort((np.arange(len(scores)), -scores))[:10])
+    expected = recall_at_k(np.array(found), dense_neighbours(vectors, queries, 10)[0])
+    assert metrics["recall_at_10_asymmetric"] == pytest.approx(expected)

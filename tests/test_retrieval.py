@@ -281,3 +281,32 @@ def test_one_bit_column_of_packed_codes_is_that_column_of_the_bits():
         np.testing.assert_array_equal(bit_column(packed, 13, bit), bits[:, bit])
     with pytest.raises(ValueError, match=r"bit must be a whole number in 0\.\.12, got 13\."):
         bit_column(packed, 13, 13)
+
+
+def _brute_force_asymmetric(bits: np.ndarray, query_vectors: np.ndarray, k: int, exclude=None) -> np.ndarray:
+    """Top-k rows by v . b, ties to the lower row, one query at a time in plain numpy."""
+    found = []
+    for q, vector in enumerate(query_vectors):
+        scores = bits.astype(np.float64) @ vector.astype(np.float64)
+        if exclude is not None and exclude[q] >= 0:
+            scores[exclude[q]] = -np.inf
+        found.append(np.lexsort((np.arange(len(scores)), -scores))[:k])
+    return np.array(found)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.5])
+def test_asymmetric_search_equals_brute_force_with_ties(density):
+    rng = np.random.default_rng(3)
+    bits = (rng.random((700, 40)) < density).astype(np.uint8)
+    index = CodeIndex(pack_bits(bits), 40, chunk_rows=128)  # several blocks on the dense path
+    query_vectors = rng.integers(-2, 3, size=(37, 40)).astype(np.float32)  # small integers: many ties
+    exclude = rng.integers(-1, 700, size=37)
+    found, scores = index.search_asymmetric(query_vectors, 10, exclude=exclude, block=8)
+    np.testing.assert_array_equal(found, _brute_force_asymmetric(bits, query_vectors, 10, exclude))
+    np.testing.assert_allclose(scores, np.take_along_axis(bits @ query_vectors.T, found.T, axis=0).T)
+
+
+def test_asymmetric_search_refuses_queries_of_another_width():
+    index = CodeIndex(pack_bits(np.eye(16, dtype=np.uint8)), 16)
+    with pytest.raises(ValueError, match=r"one weight per bit \(16\), got shape \(2, 8\)"):
+        index.search_asymmetric(np.zeros((2, 8)), 3)

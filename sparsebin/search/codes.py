@@ -14,6 +14,11 @@ other the rows where it fires, so the always-on bits of unconverged runs cost
 nothing and a query costs the postings of its active bits. Dense codes (the
 sign baseline) are compared with every row by popcount over 64-bit words.
 `CodeIndex` picks whichever costs less for its codes. Ties go to the lower row.
+
+Asymmetric search scores a dense query against the stored codes instead:
+a query becomes one N-vector v (for a model, v_j = q . W_d[:, j]; for sign
+bits, the query in the rotated basis), and a code b scores v . b, the sum of v
+over its active bits; the top k scores win (ties to the lower row).
 """
 
 import os
@@ -226,6 +231,45 @@ class CodeIndex:
             indices.append(top)
             distances.append(top_dist)
         return np.concatenate(indices), np.concatenate(distances)
+
+    def search_asymmetric(
+        self, query_vectors: np.ndarray, k: int, exclude: np.ndarray | None = None, block: int = 128
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, scores), each (Q, k), highest score v . b first, ties by the lower row index.
+
+        `query_vectors` (Q, N) float: each query's weight per bit. Exact: every
+        row is scored, through the inverted index for sparse codes and by a
+        product with unpacked blocks for dense ones, `block` queries at a time.
+        """
+        query_vectors = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
+        if query_vectors.ndim != 2 or query_vectors.shape[1] != self.n_bits:
+            raise ValueError(
+                f"asymmetric queries must give one weight per bit ({self.n_bits}), got shape {query_vectors.shape}."
+            )
+        k = int(min(k, len(self) - (exclude is not None and bool((np.asarray(exclude) >= 0).any()))))
+        indices, scores = [], []
+        for start in range(0, len(query_vectors), block):
+            part = query_vectors[start : start + block]  # (q, N)
+            score = self._asymmetric_scores(part)  # (q, M)
+            if exclude is not None:
+                own = np.asarray(exclude[start : start + block])
+                score[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+            top, negative = smallest_k(-score, k)
+            indices.append(top)
+            scores.append(-negative)
+        if not indices:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return np.concatenate(indices), np.concatenate(scores)
+
+    def _asymmetric_scores(self, query_vectors: np.ndarray) -> np.ndarray:
+        """(Q, M) float32 v . b for every query and row."""
+        if self.sizes.mean() <= self.n_bits / 8:  # sparse codes: sum v over each row's listed bits
+            return np.asarray(self.by_bit.T @ query_vectors.T, dtype=np.float32).T
+        out = np.empty((len(query_vectors), len(self)), dtype=np.float32)
+        for i in range(0, len(self), self.chunk_rows):
+            block = unpack_bits(self.packed[i : i + self.chunk_rows], self.n_bits).astype(np.float32)
+            out[:, i : i + len(block)] = query_vectors @ block.T
+        return out
 
     def _search_compiled(
         self, query_packed: np.ndarray, k: int, metric: str, exclude: np.ndarray | None
