@@ -34,6 +34,9 @@ DEFAULT_SPLIT_SEED = 0  # every run of a dataset is scored on the same held-out 
 ROUNDINGS = ("ste", "none", "hard", "stochastic")
 SPARSITIES = ("align", "hard-topk", "l1", "none")
 INITS = ("default", "sparse")
+CENTRES = ("none", "mean", "learned-mean", "learned-median")
+RATE_CONTROLS = ("none", "balance", "bounds")
+REVIVALS = ("none", "auxk", "reinit")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,25 @@ class TrainConfig:
     split_seed: int = DEFAULT_SPLIT_SEED  # held-out rows and retrieval queries; the same for every run of a dataset
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
     log_every: int = 50  # steps between progress events (the only host syncs)
+    # Remedies beyond the paper (sparsebin.remedies); each off by default, so the above is the paper's setting.
+    centre: str = "none"  # none; mean: subtract the training mean before the encoder, add it back after
+    #                       the decoder; learned-mean / learned-median: the same centre as a learned pre-bias
+    rate_control: str = "none"  # none; balance: KL(K/N || each bit's batch firing rate); bounds: penalise a
+    #                             bit's batch firing rate outside [rate_min, rate_max] (in log space)
+    rate_weight: float = (
+        0.1  # weight of the firing-rate term; on planted data 0.1 removed every always-on bit, 0.01 not
+    )
+    rate_min: float = 1e-3  # bounds: lowest batch firing rate of a bit without penalty (rates read in 1 / 2B steps)
+    rate_max: float = 0.1  # bounds: highest batch firing rate of a bit without penalty
+    revive: str = "none"  # none; auxk: reconstruct the residual through the top aux_k dead bits;
+    #                       reinit: point dead bits at the worst-reconstructed rows of the batch
+    revive_after: int = 200  # steps without firing on a training batch before a bit counts as dead
+    aux_k: int = 0  # auxk: dead bits per row in the auxiliary code (0: 2 K)
+    aux_weight: float = 1 / 32  # auxk: weight of the auxiliary term (Gao et al. 2024)
+    unit_decoder: bool = False  # keep every decoder column at unit length (renormalised after each step)
+    tied_init: bool = False  # encoder weights start as the decoder's transpose (decoder columns unit random)
+    k_start: int = 0  # K schedule: TopK target starts at k_start and anneals to k (0: off)
+    k_anneal_epochs: int = 0  # epochs over which the target falls geometrically from k_start to k
 
     @property
     def reconstruction_distance(self) -> str:
@@ -98,6 +120,7 @@ class TrainConfig:
             yield f"sparsity must be one of {', '.join(SPARSITIES)}, got {self.sparsity!r}."
         if self.init not in INITS:
             yield f"init must be one of {', '.join(INITS)}, got {self.init!r}."
+        yield from self._remedy_faults()
         if not _is_number(self.val_fraction) or not 0 <= self.val_fraction <= 0.9:
             yield f"val_fraction must lie between 0 and 0.9, got {self.val_fraction!r}."
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -122,6 +145,41 @@ class TrainConfig:
                     f"batch_size {self.batch_size} is larger than the {n_train} training rows; "
                     f"choose at most {n_train}."
                 )
+
+    def _remedy_faults(self):
+        for name, value, known in (
+            ("centre", self.centre, CENTRES),
+            ("rate_control", self.rate_control, RATE_CONTROLS),
+            ("revive", self.revive, REVIVALS),
+        ):
+            if value not in known:
+                yield f"{name} must be one of {', '.join(known)}, got {value!r}."
+        for name in ("rate_weight", "aux_weight"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                yield f"{name} must be a number of at least 0, got {value!r}."
+        if not _is_number(self.rate_min) or not _is_number(self.rate_max) or not 0 < self.rate_min < self.rate_max < 1:
+            yield (
+                "rate_min and rate_max must satisfy 0 < rate_min < rate_max < 1, "
+                f"got {self.rate_min!r} and {self.rate_max!r}."
+            )
+        for name in ("revive_after", "aux_k", "k_start", "k_anneal_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                yield f"{name} must be a whole number of at least 0, got {value!r}."
+        if self.revive != "none" and isinstance(self.revive_after, int) and self.revive_after < 1:
+            yield f"revive_after must be at least 1 step when revive is {self.revive}, got {self.revive_after}."
+        for name in ("unit_decoder", "tied_init"):
+            if not isinstance(getattr(self, name), bool):
+                yield f"{name} must be true or false, got {getattr(self, name)!r}."
+        if isinstance(self.k_start, int) and self.k_start and isinstance(self.n_bits, int) and isinstance(self.k, int):
+            if not self.k < self.k_start < self.n_bits:
+                yield (
+                    f"k_start must lie above k ({self.k}) and below n_bits ({self.n_bits}), "
+                    f"or be 0 for no schedule, got {self.k_start}."
+                )
+            elif isinstance(self.k_anneal_epochs, int) and self.k_anneal_epochs < 1:
+                yield "k_anneal_epochs must be at least 1 when k_start is set."
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,9 +214,17 @@ class TrainConfig:
 
 
 # The settings an ablation grid may vary: the Train page's grid fields and the `submit` options that take lists.
-GRID_SETTINGS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed")
+GRID_SETTINGS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed", "centre", "rate_control", "revive")
 # The settings whose values are a known list: a form offers them as choices instead of free text.
-SETTING_CHOICES = {"loss": LOSSES, "rounding": ROUNDINGS, "sparsity": SPARSITIES, "init": INITS}
+SETTING_CHOICES = {
+    "loss": LOSSES,
+    "rounding": ROUNDINGS,
+    "sparsity": SPARSITIES,
+    "init": INITS,
+    "centre": CENTRES,
+    "rate_control": RATE_CONTROLS,
+    "revive": REVIVALS,
+}
 # How each setting is read from text; a setting that may be unset (None) is read as text.
 SETTING_KINDS = {
     field.name: field.type if field.type in (int, float, bool) else str for field in dataclasses.fields(TrainConfig)
@@ -212,6 +278,55 @@ def expand_grid(base: TrainConfig, grid: dict[str, list]) -> list[TrainConfig]:
 
 def _as_list(values) -> list:
     return list(values) if isinstance(values, list | tuple) else [values]
+
+
+# Named starting points. "paper" is the paper's setting (every remedy off); "recommended" holds the
+# combination of remedies that benchmarks/bench_codes.py found best (see its docstring for the measurement).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "recommended": {
+        "centre": "mean",
+        "rate_control": "balance",
+        "rate_weight": 0.1,
+        "revive": "auxk",
+        "unit_decoder": True,
+        "tied_init": True,
+    },
+}
+
+
+def preset_config(name: str, **changes: Any) -> TrainConfig:
+    """The TrainConfig of a named preset, with `changes` on top; ConfigError for an unknown name."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}.")
+    return TrainConfig(**(PRESETS[name] | changes))
+
+
+def preset_of(config: TrainConfig) -> str | None:
+    """The preset whose remedies `config` has (the other settings free), or None."""
+    remedy_names = set(PRESETS["recommended"]) | REMEDY_FIELDS
+    mine = {name: value for name, value in config.to_dict().items() if name in remedy_names}
+    for name, values in PRESETS.items():
+        if mine == {name: value for name, value in TrainConfig(**values).to_dict().items() if name in remedy_names}:
+            return name
+    return None
+
+
+REMEDY_FIELDS = {
+    "centre",
+    "rate_control",
+    "rate_weight",
+    "rate_min",
+    "rate_max",
+    "revive",
+    "revive_after",
+    "aux_k",
+    "aux_weight",
+    "unit_decoder",
+    "tied_init",
+    "k_start",
+    "k_anneal_epochs",
+}
 
 
 def validation_size(n_rows: int, val_fraction: float) -> int:

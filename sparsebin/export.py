@@ -1,7 +1,8 @@
 """Export a finished run for use outside sparsebin.
 
 <out>/codes.npy              packed bits (np.packbits), one row per concept
-<out>/encoder.safetensors    encoder weight and bias; the model and config in its metadata
+<out>/encoder.safetensors    encoder weight and bias (and centre c when trained with one: u = (x - c) W^T + b);
+                              the model and config in its metadata
 <out>/metrics.csv            one row per split, scalar metrics only
 <out>/concepts.csv           each concept's active bits, beside its id and name
 <out>/config.json            exactly what was trained
@@ -45,6 +46,8 @@ def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = 
     with atomic_path(written["codes"]) as partial:
         shutil.copyfile(run_folder / "codes.npy", partial)  # copied, not read: it can be 100+ MB
     encoder = {name: value.detach().cpu().contiguous() for name, value in model.encoder.state_dict().items()}
+    if model.centre is not None:  # u = (x - centre) @ weight.T + bias
+        encoder["centre"] = model.centre.detach().cpu().contiguous()
     meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
     with atomic_path(written["encoder"]) as partial:
         save_file(encoder, str(partial), metadata=meta)

@@ -19,6 +19,10 @@ While training, the decoder product of a 0/1 code may be computed from its
 active columns only (see `sparsebin.decoding`); `decoder_path` picks auto (by
 measured cost, on a CPU), dense or sparse. Both give the same result within
 float32 rounding.
+
+Centring (off in the paper's setting): with a centre c (D,), fixed or learned,
+    u = (x - c) @ W_e.T + b_e    and    x_hat = b @ W_d.T + b_d + c
+`sparsebin.remedies` sets c (the training mean or geometric median).
 """
 
 import math
@@ -82,10 +86,11 @@ class BinaryAutoencoder(nn.Module):
         rounding: str = "ste",
         sparsity: str = "align",
         init: str = "default",
+        centre: str = "none",
     ):
         super().__init__()
         self.d_in, self.n_bits, self.k = d_in, n_bits, k
-        self.rounding, self.sparsity = rounding, sparsity
+        self.rounding, self.sparsity, self.centring = rounding, sparsity, centre
         self.encoder = nn.Linear(d_in, n_bits)
         self.decoder = nn.Linear(n_bits, d_in)
         self.decoder_path = "auto"  # auto, dense or sparse; not saved: every path gives the same model
@@ -93,9 +98,26 @@ class BinaryAutoencoder(nn.Module):
         if init == "sparse":
             # Few bits fire at the start; METHOD.md notes this leaves most bits dead.
             nn.init.constant_(self.encoder.bias, math.log(k / (n_bits - k)))
+        # c, (D,): a buffer when fixed, a parameter when learned; absent (no state) without centring,
+        # so the paper's model has exactly the paper's weights.
+        if centre == "mean":
+            self.register_buffer("centre", torch.zeros(d_in))
+        elif centre.startswith("learned"):
+            self.centre = nn.Parameter(torch.zeros(d_in))
+        else:
+            self.centre = None
+
+    def _centred(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.centre is None else x - self.centre
 
     def encode_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return self.encoder(self._centred(x))
+
+    def encoder_offset(self) -> torch.Tensor:
+        """(N,) the bias u has for x = 0: b_e - W_e c (b_e without centring)."""
+        if self.centre is None:
+            return self.encoder.bias
+        return self.encoder.bias - self.encoder.weight @ self.centre
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The stored code as float 0/1, (B, N): h = 1[u > 0], or t for rigid hard-topk.
@@ -103,21 +125,24 @@ class BinaryAutoencoder(nn.Module):
         With sparsity "hard-topk" the decoder only ever sees the TopK mask, so the
         mask is that model's code (exactly K bits per concept).
         """
-        logits = self.encoder(x)
+        logits = self.encode_logits(x)
         if self.sparsity == "hard-topk":
             return mask_from_indices(topk_indices(logits, self.k), self.n_bits, logits)
         return (logits > 0).to(x.dtype)
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
-        return self.decoder(code)
+        recon = self.decoder(code)
+        return recon if self.centre is None else recon + self.centre
 
-    def forward(self, x: torch.Tensor) -> Forward:
-        logits = self.encoder(x)
+    def forward(self, x: torch.Tensor, k: int | None = None) -> Forward:
+        """One pass; `k` overrides the TopK target K while training (the K schedule)."""
+        logits = self.encode_logits(x)
         soft = torch.sigmoid(logits)
         hard = binary_step(logits)
-        topk = topk_indices(logits, self.k)  # sigmoid is monotone: same as the top of s
+        topk = topk_indices(logits, k or self.k)  # sigmoid is monotone: same as the top of s
         code = self._training_code(soft, hard, topk) if self.training else self.stored_code(hard, topk)
-        return Forward(logits, soft, hard, topk, code, self.reconstruct(code, topk))
+        recon = self.reconstruct(code, topk)
+        return Forward(logits, soft, hard, topk, code, recon if self.centre is None else recon + self.centre)
 
     def reconstruct(self, code: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
         """x_hat = b @ W_d.T + b_d, (B, D): the decoder product of a forward pass.
@@ -165,4 +190,5 @@ class BinaryAutoencoder(nn.Module):
             "k": self.k,
             "rounding": self.rounding,
             "sparsity": self.sparsity,
+            "centre": self.centring,
         }

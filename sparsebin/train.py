@@ -34,6 +34,7 @@ from sparsebin.errors import DataError, RunFileError
 from sparsebin.files import CHUNK_ROWS, atomic_path
 from sparsebin.losses import distance, sparsity_term
 from sparsebin.model import BinaryAutoencoder
+from sparsebin.remedies import Remedies, init_model, reconstruction_pair, training_centre
 
 ProgressCallback = Callable[[dict], None]
 log = logging.getLogger(__name__)
@@ -93,14 +94,30 @@ def check_embeddings(embeddings: np.ndarray, normalize: bool = True) -> None:
 def build_model(config: TrainConfig, d_in: int) -> BinaryAutoencoder:
     torch.manual_seed(config.seed)
     return BinaryAutoencoder(
-        d_in, config.n_bits, config.k, rounding=config.rounding, sparsity=config.sparsity, init=config.init
+        d_in,
+        config.n_bits,
+        config.k,
+        rounding=config.rounding,
+        sparsity=config.sparsity,
+        init=config.init,
+        centre=config.centre,
     )
 
 
-def training_loss(model: BinaryAutoencoder, config: TrainConfig, x: torch.Tensor):
-    """(total, reconstruction, sparsity, forward) for one batch."""
-    out = model(x)
-    rec = distance(config.reconstruction_distance, x, out.recon)
+def training_loss(
+    model: BinaryAutoencoder,
+    config: TrainConfig,
+    x: torch.Tensor,
+    k: int | None = None,
+    centre: torch.Tensor | None = None,
+):
+    """(total, reconstruction, sparsity, forward) for one batch.
+
+    `k` overrides the TopK target; with a `centre` both sides of the
+    reconstruction distance are centred (see sparsebin.remedies).
+    """
+    out = model(x, k)
+    rec = distance(config.reconstruction_distance, *reconstruction_pair(x, out.recon, centre))
     sp = sparsity_term(config.sparsity, config.alignment_distance, out.soft, out.topk)
     return rec + config.alpha * sp, rec, sp, out
 
@@ -151,14 +168,17 @@ def train(
 
     model = build_model(config, d_in).to(device)
     model.decoder_path = decoder_path
+    loss_centre = training_centre(config, embeddings, split.train, device)
+    init_model(model, config, loss_centre)
+    steps_per_epoch = -(-n_train // config.batch_size)
+    remedies = Remedies(config, model, steps_per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))
     generator = torch.Generator().manual_seed(config.seed)  # batch order, CPU so devices agree
     history: list[dict] = []
     start_epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator, config)
+        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator, config, remedies.state())
 
-    steps_per_epoch = -(-n_train // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     step = start_epoch * steps_per_epoch
     fired = torch.zeros(config.n_bits, device=device)  # firing counts this epoch
@@ -177,11 +197,16 @@ def train(
                 model.eval()
                 return result
             x = next(batches)  # (B, D)
-            loss, rec, sp, out = training_loss(model, config, x)
+            k = remedies.k_at(step)
+            loss, rec, sp, out = training_loss(model, config, x, k, loss_centre)
+            extra = remedies.extra_terms(model, x, out, k)
+            if extra:
+                loss = loss + sum(extra.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             code = model.stored_code(out.hard, out.topk)  # (B, N) what evaluation will store
+            remedies.after_step(model, optimizer, x, out, code)
             fired += code.sum(dim=0)
             step += 1
             samples += x.shape[0]
@@ -207,13 +232,18 @@ def train(
                     "elapsed_s": elapsed,
                     "epoch_end": last_of_epoch,
                 }
+                event |= {name: term.item() for name, term in extra.items()}
+                if k != config.k:
+                    event["k_target"] = k
                 history.append(event)
                 if progress is not None:
                     progress(event)
         batches.close()
         result.epochs_done = epoch + 1
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, optimizer, generator, epoch + 1, history, config, device)
+            save_checkpoint(
+                checkpoint_path, model, optimizer, generator, epoch + 1, history, config, device, remedies.state()
+            )
     model.eval()
     return result
 
@@ -232,8 +262,9 @@ def save_checkpoint(
     history: list[dict],
     config: TrainConfig,
     device: str = "cpu",
+    remedy_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write model, optimizer moments and random states as safetensors (no pickle).
+    """Write model, optimizer moments, random states and the remedies' state as safetensors (no pickle).
 
     Written to a temporary name and renamed, so a kill mid-write leaves the
     previous checkpoint intact.
@@ -243,6 +274,8 @@ def save_checkpoint(
     for index, state in optimizer_state["state"].items():
         for key, value in state.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1)
+    for name, value in (remedy_state or {}).items():
+        tensors[f"state.{name}"] = value.detach().cpu()
     tensors["rng.batch_order"] = generator.get_state()
     # Stochastic rounding draws from the training device's generator: that one state is saved.
     tensors["rng.device"] = get_rng_state(device)
@@ -284,8 +317,9 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     config: TrainConfig,
+    remedy_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[int, list[dict]]:
-    """Restore what save_checkpoint wrote; return (epochs done, history).
+    """Restore what save_checkpoint wrote, `remedy_state`'s tensors in place; return (epochs done, history).
 
     A checkpoint of another config is refused rather than silently continued.
     """
@@ -304,6 +338,8 @@ def load_checkpoint(
             value = value.reshape(()) if key == "step" else value.reshape(shapes[index])
             state.setdefault(index, {})[key] = value if key == "step" else value.to(device)
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    for name, value in (remedy_state or {}).items():
+        value.copy_(tensors[f"state.{name}"])
     generator.set_state(tensors["rng.batch_order"])
     if "rng.device" in tensors:
         set_rng_state(str(device), tensors["rng.device"], meta["rng_device"])

@@ -194,7 +194,7 @@ class RunContext:
         """
         check_bit(self, bit)
         weight = self.model.encoder.weight[bit].detach().cpu().numpy()  # (D,)
-        bias = np.float32(self.model.encoder.bias[bit].detach().cpu())
+        bias = np.float32(self.model.encoder_offset()[bit].detach().cpu())  # b_e - W_e c with a centre
         logits = np.concatenate(
             [self._inputs(slice(i, i + CHUNK_ROWS)) @ weight + bias for i in range(0, len(self.embeddings), CHUNK_ROWS)]
         )
