@@ -7,12 +7,14 @@ from sparsebin.config import (
     DISTANCE_NAMES,
     GRID_SETTINGS,
     LOSSES,
+    PRESETS,
     ROUNDINGS,
     SETTING_CHOICES,
     SPARSITIES,
     TrainConfig,
     expand_grid,
     parse_grid,
+    preset_config,
 )
 from sparsebin.errors import ConfigError, DataError
 from sparsebin.interpret.questions import STUDY, study_configs
@@ -20,6 +22,7 @@ from sparsebin.interpret.questions import STUDY, study_configs
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
 CHOICE_NAMES = {"rounding": ROUNDING_NAMES, "sparsity": SPARSITY_NAMES}
+PRESET_NAMES = {"paper": "paper (the method as published)", "recommended": "recommended (with the remedies)"}
 
 st.title("Train")
 _shared.live_section(_shared.build_banner, "train_builds")
@@ -28,6 +31,10 @@ if name is None:
     st.stop()
 count = next(item["count"] for item in _shared.datasets() if item["name"] == name)
 defaults = TrainConfig()
+
+preset = st.selectbox("preset", list(PRESETS), format_func=PRESET_NAMES.get, key="preset")
+remedies = ", ".join(f"{field}={value}" for field, value in PRESETS[preset].items()) or "every remedy off"
+st.caption(f"The preset's remedies: {remedies}. The settings below apply on top of it.")
 
 with st.form("train_form"):
     a, b, c, d = st.columns(4)
@@ -57,7 +64,8 @@ with st.form("train_form"):
     seeds = left.number_input("training seeds", 1, 20, 3, key="study_seeds")
     study_submitted = right.form_submit_button("Queue the study", key="submit_study")
 
-config = TrainConfig(
+config = preset_config(
+    preset,
     n_bits=int(n_bits),
     k=int(k),
     alpha=float(alpha),

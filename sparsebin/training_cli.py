@@ -15,7 +15,19 @@ import numpy as np
 from tqdm import tqdm
 
 from sparsebin import runfolder
-from sparsebin.config import DISTANCES, INITS, ROUNDINGS, SPARSITIES, TrainConfig, parse_setting
+from sparsebin.config import (
+    CENTRES,
+    DISTANCES,
+    INITS,
+    PRESETS,
+    RATE_CONTROLS,
+    REVIVALS,
+    ROUNDINGS,
+    SPARSITIES,
+    TrainConfig,
+    parse_setting,
+    preset_config,
+)
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import is_embeddings_path, read_embeddings_file
 from sparsebin.errors import ConfigError, DataError
@@ -45,7 +57,21 @@ OPTION_HELP = {
     "split_seed": "seed of the held-out rows and the retrieval queries (keep it fixed per dataset)",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "log_every": "steps between progress reports",
+    "centre": f"subtract a centre before the encoder, add it back after the decoder: {', '.join(CENTRES)}",
+    "rate_control": f"penalise each bit's batch firing rate: {', '.join(RATE_CONTROLS)}",
+    "rate_weight": "weight of the firing-rate term",
+    "rate_min": "bounds: lowest firing rate without penalty",
+    "rate_max": "bounds: highest firing rate without penalty",
+    "revive": f"bring back bits idle for revive-after steps: {', '.join(REVIVALS)}",
+    "revive_after": "steps without firing before a bit counts as dead",
+    "aux_k": "auxk: dead bits per row in the auxiliary code (0: 2 K)",
+    "aux_weight": "auxk: weight of the auxiliary term",
+    "unit_decoder": "keep decoder columns at unit length (true/false)",
+    "tied_init": "start the encoder as the decoder's transpose (true/false)",
+    "k_start": "K schedule: start the TopK target here, anneal to K (0: off)",
+    "k_anneal_epochs": "K schedule: epochs to anneal over",
 }
+PRESET_HELP = "a named starting setting the options change: paper (every remedy off) or recommended (the remedies)"
 
 
 def add_commands(subparsers) -> None:
@@ -55,7 +81,8 @@ def add_commands(subparsers) -> None:
     )
     train.add_argument("--out", type=Path, help="run folder to write (default: <home>/runs/cli-<time>)")
     train.add_argument("--queries", type=int, default=500, help="retrieval queries sampled per evaluated part")
-    add_setting_options(train)
+    train.add_argument("--preset", choices=list(PRESETS), default="paper", help=f"{PRESET_HELP} (default: paper)")
+    add_setting_options(train, defaults=False)
     train.set_defaults(func=train_command)
 
     evaluate = subparsers.add_parser("eval", help="metrics of a finished run on a given set of embeddings")
@@ -113,8 +140,8 @@ def load_embeddings(source: str, say=print) -> np.ndarray:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**values)
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    config = preset_config(args.preset, **{name: value for name, value in given.items() if value is not None})
     embeddings = load_embeddings(args.data)
     config.validate(n_rows=len(embeddings))
     out = args.out or home_dir() / "runs" / time.strftime("cli-%Y%m%d-%H%M%S")
@@ -168,6 +195,7 @@ SUMMARY_KEYS = (
     "compression_index_list",
     "recall_at_10_hamming",
     "recall_at_10_jaccard",
+    "recall_at_10_asymmetric",
 )
 
 

@@ -118,6 +118,20 @@ def test_train_queues_a_run_and_refuses_bad_settings(app, world):
     Store(world["home"]).cancel(job.id)  # leave the other tests the finished runs and nothing queued
 
 
+def test_train_queues_the_recommended_preset_with_its_remedies(app, world):
+    at = open_page(app, "train")
+    at.selectbox(key="preset").set_value("recommended").run()
+    assert "The preset's remedies: centre=mean" in texts(at)
+    at.number_input(key="k").set_value(4)
+    at.number_input(key="n_bits").set_value(32)
+    at.number_input(key="batch_size").set_value(32)
+    at.button(key="submit_run").click().run()
+    assert any("Queued job" in success.value for success in at.success)
+    job = Store(world["home"]).jobs(limit=1)[0]
+    assert job.config.centre == "mean" and job.config.revive == "auxk" and job.config.tied_init is True
+    Store(world["home"]).cancel(job.id)
+
+
 def test_a_grid_value_of_the_wrong_kind_is_named_in_one_sentence(app):
     at = open_page(app, "train")
     at.text_input(key="grid_n_bits").set_value("64, abc").run()

@@ -70,3 +70,19 @@ def test_a_fault_is_one_sentence_but_a_bug_keeps_its_traceback(tmp_path, monkeyp
     monkeypatch.setattr(training_cli, "run_experiment", broken)
     with pytest.raises(ValueError, match="operands could not be broadcast together"):
         main(["train", str(data), "--n-bits", "8", "--k", "2", "--batch-size", "10", "--out", str(tmp_path / "run")])
+
+
+def test_train_preset_recommended_trains_with_its_remedies_and_options_still_apply(tmp_path, capsys):
+    x, _ = planted_data(n_rows=300, dim=16, n_bits=32, k=4)
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    run = tmp_path / "run"
+    argv = ["train", str(data), "--preset", "recommended", "--n-bits", "32", "--k", "4", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "50", "--rate-weight", "0.5", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["centre"] == "mean" and config["revive"] == "auxk" and config["unit_decoder"] is True
+    assert config["rate_control"] == "balance" and config["rate_weight"] == 0.5  # the option wins over the preset
+    assert "recall_at_10_asymmetric" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", str(data), "--preset", "best", "--out", str(tmp_path / "other")])
+    assert "invalid choice: 'best' (choose from 'paper', 'recommended')" in capsys.readouterr().err

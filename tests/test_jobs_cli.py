@@ -196,3 +196,14 @@ def test_status_names_the_ray_dispatcher_and_where_a_running_job_trains(capsys):
     listing = capsys.readouterr().out
     assert f"ray dispatcher: {name} on cluster 10.0.0.5:6379" in listing
     assert "running" in listing and "remote  on gpu-node-3 cuda:1" in listing
+
+
+def test_submit_with_the_recommended_preset_queues_its_remedies(capsys):
+    make_dataset()
+    run_command("submit", "tiny", "--preset", "recommended", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", "--revive", "auxk", "reinit", *TINY_FLAGS)
+    preset_job, *grid = sorted(Store().jobs(), key=lambda job: job.id)
+    assert preset_job.config.centre == "mean" and preset_job.config.rate_control == "balance"
+    assert preset_job.config.n_bits == 32 and preset_job.config.epochs == 2
+    assert sorted(job.config.revive for job in grid) == ["auxk", "reinit"]
+    assert all(job.config.centre == "none" for job in grid)  # no preset: the paper's setting

@@ -7,7 +7,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from sparsebin.config import GRID_SETTINGS, TrainConfig
+from sparsebin.config import GRID_SETTINGS, PRESETS, TrainConfig
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
 from sparsebin.errors import ConfigError, DataError
@@ -17,7 +17,7 @@ from sparsebin.interpret.questions import PAPER_SETTING, study_configs
 from sparsebin.jobs.overview import overview
 from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
-from sparsebin.training_cli import add_setting_options
+from sparsebin.training_cli import PRESET_HELP, add_setting_options
 
 RUN_COLUMNS = ["job_id", "run_id", "status", "label", "n_bits", "k", "alpha", "loss", "recon_loss", "active_mean"]
 # Bit health as every page and the report name it: over all rows, on held-out rows, and rare.
@@ -33,6 +33,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     submit.add_argument("--config", type=Path, help="a config.json to start from")
     submit.add_argument("--label", default="", help="a note shown beside the run")
+    submit.add_argument("--preset", choices=list(PRESETS), help=f"{PRESET_HELP}; applied on top of --config")
     add_setting_options(submit, lists=GRID_SETTINGS, defaults=False)
     submit.add_argument(
         "--study",
@@ -137,6 +138,8 @@ def submit_command(args: argparse.Namespace) -> int:
     given = {name: value for name, value in given.items() if value is not None}
     lists = {name: values for name, values in given.items() if name in GRID_SETTINGS}
     base = read_config_file(args.config) if args.config else TrainConfig()
+    if args.preset:
+        base = base.replace(**PRESETS[args.preset])
     base = base.replace(**{name: given[name] for name in given.keys() - lists.keys()})
     if is_embeddings_path(args.dataset):
         args.dataset, sentence = import_for_command(args.dataset)

@@ -47,11 +47,28 @@ SUMMARY_METRICS = (
     "topk_overlap",
     "recall_at_10_hamming",
     "recall_at_10_jaccard",
+    "recall_at_10_asymmetric",
     "bits_index_list",
 )
 # Whole-run facts beside them (bit health over all rows, convergence from the history).
 RUN_FACTS = ("dead_all_rows", "silent_held_out", "rare_bits", "dense_all_rows", "n_rows", "converged")
-CONFIG_COLUMNS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed", "epochs", "lr")
+CONFIG_COLUMNS = (
+    "n_bits",
+    "k",
+    "alpha",
+    "loss",
+    "rounding",
+    "sparsity",
+    "seed",
+    "epochs",
+    "lr",
+    "centre",
+    "rate_control",
+    "revive",
+    "unit_decoder",
+    "tied_init",
+    "k_start",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -1,0 +1,196 @@
+"""Each remedy alone, and the presets, against the paper's setting and sign bits: one table.
+
+    python benchmarks/bench_codes.py --data hpo --epochs 6                 # every setting on hpo
+    python benchmarks/bench_codes.py --data hpo+icd10cm --epochs 2 --settings paper recommended
+    python benchmarks/bench_codes.py --table                                # print what was measured so far
+
+Every run trains with the paper's defaults (lr, batch, init) at N=4096, K=32
+unless told otherwise, changing only the named setting, and is written to
+`--home` (reused when the script runs again, so a long benchmark can be done
+in parts). Results accumulate in `<home>/results.jsonl`; the table shows
+them all, with the epochs each run had (the CPU budget decides them, so they
+are stated, not hidden).
+
+Columns (rows = all rows of the data set unless said):
+- recon, topk recon: cosine reconstruction loss on the validation part, with
+  the hard bits and with the TopK mask as the code
+- active: active bits per concept over all rows, mean +- std
+- dead, dense: bits that fire for no row / for more than half of all rows
+- bytes: bytes per vector as a list of active indices (active mean * 12 bits / 8
+  at N = 4096) over all rows; for sign bits the bitmap (one bit per component)
+- R@10 ham / jac / asym: recall@10 against exact cosine neighbours, 500 seeded
+  validation queries searched against every row; asymmetric = the dense query
+  scored through the decoder (sign bits: the rotated query against the bits)
+- settle: the first epoch from which the epoch's mean active count stays
+  within 5 % (at least 1 bit) of the last epoch's, out of the epochs trained;
+  a run still moving at its end settles at its last epoch by this rule.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from sparsebin import runfolder  # noqa: E402
+from sparsebin.config import PRESETS, TrainConfig  # noqa: E402
+from sparsebin.datasets import load_dataset  # noqa: E402
+from sparsebin.experiment import run_experiment  # noqa: E402
+from sparsebin.metrics import firing_frequency  # noqa: E402
+from sparsebin.search.codes import active_counts  # noqa: E402
+
+SETTINGS = {
+    "paper": {},
+    "centre mean": {"centre": "mean"},
+    "centre learned-median": {"centre": "learned-median"},
+    "rate balance": {"rate_control": "balance"},
+    "rate bounds": {"rate_control": "bounds"},
+    "revive auxk": {"revive": "auxk"},
+    "revive reinit": {"revive": "reinit"},
+    "unit decoder": {"unit_decoder": True},
+    "tied init": {"tied_init": True},
+    "k schedule": {"k_start": -1, "k_anneal_epochs": -1},  # -1: 8 K, over half the epochs
+    "recommended": PRESETS["recommended"],
+}
+
+
+def load_embeddings(spec: str) -> np.ndarray:
+    """A built dataset's embeddings, or several joined by '+' stacked in that order."""
+    parts = [np.asarray(load_dataset(name).embeddings, dtype=np.float32) for name in spec.split("+")]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def settle_epoch(history: list[dict]) -> tuple[int, int]:
+    """(epoch from which the mean active count per epoch stays near its last value, epochs trained)."""
+    by_epoch: dict[int, list[float]] = {}
+    for event in history:
+        by_epoch.setdefault(event["epoch"], []).append(event["active_mean"])
+    means = [float(np.mean(by_epoch[epoch])) for epoch in sorted(by_epoch)]
+    final = means[-1]
+    tolerance = max(0.05 * final, 1.0)
+    settled = len(means)
+    for index in range(len(means) - 1, -1, -1):
+        if abs(means[index] - final) > tolerance:
+            break
+        settled = index + 1
+    return settled, len(means)
+
+
+def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings: np.ndarray, queries: int) -> dict:
+    started = time.perf_counter()
+    if not (folder / "metrics.json").exists():
+        run_experiment(embeddings, config, folder, n_queries=queries)
+    metrics = runfolder.load_metrics(folder)
+    codes = runfolder.load_codes(folder, mmap=False)
+    active = active_counts(codes)
+    firing = firing_frequency(codes, config.n_bits)
+    validation = metrics["validation"]
+    settled, epochs = settle_epoch(runfolder.load_history(folder))
+    row = {
+        "data": data,
+        "setting": name,
+        "epochs": epochs,
+        "recon": validation["recon_loss"],
+        "topk_recon": validation["fixed_topk_recon_loss"],
+        "active_mean": float(active.mean()),
+        "active_std": float(active.std()),
+        "dead": int((firing == 0).sum()),
+        "dense": int((firing > 0.5).sum()),
+        "bytes": float(active.mean()) * math.ceil(math.log2(config.n_bits)) / 8,
+        "hamming": validation["recall_at_10_hamming"],
+        "jaccard": validation["recall_at_10_jaccard"],
+        "asymmetric": validation["recall_at_10_asymmetric"],
+        "settle": settled,
+        "rows": len(codes),
+        "seconds": time.perf_counter() - started,
+    }
+    signs = []
+    for key, label in (("sign_validation", "sign, 1 bit/dim"), ("sign_validation_equal_storage", "sign, equal bytes")):
+        sign = metrics[key]
+        signs.append(
+            {
+                "data": data,
+                "setting": f"{label} (vs {name})" if key.endswith("storage") else label,
+                "bytes": sign["n_bits"] / 8,
+                "dense": sign["dense_bits"],
+                "dead": sign["dead_bits"],
+                "active_mean": sign["active_mean"],
+                "active_std": sign["active_std"],
+                "hamming": sign["recall_at_10_hamming"],
+                "jaccard": sign["recall_at_10_jaccard"],
+                "asymmetric": sign["recall_at_10_asymmetric"],
+            }
+        )
+    return {"run": row, "signs": signs}
+
+
+def table(results: list[dict]) -> str:
+    header = (
+        f"{'data':<12} {'setting':<34} {'ep':>3} {'recon':>6} {'topk':>6} {'active':>13} {'dead':>5} {'dense':>5} "
+        f"{'bytes':>6} {'ham':>6} {'jac':>6} {'asym':>6} {'settle':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    shown_signs = set()
+    for result in results:
+        run = result["run"]
+        lines.append(
+            f"{run['data']:<12} {run['setting']:<34} {run['epochs']:>3} {run['recon']:>6.3f} {run['topk_recon']:>6.3f} "
+            f"{run['active_mean']:>6.1f} +-{run['active_std']:>5.1f} {run['dead']:>5} {run['dense']:>5} "
+            f"{run['bytes']:>6.1f} {run['hamming']:>6.3f} {run['jaccard']:>6.3f} {run['asymmetric']:>6.3f} "
+            f"{run['settle']:>3}/{run['epochs']:<3}"
+        )
+        for sign in result["signs"]:
+            key = (sign["data"], sign["setting"], round(sign["bytes"], 1))
+            if key in shown_signs or ("vs" in sign["setting"] and run["setting"] not in ("paper", "recommended")):
+                continue
+            shown_signs.add(key)
+            lines.append(
+                f"{sign['data']:<12} {sign['setting']:<34} {'-':>3} {'-':>6} {'-':>6} "
+                f"{sign['active_mean']:>6.1f} +-{sign['active_std']:>5.1f} {sign['dead']:>5} {sign['dense']:>5} "
+                f"{sign['bytes']:>6.1f} {sign['hamming']:>6.3f} {sign['jaccard']:>6.3f} {sign['asymmetric']:>6.3f} "
+                f"{'-':>7}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="hpo", help="a built dataset, or several joined by + (hpo+icd10cm)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), help=f"of: {', '.join(SETTINGS)}")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--n-bits", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--home", type=Path, default=Path("/tmp/bench-codes"))
+    parser.add_argument("--table", action="store_true", help="only print the table of earlier results")
+    args = parser.parse_args()
+    args.home.mkdir(parents=True, exist_ok=True)
+    results_path = args.home / "results.jsonl"
+    if not args.table:
+        unknown = [name for name in args.settings if name not in SETTINGS]
+        if unknown:
+            parser.error(f"unknown setting {unknown[0]!r}; known: {', '.join(SETTINGS)}")
+        embeddings = load_embeddings(args.data)
+        for name in args.settings:
+            changes = dict(SETTINGS[name])
+            if changes.get("k_start") == -1:
+                changes |= {"k_start": 8 * args.k, "k_anneal_epochs": max(1, args.epochs // 2)}
+            config = TrainConfig(n_bits=args.n_bits, k=args.k, epochs=args.epochs, **changes)
+            folder = args.home / f"{args.data}-n{args.n_bits}-k{args.k}-e{args.epochs}-{name.replace(' ', '-')}"
+            result = measure(args.data, name, config, folder, embeddings, args.queries)
+            with open(results_path, "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+            print(f"{args.data} {name}: done in {result['run']['seconds']:.0f} s", flush=True)
+    results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    latest = {(r["run"]["data"], r["run"]["setting"], r["run"]["epochs"]): r for r in results}
+    print(table(list(latest.values())))
+
+
+if __name__ == "__main__":
+    main()
