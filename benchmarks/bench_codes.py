@@ -57,6 +57,8 @@ SETTINGS = {
     "tied init": {"tied_init": True},
     "k schedule": {"k_start": -1, "k_anneal_epochs": -1},  # -1: 8 K, over half the epochs
     "recommended": PRESETS["recommended"],
+    "recommended, rate weight 1": PRESETS["recommended"] | {"rate_weight": 1.0},
+    "recommended + k schedule": PRESETS["recommended"] | {"k_start": -1, "k_anneal_epochs": -1},
 }
 
 
