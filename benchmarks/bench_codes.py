@@ -43,7 +43,7 @@ from sparsebin.config import PRESETS, TrainConfig  # noqa: E402
 from sparsebin.datasets import load_dataset  # noqa: E402
 from sparsebin.experiment import run_experiment  # noqa: E402
 from sparsebin.metrics import firing_frequency  # noqa: E402
-from sparsebin.search.codes import active_counts  # noqa: E402
+from sparsebin.search.codes import active_counts, bit_counts  # noqa: E402
 
 SETTINGS = {
     "paper": {},
@@ -91,7 +91,7 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
     metrics = runfolder.load_metrics(folder)
     codes = runfolder.load_codes(folder, mmap=False)
     active = active_counts(codes)
-    firing = firing_frequency(codes, config.n_bits)
+    firing = firing_frequency(bit_counts(codes, config.n_bits), len(codes))
     validation = metrics["validation"]
     settled, epochs = settle_epoch(runfolder.load_history(folder))
     row = {

@@ -10,6 +10,7 @@ from sparsebin.experiment import evaluate_run
 from sparsebin.metrics import firing_frequency
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.remedies import Remedies, auxiliary_term, init_model, k_at, rate_term, training_centre
+from sparsebin.search.codes import bit_counts
 from sparsebin.train import train
 
 SMALL = {"n_bits": 64, "k": 4, "batch_size": 100, "lr": 1e-2, "log_every": 1000}
@@ -41,7 +42,7 @@ def shared_direction(planted):
 def _firing(x, config):
     result = train(x, config)
     metrics, codes = evaluate_run(x, result, n_queries=50)
-    return firing_frequency(codes, config.n_bits), metrics
+    return firing_frequency(bit_counts(codes, config.n_bits), len(codes)), metrics
 
 
 def test_centring_stops_the_shared_direction_collapsing_the_code_into_always_on_bits(shared_direction):
