@@ -160,6 +160,8 @@ def test_questions_four_to_six_describe_the_named_run_by_default_the_paper_setti
     runs = table(run(sparsity="l1", label="l1 run"), run(label="paper run", seed=1), run(label="paper 0"))
     named, why = default_run(runs)
     assert named["label"] == "paper 0" and "paper's setting" in why  # converged, lowest seed
+    remedied = table(run(label="centred", centre="mean"), run(label="plain", seed=5))
+    assert default_run(remedied)[0]["label"] == "plain"  # a run with a remedy on is not the paper's setting
     unconverged = table(run(label="moving", converged=False), run(label="settled", seed=3))
     assert default_run(unconverged)[0]["label"] == "settled"
     sign = {"bits_bitmap": 16, "compression_bitmap": 32.0, "recall_at_10_hamming": 0.55}

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from sparsebin.config import DISTANCE_NAMES, TrainConfig
+from sparsebin.config import DISTANCE_NAMES, REMEDY_FIELDS, TrainConfig
 from sparsebin.errors import ConfigError
 from sparsebin.health import CONVERGED_ACTIVE, CONVERGED_LOSS, HEALTH_COLUMNS, RARE_BELOW
 
@@ -147,12 +147,18 @@ def comparison_key(runs: pd.DataFrame | None = None) -> list[str]:
 
 
 def is_paper_setting(runs: pd.DataFrame) -> pd.Series:
-    return (
+    """Cosine in both terms, pass-through round, the alignment term, and every remedy off
+    (a "recommended" run is not the paper's setting)."""
+    paper = (
         (runs["alignment_distance"] == "cosine")
         & (runs["reconstruction_distance"] == "cosine")
         & (runs["rounding"] == "ste")
         & (runs["sparsity"] == "align")
     )
+    defaults = TrainConfig().to_dict()
+    for name in sorted(REMEDY_FIELDS & set(runs.columns)):
+        paper &= runs[name].map(lambda value, default=defaults[name]: value == default)
+    return paper
 
 
 def controlled_groups(runs: pd.DataFrame, factor: list[str]) -> list[pd.DataFrame]:
@@ -380,7 +386,7 @@ def answer_flexibility(runs: pd.DataFrame) -> Answer:
             longer = plan_variants(unsettled, {"longer training": {"epochs": int(first["epochs"]) * 2}}, runs)
             planned += longer
             facts.append(
-                f"at {setting}, none of the {len(group)} run(s) converged (active mean or loss still moved by more "
+                f"at {setting}, none of the {len(group)} run(s) converged (the active mean still moved by more "
                 f"than {CONVERGED_ACTIVE:.0%} of K, or the loss by more than {CONVERGED_LOSS:.0%} of its final value, "
                 f"over the last tenth of training; "
                 f"active mean {spread(group['active_mean']).text(1)} for K={k}), so no conclusion is drawn; "
