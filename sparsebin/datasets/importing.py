@@ -9,7 +9,6 @@ being held whole.
 import codecs
 import csv
 import json
-import mmap
 import re
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sparsebin.batches import release_pages
 from sparsebin.datasets.store import (
     EMBEDDINGS_FILE,
     META_FILE,
@@ -429,7 +429,7 @@ def import_dataset(
                 chunk = np.asarray(array[start : start + chunk_rows], dtype=np.float32)
                 check_chunk(chunk, start, embeddings_path)
                 writer.write(chunk)
-                _release_pages(array, start, len(chunk))
+                release_pages(array)  # the finished chunk's pages leave our resident set
         except BaseException:
             writer.abort()
             raise
@@ -462,26 +462,6 @@ def import_dataset(
 def chunk_rows_for(dim: int) -> int:
     """Rows per import chunk: about 32 MiB of float32, whatever the dimension."""
     return max(1, _CHUNK_BYTES // (4 * dim))
-
-
-def _release_pages(array: np.ndarray, start: int, count: int) -> None:
-    """Drop a finished chunk of a memory-mapped input from our resident set.
-
-    Pages read through a map count towards the process's RSS until unmapped; letting
-    them go chunk by chunk keeps a 3 GiB import near one chunk of resident memory.
-    The pages stay in the OS file cache, so nothing is read twice.
-    """
-    mapping = getattr(array, "_mmap", None)
-    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    row_bytes = array.strides[0]
-    # np.memmap maps from the offset rounded down to the allocation granularity.
-    begin = array.offset % mmap.ALLOCATIONGRANULARITY + start * row_bytes
-    aligned = begin - begin % mmap.PAGESIZE
-    try:
-        mapping.madvise(mmap.MADV_DONTNEED, aligned, begin + count * row_bytes - aligned)
-    except (OSError, ValueError):
-        return
 
 
 def _file_stat(path: Path) -> dict:
