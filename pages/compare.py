@@ -57,7 +57,8 @@ st.dataframe(shown.T.map(lambda value: f"{value:.4g}" if isinstance(value, float
 st.caption(
     "Settings: those that tell the picked runs apart (the comparison key), plus dataset, N, K, epochs and seed. "
     "val = the held-out validation part; bit health counts over all rows (silent: on held-out rows); recall: "
-    "held-out queries searched against every row, ties counted fairly."
+    "held-out queries searched against every row, ties counted fairly; asymmetric: the dense query against each "
+    "stored code read back through the decoder, by cosine."
 )
 left, right = st.columns(2)
 metric = left.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")

@@ -10,14 +10,14 @@ from sparsebin.devices import describe_device
 from sparsebin.health import bit_health, convergence
 from sparsebin.metrics import (
     code_metrics,
-    decoder_projection,
     evaluate_model,
+    model_decoding,
     normalized_rows,
     principal_axes,
     retrieval_metrics,
     sign_codes,
 )
-from sparsebin.search.codes import CodeIndex, bytes_per_vector, sample_queries
+from sparsebin.search.codes import CodeIndex, bytes_per_vector, sample_queries, sign_decoding
 from sparsebin.train import ProgressCallback, TrainResult, check_checkpoint, train
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -89,7 +89,7 @@ def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int 
     index = CodeIndex(codes, config.n_bits)
     for name, rows in parts:
         queries = rows[sample_queries(len(rows), n_queries, config.split_seed)]
-        metrics[name] |= retrieval_metrics(index, vectors, queries, projection=decoder_projection(result.model))
+        metrics[name] |= retrieval_metrics(index, vectors, queries, decoding=model_decoding(result.model))
     metrics["bit_health"] = bit_health(codes, config.n_bits, split.validation)
     metrics["convergence"] = convergence(result.history, config.k)
     name, rows = parts[-1]  # the sign baseline on the part the run is judged on
@@ -122,7 +122,8 @@ def sign_baselines(
     for key, n_bits in ((f"sign_{split}", dim), (f"sign_{split}_equal_storage", budget)):
         codes = sign_codes(vectors, n_bits=n_bits, axes=axes)
         result[key] = code_metrics(codes[rows], n_bits, vectors[rows], split=split, retrieval=False)
-        # Asymmetric: the rotated query against the bits, q . sign(x) up to a constant.
-        result[key] |= retrieval_metrics(CodeIndex(codes, n_bits), vectors, queries, projection=axes[1][:, :n_bits])
+        # Asymmetric: cos(q, R sign(.)), the query against the bits read back in the rotated basis.
+        decoding = sign_decoding(axes[1][:, :n_bits])
+        result[key] |= retrieval_metrics(CodeIndex(codes, n_bits), vectors, queries, decoding=decoding)
     result[f"sign_{split}_equal_storage"] |= {"model_bits": wanted, "capped_at_d": wanted > dim}
     return result

@@ -18,6 +18,7 @@ from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.search.codes import (
     CodeIndex,
+    LinearDecoding,
     bytes_per_vector,
     dense_neighbours,
     pack_bits,
@@ -117,15 +118,19 @@ def evaluate_model(
         split=split,
         n_queries=n_queries,
         seed=seed,
-        projection=decoder_projection(model),
+        decoding=model_decoding(model),
         retrieval=retrieval,
     )
     return Evaluation(metrics, packed)
 
 
-def decoder_projection(model: BinaryAutoencoder) -> np.ndarray:
-    """(D, N) W_d: a query q scores bit j by q . W_d[:, j] in asymmetric search."""
-    return model.decoder.weight.detach().cpu().numpy().astype(np.float32)
+def model_decoding(model: BinaryAutoencoder) -> LinearDecoding:
+    """The model's decoder as asymmetric search reads it: x_hat = W_d b + b_d, or `model.uncentre` of it."""
+    weight, bias = (tensor.detach().cpu().numpy() for tensor in (model.decoder.weight, model.decoder.bias))
+    if model.centre is None:
+        return LinearDecoding(weight, bias)
+    centre = model.centre.detach().cpu().numpy()
+    return LinearDecoding(weight, bias, centre=centre, length=float(model.centre_length))
 
 
 def code_metrics(
@@ -136,15 +141,15 @@ def code_metrics(
     split: str,
     n_queries: int = 500,
     seed: int = 0,
-    projection: np.ndarray | None = None,
+    decoding: LinearDecoding | None = None,
     retrieval: bool = True,
 ) -> dict:
     """Metrics any binary code has: activity, firing, storage and (unless `retrieval` is False) retrieval
     with queries from these rows searched among them.
 
     Shared by trained models and the `sign` baseline, so both are measured alike.
-    With a `projection` (D, N) taking a dense query to its weight per bit, the
-    asymmetric recall is measured too.
+    With a `decoding` reading each code back as a dense vector, the asymmetric
+    recall is measured too.
     """
     index = CodeIndex(packed, n_bits)
     active = index.sizes.astype(np.int64)  # (M,) active bits per concept
@@ -155,7 +160,7 @@ def code_metrics(
     metrics |= storage_metrics(n_bits, metrics["active_mean"], vectors.shape[1])
     if retrieval:
         queries = sample_queries(len(packed), n_queries, seed)
-        metrics |= retrieval_metrics(index, vectors, queries, projection=projection)
+        metrics |= retrieval_metrics(index, vectors, queries, decoding=decoding)
     return metrics
 
 
@@ -205,13 +210,14 @@ def storage_metrics(n_bits: int, active_mean: float, d_in: int) -> dict:
 
 
 def retrieval_metrics(
-    index: CodeIndex, vectors: np.ndarray, queries: np.ndarray, *, projection: np.ndarray | None = None, k: int = 10
+    index: CodeIndex, vectors: np.ndarray, queries: np.ndarray, *, decoding: LinearDecoding | None = None, k: int = 10
 ) -> dict:
     """Recall@k of code neighbours (Hamming, Jaccard, asymmetric) against dense cosine neighbours.
 
-    Asymmetric search (with a `projection` (D, N)) scores each dense query,
-    taken to one weight per bit by the projection, against the stored codes;
-    its float scores rarely tie, and ties go to the lower row.
+    Asymmetric search (with a `decoding`) scores each dense query by its
+    cosine with every stored code read back as a dense vector (see
+    `CodeIndex.search_asymmetric`); its float scores rarely tie, and ties go to
+    the lower row.
 
     `queries` are row numbers of `index` / `vectors` (M, D); each is searched
     against every indexed row but itself. Rows tied with the k-th nearest code
@@ -222,7 +228,7 @@ def retrieval_metrics(
     (exact ties among float cosines are left to the row order).
     """
     nan = {"recall_at_10_hamming": float("nan"), "recall_at_10_jaccard": float("nan"), "n_queries": 0}
-    if projection is not None:
+    if decoding is not None:
         nan["recall_at_10_asymmetric"] = float("nan")
     if len(index) <= k or len(queries) == 0:
         return nan | {"n_index_rows": int(len(index)), "recall_ties": TIES}
@@ -233,9 +239,8 @@ def retrieval_metrics(
     result = {"n_queries": int(len(queries)), "n_index_rows": int(len(index)), "recall_ties": TIES}
     for metric in ("hamming", "jaccard"):
         result[f"recall_at_10_{metric}"] = tie_aware_recall(index, queries, truth, k, metric)
-    if projection is not None:
-        query_vectors = np.asarray(vectors[queries], dtype=np.float32) @ projection  # (Q, N)
-        found, _ = index.search_asymmetric(query_vectors, k, exclude=queries)
+    if decoding is not None:
+        found, _ = index.search_asymmetric(vectors[queries], decoding, k, exclude=queries)
         result["recall_at_10_asymmetric"] = recall_at_k(found, truth)
     return result
 

@@ -7,7 +7,9 @@ learning-to-hash practice:
 - centre: u = (x - c) W_e^T + b_e and x_hat = ... + c, with c the training
   mean (fixed, or a learned pre-bias starting there) or the geometric median
   (a learned pre-bias). Sentence embeddings share a common direction; without
-  a centre every bit can key on it and fire for every concept. The training
+  a centre every bit can key on it and fire for every concept. The decoder
+  product r is put back at the rows' mean distance L from the centre,
+  x_hat = c + L r / |r| (see `sparsebin.model`). The training
   loss then compares the centred vectors, d(x - c0, x_hat - c0), c0 the
   centre at the start (fixed even when c is learned): under a cosine the
   shared direction would otherwise dominate both sides and leave the bits
@@ -38,6 +40,7 @@ learning-to-hash practice:
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,12 +55,21 @@ CENTRE_CHUNK_ROWS = 65536  # training rows read at a time to find the centre
 MEDIAN_ITERATIONS = 50  # Weiszfeld steps at most
 
 
-def training_centre(config: TrainConfig, embeddings: np.ndarray, rows: np.ndarray, device: str) -> torch.Tensor | None:
-    """(D,) the centre of the training rows (normalised as trained), or None without centring.
+@dataclass(frozen=True)
+class Centre:
+    """The centre c (D,) of the training rows and their mean distance L = mean |x - c| from it."""
+
+    point: torch.Tensor
+    length: float
+
+
+def training_centre(config: TrainConfig, embeddings: np.ndarray, rows: np.ndarray, device: str) -> Centre | None:
+    """The centre of the training rows (normalised as trained), or None without centring.
 
     Read from the data in chunks on the host, so a memory-mapped data set is
     never loaded whole: the mean, or the geometric median by Weiszfeld's
-    iteration started at the mean (stopped when it moves less than 1e-6).
+    iteration started at the mean (stopped when it moves less than 1e-6);
+    then one more pass for the rows' mean distance from it.
     """
     if config.centre == "none":
         return None
@@ -78,18 +90,23 @@ def training_centre(config: TrainConfig, embeddings: np.ndarray, rows: np.ndarra
             centre = weighted / weights
             if moved < 1e-6:
                 break
-    return torch.from_numpy(centre.astype(np.float32)).to(device)
+    distance = sum(
+        np.linalg.norm(read_rows(embeddings, chunk, config.normalize).astype(np.float64) - centre, axis=1).sum()
+        for chunk in chunks
+    )
+    return Centre(torch.from_numpy(centre.astype(np.float32)).to(device), float(distance / len(rows)))
 
 
 @torch.no_grad()
-def init_model(model: BinaryAutoencoder, config: TrainConfig, centre: torch.Tensor | None) -> None:
-    """Apply the initialisation remedies in place: the centre, tied weights, unit decoder columns.
+def init_model(model: BinaryAutoencoder, config: TrainConfig, centre: Centre | None) -> None:
+    """Apply the initialisation remedies in place: the centre and its length, tied weights, unit decoder columns.
 
     Draws random numbers only for `tied_init`, after the model's own
     initialisation, so each setting keeps its runs reproducible by seed.
     """
     if model.centre is not None:
-        model.centre.copy_(centre)
+        model.centre.copy_(centre.point)
+        model.centre_length.fill_(centre.length)
     if config.tied_init:
         device = model.decoder.weight.device
         directions = F.normalize(torch.randn(model.n_bits, model.d_in, device=device), dim=1)  # (N, D)
@@ -115,9 +132,10 @@ def k_at(config: TrainConfig, step: int, steps_per_epoch: int) -> int:
 
 
 def rate_term(config: TrainConfig, soft: torch.Tensor, hard: torch.Tensor, k: int) -> torch.Tensor:
-    """The firing-rate penalty (before its weight) on a batch's soft and hard codes s, h (B, N).
+    """The firing-rate penalty (before its weight) on a batch's soft code s and stored code (B, N).
 
-    The rate is the hard bits' (what is stored), its gradient the soft rate's
+    The stored code is h = 1[u > 0], or the TopK mask t under rigid hard-topk.
+    The rate is the stored bits' (what is kept), its gradient the soft rate's
     (pass-through), so the penalty cannot be met by s alone while h stays put.
     Rates are clamped to [1 / 2B, 1 - 1 / 2B]: a batch cannot tell finer.
     """
@@ -181,7 +199,8 @@ class Remedies:
         """The weighted loss terms the remedies add, by name (empty in the paper's setting)."""
         terms = {}
         if self.config.rate_control != "none":
-            terms["rate_loss"] = self.config.rate_weight * rate_term(self.config, out.soft, out.hard, k)
+            stored = model.stored_code(out.hard, out.topk)  # h, or the TopK mask under rigid hard-topk
+            terms["rate_loss"] = self.config.rate_weight * rate_term(self.config, out.soft, stored, k)
         if self.config.revive == "auxk":
             aux = auxiliary_term(model, x, out, self.dead(), self.aux_k)
             terms["aux_loss"] = self.config.aux_weight * aux if aux is not None else out.logits.new_zeros(())

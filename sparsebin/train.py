@@ -168,8 +168,9 @@ def train(
 
     model = build_model(config, d_in).to(device)
     model.decoder_path = decoder_path
-    loss_centre = training_centre(config, embeddings, split.train, device)
-    init_model(model, config, loss_centre)
+    centre = training_centre(config, embeddings, split.train, device)
+    init_model(model, config, centre)
+    loss_centre = None if centre is None else centre.point
     steps_per_epoch = -(-n_train // config.batch_size)
     remedies = Remedies(config, model, steps_per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))

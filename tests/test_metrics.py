@@ -158,7 +158,14 @@ def test_every_part_and_baseline_reports_asymmetric_recall_over_every_row():
 
 def test_sign_asymmetric_recall_ranks_rows_by_query_dot_sign_bits():
     from sparsebin.metrics import principal_axes, retrieval_metrics
-    from sparsebin.search.codes import CodeIndex, dense_neighbours, recall_at_k, sample_queries, unpack_bits
+    from sparsebin.search.codes import (
+        CodeIndex,
+        dense_neighbours,
+        recall_at_k,
+        sample_queries,
+        sign_decoding,
+        unpack_bits,
+    )
 
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((400, 12)).astype(np.float32)
@@ -167,7 +174,7 @@ def test_sign_asymmetric_recall_ranks_rows_by_query_dot_sign_bits():
     codes = sign_codes(vectors, n_bits=8, axes=(offset, rotation))
     part = np.arange(100, 400)
     queries = part[sample_queries(len(part), 30, 1)]
-    metrics = retrieval_metrics(CodeIndex(codes, 8), vectors, queries, projection=rotation[:, :8])
+    metrics = retrieval_metrics(CodeIndex(codes, 8), vectors, queries, decoding=sign_decoding(rotation[:, :8]))
     signs = 2.0 * unpack_bits(codes, 8) - 1  # (M, 8) of +-1: sign((x - mean) @ R)
     found = []
     for query in queries:

@@ -7,7 +7,7 @@ from conftest import planted_data
 
 from sparsebin.config import PRESETS, ConfigError, TrainConfig, preset_config, preset_of
 from sparsebin.experiment import evaluate_run
-from sparsebin.metrics import firing_frequency
+from sparsebin.metrics import firing_frequency, model_decoding
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.remedies import Remedies, auxiliary_term, init_model, k_at, rate_term, training_centre
 from sparsebin.search.codes import bit_counts
@@ -100,6 +100,22 @@ def test_rate_terms_send_gradient_to_always_on_and_dead_bits_and_not_to_balanced
     assert grad[2] == 0 and grad[3] == 0  # firing for half the rows: inside the bounds
 
 
+def test_rate_term_under_rigid_topk_counts_the_stored_topk_bits_not_the_signs_of_the_logits():
+    # Every logit positive: h = 1[u > 0] fires every bit, but the stored code is the TopK mask (2 of 8 bits).
+    config = TrainConfig(n_bits=8, k=2, sparsity="hard-topk", rate_control="bounds", rate_min=0.01, rate_max=0.5)
+    torch.manual_seed(0)
+    model = BinaryAutoencoder(4, 8, 2, sparsity="hard-topk").train()
+    with torch.no_grad():
+        model.encoder.bias.fill_(20.0)
+    x = torch.nn.functional.normalize(torch.randn(16, 4), dim=1)
+    out = model(x)
+    assert bool((out.hard == 1).all())
+    term = Remedies(config, model, steps_per_epoch=1).extra_terms(model, x, out, 2)["rate_loss"]
+    mask = model.stored_code(out.hard, out.topk)
+    assert term.item() == pytest.approx(config.rate_weight * rate_term(config, out.soft, mask, 2).item())
+    assert rate_term(config, out.soft, out.hard, 2).item() > 2 * rate_term(config, out.soft, mask, 2).item()
+
+
 def test_auxiliary_term_trains_only_dead_bits_and_their_decoder_columns():
     torch.manual_seed(0)
     model = BinaryAutoencoder(8, 16, 2).train()
@@ -128,6 +144,37 @@ def test_learned_centre_gets_a_gradient_and_a_fixed_one_does_not():
         assert ("centre" in dict(model.named_parameters())) == learned and "centre" in model.state_dict()
 
 
+def test_centred_model_decodes_at_the_training_rows_mean_distance_from_the_centre():
+    x = torch.nn.functional.normalize(torch.randn(64, 8) + 3, dim=1)
+    config = TrainConfig(n_bits=16, k=2, centre="mean")
+    centre = training_centre(config, x.numpy(), np.arange(64), "cpu")
+    assert centre.length == pytest.approx((x - x.mean(dim=0)).norm(dim=1).mean().item(), rel=1e-5)
+    torch.manual_seed(0)
+    model = BinaryAutoencoder(8, 16, 2, centre="mean").eval()
+    init_model(model, config, centre)
+    with torch.no_grad():
+        model.decoder.weight.mul_(40)  # a decoder product far longer than the data's spread
+        code = model.encode(x)
+        recon = model.decode(code)
+        product = model.decoder(code)
+    distance = (recon - centre.point).norm(dim=1)
+    torch.testing.assert_close(distance, torch.full_like(distance, centre.length))
+    cosine = torch.nn.functional.cosine_similarity(recon - centre.point, product, dim=1)
+    torch.testing.assert_close(cosine, torch.ones_like(cosine))
+    # Asymmetric search reads the stored codes back exactly as the model decodes them.
+    decoding = model_decoding(model)
+    products = code.numpy() @ decoding.weight.T + decoding.bias
+    scale, norm = decoding.rows(products)
+    torch.testing.assert_close(torch.from_numpy(decoding.centre + scale[:, None] * products), recon)
+    torch.testing.assert_close(torch.from_numpy(norm), recon.norm(dim=1))
+    # A centred model saved before the length was kept loads with L = 0 and decodes r + c, as it was trained.
+    state = {name: value for name, value in model.state_dict().items() if name != "centre_length"}
+    old = BinaryAutoencoder(8, 16, 2, centre="mean").eval()
+    old.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(old.decode(code), product + centre.point)
+
+
 def test_paper_model_has_exactly_the_papers_weights():
     model = BinaryAutoencoder(8, 16, 2)
     assert set(model.state_dict()) == {"encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"}
@@ -138,7 +185,8 @@ def test_geometric_median_ignores_far_outliers():
     rows = np.arange(10)
     mean = training_centre(TrainConfig(centre="mean", normalize=False), x, rows, "cpu")
     median = training_centre(TrainConfig(centre="learned-median", normalize=False), x, rows, "cpu")
-    assert mean.norm() > 10 and median.norm() < 1e-3
+    assert mean.point.norm() > 10 and median.point.norm() < 1e-3
+    assert median.length == pytest.approx(np.hypot(100, 100) / 10)  # nine rows at distance 0, one at 141.4
     assert training_centre(TrainConfig(), x, rows, "cpu") is None
 
 

@@ -8,12 +8,14 @@ import pytest
 from sparsebin.search.codes import (
     SEARCH_METHODS,
     CodeIndex,
+    LinearDecoding,
     bit_column,
     bytes_per_vector,
     codes_by_bit,
     pack_bits,
     recall_at_k,
     search_threads,
+    sign_decoding,
     unpack_bits,
 )
 
@@ -283,11 +285,16 @@ def test_one_bit_column_of_packed_codes_is_that_column_of_the_bits():
         bit_column(packed, 13, 13)
 
 
-def _brute_force_asymmetric(bits: np.ndarray, query_vectors: np.ndarray, k: int, exclude=None) -> np.ndarray:
-    """Top-k rows by v . b, ties to the lower row, one query at a time in plain numpy."""
+def _brute_force_asymmetric(bits: np.ndarray, decoding, queries: np.ndarray, k: int, exclude=None) -> np.ndarray:
+    """Top-k rows by cos(q, x_hat), ties to the lower row, one query at a time in float64 numpy."""
+    decoded = bits.astype(np.float64) @ decoding.weight.T.astype(np.float64) + decoding.bias  # (M, D) r
+    if decoding.length > 0:
+        decoded *= decoding.length / np.linalg.norm(decoded, axis=1, keepdims=True)
+    decoded += decoding.centre
+    decoded /= np.linalg.norm(decoded, axis=1, keepdims=True)
     found = []
-    for q, vector in enumerate(query_vectors):
-        scores = bits.astype(np.float64) @ vector.astype(np.float64)
+    for q, query in enumerate(queries):
+        scores = decoded @ query.astype(np.float64)
         if exclude is not None and exclude[q] >= 0:
             scores[exclude[q]] = -np.inf
         found.append(np.lexsort((np.arange(len(scores)), -scores))[:k])
@@ -295,18 +302,58 @@ def _brute_force_asymmetric(bits: np.ndarray, query_vectors: np.ndarray, k: int,
 
 
 @pytest.mark.parametrize("density", [0.05, 0.5])
-def test_asymmetric_search_equals_brute_force_with_ties(density):
+def test_asymmetric_search_equals_brute_force_cosine_with_ties(density):
     rng = np.random.default_rng(3)
-    bits = (rng.random((700, 40)) < density).astype(np.uint8)
+    patterns = (rng.random((60, 40)) < density).astype(np.uint8)
+    patterns[:, 0] = 1  # no empty code
+    bits = patterns[rng.integers(0, 60, size=700)]  # repeated codes: exact ties, to go to the lower row
     index = CodeIndex(pack_bits(bits), 40, chunk_rows=128)  # several blocks on the dense path
-    query_vectors = rng.integers(-2, 3, size=(37, 40)).astype(np.float32)  # small integers: many ties
+    # Small integers: sums are exact in float32, so repeated codes score exactly alike on every path.
+    decoding = LinearDecoding(rng.integers(-3, 4, size=(12, 40)), rng.integers(-3, 4, size=12))
+    queries = rng.integers(-3, 4, size=(37, 12)).astype(np.float32)
     exclude = rng.integers(-1, 700, size=37)
-    found, scores = index.search_asymmetric(query_vectors, 10, exclude=exclude, block=8)
-    np.testing.assert_array_equal(found, _brute_force_asymmetric(bits, query_vectors, 10, exclude))
-    np.testing.assert_allclose(scores, np.take_along_axis(bits @ query_vectors.T, found.T, axis=0).T)
+    found, scores = index.search_asymmetric(queries, decoding, 10, exclude=exclude, block=8)
+    np.testing.assert_array_equal(found, _brute_force_asymmetric(bits, decoding, queries, 10, exclude))
+    decoded = bits @ decoding.weight.T + decoding.bias  # (M, D)
+    cosines = (queries @ decoded.T) / np.linalg.norm(decoded, axis=1)  # |q| is the same for a query's rows
+    np.testing.assert_allclose(scores, np.take_along_axis(cosines, found, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [0.0, 0.9])
+def test_asymmetric_search_through_a_centred_decoding_equals_brute_force(length):
+    rng = np.random.default_rng(5)
+    bits = (rng.random((500, 64)) < 0.06).astype(np.uint8)
+    bits[:, 0] = 1
+    decoding = LinearDecoding(
+        rng.standard_normal((12, 64)), rng.standard_normal(12), centre=rng.standard_normal(12), length=length
+    )
+    queries = rng.standard_normal((25, 12)).astype(np.float32)
+    found, _ = CodeIndex(pack_bits(bits), 64).search_asymmetric(queries, decoding, 10)
+    np.testing.assert_array_equal(found, _brute_force_asymmetric(bits, decoding, queries, 10))
+
+
+def test_asymmetric_search_ranks_by_direction_not_by_decoded_length():
+    # Row 1 decodes to the query's own direction; row 0 points 45 degrees off but is ten times longer.
+    bits = np.array([[1, 0], [0, 1], [0, 0]], dtype=np.uint8)
+    decoding = LinearDecoding(np.array([[10.0, 1.0], [10.0, 0.0]]), np.zeros(2))
+    index = CodeIndex(pack_bits(bits), 2)
+    found, scores = index.search_asymmetric(np.array([[1.0, 0.0]]), decoding, 2)
+    assert found.tolist() == [[1, 0]]
+    np.testing.assert_allclose(scores, [[1.0, np.sqrt(0.5)]], rtol=1e-6)
+
+
+def test_sign_decoding_reads_bits_back_as_the_rotated_signs():
+    rng = np.random.default_rng(4)
+    axes = np.linalg.qr(rng.standard_normal((6, 6)))[0][:, :4].astype(np.float32)
+    bits = (rng.random((5, 4)) < 0.5).astype(np.float32)
+    decoding = sign_decoding(axes)
+    np.testing.assert_allclose(bits @ decoding.weight.T + decoding.bias, (2 * bits - 1) @ axes.T, atol=1e-6)
 
 
 def test_asymmetric_search_refuses_queries_of_another_width():
     index = CodeIndex(pack_bits(np.eye(16, dtype=np.uint8)), 16)
-    with pytest.raises(ValueError, match=r"one weight per bit \(16\), got shape \(2, 8\)"):
-        index.search_asymmetric(np.zeros((2, 8)), 3)
+    decoding = LinearDecoding(np.ones((8, 16)), np.zeros(8))
+    with pytest.raises(ValueError, match=r"dense vectors of the decoding's 8 dimensions, got shape \(2, 16\)"):
+        index.search_asymmetric(np.zeros((2, 16)), decoding, 3)
+    with pytest.raises(ValueError, match=r"must map 16 bits, got a weight of shape \(8, 12\)"):
+        index.search_asymmetric(np.zeros((2, 8)), LinearDecoding(np.ones((8, 12)), np.zeros(8)), 3)

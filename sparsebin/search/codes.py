@@ -15,14 +15,23 @@ nothing and a query costs the postings of its active bits. Dense codes (the
 sign baseline) are compared with every row by popcount over 64-bit words.
 `CodeIndex` picks whichever costs less for its codes. Ties go to the lower row.
 
-Asymmetric search scores a dense query against the stored codes instead:
-a query becomes one N-vector v (for a model, v_j = q . W_d[:, j]; for sign
-bits, the query in the rotated basis), and a code b scores v . b, the sum of v
-over its active bits; the top k scores win (ties to the lower row).
+Asymmetric search scores a dense query q against the stored codes instead,
+through a decoding of each code, x_hat = c + s (W b + d) (`LinearDecoding`; for
+a model its decoder, s = 1 or, when centring, the length putting x_hat at the
+data's distance from the centre c; for sign bits the rotated basis times
+2b - 1): a code scores cos(q, x_hat) = (q . c + s (v . b + q . d)) / |x_hat|,
+up to |q|, with v = q W one N-vector per query (so a code costs a gather of v
+over its active bits) and s, |x_hat| two numbers per stored code, computed once
+from the code itself. The top k scores
+win (ties to the lower row). Without the division the sum v . b ranks codes by
+their decoded length as much as by their direction: on HPO (N=4096, K=32, 40
+epochs, the paper's setting) recall@10 was 0.077 with the plain sum and 0.703
+with the cosine.
 """
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -60,6 +69,46 @@ def bit_column(packed: np.ndarray, n_bits: int, bit: int) -> np.ndarray:
 
 def bytes_per_vector(n_bits: int) -> int:
     return -(-n_bits // 8)
+
+
+@dataclass(frozen=True)
+class LinearDecoding:
+    """How asymmetric search reads a stored code b as a dense vector x_hat.
+
+    r = weight @ b + bias, weight (D, N) and bias (D,), float32; then x_hat = r,
+    or with a `centre` c (D,), x_hat = r + c, or with a `length` L > 0 too,
+    x_hat = c + L r / |r| (a centred model's decoding, see `sparsebin.model`).
+    For sign bits, `sign_decoding`.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    centre: np.ndarray | None = None
+    length: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", np.ascontiguousarray(self.weight, dtype=np.float32))
+        object.__setattr__(self, "bias", np.ascontiguousarray(self.bias, dtype=np.float32))
+        centre = np.zeros_like(self.bias) if self.centre is None else self.centre
+        object.__setattr__(self, "centre", np.ascontiguousarray(centre, dtype=np.float32))
+        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],) or self.centre.shape != self.bias.shape:
+            raise ValueError(
+                f"a decoding needs a (D, N) weight and a (D,) bias and centre, got {self.weight.shape}, "
+                f"{self.bias.shape} and {self.centre.shape}."
+            )
+
+    def rows(self, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, norm), each (C,), for rows whose r = `products` (C, D): x_hat = c + scale * r, norm = |x_hat|."""
+        if self.length > 0:
+            scale = self.length / np.maximum(np.linalg.norm(products, axis=1), np.float32(1e-12))
+        else:
+            scale = np.ones(len(products), dtype=np.float32)
+        return scale.astype(np.float32), np.linalg.norm(self.centre + scale[:, None] * products, axis=1)
+
+
+def sign_decoding(axes: np.ndarray) -> LinearDecoding:
+    """Sign bits b = 1[(x - mean) R > 0] read back as R (2 b - 1) = R sign(.): the rotated basis `axes` (D, n)."""
+    return LinearDecoding(2 * axes, -axes.sum(axis=1))
 
 
 class CodeIndex:
@@ -233,24 +282,42 @@ class CodeIndex:
         return np.concatenate(indices), np.concatenate(distances)
 
     def search_asymmetric(
-        self, query_vectors: np.ndarray, k: int, exclude: np.ndarray | None = None, block: int = 128
+        self,
+        queries: np.ndarray,
+        decoding: LinearDecoding,
+        k: int,
+        exclude: np.ndarray | None = None,
+        block: int = 128,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, scores), each (Q, k), highest score v . b first, ties by the lower row index.
+        """(indices, scores), each (Q, k): the rows whose decoded code is nearest each dense query by cosine.
 
-        `query_vectors` (Q, N) float: each query's weight per bit. Exact: every
-        row is scored, through the inverted index for sparse codes and by a
-        product with unpacked blocks for dense ones, `block` queries at a time.
+        `queries` (Q, D) dense vectors, scored q . x_hat / |x_hat| against every
+        row's `decoding` (see the module docstring), highest first, ties to
+        the lower row. Exact: every row is scored, through the inverted index
+        for sparse codes and by a product with unpacked blocks for dense ones,
+        `block` queries at a time.
         """
-        query_vectors = np.atleast_2d(np.asarray(query_vectors, dtype=np.float32))
-        if query_vectors.ndim != 2 or query_vectors.shape[1] != self.n_bits:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if decoding.weight.shape[1] != self.n_bits:
             raise ValueError(
-                f"asymmetric queries must give one weight per bit ({self.n_bits}), got shape {query_vectors.shape}."
+                f"the decoding must map {self.n_bits} bits, got a weight of shape {decoding.weight.shape}."
+            )
+        if queries.ndim != 2 or queries.shape[1] != decoding.weight.shape[0]:
+            raise ValueError(
+                f"asymmetric queries must be dense vectors of the decoding's {decoding.weight.shape[0]} dimensions, "
+                f"got shape {queries.shape}."
             )
         k = int(min(k, len(self) - (exclude is not None and bool((np.asarray(exclude) >= 0).any()))))
+        scale, norm = self.decoded_rows(decoding)
+        inverse_norm = 1.0 / np.maximum(norm, np.float32(1e-12))  # (M,)
         indices, scores = [], []
-        for start in range(0, len(query_vectors), block):
-            part = query_vectors[start : start + block]  # (q, N)
-            score = self._asymmetric_scores(part)  # (q, M)
+        for start in range(0, len(queries), block):
+            part = queries[start : start + block]  # (q, D)
+            score = self._bit_sums(part @ decoding.weight)  # (q, M) v . b
+            score += (part @ decoding.bias)[:, None]  # q . r
+            score *= scale[None, :]
+            score += (part @ decoding.centre)[:, None]  # q . x_hat
+            score *= inverse_norm[None, :]
             if exclude is not None:
                 own = np.asarray(exclude[start : start + block])
                 score[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
@@ -261,14 +328,31 @@ class CodeIndex:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return np.concatenate(indices), np.concatenate(scores)
 
-    def _asymmetric_scores(self, query_vectors: np.ndarray) -> np.ndarray:
-        """(Q, M) float32 v . b for every query and row."""
-        if self.sizes.mean() <= self.n_bits / 8:  # sparse codes: sum v over each row's listed bits
-            return np.asarray(self.by_bit.T @ query_vectors.T, dtype=np.float32).T
-        out = np.empty((len(query_vectors), len(self)), dtype=np.float32)
+    def decoded_rows(self, decoding: LinearDecoding) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, norm), each (M,) float32, of every row's decoded code (see `LinearDecoding.rows`),
+        `chunk_rows` rows at a time."""
+        scale, norm = np.empty(len(self), np.float32), np.empty(len(self), np.float32)
+        by_row = self.by_bit.T.tocsr() if self._is_sparse() else None  # (M, N)
+        for i in range(0, len(self), self.chunk_rows):
+            if by_row is not None:
+                products = np.asarray(by_row[i : i + self.chunk_rows] @ decoding.weight.T)  # (c, D)
+            else:
+                bits = unpack_bits(self.packed[i : i + self.chunk_rows], self.n_bits).astype(np.float32)
+                products = bits @ decoding.weight.T
+            scale[i : i + len(products)], norm[i : i + len(products)] = decoding.rows(products + decoding.bias)
+        return scale, norm
+
+    def _is_sparse(self) -> bool:
+        return self.sizes.mean() <= self.n_bits / 8
+
+    def _bit_sums(self, query_weights: np.ndarray) -> np.ndarray:
+        """(Q, M) float32 v . b: each query's weights summed over every row's active bits."""
+        if self._is_sparse():  # sparse codes: sum v over each row's listed bits
+            return np.asarray(self.by_bit.T @ query_weights.T, dtype=np.float32).T
+        out = np.empty((len(query_weights), len(self)), dtype=np.float32)
         for i in range(0, len(self), self.chunk_rows):
             block = unpack_bits(self.packed[i : i + self.chunk_rows], self.n_bits).astype(np.float32)
-            out[:, i : i + len(block)] = query_vectors @ block.T
+            out[:, i : i + len(block)] = query_weights @ block.T
         return out
 
     def _search_compiled(
