@@ -23,7 +23,10 @@ Columns (rows = all rows of the data set unless said):
   scored through the decoder (sign bits: the rotated query against the bits)
 - settle: the first epoch from which the epoch's mean active count stays
   within 5 % (at least 1 bit) of the last epoch's, out of the epochs trained;
-  a run still moving at its end settles at its last epoch by this rule.
+  a run still moving at its end settles at its last epoch by this rule
+- rec-settle: the same for the epoch's mean training reconstruction loss
+  (within 5 %): under rigid TopK the active count is K from the first step,
+  so this says when such a run has done its learning
 """
 
 import argparse
@@ -56,9 +59,17 @@ SETTINGS = {
     "unit decoder": {"unit_decoder": True},
     "tied init": {"tied_init": True},
     "k schedule": {"k_start": -1, "k_anneal_epochs": -1},  # -1: 8 K, over half the epochs
+    "rigid topk": {"sparsity": "hard-topk"},  # the paper's own ablation, no remedy
+    # The first preset: every remedy on the paper's alignment (active ~50 at K = 32 whatever the weights).
+    "align + remedies": {
+        "centre": "mean",
+        "rate_control": "balance",
+        "rate_weight": 0.1,
+        "revive": "auxk",
+        "unit_decoder": True,
+        "tied_init": True,
+    },
     "recommended": PRESETS["recommended"],
-    "recommended, rate weight 1": PRESETS["recommended"] | {"rate_weight": 1.0},
-    "recommended + k schedule": PRESETS["recommended"] | {"k_start": -1, "k_anneal_epochs": -1},
 }
 
 
@@ -68,14 +79,14 @@ def load_embeddings(spec: str) -> np.ndarray:
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def settle_epoch(history: list[dict]) -> tuple[int, int]:
-    """(epoch from which the mean active count per epoch stays near its last value, epochs trained)."""
+def settle_epoch(history: list[dict], key: str = "active_mean", floor: float = 1.0) -> tuple[int, int]:
+    """(epoch from which the epoch's mean `key` stays within 5 % (at least `floor`) of its last value, epochs)."""
     by_epoch: dict[int, list[float]] = {}
     for event in history:
-        by_epoch.setdefault(event["epoch"], []).append(event["active_mean"])
+        by_epoch.setdefault(event["epoch"], []).append(event[key])
     means = [float(np.mean(by_epoch[epoch])) for epoch in sorted(by_epoch)]
     final = means[-1]
-    tolerance = max(0.05 * final, 1.0)
+    tolerance = max(0.05 * abs(final), floor)
     settled = len(means)
     for index in range(len(means) - 1, -1, -1):
         if abs(means[index] - final) > tolerance:
@@ -93,7 +104,9 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
     active = active_counts(codes)
     firing = firing_frequency(bit_counts(codes, config.n_bits), len(codes))
     validation = metrics["validation"]
-    settled, epochs = settle_epoch(runfolder.load_history(folder))
+    history = runfolder.load_history(folder)
+    settled, epochs = settle_epoch(history)
+    recon_settled, _ = settle_epoch(history, "rec_loss", floor=0.0)
     row = {
         "data": data,
         "setting": name,
@@ -109,6 +122,7 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
         "jaccard": validation["recall_at_10_jaccard"],
         "asymmetric": validation["recall_at_10_asymmetric"],
         "settle": settled,
+        "recon_settle": recon_settled,
         "rows": len(codes),
         "seconds": time.perf_counter() - started,
     }
@@ -135,7 +149,7 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
 def table(results: list[dict]) -> str:
     header = (
         f"{'data':<12} {'setting':<34} {'ep':>3} {'recon':>6} {'topk':>6} {'active':>13} {'dead':>5} {'dense':>5} "
-        f"{'bytes':>6} {'ham':>6} {'jac':>6} {'asym':>6} {'settle':>7}"
+        f"{'bytes':>6} {'ham':>6} {'jac':>6} {'asym':>6} {'settle':>7} {'rec-settle':>10}"
     )
     lines = [header, "-" * len(header)]
     shown_signs = set()
@@ -145,7 +159,7 @@ def table(results: list[dict]) -> str:
             f"{run['data']:<12} {run['setting']:<34} {run['epochs']:>3} {run['recon']:>6.3f} {run['topk_recon']:>6.3f} "
             f"{run['active_mean']:>6.1f} +-{run['active_std']:>5.1f} {run['dead']:>5} {run['dense']:>5} "
             f"{run['bytes']:>6.1f} {run['hamming']:>6.3f} {run['jaccard']:>6.3f} {run['asymmetric']:>6.3f} "
-            f"{run['settle']:>3}/{run['epochs']:<3}"
+            f"{run['settle']:>3}/{run['epochs']:<3} {run.get('recon_settle', float('nan')):>6}/{run['epochs']:<3}"
         )
         for sign in result["signs"]:
             key = (sign["data"], sign["setting"], round(sign["bytes"], 1))
@@ -156,7 +170,7 @@ def table(results: list[dict]) -> str:
                 f"{sign['data']:<12} {sign['setting']:<34} {'-':>3} {'-':>6} {'-':>6} "
                 f"{sign['active_mean']:>6.1f} +-{sign['active_std']:>5.1f} {sign['dead']:>5} {sign['dense']:>5} "
                 f"{sign['bytes']:>6.1f} {sign['hamming']:>6.3f} {sign['jaccard']:>6.3f} {sign['asymmetric']:>6.3f} "
-                f"{'-':>7}"
+                f"{'-':>7} {'-':>10}"
             )
     return "\n".join(lines)
 

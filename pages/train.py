@@ -22,7 +22,10 @@ from sparsebin.interpret.questions import STUDY, study_configs
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
 CHOICE_NAMES = {"rounding": ROUNDING_NAMES, "sparsity": SPARSITY_NAMES}
-PRESET_NAMES = {"paper": "paper (the method as published)", "recommended": "recommended (with the remedies)"}
+PRESET_NAMES = {
+    "paper": "paper (the method as published)",
+    "recommended": "recommended (rigid TopK, firing-rate balance)",
+}
 
 st.title("Train")
 _shared.live_section(_shared.build_banner, "train_builds")
@@ -32,9 +35,19 @@ if name is None:
 count = next(item["count"] for item in _shared.datasets() if item["name"] == name)
 defaults = TrainConfig()
 
-preset = st.selectbox("preset", list(PRESETS), format_func=PRESET_NAMES.get, key="preset")
-remedies = ", ".join(f"{field}={value}" for field, value in PRESETS[preset].items()) or "every remedy off"
-st.caption(f"The preset's remedies: {remedies}. The settings below apply on top of it.")
+FORM_FIELDS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "epochs", "batch_size", "lr", "seed")
+
+
+def show_preset() -> None:
+    """Put the chosen preset's values into the form's fields that a preset sets (its sparsity scheme)."""
+    chosen = preset_config(st.session_state["preset"])
+    for field in set(FORM_FIELDS) & set().union(*PRESETS.values()):
+        st.session_state[field] = getattr(chosen, field)
+
+
+preset = st.selectbox("preset", list(PRESETS), format_func=PRESET_NAMES.get, key="preset", on_change=show_preset)
+settings = ", ".join(f"{field}={value}" for field, value in PRESETS[preset].items()) or "every remedy off"
+st.caption(f"The preset's settings: {settings}. The settings below apply on top of it.")
 
 with st.form("train_form"):
     a, b, c, d = st.columns(4)

@@ -71,7 +71,10 @@ OPTION_HELP = {
     "k_start": "K schedule: start the TopK target here, anneal to K (0: off)",
     "k_anneal_epochs": "K schedule: epochs to anneal over",
 }
-PRESET_HELP = "a named starting setting the options change: paper (every remedy off) or recommended (the remedies)"
+PRESET_HELP = (
+    "a named starting setting the options change: paper (every remedy off) or recommended "
+    "(rigid TopK with a firing-rate balance)"
+)
 
 
 def add_commands(subparsers) -> None:

@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from sparsebin import runfolder
-from sparsebin.config import TrainConfig
+from sparsebin.config import TrainConfig, preset_config
 from sparsebin.datasets import import_dataset
 from sparsebin.jobs.queue import Store
 from sparsebin.jobs.worker import run_worker
@@ -118,18 +118,22 @@ def test_train_queues_a_run_and_refuses_bad_settings(app, world):
     Store(world["home"]).cancel(job.id)  # leave the other tests the finished runs and nothing queued
 
 
-def test_train_queues_the_recommended_preset_with_its_remedies(app, world):
+def test_train_queues_the_recommended_preset_with_its_settings_shown_in_the_form(app, world):
     at = open_page(app, "train")
     at.selectbox(key="preset").set_value("recommended").run()
-    assert "The preset's remedies: centre=mean" in texts(at)
+    recommended = preset_config("recommended")
+    assert f"The preset's settings: sparsity={recommended.sparsity}" in texts(at)
+    assert at.selectbox(key="sparsity").value == recommended.sparsity  # the form shows the preset's scheme
     at.number_input(key="k").set_value(4)
     at.number_input(key="n_bits").set_value(32)
     at.number_input(key="batch_size").set_value(32)
     at.button(key="submit_run").click().run()
     assert any("Queued job" in success.value for success in at.success)
     job = Store(world["home"]).jobs(limit=1)[0]
-    assert job.config.centre == "mean" and job.config.revive == "auxk" and job.config.tied_init is True
+    assert job.config == recommended.replace(k=4, n_bits=32, batch_size=32)
     Store(world["home"]).cancel(job.id)
+    at.selectbox(key="preset").set_value("paper").run()
+    assert at.selectbox(key="sparsity").value == "align"  # back to the paper's scheme
 
 
 def test_a_grid_value_of_the_wrong_kind_is_named_in_one_sentence(app):

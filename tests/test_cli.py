@@ -11,6 +11,7 @@ from conftest import planted_data
 
 from sparsebin import training_cli
 from sparsebin.cli import main
+from sparsebin.config import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,8 +81,8 @@ def test_train_preset_recommended_trains_with_its_remedies_and_options_still_app
     argv = ["train", str(data), "--preset", "recommended", "--n-bits", "32", "--k", "4", "--epochs", "1"]
     assert main([*argv, "--batch-size", "50", "--rate-weight", "0.5", "--out", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["centre"] == "mean" and config["revive"] == "auxk" and config["unit_decoder"] is True
-    assert config["rate_control"] == "balance" and config["rate_weight"] == 0.5  # the option wins over the preset
+    assert config["sparsity"] == "hard-topk" and config["rate_control"] == "balance"  # the preset's settings
+    assert config["rate_weight"] == 0.5 and PRESETS["recommended"]["rate_weight"] != 0.5  # the option wins
     assert "recall_at_10_asymmetric" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["train", str(data), "--preset", "best", "--out", str(tmp_path / "other")])

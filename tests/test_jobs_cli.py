@@ -203,7 +203,7 @@ def test_submit_with_the_recommended_preset_queues_its_remedies(capsys):
     run_command("submit", "tiny", "--preset", "recommended", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
     run_command("submit", "tiny", "--n-bits", "32", "--k", "4", "--revive", "auxk", "reinit", *TINY_FLAGS)
     preset_job, *grid = sorted(Store().jobs(), key=lambda job: job.id)
-    assert preset_job.config.centre == "mean" and preset_job.config.rate_control == "balance"
+    assert preset_job.config.sparsity == "hard-topk" and preset_job.config.rate_control == "balance"
     assert preset_job.config.n_bits == 32 and preset_job.config.epochs == 2
     assert sorted(job.config.revive for job in grid) == ["auxk", "reinit"]
-    assert all(job.config.centre == "none" for job in grid)  # no preset: the paper's setting
+    assert all(job.config.sparsity == "align" and job.config.rate_control == "none" for job in grid)  # the paper's

@@ -90,6 +90,17 @@ def test_revival_brings_dead_bits_back(planted, sparse_start_firing, revive):
     assert (revived == 0).sum() <= 8
 
 
+def test_recommended_preset_brings_back_the_bits_rigid_topk_leaves_dead(planted):
+    # Four times more bits than the data's planted 64: rigid TopK alone leaves many never chosen.
+    settings = {"n_bits": 256, "k": 4, "batch_size": 100, "lr": 1e-2, "log_every": 1000, "epochs": 10}
+    topk, _ = _firing(planted, TrainConfig(**settings, sparsity="hard-topk"))
+    recommended, metrics = _firing(planted, preset_config("recommended", **settings))
+    # Measured: 89 of 256 dead under rigid TopK alone, none with the preset's rate balance.
+    assert (topk == 0).sum() >= 40 and (recommended == 0).sum() <= 3
+    assert recommended.max() <= 0.5  # no bit fires for half the rows
+    assert metrics["validation"]["active_std"] == 0 and metrics["validation"]["active_mean"] == 4  # exactly K
+
+
 def test_rate_terms_send_gradient_to_always_on_and_dead_bits_and_not_to_balanced_ones():
     config = TrainConfig(n_bits=4, k=1, rate_control="bounds", rate_min=0.1, rate_max=0.5)
     logits = torch.tensor([[5.0, -5.0, 0.5, -0.5]] * 5 + [[5.0, -5.0, -0.5, 0.5]] * 5, requires_grad=True)
@@ -267,7 +278,7 @@ def test_bad_remedy_settings_are_refused_with_one_sentence(changes, message):
 def test_presets_name_the_paper_and_the_recommended_remedies():
     assert preset_config("paper") == TrainConfig()
     recommended = preset_config("recommended", epochs=7)
-    assert recommended.epochs == 7 and recommended.centre == PRESETS["recommended"]["centre"]
+    assert recommended.epochs == 7 and recommended.sparsity == PRESETS["recommended"]["sparsity"] == "hard-topk"
     assert preset_of(TrainConfig(n_bits=64)) == "paper" and preset_of(recommended) == "recommended"
     assert preset_of(TrainConfig(centre="mean")) is None
     with pytest.raises(ConfigError, match="preset must be one of paper, recommended, got 'best'."):
