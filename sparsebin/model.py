@@ -99,7 +99,9 @@ class BinaryAutoencoder(nn.Module):
         self.encoder = nn.Linear(d_in, n_bits)
         self.decoder = nn.Linear(n_bits, d_in)
         self.decoder_path = "auto"  # auto, dense or sparse; not saved: every path gives the same model
-        self.active_share = 1.0  # share of code entries on in the last training batch; the start is dense
+        # Share of code entries on in the last training batch (the decoder path's cost rule reads it): the
+        # start is dense, but rigid TopK is always K / N, so a resumed run picks the path an uninterrupted one does.
+        self.active_share = k / n_bits if sparsity == "hard-topk" else 1.0
         if init == "sparse":
             # Few bits fire at the start; METHOD.md notes this leaves most bits dead.
             nn.init.constant_(self.encoder.bias, math.log(k / (n_bits - k)))

@@ -23,6 +23,7 @@ OPTIONS = {
     "revive reinit": {"revive": "reinit", "revive_after": 3},
     "unit decoder, tied init": {"unit_decoder": True, "tied_init": True},
     "k schedule": {"k_start": 16, "k_anneal_epochs": 2},
+    "recommended preset": PRESETS["recommended"],
 }
 
 
