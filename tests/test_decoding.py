@@ -67,12 +67,17 @@ def test_the_cost_rule_goes_sparse_only_when_few_bits_are_on():
 
 
 def test_auto_switches_to_the_sparse_path_once_the_code_is_sparse():
-    x = torch.from_numpy(planted_data(n_rows=256, dim=24, n_bits=96, k=6)[0])
-    model = build_model(TrainConfig(n_bits=96, k=6, sparsity="hard-topk"), 24).train()
-    assert not sparse_pays(model.active_share, 24, True)  # starts dense
-    model(x)
-    assert model.active_share == pytest.approx(6 / 96)
-    assert sparse_pays(model.active_share, 24, True)  # the next batch goes sparse
+    x = torch.from_numpy(planted_data(n_rows=256, dim=64, n_bits=96, k=6)[0])
+    model = build_model(TrainConfig(n_bits=96, k=6, init="sparse"), 64).train()
+    assert not sparse_pays(model.active_share, 64, False)  # starts dense
+    out = model(x)
+    assert model.active_share == pytest.approx(out.hard.mean().item()) and model.active_share < 0.2
+    assert sparse_pays(model.active_share, 64, False)  # the next batch goes sparse
+    # Rigid TopK's share is K / N from the start, so a resumed run takes the path an uninterrupted one does.
+    topk = build_model(TrainConfig(n_bits=96, k=6, sparsity="hard-topk"), 64).train()
+    assert topk.active_share == 6 / 96 and sparse_pays(topk.active_share, 64, True)
+    topk(x)
+    assert topk.active_share == pytest.approx(6 / 96)
     with pytest.raises(ValueError, match="decoder_path must be one of auto, dense, sparse, got 'gpu'"):
         model.decoder_path = "gpu"
         model(x)
