@@ -45,7 +45,7 @@ from sparsebin import runfolder  # noqa: E402
 from sparsebin.config import PRESETS, TrainConfig  # noqa: E402
 from sparsebin.datasets import load_dataset  # noqa: E402
 from sparsebin.experiment import run_experiment  # noqa: E402
-from sparsebin.metrics import firing_frequency  # noqa: E402
+from sparsebin.metrics import ASYMMETRIC_SCORE, firing_frequency  # noqa: E402
 from sparsebin.search.codes import active_counts, bit_counts  # noqa: E402
 
 SETTINGS = {
@@ -99,7 +99,11 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
     started = time.perf_counter()
     if not (folder / "metrics.json").exists():
         run_experiment(embeddings, config, folder, n_queries=queries)
+    elif runfolder.load_config(folder) != config:
+        sys.exit(f"{folder} holds a run of another config (a setting's definition changed?); use another --home.")
     metrics = runfolder.load_metrics(folder)
+    if metrics["validation"].get("asymmetric_score") != ASYMMETRIC_SCORE:
+        sys.exit(f"{folder} was measured before asymmetric recall was a cosine; use another --home.")
     codes = runfolder.load_codes(folder, mmap=False)
     active = active_counts(codes)
     firing = firing_frequency(bit_counts(codes, config.n_bits), len(codes))

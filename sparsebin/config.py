@@ -303,7 +303,8 @@ def preset_config(name: str, **changes: Any) -> TrainConfig:
 
 
 def preset_of(config: TrainConfig) -> str | None:
-    """The preset whose remedies `config` has (the other settings free), or None."""
+    """The preset whose settings `config` has (its remedies and, for recommended, its sparsity; the others
+    free), or None: a rigid-TopK run without the rate balance is neither."""
     remedy_names = set(PRESETS["recommended"]) | REMEDY_FIELDS
     mine = {name: value for name, value in config.to_dict().items() if name in remedy_names}
     for name, values in PRESETS.items():

@@ -28,6 +28,9 @@ from sparsebin.search.codes import (
 
 LOG10_BINS = np.arange(-7.0, 0.25, 0.25)  # firing-frequency histogram edges, 1e-7 .. 1
 EVALUATION_BUDGET = 256 * 2**20  # bytes one evaluation chunk may hold alive at once
+# Marks recall_at_10_asymmetric as measured by cosine with the decoded code; runs evaluated before the
+# cosine (by the plain sum q . W_d b) lack it, and their asymmetric recall is not compared with new ones.
+ASYMMETRIC_SCORE = "cosine"
 TIES = "tie-aware: rows tied at the k-th code distance count by their chance under a random order"
 
 
@@ -242,6 +245,7 @@ def retrieval_metrics(
     if decoding is not None:
         found, _ = index.search_asymmetric(vectors[queries], decoding, k, exclude=queries)
         result["recall_at_10_asymmetric"] = recall_at_k(found, truth)
+        result["asymmetric_score"] = ASYMMETRIC_SCORE
     return result
 
 

@@ -26,8 +26,9 @@ with L the training rows' mean distance |x - c| from the centre. The loss
 compares the centred vectors by cosine, which leaves |r| free (measured on HPO:
 |r| about 5.4 against L = 0.93); putting r back at length L makes x_hat a
 point among the data again (HPO, rigid TopK: cosine recon 0.172 with r + c,
-0.118 with c + L r / |r|). `sparsebin.remedies` sets c and L. A model saved
-before L was kept has L = 0 and decodes r + c, as it was trained to.
+0.118 with c + L r / |r|). `sparsebin.remedies` sets c, and L under a cosine
+reconstruction distance only: MSE and L1 fit |r| themselves, so there L = 0
+and x_hat = r + c, as for a model saved before L was kept.
 """
 
 import math
@@ -119,7 +120,7 @@ class BinaryAutoencoder(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As nn.Module's; a centred model saved before the length L was kept loads with L = 0."""
         if self.centre is not None and "centre_length" not in state_dict:
-            state_dict = {**state_dict, "centre_length": torch.zeros(())}
+            state_dict = {**state_dict, "centre_length": torch.zeros((), device=self.centre.device)}
         return super().load_state_dict(state_dict, strict, assign)
 
     def uncentre(self, recon: torch.Tensor) -> torch.Tensor:
@@ -175,6 +176,8 @@ class BinaryAutoencoder(nn.Module):
         active share.
         """
         binary = self.training and (self.rounding != "none" or self.sparsity == "hard-topk")
+        if self.sparsity == "hard-topk":
+            self.active_share = topk.shape[1] / self.n_bits  # exact, also under a K schedule
         if not binary or not self._sparse_now(code):
             if binary and self.decoder_path == "auto" and code.device.type == "cpu":
                 self.active_share = float(code.detach().sum()) / code.numel()

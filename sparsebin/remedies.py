@@ -15,8 +15,9 @@ learning-to-hash practice:
   shared direction would otherwise dominate both sides and leave the bits
   little to learn, and a learned c in the target drifts until every row looks
   alike (both measured on planted data: a collapse to a few always-on bits).
-- rate_control: p_j = each bit's firing rate in the batch: the hard rate's
-  value with the soft rate's gradient (see `rate_term`). Both forms sum over
+- rate_control: p_j = each bit's firing rate in the batch: the stored code's
+  rate (h, or the TopK mask under hard-topk) with the soft rate's gradient
+  (see `rate_term`). Both forms sum over
   bits, so a bit's push does not shrink as N grows.
     balance: sum_j KL(r || p_j), r = K / N, the Bernoulli KL of sparse
              autoencoders: steep towards p_j = 0 and p_j = 1.
@@ -106,7 +107,8 @@ def init_model(model: BinaryAutoencoder, config: TrainConfig, centre: Centre | N
     """
     if model.centre is not None:
         model.centre.copy_(centre.point)
-        model.centre_length.fill_(centre.length)
+        if config.reconstruction_distance == "cosine":  # MSE / L1 fit |r| themselves: x_hat = r + c
+            model.centre_length.fill_(centre.length)
     if config.tied_init:
         device = model.decoder.weight.device
         directions = F.normalize(torch.randn(model.n_bits, model.d_in, device=device), dim=1)  # (N, D)

@@ -57,7 +57,7 @@ OPTION_HELP = {
     "split_seed": "seed of the held-out rows and the retrieval queries (keep it fixed per dataset)",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "log_every": "steps between progress reports",
-    "centre": f"subtract a centre before the encoder, add it back after the decoder: {', '.join(CENTRES)}",
+    "centre": f"subtract a centre before the encoder, decode around it (c + L r / |r|): {', '.join(CENTRES)}",
     "rate_control": f"penalise each bit's batch firing rate: {', '.join(RATE_CONTROLS)}",
     "rate_weight": "weight of the firing-rate term",
     "rate_min": "bounds: lowest firing rate without penalty",

@@ -24,6 +24,7 @@ OPTIONS = {
     "unit decoder, tied init": {"unit_decoder": True, "tied_init": True},
     "k schedule": {"k_start": 16, "k_anneal_epochs": 2},
     "recommended preset": PRESETS["recommended"],
+    "rigid topk, k schedule": {"sparsity": "hard-topk", "k_start": 16, "k_anneal_epochs": 2},
 }
 
 
@@ -179,6 +180,10 @@ def test_centred_model_decodes_at_the_training_rows_mean_distance_from_the_centr
     scale, norm = decoding.rows(products)
     torch.testing.assert_close(torch.from_numpy(decoding.centre + scale[:, None] * products), recon)
     torch.testing.assert_close(torch.from_numpy(norm), recon.norm(dim=1))
+    # Under MSE the loss fits |r| itself: no length, x_hat = r + c.
+    mse = BinaryAutoencoder(8, 16, 2, centre="mean").eval()
+    init_model(mse, config.replace(loss="mse"), centre)
+    assert mse.centre_length.item() == 0 and model.centre_length.item() == pytest.approx(centre.length)
     # A centred model saved before the length was kept loads with L = 0 and decodes r + c, as it was trained.
     state = {name: value for name, value in model.state_dict().items() if name != "centre_length"}
     old = BinaryAutoencoder(8, 16, 2, centre="mean").eval()

@@ -319,10 +319,11 @@ def test_asymmetric_search_equals_brute_force_cosine_with_ties(density):
     np.testing.assert_allclose(scores, np.take_along_axis(cosines, found, axis=1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("density", [0.06, 0.5])  # the inverted-index path and the dense one
 @pytest.mark.parametrize("length", [0.0, 0.9])
-def test_asymmetric_search_through_a_centred_decoding_equals_brute_force(length):
+def test_asymmetric_search_through_a_centred_decoding_equals_brute_force(length, density):
     rng = np.random.default_rng(5)
-    bits = (rng.random((500, 64)) < 0.06).astype(np.uint8)
+    bits = (rng.random((500, 64)) < density).astype(np.uint8)
     bits[:, 0] = 1
     decoding = LinearDecoding(
         rng.standard_normal((12, 64)), rng.standard_normal(12), centre=rng.standard_normal(12), length=length

@@ -1,8 +1,10 @@
 """The job queue: submitting, grids, claiming, cancelling, resuming and reading runs."""
 
+import json
 import sqlite3
 import threading
 
+import numpy as np
 import pytest
 from conftest import TINY, make_dataset
 
@@ -132,6 +134,14 @@ def test_list_runs_shows_settings_and_metrics_of_done_runs_only():
     assert row["n_bits"] == 32 and row["label"] == "kept"
     assert table.set_index("status").loc["queued", ["recon_loss", "recall_at_10_hamming"]].isna().all()
     assert store.list_runs(dataset="other").empty
+    assert row["recall_at_10_asymmetric"] == pytest.approx(metrics["recall_at_10_asymmetric"])
+    # A run evaluated before asymmetric recall was a cosine (its summary lacks the mark) shows it as unknown.
+    with store.transaction() as connection:
+        summary = json.loads(connection.execute("SELECT summary FROM jobs WHERE id = ?", (done.id,)).fetchone()[0])
+        del summary["asymmetric_score"]
+        connection.execute("UPDATE jobs SET summary = ? WHERE id = ?", (json.dumps(summary), done.id))
+    old = store.list_runs().set_index("job_id").loc[done.id]
+    assert np.isnan(old["recall_at_10_asymmetric"]) and old["recon_loss"] == pytest.approx(metrics["recon_loss"])
 
 
 def test_a_damaged_run_gives_a_clear_error_and_leaves_others_readable():

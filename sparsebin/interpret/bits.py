@@ -326,7 +326,7 @@ def bit_profile(
     firing = ctx.by_bit[bit].indices  # rows where the stored code has this bit
     label = labels_for(ctx, [bit]).iloc[0]
     counts, edges = np.histogram(1 / (1 + np.exp(-logits.astype(np.float64))), bins=HISTOGRAM_BINS, range=(0, 1))
-    decoder_column = ctx.model.decoder.weight[:, bit].detach().numpy()  # (D,) what switching the bit on adds
+    decoder_column = ctx.model.decoder.weight[:, bit].detach().cpu().numpy()  # (D,) the bit's direction in r
     return BitProfile(
         bit=int(bit),
         firing_rate=float(len(firing) / max(len(ctx.concepts), 1)),

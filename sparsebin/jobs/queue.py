@@ -29,6 +29,7 @@ from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.devices import claimable_devices
 from sparsebin.errors import JobError
 from sparsebin.experiment import CHECKPOINT
+from sparsebin.metrics import ASYMMETRIC_SCORE
 
 DATABASE = "sparsebin.db"
 SCHEMA_VERSION = 2  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
@@ -312,6 +313,8 @@ class Store:
             row["reconstruction_distance"] = job.config.reconstruction_distance
             row["alignment_distance"] = job.config.alignment_distance
             summary = json.loads(record["summary"]) if job.status == Status.DONE and record["summary"] else {}
+            if summary.get("asymmetric_score") != ASYMMETRIC_SCORE:  # measured by the old plain sum, or not at all
+                summary.pop("recall_at_10_asymmetric", None)
             row.update({name: _summary_value(summary.get(name)) for name in (*SUMMARY_METRICS, *RUN_FACTS)})
             rows.append(row)
         settings = [field.name for field in fields(TrainConfig)] + ["reconstruction_distance", "alignment_distance"]

@@ -326,7 +326,8 @@ def run_summary(folder: Path) -> dict:
     metrics = runfolder.load_metrics(folder)
     _, part = runfolder.evaluated_part(metrics)
     facts = metrics.get("bit_health", {}) | {"converged": metrics.get("convergence", {}).get("converged")}
-    return {name: part.get(name) for name in SUMMARY_METRICS} | {name: facts.get(name) for name in RUN_FACTS}
+    summary = {name: part.get(name) for name in SUMMARY_METRICS} | {name: facts.get(name) for name in RUN_FACTS}
+    return summary | {"asymmetric_score": part.get("asymmetric_score")}
 
 
 def one_line(error: BaseException) -> str:

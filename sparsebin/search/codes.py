@@ -71,7 +71,7 @@ def bytes_per_vector(n_bits: int) -> int:
     return -(-n_bits // 8)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LinearDecoding:
     """How asymmetric search reads a stored code b as a dense vector x_hat.
 
