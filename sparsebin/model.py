@@ -25,8 +25,8 @@ Centring (off in the paper's setting): with a centre c (D,), fixed or learned,
 with L the training rows' mean distance |x - c| from the centre. The loss
 compares the centred vectors by cosine, which leaves |r| free (measured on HPO:
 |r| about 5.4 against L = 0.93); putting r back at length L makes x_hat a
-point among the data again (HPO, rigid TopK: cosine recon 0.172 with r + c,
-0.118 with c + L r / |r|). `sparsebin.remedies` sets c, and L under a cosine
+point among the data again (HPO, rigid TopK with the rate balance, centred:
+cosine recon 0.172 with r + c, 0.118 with c + L r / |r|). `sparsebin.remedies` sets c, and L under a cosine
 reconstruction distance only: MSE and L1 fit |r| themselves, so there L = 0
 and x_hat = r + c, as for a model saved before L was kept.
 """
