@@ -125,6 +125,35 @@ def test_both_kernels_match_a_float32_reference_bit_for_bit(seed):
             np.testing.assert_array_equal(found, reference_float32(bits, outside, rows, metric)[0])
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_codes_of_one_size_take_the_candidate_walk_and_stay_exact(seed):
+    """Rigid TopK codes (every row K bits): the walk lists only rows that can still make the top k."""
+    rng = np.random.default_rng(seed)
+    rows, n_bits, size = int(rng.integers(60, 400)), int(rng.choice([16, 64, 203])), int(rng.integers(2, 6))
+    pool = rng.choice(n_bits, size=min(n_bits, 3 * size), replace=False)  # few bits: many shared, many ties
+    bits = np.zeros((rows, n_bits), dtype=np.uint8)
+    for row in range(rows):
+        bits[row, rng.choice(pool, size=size, replace=False)] = 1
+    if seed % 2:  # a bit every row has: queries holding it take the general walk, the others the candidate one
+        bits[:] = 0
+        bits[:, pool[0]] = 1
+        for row in range(rows):
+            bits[row, rng.choice(pool[1:], size=size - 1, replace=False)] = 1
+    index = CodeIndex(pack_bits(bits), n_bits, method="postings")
+    assert len(index.size_groups[0]) == 1  # one size
+    inside = rng.choice(rows, size=min(rows, 30), replace=False)
+    outside = (rng.random((12, n_bits)) < 0.03).astype(np.uint8)
+    outside[:4, pool[-4:]] = 1  # outside queries of other sizes, sharing bits with the rows
+    outside[5] = 0
+    queries = np.concatenate([bits[inside], outside])
+    exclude = np.concatenate([inside, np.full(len(outside), -1)])
+    for metric, k in itertools.product(("hamming", "jaccard"), (1, 10, rows - 2, rows - 1)):
+        found, distances = index.search(pack_bits(queries), k, metric, exclude)
+        expected, expected_distances = reference_float32(bits, queries, k, metric, exclude)
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_array_equal(distances, expected_distances)
+
+
 def test_jaccard_ties_between_rows_of_different_sizes_go_to_the_lower_row():
     """From unions of ~4100 bits on, float32 Jaccard distances of sizes s and s + 1 are equal."""
     size = 4141

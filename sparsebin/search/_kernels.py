@@ -23,6 +23,15 @@ sit at distance 1 and the lowest untouched rows are taken. A whole group is
 kept because float32 Jaccard distances of different sizes can tie (from unions
 of ~4100 bits on).
 
+When every row has one size (rigid TopK) and the query has no frequent bit, a
+row's distance falls as the bits it shares rise, so the walk keeps a threshold
+(a count k other rows have reached) and lists only rows that reach it; the
+offer then reads a few thousand rows instead of every touched one. On HPO +
+ICD-10-CM (117,539 rows, N=4096, K=32, 29,700 postings a query) one thread took
+59 ms per 1000 queries against 107 ms for the general walk. (Jaccard takes this
+path only while |q| + K < 4096, where float32 distances of different counts
+cannot tie.)
+
 Distances are float32 and equal numpy's `codes.pair_distances` bit for bit:
 each float32 division or subtraction is done in float64 and rounded once, which
 gives the correctly rounded float32 result. Ties go to the lower row.
@@ -34,6 +43,9 @@ from numba import types
 from numba.extending import intrinsic
 
 SHIFT = 1 << 20  # count offset: a row's shared bits change by at most N < 2^20 per query
+FLAG = 1 << 24  # marks a row listed by the candidate walk; its counts stay below SHIFT < FLAG
+# Float32 Jaccard distances of different fractions with unions below this are distinct (see the module notes).
+EXACT_UNION = 4096
 
 
 @intrinsic
@@ -113,15 +125,75 @@ def _walk_postings(query, indptr, rows, frequent, count, touched):
 
 
 @numba.njit(cache=True, inline="always")
-def _offer_touched(touched, n_touched, count, sizes, own, base, query_size, jaccard, top_dist, top_rows):
-    """Offer every touched row but `own` to the empty top k; returns the fill."""
+def _walk_candidates(bits, query_size, indptr, rows, count, listed, at_least, k):
+    """The walk for codes of one size and a query without frequent bits; returns how many rows it listed.
+
+    count[row] becomes the bits the row shares with the query. A row is listed (and marked with FLAG) once
+    its count reaches t, where t rises whenever k + 1 rows (one may be the query's own) have reached t + 1:
+    then k other rows share at least t + 1 bits, and with one size a row sharing fewer is farther than all
+    of them, so the rows never listed cannot be among the k nearest. `at_least[c]` counts the rows that
+    reached c while c >= t, which is all of them for every c the threshold can still rise past.
+    """
+    threshold = 1
+    n_listed = 0
+    for j in range(query_size):
+        bit = bits[j]
+        for entry in range(indptr[bit], indptr[bit + 1]):
+            row = rows[entry]
+            value = count[row] + 1
+            count[row] = value
+            shared = value & (FLAG - 1)
+            if shared >= threshold:  # rare once the threshold has risen: the branch is predicted
+                if value < FLAG:
+                    count[row] = value | FLAG
+                    listed[n_listed] = row
+                    n_listed += 1
+                at_least[shared] += 1
+                while at_least[threshold + 1] > k:
+                    threshold += 1
+    for shared in range(query_size + 2):
+        at_least[shared] = 0
+    return n_listed
+
+
+@numba.njit(cache=True, inline="always")
+def _clear_walk(bits, query_size, indptr, rows, count):
+    """Set the count of every row the query's lists hold back to 0."""
+    for j in range(query_size):
+        bit = bits[j]
+        for entry in range(indptr[bit], indptr[bit + 1]):
+            count[rows[entry]] = 0
+
+
+@numba.njit(cache=True, inline="always")
+def _query_bits(query, frequent, bits):
+    """The query's active bits into `bits`; returns (query size, B: how many of them are frequent)."""
+    n_bits = len(frequent)
+    query_size = base = 0
+    for byte_index in range(len(query)):
+        byte = query[byte_index]
+        if byte == 0:
+            continue
+        for offset in range(8):  # np.packbits order: bit 0 is the high bit of byte 0
+            bit = byte_index * 8 + offset
+            if byte & (128 >> offset) == 0 or bit >= n_bits:
+                continue
+            bits[query_size] = bit
+            query_size += 1
+            base += frequent[bit]
+    return query_size, base
+
+
+@numba.njit(cache=True, inline="always")
+def _offer_touched(touched, n_touched, count, offset, sizes, own, base, query_size, jaccard, top_dist, top_rows):
+    """Offer every touched row but `own` (sharing base + count - offset bits) to the empty top k; returns the fill."""
     k = len(top_dist)
     filled = 0
     for position in range(n_touched):
         row = touched[position]
         if row == own:
             continue
-        dist = _distance(base + count[row] - SHIFT, query_size, sizes[row], jaccard)
+        dist = _distance(base + count[row] - offset, query_size, sizes[row], jaccard)
         if filled < k or dist <= top_dist[k - 1]:  # the call is the costly part: most rows fail this
             filled = _offer(top_dist, top_rows, filled, dist, row)
     return filled
@@ -176,12 +248,34 @@ def search_postings(indptr, rows, frequent, sizes, by_size, group_sizes, group_s
     # change in its shared bits. One int32 array keeps the random accesses to one cache line.
     count = np.zeros(len(sizes), dtype=np.int32)
     touched = np.empty(len(sizes) + 1, dtype=np.int32)
+    bits = np.empty(len(frequent), dtype=np.int64)
+    at_least = np.zeros(len(frequent) + 2, dtype=np.int64)
     top_dist = np.empty(k, dtype=np.float32)
     top_rows = np.empty(k, dtype=np.int64)
+    one_size = group_sizes[0] if len(group_sizes) == 1 else -1  # every row the same size (rigid TopK)
     for query in range(n_queries):
         own = exclude[query]
+        query_size, base = _query_bits(queries[query], frequent, bits)
+        if one_size >= 0 and base == 0 and (not jaccard or query_size + one_size < EXACT_UNION):
+            n_listed = _walk_candidates(bits, query_size, indptr, rows, count, touched, at_least, k)
+            filled = _offer_touched(
+                touched, n_listed, count, FLAG, sizes, own, 0, query_size, jaccard, top_dist, top_rows
+            )
+            if own >= 0 and count[own] == 0:  # marked, so it is not offered as an untouched row either
+                count[own] = FLAG
+            filled = _fill_untouched(
+                count, sizes, by_size, group_sizes, group_starts, 0, query_size, jaccard, top_dist, top_rows, filled
+            )
+            _clear_walk(bits, query_size, indptr, rows, count)
+            if own >= 0:
+                count[own] = 0
+            out_rows[query] = top_rows
+            out_dist[query] = top_dist
+            continue
         n_touched, base, query_size = _walk_postings(queries[query], indptr, rows, frequent, count, touched)
-        filled = _offer_touched(touched, n_touched, count, sizes, own, base, query_size, jaccard, top_dist, top_rows)
+        filled = _offer_touched(
+            touched, n_touched, count, SHIFT, sizes, own, base, query_size, jaccard, top_dist, top_rows
+        )
         if own >= 0 and count[own] == 0:  # marked touched, so it is not offered as an untouched row either
             count[own] = SHIFT
             touched[n_touched] = own
