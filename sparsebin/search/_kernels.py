@@ -93,35 +93,24 @@ def _offer(top_dist, top_rows, filled, dist, row):
 
 
 @numba.njit(cache=True, inline="always")
-def _walk_postings(query, indptr, rows, frequent, count, touched):
-    """Walk the posting lists of the query's active bits; returns (touched rows, B, query size).
+def _walk_postings(bits, query_size, indptr, rows, frequent, count, touched):
+    """Walk the posting lists of the query's active `bits`; returns how many rows they touched.
 
     Each row a list touches gets count = SHIFT + the change in the bits it shares
-    with the query, and is appended to `touched`. B counts the query's frequent bits.
+    with the query, and is appended to `touched`.
     """
-    n_bits = len(frequent)
-    n_touched = base = query_size = 0
-    for byte_index in range(len(query)):
-        byte = query[byte_index]
-        if byte == 0:
-            continue
-        for offset in range(8):  # np.packbits order: bit 0 is the high bit of byte 0
-            bit = byte_index * 8 + offset
-            if byte & (128 >> offset) == 0 or bit >= n_bits:
-                continue
-            query_size += 1
-            step = 1
-            if frequent[bit]:
-                base += 1
-                step = -1
-            for entry in range(indptr[bit], indptr[bit + 1]):
-                row = rows[entry]
-                if count[row] == 0:
-                    count[row] = SHIFT
-                    touched[n_touched] = row
-                    n_touched += 1
-                count[row] += step
-    return n_touched, base, query_size
+    n_touched = 0
+    for j in range(query_size):
+        bit = bits[j]
+        step = -1 if frequent[bit] else 1
+        for entry in range(indptr[bit], indptr[bit + 1]):
+            row = rows[entry]
+            if count[row] == 0:
+                count[row] = SHIFT
+                touched[n_touched] = row
+                n_touched += 1
+            count[row] += step
+    return n_touched
 
 
 @numba.njit(cache=True, inline="always")
@@ -272,7 +261,7 @@ def search_postings(indptr, rows, frequent, sizes, by_size, group_sizes, group_s
             out_rows[query] = top_rows
             out_dist[query] = top_dist
             continue
-        n_touched, base, query_size = _walk_postings(queries[query], indptr, rows, frequent, count, touched)
+        n_touched = _walk_postings(bits, query_size, indptr, rows, frequent, count, touched)
         filled = _offer_touched(
             touched, n_touched, count, SHIFT, sizes, own, base, query_size, jaccard, top_dist, top_rows
         )
