@@ -86,10 +86,10 @@ def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int 
         evaluation = evaluate_model(result.model, vectors[rows], split=name, retrieval=False)
         codes[rows] = evaluation.packed
         metrics[name] = evaluation.metrics
-    index = CodeIndex(codes, config.n_bits)
+    index, decoding = CodeIndex(codes, config.n_bits), model_decoding(result.model)
     for name, rows in parts:
         queries = rows[sample_queries(len(rows), n_queries, config.split_seed)]
-        metrics[name] |= retrieval_metrics(index, vectors, queries, decoding=model_decoding(result.model))
+        metrics[name] |= retrieval_metrics(index, vectors, queries, decoding=decoding)
     metrics["bit_health"] = bit_health(codes, config.n_bits, split.validation)
     metrics["convergence"] = convergence(result.history, config.k)
     name, rows = parts[-1]  # the sign baseline on the part the run is judged on

@@ -87,10 +87,12 @@ class LinearDecoding:
     length: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "weight", np.ascontiguousarray(self.weight, dtype=np.float32))
-        object.__setattr__(self, "bias", np.ascontiguousarray(self.bias, dtype=np.float32))
+        # Own copies: a model's tensors share memory with .numpy() and may train on, and an index
+        # keeps the rows it decoded for this decoding (`CodeIndex.decoded_rows`).
+        object.__setattr__(self, "weight", np.array(self.weight, dtype=np.float32, order="C"))
+        object.__setattr__(self, "bias", np.array(self.bias, dtype=np.float32))
         centre = np.zeros_like(self.bias) if self.centre is None else self.centre
-        object.__setattr__(self, "centre", np.ascontiguousarray(centre, dtype=np.float32))
+        object.__setattr__(self, "centre", np.array(centre, dtype=np.float32))
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],) or self.centre.shape != self.bias.shape:
             raise ValueError(
                 f"a decoding needs a (D, N) weight and a (D,) bias and centre, got {self.weight.shape}, "
@@ -146,6 +148,7 @@ class CodeIndex:
         self._words = None
         self._by_size = None
         self._size_groups = None
+        self._decoded: tuple[LinearDecoding, tuple[np.ndarray, np.ndarray]] | None = None  # the last decoding's rows
         self.bit_counts = np.diff(by_bit.indptr) if by_bit is not None else bit_counts(packed, n_bits)
         rows = max(len(packed), 1)
         # Each posting list holds the rows where its bit differs from its usual value (see `postings`);
@@ -330,7 +333,9 @@ class CodeIndex:
 
     def decoded_rows(self, decoding: LinearDecoding) -> tuple[np.ndarray, np.ndarray]:
         """(scale, norm), each (M,) float32, of every row's decoded code (see `LinearDecoding.rows`),
-        `chunk_rows` rows at a time."""
+        `chunk_rows` rows at a time; kept for the last decoding, so each part's queries reuse them."""
+        if self._decoded is not None and self._decoded[0] is decoding:
+            return self._decoded[1]
         scale, norm = np.empty(len(self), np.float32), np.empty(len(self), np.float32)
         by_row = self.by_bit.T.tocsr() if self._is_sparse() else None  # (M, N)
         for i in range(0, len(self), self.chunk_rows):
@@ -340,6 +345,7 @@ class CodeIndex:
                 bits = unpack_bits(self.packed[i : i + self.chunk_rows], self.n_bits).astype(np.float32)
                 products = bits @ decoding.weight.T
             scale[i : i + len(products)], norm[i : i + len(products)] = decoding.rows(products + decoding.bias)
+        self._decoded = (decoding, (scale, norm))
         return scale, norm
 
     def _is_sparse(self) -> bool:
