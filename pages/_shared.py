@@ -8,6 +8,8 @@ the server's start-up (worker, warm-up, first builds) lives in app.py.
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from sparsebin import paths, runfolder
 from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset
@@ -18,6 +20,24 @@ from sparsebin.interpret.questions import run_name
 from sparsebin.jobs import activity
 from sparsebin.jobs.queue import Store
 from sparsebin.search import codes
+
+
+def _run_through_app() -> None:
+    """Send a server's very first script run through app.py.
+
+    Until app.py has called st.navigation once, Streamlit treats the `pages/`
+    folder as its older multipage layout: a first visit to, say, /train on a
+    fresh server runs pages/train.py alone, under a list of every file in
+    pages/, and never starts the worker. Leaving that mode and rerunning the
+    same URL runs app.py, whose navigation then opens the page asked for.
+    Every page imports this module, so the check runs in that first run.
+    """
+    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_run_through_app()
 
 
 @st.cache_resource

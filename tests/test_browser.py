@@ -129,10 +129,7 @@ def build_priority(pid: int, timeout: float = 30.0) -> int | None:
 
 
 def open_page(page: Page, app: AppServer, title: str) -> None:
-    """Open the app at its root, as a user does, then its page by the navigation link.
-
-    (A server's very first session opened straight at /train would skip app.py.)
-    """
+    """Open the app at its root, as a user does, then its page by the navigation link."""
     open_home(page, app)
     page.get_by_role("link", name=title, exact=True).click()
 
@@ -176,9 +173,12 @@ def test_queue_a_run_watch_its_progress_and_see_it_on_compare(page, request, fol
     started = time.monotonic()
     shutil.copytree(hpo_subset, folders["data"])
     with running_app(folders) as app:
-        with step(page, request, "queue-a-run"):
-            open_page(page, app, "Train")
+        with step(page, request, "a-bookmarked-page-opens-inside-the-app"):
+            page.goto(f"{app.url}/train")  # the server's first session, straight at a page's address
             expect(page.get_by_role("button", name="Queue run")).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.get_by_role("link", name="Compare", exact=True)).to_be_visible()  # app.py's navigation
+            expect(page.get_by_role("link", name="shared", exact=True)).to_have_count(0)  # not a file list
+        with step(page, request, "queue-a-run"):
             for label, value in (("N (bits)", "64"), ("K (target active bits)", "4"), ("epochs", "400")):
                 page.get_by_label(label, exact=True).fill(value)
             page.get_by_label("batch", exact=True).fill("8")
@@ -203,9 +203,9 @@ def test_open_a_bit_then_a_concept_from_the_bit(page, request, folders, hpo_subs
     run_id = finished_run(folders, hpo_subset)
     with running_app(folders, SPARSEBIN_NO_WORKER="1") as app:
         with step(page, request, "open-a-bit"):
-            open_home(page, app)
-            page.goto(f"{app.url}/bits?run={run_id}&bit=3")
+            page.goto(f"{app.url}/bits?run={run_id}&bit=3")  # a shared link, the server's first session
             expect(main_text(page).get_by_text(re.compile(r"^Bit 3: "))).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.get_by_role("link", name="Compare", exact=True)).to_be_visible()  # inside app.py's navigation
             expect(main_text(page).get_by_text(re.compile(r"Fires for [\d,]+ concepts"))).to_be_visible()
         with step(page, request, "open-a-concept-from-the-bit"):
             link = main_text(page).get_by_text(re.compile(r"^Open .+ \(HP:\d{7}\) on the Concepts page$"))
