@@ -9,6 +9,7 @@ described here once, from the dataclass's own fields.
 import dataclasses
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,15 +303,28 @@ def preset_config(name: str, **changes: Any) -> TrainConfig:
     return TrainConfig(**(PRESETS[name] | changes))
 
 
-def preset_of(config: TrainConfig) -> str | None:
-    """The preset whose settings `config` has (its remedies and, for recommended, its sparsity; the others
-    free), or None: a rigid-TopK run without the rate balance is neither."""
-    remedy_names = set(PRESETS["recommended"]) | REMEDY_FIELDS
-    mine = {name: value for name, value in config.to_dict().items() if name in remedy_names}
-    for name, values in PRESETS.items():
-        if mine == {name: value for name, value in TrainConfig(**values).to_dict().items() if name in remedy_names}:
+def preset_of(settings: "TrainConfig | Mapping[str, Any]") -> str | None:
+    """The preset whose settings a config (or a runs-table row) has: its remedies and, for recommended, its
+    sparsity; the others free. None when it is neither: a rigid-TopK run without the rate balance is neither.
+    A setting a row lacks (an older table) counts as its default."""
+    values = settings.to_dict() if isinstance(settings, TrainConfig) else settings
+    default = TrainConfig().sparsity
+    mine = remedy_changes(values) | {"sparsity": values.get("sparsity", default)}
+    for name, preset in PRESETS.items():
+        if mine == remedy_changes(preset) | {"sparsity": preset.get("sparsity", default)}:
             return name
     return None
+
+
+def remedy_changes(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The remedy settings whose value differs from the default, in TrainConfig's field order (a setting
+    missing from `settings` counts as its default)."""
+    defaults = TrainConfig().to_dict()
+    return {
+        name: settings[name]
+        for name in defaults
+        if name in REMEDY_FIELDS and name in settings and settings[name] != defaults[name]
+    }
 
 
 REMEDY_FIELDS = {

@@ -207,3 +207,11 @@ def test_submit_with_the_recommended_preset_queues_its_remedies(capsys):
     assert preset_job.config.n_bits == 32 and preset_job.config.epochs == 2
     assert sorted(job.config.revive for job in grid) == ["auxk", "reinit"]
     assert all(job.config.sparsity == "align" and job.config.rate_control == "none" for job in grid)  # the paper's
+    capsys.readouterr()
+    run_command("runs")
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:6] == ["job_id", "run_id", "status", "label", "preset", "n_bits"]
+    words = {int(row.split()[0]): row.split() for row in rows[:3]}
+    assert "recommended" in words[1] and "none" in words[2] and "none" in words[3]
+    table = Store().list_runs("tiny")
+    assert dict(zip(table["job_id"], table["preset"], strict=True)) == {1: "recommended", 2: "none", 3: "none"}

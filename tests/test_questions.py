@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from sparsebin.config import TrainConfig
+from sparsebin.config import TrainConfig, preset_config
 from sparsebin.interpret.bits import DepthAnalysis
 from sparsebin.interpret.questions import (
     answer_questions,
@@ -221,6 +221,16 @@ def test_a_run_without_a_label_is_named_by_its_settings():
     settings = TrainConfig(n_bits=64, k=4, loss="mse", rounding="none").to_dict()
     assert run_name({"label": "", **settings}) == "mse/none/align N=64 K=4"
     assert run_name({"label": "mine", **settings}) == "mine"
+    rigid = TrainConfig(n_bits=64, k=4, sparsity="hard-topk")
+    assert run_name({"label": "", **rigid.to_dict()}) == "cosine/ste/hard-topk N=64 K=4"
+    recommended = preset_config("recommended", n_bits=64, k=4)
+    assert run_name({"label": "", **recommended.to_dict()}) == "recommended N=64 K=4"
+    centred = TrainConfig(n_bits=64, k=4, centre="mean", rate_control="balance", rate_weight=0.3)
+    assert run_name({"label": "", **centred.to_dict()}) == (
+        "cosine/ste/align centre=mean rate_control=balance rate_weight=0.3 N=64 K=4"
+    )
+    older = {"label": "", "loss": "cosine", "rounding": "ste", "sparsity": "align", "n_bits": 64, "k": 4}
+    assert run_name(older) == "cosine/ste/align N=64 K=4"  # a table from before the remedies
 
 
 def test_no_runs_says_what_to_select():

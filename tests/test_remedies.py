@@ -1,6 +1,7 @@
 """The remedies beyond the paper: each one's effect on planted data, gradients, determinism, resume."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import planted_data
@@ -287,5 +288,8 @@ def test_presets_name_the_paper_and_the_recommended_remedies():
     assert recommended.epochs == 7 and recommended.sparsity == PRESETS["recommended"]["sparsity"] == "hard-topk"
     assert preset_of(TrainConfig(n_bits=64)) == "paper" and preset_of(recommended) == "recommended"
     assert preset_of(TrainConfig(centre="mean")) is None
+    assert preset_of(TrainConfig(sparsity="hard-topk")) is None  # rigid TopK alone is not the preset
+    row = pd.Series({"label": "", "sparsity": "hard-topk", "rate_control": "balance", "rate_weight": 0.01})
+    assert preset_of(row) == "recommended"  # a runs-table row; the settings it lacks count as their defaults
     with pytest.raises(ConfigError, match="preset must be one of paper, recommended, got 'best'."):
         preset_config("best")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from sparsebin.config import DISTANCE_NAMES, REMEDY_FIELDS, TrainConfig
+from sparsebin.config import DISTANCE_NAMES, REMEDY_FIELDS, TrainConfig, preset_of, remedy_changes
 from sparsebin.errors import ConfigError
 from sparsebin.health import CONVERGED_ACTIVE, CONVERGED_LOSS, HEALTH_COLUMNS, RARE_BELOW
 
@@ -103,12 +103,21 @@ class Answer:
 def run_name(run: Mapping) -> str:
     """A run's label, or its settings when it has none: the one title every page uses.
 
-    `run` is a runs-table row or any mapping with label, loss, rounding, sparsity, n_bits and k.
+    Unlabelled, a run of the recommended preset is called so; any other run is
+    named by its loss, rounding and sparsity and each remedy setting it changed,
+    so that rigid TopK alone and the preset, or a run with and without a
+    centre, never share a title. `run` is a runs-table row or any mapping with
+    label, loss, rounding, sparsity, n_bits and k (a remedy setting it lacks
+    counts as off).
     """
     label = run.get("label")
     if isinstance(label, str) and label:
         return label
-    return f"{run['loss']}/{run['rounding']}/{run['sparsity']} N={int(run['n_bits'])} K={int(run['k'])}"
+    size = f"N={int(run['n_bits'])} K={int(run['k'])}"
+    if preset_of(run) == "recommended":
+        return f"recommended {size}"
+    changed = "".join(f" {name}={value}" for name, value in remedy_changes(run).items())
+    return f"{run['loss']}/{run['rounding']}/{run['sparsity']}{changed} {size}"
 
 
 def finished(runs: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,20 @@ from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
 from sparsebin.training_cli import PRESET_HELP, add_setting_options
 
-RUN_COLUMNS = ["job_id", "run_id", "status", "label", "n_bits", "k", "alpha", "loss", "recon_loss", "active_mean"]
+RUN_COLUMNS = [
+    "job_id",
+    "run_id",
+    "status",
+    "label",
+    "preset",
+    "n_bits",
+    "k",
+    "alpha",
+    "loss",
+    "sparsity",
+    "recon_loss",
+    "active_mean",
+]
 # Bit health as every page and the report name it: over all rows, on held-out rows, and rare.
 RUN_FACT_COLUMNS = HEALTH_COLUMNS | {"converged": "converged"}
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sparsebin import paths
-from sparsebin.config import TrainConfig, expand_grid
+from sparsebin.config import TrainConfig, expand_grid, preset_of
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.devices import claimable_devices
 from sparsebin.errors import JobError
@@ -53,23 +53,6 @@ SUMMARY_METRICS = (
 )
 # Whole-run facts beside them (bit health over all rows, convergence from the history).
 RUN_FACTS = ("dead_all_rows", "silent_held_out", "rare_bits", "dense_all_rows", "n_rows", "converged")
-CONFIG_COLUMNS = (
-    "n_bits",
-    "k",
-    "alpha",
-    "loss",
-    "rounding",
-    "sparsity",
-    "seed",
-    "epochs",
-    "lr",
-    "centre",
-    "rate_control",
-    "revive",
-    "unit_decoder",
-    "tied_init",
-    "k_start",
-)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -293,7 +276,8 @@ class Store:
 
         The settings are every TrainConfig field plus the two distances each
         term used (`reconstruction_distance`, `alignment_distance`), so
-        comparisons can tell runs apart by anything that changes a result.
+        comparisons can tell runs apart by anything that changes a result, and
+        `preset`: the preset whose settings the run has (paper, recommended) or none.
         """
         query, values = "SELECT * FROM jobs", []
         if dataset is not None:
@@ -312,13 +296,14 @@ class Store:
             row.update(job.config.to_dict())
             row["reconstruction_distance"] = job.config.reconstruction_distance
             row["alignment_distance"] = job.config.alignment_distance
+            row["preset"] = preset_of(job.config) or "none"
             summary = json.loads(record["summary"]) if job.status == Status.DONE and record["summary"] else {}
             if summary.get("asymmetric_score") != ASYMMETRIC_SCORE:  # measured by the old plain sum, or not at all
                 summary.pop("recall_at_10_asymmetric", None)
             row.update({name: _summary_value(summary.get(name)) for name in (*SUMMARY_METRICS, *RUN_FACTS)})
             rows.append(row)
         settings = [field.name for field in fields(TrainConfig)] + ["reconstruction_distance", "alignment_distance"]
-        columns = ["run_id", "job_id", "dataset", "status", "label", "created_at", *settings]
+        columns = ["run_id", "job_id", "dataset", "status", "label", "created_at", *settings, "preset"]
         return pd.DataFrame(rows, columns=columns + [*SUMMARY_METRICS, *RUN_FACTS])
 
     # -- user actions --------------------------------------------------------
