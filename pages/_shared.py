@@ -186,9 +186,14 @@ def build_banner(waiting_for: str = "") -> bool:
     return bool(running)
 
 
-@st.cache_data(max_entries=64)
 def run_metrics(run_id: str) -> dict:
-    """A finished run's metrics.json (a finished run never changes)."""
+    """A finished run's metrics.json; read again when `remeasure` has rewritten it."""
+    path = store().run_folder(run_id) / "metrics.json"
+    return _run_metrics(run_id, path.stat().st_mtime_ns if path.exists() else 0)  # 0: load_metrics says why
+
+
+@st.cache_data(max_entries=64)
+def _run_metrics(run_id: str, written_ns: int) -> dict:
     return runfolder.load_metrics(store().run_folder(run_id))
 
 

@@ -60,6 +60,13 @@ st.caption(
     "held-out queries searched against every row, ties counted fairly; asymmetric: the dense query against each "
     "stored code read back through the decoder, by cosine."
 )
+outdated = int((runs["recall_at_10_asymmetric"].isna() & runs["recall_at_10_hamming"].notna()).sum())
+if outdated:
+    st.caption(
+        f"{outdated} of the {len(runs)} picked runs show no asymmetric recall: they were measured before it was "
+        "the cosine (as a plain sum through the decoder, or not at all). `python -m sparsebin remeasure` measures "
+        "them again by today's definitions, keeping their model, codes and split."
+    )
 left, right = st.columns(2)
 metric = left.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")
 histories = {titles[run_id]: _shared.run_history(run_id) for run_id in picked}

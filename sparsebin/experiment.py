@@ -7,6 +7,7 @@ import numpy as np
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig
 from sparsebin.devices import describe_device
+from sparsebin.errors import DataError, RunFileError
 from sparsebin.health import bit_health, convergence
 from sparsebin.metrics import (
     code_metrics,
@@ -18,7 +19,7 @@ from sparsebin.metrics import (
     sign_codes,
 )
 from sparsebin.search.codes import CodeIndex, bytes_per_vector, sample_queries, sign_decoding
-from sparsebin.train import ProgressCallback, TrainResult, check_checkpoint, train
+from sparsebin.train import ProgressCallback, Split, TrainResult, check_checkpoint, train
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -57,6 +58,43 @@ def run_experiment(
     runfolder.save_json(folder / "metrics.json", metrics)  # last: its presence marks a finished run
     (folder / CHECKPOINT).unlink(missing_ok=True)  # finished: model.safetensors holds the result
     return result
+
+
+def remeasure_run(embeddings: np.ndarray, folder: Path) -> dict:
+    """Measure a finished run again by today's metric definitions, and rewrite its metrics.json.
+
+    For runs measured before a definition changed (asymmetric recall was once
+    a plain sum through the decoder). Everything else is the run's own and is
+    left as it is: its model, its held-out rows (split.json), its history and
+    its codes; the retrieval queries are as many as it was measured with,
+    drawn by its split seed as always. `embeddings` must be the run's data set.
+    Refused, with nothing written, when they have another row count
+    (DataError) or when the model no longer gives the stored codes
+    (RunFileError): the new figures would describe codes the run does not hold.
+    """
+    folder = Path(folder)
+    config = runfolder.load_config(folder)
+    _, before = runfolder.evaluated_part(runfolder.load_metrics(folder))
+    stored = runfolder.load_codes(folder, mmap=False)
+    if len(embeddings) != len(stored):
+        raise DataError(
+            f"run {folder.name} coded {len(stored)} rows, these embeddings have {len(embeddings)}: "
+            "not the data set it was trained on."
+        )
+    validation = runfolder.load_validation_rows(folder)
+    split = Split(train=np.setdiff1d(np.arange(len(stored)), validation), validation=validation)
+    device = runfolder.evaluation_device(folder)
+    model = runfolder.load_model(folder, device=device)
+    result = TrainResult(model, config, split, runfolder.load_history(folder), device=device)
+    metrics, codes = evaluate_run(embeddings, result, n_queries=int(before.get("n_queries") or 500))
+    differing = int((codes != stored).any(axis=1).sum())
+    if differing:
+        raise RunFileError(
+            f"run {folder.name}: its model now gives other codes than it stored "
+            f"({differing} of {len(stored)} rows differ), so it was left as it was."
+        )
+    runfolder.save_json(folder / "metrics.json", metrics)
+    return metrics
 
 
 def environment(result: TrainResult) -> dict:

@@ -91,6 +91,18 @@ def load_history(folder: Path) -> list[dict]:
         raise RunFileError(f"run {Path(folder).name} has a damaged history.jsonl: {error}") from error
 
 
+def load_validation_rows(folder: Path) -> np.ndarray:
+    """The row indices of the run's held-out part, from split.json."""
+    path = _require(folder, "split.json")
+    try:
+        rows = np.asarray(json.loads(path.read_text())["validation"], dtype=np.int64)
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged split.json: {error}") from error
+    if rows.ndim != 1:
+        raise RunFileError(f"run {Path(folder).name} has a damaged split.json: its validation rows are not a list.")
+    return rows
+
+
 def load_codes(folder: Path, mmap: bool = True) -> np.ndarray:
     """(M, N/8) uint8 packed codes, memory-mapped by default."""
     path = _require(folder, "codes.npy")

@@ -18,7 +18,7 @@ from sparsebin import runfolder
 from sparsebin.config import TrainConfig, preset_config
 from sparsebin.datasets import import_dataset
 from sparsebin.jobs.queue import Store
-from sparsebin.jobs.worker import run_worker
+from sparsebin.jobs.worker import run_summary, run_worker
 from sparsebin.search.codes import active_counts, unpack_bits
 
 PAGES = ["home", "train", "compare", "bits", "concepts", "map", "data"]
@@ -200,6 +200,23 @@ def test_compare_answers_for_a_run_without_a_validation_split(app, world):
     assert not at.exception
     answers = texts(at)
     assert "The sign baseline of all-train run" in answers and "stores 16 bits per vector" in answers
+
+
+def test_compare_names_the_runs_measured_by_an_older_asymmetric_recall(app, world):
+    store, runs = Store(world["home"]), world["runs"]
+    job_id = int(runs.loc[runs["label"] == "mse run", "job_id"].iloc[0])
+    summary = run_summary(store.run_folder(store.job(job_id).run_id))
+    store.set_summary(job_id, summary | {"asymmetric_score": None})  # as the plain sum left it
+    try:
+        at = open_page(app, "compare")
+        at.multiselect(key="compare_runs").set_value(list(runs["run_id"])[:2]).run()
+        captions = " ".join(caption.value for caption in at.caption)
+        assert "1 of the 2 picked runs show no asymmetric recall" in captions
+        assert "`python -m sparsebin remeasure` measures them again" in captions
+        at.multiselect(key="compare_runs").set_value(list(runs["run_id"])[2:]).run()
+        assert "show no asymmetric recall" not in " ".join(caption.value for caption in at.caption)
+    finally:
+        store.set_summary(job_id, summary)
 
 
 def test_compare_offers_the_report_of_the_picked_runs(app, world):

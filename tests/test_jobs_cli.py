@@ -1,4 +1,4 @@
-"""The job commands as a user types them: submit, status, cancel, resume, runs, export."""
+"""The job commands as a user types them: submit, status, cancel, resume, runs, remeasure, export."""
 
 import argparse
 import os
@@ -11,10 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sparsebin import runfolder
-from sparsebin.errors import ConfigError, RunFileError
+from sparsebin.datasets import load_dataset
+from sparsebin.errors import ConfigError, DataError, RunFileError
+from sparsebin.experiment import remeasure_run
 from sparsebin.jobs import cli as jobs_cli
 from sparsebin.jobs.queue import Status, Store
-from sparsebin.jobs.worker import run_worker
+from sparsebin.jobs.worker import run_summary, run_worker
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY_FLAGS = ["--epochs", "2", "--batch-size", "32", "--device", "cpu"]
@@ -215,3 +217,68 @@ def test_submit_with_the_recommended_preset_queues_its_remedies(capsys):
     assert "recommended" in words[1] and "none" in words[2] and "none" in words[3]
     table = Store().list_runs("tiny")
     assert dict(zip(table["job_id"], table["preset"], strict=True)) == {1: "recommended", 2: "none", 3: "none"}
+
+
+def test_remeasure_brings_a_run_measured_by_the_plain_sum_to_the_cosine(capsys):
+    make_dataset()
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", "--seed", "1", *TINY_FLAGS)
+    run_worker(once=True)
+    store = Store()
+    old, current = sorted(store.jobs(), key=lambda job: job.id)
+    folder = store.run_folder(old.run_id)
+    metrics = runfolder.load_metrics(folder)
+    cosine = metrics["validation"]["recall_at_10_asymmetric"]
+    codes_before = (folder / "codes.npy").read_bytes()
+    # As a run measured before the cosine: the plain sum's figure, and no definition marker.
+    for part in ("train", "validation"):
+        metrics[part].pop("asymmetric_score")
+    metrics["validation"]["recall_at_10_asymmetric"] = 0.05
+    runfolder.save_json(folder / "metrics.json", metrics)
+    summary = run_summary(folder)
+    store.set_summary(old.id, summary)
+    assert "asymmetric_score" in summary and summary["asymmetric_score"] is None
+    assert np.isnan(store.list_runs().set_index("job_id").loc[old.id, "recall_at_10_asymmetric"])  # shown unknown
+    capsys.readouterr()
+
+    assert run_command("remeasure") == 0
+    assert capsys.readouterr().out == (
+        f"run {old.run_id}: recall@10 asymmetric {cosine:.4f} by the cosine (was 0.0500 by the plain sum); "
+        "validation part, 20 queries against all 200 rows.\n"
+    )  # only the outdated run: the other is measured by today's definitions
+    remeasured = runfolder.load_metrics(folder)["validation"]
+    assert remeasured["recall_at_10_asymmetric"] == cosine and remeasured["asymmetric_score"] == "cosine"
+    assert (folder / "codes.npy").read_bytes() == codes_before
+    table = store.list_runs().set_index("job_id")
+    assert table.loc[old.id, "recall_at_10_asymmetric"] == cosine
+    assert run_command("remeasure") == 0
+    assert capsys.readouterr().out == "every finished run is measured by today's definitions.\n"
+    assert current.status == Status.DONE
+
+
+def test_remeasure_leaves_a_run_whose_model_no_longer_gives_its_codes(capsys):
+    make_dataset()
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    run_worker(once=True)
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", "--seed", "1", *TINY_FLAGS)  # left queued
+    store = Store()
+    done, queued = sorted(store.jobs(), key=lambda job: job.id)
+    folder = store.run_folder(done.run_id)
+    codes = runfolder.load_codes(folder, mmap=False)
+    codes[3] ^= 1  # one bit of one row
+    np.save(folder / "codes.npy", codes)
+    metrics_before = (folder / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert run_command("remeasure", done.run_id, queued.run_id) == 2
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        f"run {done.run_id}: not measured: run {done.run_id}: its model now gives other codes than it stored "
+        "(1 of 200 rows differ), so it was left as it was.",
+        f"run {queued.run_id}: not measured: job {queued.id} is queued; only a finished run can be measured.",
+    ]
+    assert (folder / "metrics.json").read_bytes() == metrics_before
+    with pytest.raises(DataError, match="coded 200 rows, these embeddings have 10: not the data set it was trained on"):
+        remeasure_run(np.zeros((10, 16), dtype=np.float32), folder)
+    (folder / "split.json").write_text("{")
+    with pytest.raises(RunFileError, match=f"run {done.run_id} has a damaged split.json"):
+        remeasure_run(np.asarray(load_dataset("tiny").embeddings), folder)

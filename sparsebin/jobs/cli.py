@@ -1,4 +1,4 @@
-"""Sub-commands for background training: submit, status, cancel, resume, runs, export, worker."""
+"""Sub-commands for background training: submit, status, cancel, resume, runs, remeasure, export, worker."""
 
 import argparse
 import json
@@ -7,16 +7,19 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from sparsebin import runfolder
 from sparsebin.config import GRID_SETTINGS, PRESETS, TrainConfig
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
-from sparsebin.errors import ConfigError, DataError
+from sparsebin.errors import ConfigError, DataError, JobError, SparsebinError
+from sparsebin.experiment import remeasure_run
 from sparsebin.export import export_run
 from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS
 from sparsebin.interpret.questions import PAPER_SETTING, study_configs
 from sparsebin.jobs.overview import overview
 from sparsebin.jobs.queue import Job, Status, Store
-from sparsebin.jobs.worker import run_device_workers, run_worker, visible_cuda_devices, worker_status
+from sparsebin.jobs.worker import run_device_workers, run_summary, run_worker, visible_cuda_devices, worker_status
+from sparsebin.metrics import ASYMMETRIC_SCORE
 from sparsebin.training_cli import PRESET_HELP, add_setting_options
 
 RUN_COLUMNS = [
@@ -72,6 +75,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     runs = subparsers.add_parser("runs", help="a table of runs with their key validation metrics")
     runs.add_argument("--dataset", help="only runs on this dataset")
     runs.set_defaults(func=runs_command)
+
+    remeasure = subparsers.add_parser(
+        "remeasure",
+        help="measure finished runs again by today's metric definitions (by default every run measured by an "
+        "older one, such as asymmetric recall as a plain sum); model, codes and split are kept",
+    )
+    remeasure.add_argument("runs", nargs="*", metavar="RUN", help="run ids (default: every outdated finished run)")
+    remeasure.set_defaults(func=remeasure_command)
 
     export = subparsers.add_parser("export", help="write a run's codes, encoder, metrics and concept table")
     export.add_argument("run", help="run id (see `runs`)")
@@ -258,6 +269,52 @@ def runs_command(args: argparse.Namespace) -> int:
         print(shown.to_string(index=False))
         print("recon_loss, active_mean: validation part. " + "; ".join(HEALTH_LABELS.values()) + ".")
     return 0
+
+
+def remeasure_command(args: argparse.Namespace) -> int:
+    """Measure the named runs, or every outdated finished run, again; print each one's asymmetric recall."""
+    store = Store()
+    if args.runs:
+        jobs = [store.job_for_run(run_id) for run_id in args.runs]
+    else:
+        done = reversed(store.jobs([Status.DONE]))  # oldest first
+        jobs = [job for job in done if is_outdated(store.run_folder(job.run_id))]
+        if not jobs:
+            print("every finished run is measured by today's definitions.")
+            return 0
+    failed = 0
+    for job in jobs:
+        folder = store.run_folder(job.run_id)
+        try:
+            if job.status != Status.DONE:
+                raise JobError(f"job {job.id} is {job.status.name.lower()}; only a finished run can be measured.")
+            before = runfolder.evaluated_part(runfolder.load_metrics(folder))[1]
+            part, after = runfolder.evaluated_part(remeasure_run(load_dataset(job.dataset).embeddings, folder))
+            store.set_summary(job.id, run_summary(folder))
+        except SparsebinError as error:
+            print(f"run {job.run_id}: not measured: {error}")
+            failed += 1
+            continue
+        print(
+            f"run {job.run_id}: recall@10 asymmetric {after['recall_at_10_asymmetric']:.4f} by the cosine "
+            f"({earlier_asymmetric(before)}); {part} part, {after['n_queries']} queries against all "
+            f"{after['n_index_rows']} rows."
+        )
+    return 2 if failed else 0
+
+
+def earlier_asymmetric(part: dict) -> str:
+    """What a part's metrics said of asymmetric recall before it was measured again."""
+    value = part.get("recall_at_10_asymmetric")
+    if value is None:
+        return "not measured before"
+    how = "" if part.get("asymmetric_score") == ASYMMETRIC_SCORE else " by the plain sum"
+    return f"was {value:.4f}{how}"
+
+
+def is_outdated(folder: Path) -> bool:
+    """Whether a finished run's metrics predate today's definitions (its asymmetric recall a plain sum)."""
+    return runfolder.evaluated_part(runfolder.load_metrics(folder))[1].get("asymmetric_score") != ASYMMETRIC_SCORE
 
 
 def export_command(args: argparse.Namespace) -> int:

@@ -455,6 +455,15 @@ class Store:
             )
         return cursor.rowcount == 1
 
+    def set_summary(self, job_id: int, summary: dict) -> None:
+        """Replace a finished job's summary (after its run was measured again)."""
+        with self.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET summary = ? WHERE id = ? AND status = ?", (json.dumps(summary), job_id, Status.DONE)
+            )
+        if cursor.rowcount != 1:
+            raise JobError(f"job {job_id} is not a finished job; only a finished run has a summary.")
+
     def interrupt_stale(self, stale_after: float) -> list[int]:
         """Mark running jobs whose heartbeat is older than `stale_after` seconds as interrupted."""
         now = time.time()
