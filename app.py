@@ -6,6 +6,7 @@ SPARSEBIN_NO_WORKER=1 to skip both, as the tests do) and, on a first start
 with no dataset, the built-in dataset builds.
 """
 
+import logging
 import os
 import threading
 
@@ -25,10 +26,22 @@ def keep_worker_alive() -> WorkerStart:
     return ensure_worker()
 
 
+WARM_UP_THREAD = "sparsebin-warm-up"
+
+
+class QuietWarmUp(logging.Filter):
+    """Drops Streamlit's "missing ScriptRunContext" warning for the warm-up thread: it fills the caches
+    outside any session on purpose, and the line would greet every server start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != WARM_UP_THREAD
+
+
 @st.cache_resource
 def warm_up(home: str, limit: int = 3) -> threading.Thread:
     """Load the newest finished runs' contexts and bit tables in a thread, so the first Bits or
     Compare page does not wait for them (about 2 s for N=4096 on HPO)."""
+    logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(QuietWarmUp())
 
     def work() -> None:
         for _, run in _shared.runs().head(limit).iterrows():
@@ -37,7 +50,7 @@ def warm_up(home: str, limit: int = 3) -> threading.Thread:
             except Exception:  # a damaged run shows its error when a page opens it
                 continue
 
-    thread = threading.Thread(target=work, name="sparsebin-warm-up", daemon=True)
+    thread = threading.Thread(target=work, name=WARM_UP_THREAD, daemon=True)
     thread.start()
     return thread
 
