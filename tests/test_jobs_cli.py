@@ -254,6 +254,10 @@ def test_remeasure_brings_a_run_measured_by_the_plain_sum_to_the_cosine(capsys):
     assert run_command("remeasure") == 0
     assert capsys.readouterr().out == "every finished run is measured by today's definitions.\n"
     assert current.status == Status.DONE
+    (store.run_folder(current.run_id) / "metrics.json").write_text("{")  # damaged: named, the others go on
+    assert run_command("remeasure") == 2
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"run {current.run_id}: not measured: run {current.run_id} has a damaged metrics.json")
 
 
 def test_remeasure_leaves_a_run_whose_model_no_longer_gives_its_codes(capsys):

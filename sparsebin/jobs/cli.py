@@ -11,7 +11,7 @@ from sparsebin import runfolder
 from sparsebin.config import GRID_SETTINGS, PRESETS, TrainConfig
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
-from sparsebin.errors import ConfigError, DataError, JobError, SparsebinError
+from sparsebin.errors import ConfigError, DataError, JobError, RunFileError, SparsebinError
 from sparsebin.experiment import remeasure_run
 from sparsebin.export import export_run
 from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS
@@ -313,8 +313,15 @@ def earlier_asymmetric(part: dict) -> str:
 
 
 def is_outdated(folder: Path) -> bool:
-    """Whether a finished run's metrics predate today's definitions (its asymmetric recall a plain sum)."""
-    return runfolder.evaluated_part(runfolder.load_metrics(folder))[1].get("asymmetric_score") != ASYMMETRIC_SCORE
+    """Whether a finished run's metrics predate today's definitions (its asymmetric recall a plain sum).
+
+    A run whose metrics cannot be read counts as outdated: measuring it then says what is wrong with it.
+    """
+    try:
+        part = runfolder.evaluated_part(runfolder.load_metrics(folder))[1]
+    except RunFileError:
+        return True
+    return part.get("asymmetric_score") != ASYMMETRIC_SCORE
 
 
 def export_command(args: argparse.Namespace) -> int:
