@@ -2,6 +2,7 @@
 
     python benchmarks/bench_codes.py --data hpo --epochs 6                 # every setting on hpo
     python benchmarks/bench_codes.py --data hpo+icd10cm --epochs 2 --settings paper recommended
+    python benchmarks/bench_codes.py --data hpo --settings recommended --seeds 0 1 2   # and mean +- sd over seeds
     python benchmarks/bench_codes.py --table                                # print what was measured so far
 
 Every run trains with the paper's defaults (lr, batch, init) at N=4096, K=32
@@ -9,7 +10,9 @@ unless told otherwise, changing only the named setting, and is written to
 `--home` (reused when the script runs again, so a long benchmark can be done
 in parts). Results accumulate in `<home>/results.jsonl`; the table shows
 them all, with the epochs each run had (the CPU budget decides them, so they
-are stated, not hidden).
+are stated, not hidden). With `--seeds`, each setting trains once per training
+seed (the held-out rows and queries stay those of the fixed split seed), and a
+second table gives the mean +- sample sd over the seeds.
 
 Columns (rows = all rows of the data set unless said):
 - recon, topk recon: cosine reconstruction loss on the validation part, with
@@ -159,8 +162,9 @@ def table(results: list[dict]) -> str:
     shown_signs = set()
     for result in results:
         run = result["run"]
+        setting = run["setting"] + (f", seed {run['seed']}" if run.get("seed") else "")
         lines.append(
-            f"{run['data']:<12} {run['setting']:<34} {run['epochs']:>3} {run['recon']:>6.3f} {run['topk_recon']:>6.3f} "
+            f"{run['data']:<12} {setting:<34} {run['epochs']:>3} {run['recon']:>6.3f} {run['topk_recon']:>6.3f} "
             f"{run['active_mean']:>6.1f} +-{run['active_std']:>5.1f} {run['dead']:>5} {run['dense']:>5} "
             f"{run['bytes']:>6.1f} {run['hamming']:>6.3f} {run['jaccard']:>6.3f} {run['asymmetric']:>6.3f} "
             f"{run['settle']:>3}/{run['epochs']:<3} {run.get('recon_settle', float('nan')):>6}/{run['epochs']:<3}"
@@ -179,6 +183,24 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_table(runs: list[dict]) -> str:
+    """Mean +- sample sd over the training seeds of each setting measured with more than one."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["data"], run["setting"], run["epochs"]), []).append(run)
+    header = f"{'data':<12} {'setting':<34} {'ep':>3} {'seeds':>5} {'recon':>13} {'ham':>13} {'jac':>13} {'asym':>13}"
+    lines = ["Over training seeds (mean +- sample sd):", header, "-" * len(header)]
+    for (data, setting, epochs), group in groups.items():
+        if len(group) < 2:
+            continue
+        cells = [
+            f"{np.mean(values):.3f} +-{np.std(values, ddof=1):.3f}"
+            for values in ([run[key] for run in group] for key in ("recon", "hamming", "jaccard", "asymmetric"))
+        ]
+        lines.append(f"{data:<12} {setting:<34} {epochs:>3} {len(group):>5} " + " ".join(f"{c:>13}" for c in cells))
+    return "\n".join(lines) if len(lines) > 3 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="hpo", help="a built dataset, or several joined by + (hpo+icd10cm)")
@@ -187,6 +209,9 @@ def main() -> None:
     parser.add_argument("--n-bits", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="training seeds of each setting (the split stays fixed)"
+    )
     parser.add_argument("--home", type=Path, default=Path("/tmp/bench-codes"))
     parser.add_argument("--table", action="store_true", help="only print the table of earlier results")
     args = parser.parse_args()
@@ -201,15 +226,19 @@ def main() -> None:
             changes = dict(SETTINGS[name])
             if changes.get("k_start") == -1:
                 changes |= {"k_start": 8 * args.k, "k_anneal_epochs": max(1, args.epochs // 2)}
-            config = TrainConfig(n_bits=args.n_bits, k=args.k, epochs=args.epochs, **changes)
-            folder = args.home / f"{args.data}-n{args.n_bits}-k{args.k}-e{args.epochs}-{name.replace(' ', '-')}"
-            result = measure(args.data, name, config, folder, embeddings, args.queries)
-            with open(results_path, "a") as handle:
-                handle.write(json.dumps(result) + "\n")
-            print(f"{args.data} {name}: done in {result['run']['seconds']:.0f} s", flush=True)
+            for seed in args.seeds:
+                config = TrainConfig(n_bits=args.n_bits, k=args.k, epochs=args.epochs, seed=seed, **changes)
+                stem = f"{args.data}-n{args.n_bits}-k{args.k}-e{args.epochs}-{name.replace(' ', '-')}"
+                folder = args.home / (stem + (f"-seed{seed}" if seed else ""))  # seed 0: the name as before
+                result = measure(args.data, name, config, folder, embeddings, args.queries)
+                result["run"]["seed"] = seed
+                with open(results_path, "a") as handle:
+                    handle.write(json.dumps(result) + "\n")
+                print(f"{args.data} {name}, seed {seed}: done in {result['run']['seconds']:.0f} s", flush=True)
     results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
-    latest = {(r["run"]["data"], r["run"]["setting"], r["run"]["epochs"]): r for r in results}
+    latest = {(r["run"]["data"], r["run"]["setting"], r["run"]["epochs"], r["run"].get("seed", 0)): r for r in results}
     print(table(list(latest.values())))
+    print(seed_table([result["run"] for result in latest.values()]))
 
 
 if __name__ == "__main__":
