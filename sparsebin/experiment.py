@@ -82,6 +82,10 @@ def remeasure_run(embeddings: np.ndarray, folder: Path) -> dict:
             "not the data set it was trained on."
         )
     validation = runfolder.load_validation_rows(folder)
+    if len(validation) and (validation.min() < 0 or validation.max() >= len(stored)):
+        raise RunFileError(
+            f"run {folder.name} has a damaged split.json: a validation row lies outside its {len(stored)} rows."
+        )
     split = Split(train=np.setdiff1d(np.arange(len(stored)), validation), validation=validation)
     device = runfolder.evaluation_device(folder)
     model = runfolder.load_model(folder, device=device)

@@ -283,6 +283,10 @@ def test_remeasure_leaves_a_run_whose_model_no_longer_gives_its_codes(capsys):
     assert (folder / "metrics.json").read_bytes() == metrics_before
     with pytest.raises(DataError, match="coded 200 rows, these embeddings have 10: not the data set it was trained on"):
         remeasure_run(np.zeros((10, 16), dtype=np.float32), folder)
+    embeddings = np.asarray(load_dataset("tiny").embeddings)
+    (folder / "split.json").write_text('{"validation": [3, 200]}')
+    with pytest.raises(RunFileError, match="a validation row lies outside its 200 rows"):
+        remeasure_run(embeddings, folder)
     (folder / "split.json").write_text("{")
     with pytest.raises(RunFileError, match=f"run {done.run_id} has a damaged split.json"):
-        remeasure_run(np.asarray(load_dataset("tiny").embeddings), folder)
+        remeasure_run(embeddings, folder)
