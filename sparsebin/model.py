@@ -175,15 +175,17 @@ class BinaryAutoencoder(nn.Module):
         cost rule, on a CPU only (no GPU cost was measured), at the last batch's
         active share.
         """
-        binary = self.training and (self.rounding != "none" or self.sparsity == "hard-topk")
-        if self.sparsity == "hard-topk":
-            self.active_share = topk.shape[1] / self.n_bits  # exact, also under a K schedule
+        rigid = self.sparsity == "hard-topk"
+        binary = self.training and (self.rounding != "none" or rigid)
+        if rigid:
+            self.active_share = topk.shape[1] / self.n_bits  # known exactly, also under a K schedule
         if not binary or not self._sparse_now(code):
-            if binary and self.decoder_path == "auto" and code.device.type == "cpu":
+            if binary and not rigid and self.decoder_path == "auto" and code.device.type == "cpu":
                 self.active_share = float(code.detach().sum()) / code.numel()
             return self.decoder(code)
-        rows, columns = active_positions(code, topk if self.sparsity == "hard-topk" else None)
-        self.active_share = len(columns) / code.numel()
+        rows, columns = active_positions(code, topk if rigid else None)
+        if not rigid:
+            self.active_share = len(columns) / code.numel()
         return sparse_decode(code, rows, columns, self.decoder.weight, self.decoder.bias)
 
     def _sparse_now(self, code: torch.Tensor) -> bool:

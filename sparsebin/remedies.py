@@ -197,12 +197,16 @@ class Remedies:
     def dead(self) -> torch.Tensor:
         return self.steps_idle >= self.config.revive_after
 
-    def extra_terms(self, model: BinaryAutoencoder, x: torch.Tensor, out: Forward, k: int) -> dict[str, torch.Tensor]:
-        """The weighted loss terms the remedies add, by name (empty in the paper's setting)."""
+    def extra_terms(
+        self, model: BinaryAutoencoder, x: torch.Tensor, out: Forward, k: int, code: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The weighted loss terms the remedies add, by name (empty in the paper's setting).
+
+        `code` (B, N) is the batch's stored code, `model.stored_code`: h, or the TopK mask under rigid hard-topk.
+        """
         terms = {}
         if self.config.rate_control != "none":
-            stored = model.stored_code(out.hard, out.topk)  # h, or the TopK mask under rigid hard-topk
-            terms["rate_loss"] = self.config.rate_weight * rate_term(self.config, out.soft, stored, k)
+            terms["rate_loss"] = self.config.rate_weight * rate_term(self.config, out.soft, code, k)
         if self.config.revive == "auxk":
             aux = auxiliary_term(model, x, out, self.dead(), self.aux_k)
             terms["aux_loss"] = self.config.aux_weight * aux if aux is not None else out.logits.new_zeros(())

@@ -200,13 +200,13 @@ def train(
             x = next(batches)  # (B, D)
             k = remedies.k_at(step)
             loss, rec, sp, out = training_loss(model, config, x, k, loss_centre)
-            extra = remedies.extra_terms(model, x, out, k)
+            code = model.stored_code(out.hard, out.topk)  # (B, N) what evaluation will store
+            extra = remedies.extra_terms(model, x, out, k, code)
             if extra:
                 loss = loss + sum(extra.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            code = model.stored_code(out.hard, out.topk)  # (B, N) what evaluation will store
             remedies.after_step(model, optimizer, x, out, code)
             fired += code.sum(dim=0)
             step += 1

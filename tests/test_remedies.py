@@ -124,8 +124,8 @@ def test_rate_term_under_rigid_topk_counts_the_stored_topk_bits_not_the_signs_of
     x = torch.nn.functional.normalize(torch.randn(16, 4), dim=1)
     out = model(x)
     assert bool((out.hard == 1).all())
-    term = Remedies(config, model, steps_per_epoch=1).extra_terms(model, x, out, 2)["rate_loss"]
     mask = model.stored_code(out.hard, out.topk)
+    term = Remedies(config, model, steps_per_epoch=1).extra_terms(model, x, out, 2, mask)["rate_loss"]
     assert term.item() == pytest.approx(config.rate_weight * rate_term(config, out.soft, mask, 2).item())
     assert rate_term(config, out.soft, out.hard, 2).item() > 2 * rate_term(config, out.soft, mask, 2).item()
 
