@@ -11,8 +11,12 @@ from sparsebin.interpret.questions import answer_questions, comparison_key, defa
 from sparsebin.interpret.report import TABLE_METRICS, report_for_store
 
 ALWAYS = ["dataset", "n_bits", "k", "epochs", "seed"]  # shown even where the picked runs agree
-METRICS = {column: header for column, header, _ in TABLE_METRICS if column != "bytes_index_list"}
-METRICS |= {"bits_index_list": "bits/vector (index list, val)", "rare_bits": "rare bits (<5 concepts, all rows)"}
+METRICS = {column: header for column, header, _ in TABLE_METRICS if not column.startswith("bytes_")}
+METRICS |= {
+    "bits_index_list": "bits/vector (index list, val)",
+    "bits_elias_fano": "bits/vector (Elias-Fano, val)",
+    "rare_bits": "rare bits (<5 concepts, all rows)",
+}
 
 
 def pick_submission(table, ids_of) -> None:

@@ -1,6 +1,8 @@
 """Export a finished run for use outside sparsebin.
 
 <out>/codes.npy              packed bits (np.packbits), one row per concept
+<out>/codes_elias_fano.npz   the same codes as Elias-Fano coded lists of active indices, the compact form
+                              (`sparsebin.search.elias_fano.load` / `decode` read it back to packed bits)
 <out>/encoder.safetensors    encoder weight and bias (and centre c when trained with one: u = (x - c) W^T + b);
                               the model and config in its metadata
 <out>/metrics.csv            one row per split, scalar metrics only
@@ -19,6 +21,7 @@ from safetensors.torch import save_file
 from sparsebin import runfolder
 from sparsebin.errors import DataError
 from sparsebin.files import BIT_CHUNK_ROWS, atomic_path, write_atomic
+from sparsebin.search import elias_fano
 from sparsebin.search.codes import unpack_bits
 
 
@@ -35,9 +38,14 @@ def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = 
     model = runfolder.load_model(run_folder)
     if concepts is not None and len(concepts) != len(codes):
         raise DataError(f"the concept table has {len(concepts)} rows but run {run_folder.name} has {len(codes)} codes.")
+    try:
+        coded = elias_fano.encode(codes, config.n_bits)
+    except ValueError as error:
+        raise DataError(f"run {run_folder.name} has damaged codes: {error}") from error
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {
         "codes": out_dir / "codes.npy",
+        "codes_elias_fano": out_dir / "codes_elias_fano.npz",
         "encoder": out_dir / "encoder.safetensors",
         "metrics": out_dir / "metrics.csv",
         "concepts": out_dir / "concepts.csv",
@@ -45,6 +53,7 @@ def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = 
     }
     with atomic_path(written["codes"]) as partial:
         shutil.copyfile(run_folder / "codes.npy", partial)  # copied, not read: it can be 100+ MB
+    elias_fano.save(written["codes_elias_fano"], coded)
     encoder = {name: value.detach().cpu().contiguous() for name, value in model.encoder.state_dict().items()}
     if model.centre is not None:  # u = (x - centre) @ weight.T + bias
         encoder["centre"] = model.centre.detach().cpu().contiguous()

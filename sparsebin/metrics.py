@@ -16,6 +16,7 @@ from sparsebin.devices import free_memory
 from sparsebin.files import CHUNK_ROWS
 from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
+from sparsebin.search import elias_fano
 from sparsebin.search.codes import (
     CodeIndex,
     LinearDecoding,
@@ -160,7 +161,7 @@ def code_metrics(
     metrics = {"split": split, "n_rows": int(len(packed)), "n_bits": n_bits, "d_in": int(vectors.shape[1])}
     metrics |= activity_metrics(active)
     metrics |= firing_metrics(firing)
-    metrics |= storage_metrics(n_bits, metrics["active_mean"], vectors.shape[1])
+    metrics |= storage_metrics(n_bits, active, vectors.shape[1])
     if retrieval:
         queries = sample_queries(len(packed), n_queries, seed)
         metrics |= retrieval_metrics(index, vectors, queries, decoding=decoding)
@@ -199,16 +200,23 @@ def firing_metrics(firing: np.ndarray) -> dict:
     }
 
 
-def storage_metrics(n_bits: int, active_mean: float, d_in: int) -> dict:
-    """Bits per vector as a bitmap and as a list of active indices, against float32."""
+def storage_metrics(n_bits: int, active: np.ndarray, d_in: int) -> dict:
+    """Bits per vector as a bitmap, as a plain list of active indices (ceil(log2 N) bits each) and as an
+    Elias-Fano coded list (`sparsebin.search.elias_fano`, what `export` writes), against float32;
+    `active` holds each row's active count."""
+    active = np.asarray(active)
+    active_mean = float(active.mean()) if len(active) else 0.0
     float_bits = 32 * d_in
     index_bits = active_mean * math.ceil(math.log2(n_bits)) if n_bits > 1 else active_mean
+    coded_bits = 8 * float(elias_fano.row_bytes(active, n_bits).mean()) if len(active) else 0.0
     return {
         "bits_bitmap": n_bits,
         "bits_index_list": index_bits,
+        "bits_elias_fano": coded_bits,
         "bits_float32": float_bits,
         "compression_bitmap": float_bits / n_bits,
         "compression_index_list": float_bits / index_bits if index_bits > 0 else float("inf"),
+        "compression_elias_fano": float_bits / coded_bits if coded_bits > 0 else float("inf"),
     }
 
 

@@ -196,6 +196,7 @@ SUMMARY_KEYS = (
     "dense_bits",
     "bits_index_list",
     "compression_index_list",
+    "bits_elias_fano",
     "recall_at_10_hamming",
     "recall_at_10_jaccard",
     "recall_at_10_asymmetric",

@@ -17,6 +17,7 @@ from sparsebin.experiment import remeasure_run
 from sparsebin.jobs import cli as jobs_cli
 from sparsebin.jobs.queue import Status, Store
 from sparsebin.jobs.worker import run_summary, run_worker
+from sparsebin.search import elias_fano
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY_FLAGS = ["--epochs", "2", "--batch-size", "32", "--device", "cpu"]
@@ -111,6 +112,10 @@ def test_runs_table_and_export_of_a_finished_run(tmp_path, capsys):
     folder = store.run_folder(job.run_id)
     codes = runfolder.load_codes(folder)
     assert np.array_equal(np.load(out / "codes.npy"), codes)
+    coded = elias_fano.load(out / "codes_elias_fano.npz")
+    assert np.array_equal(elias_fano.decode(coded), codes)
+    active = np.unpackbits(codes, axis=1).sum(axis=1)
+    assert coded.bytes_per_row == pytest.approx(elias_fano.row_bytes(active, 32).mean())
 
     concepts = pd.read_csv(out / "concepts.csv")
     assert list(concepts["id"][:2]) == ["C0", "C1"] and concepts["name"][0] == "concept 0"

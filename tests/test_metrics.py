@@ -33,13 +33,26 @@ def test_dead_and_dense_bits_and_activity_of_known_codes():
 
 
 def test_storage_bits_and_compression():
-    storage = storage_metrics(n_bits=1024, active_mean=16.0, d_in=384)
+    storage = storage_metrics(n_bits=1024, active=np.full(5, 16), d_in=384)
     assert storage["bits_bitmap"] == 1024
     assert storage["bits_index_list"] == 16 * 10  # ceil(log2 1024) = 10 bits an index
     assert storage["bits_float32"] == 32 * 384
     assert storage["compression_bitmap"] == 12.0
     assert storage["compression_index_list"] == pytest.approx(12288 / 160)
-    assert storage_metrics(1000, 2.0, 10)["bits_index_list"] == 20  # ceil(log2 1000) = 10
+    # Elias-Fano: 6 low bits an index (log2 of 1024 / 16) and an upper vector of 16 + 16 bits
+    assert storage["bits_elias_fano"] == 16 * 6 + 16 + 16
+    assert storage["compression_elias_fano"] == pytest.approx(12288 / 128)
+    assert storage_metrics(1000, np.array([2, 2]), 10)["bits_index_list"] == 20  # ceil(log2 1000) = 10
+
+
+def test_elias_fano_storage_counts_each_rows_count_when_counts_vary():
+    # N = 4096: K = 32 takes 7 low bits an index and 32 + 32 upper bits: 288 bits, 36 bytes, stored once
+    # for every row; K = 44 takes 6 low bits and 44 + 64 upper bits: 372 bits, 47 bytes
+    assert storage_metrics(4096, np.full(3, 32), 384)["bits_elias_fano"] == 288
+    assert storage_metrics(4096, np.full(3, 44), 384)["bits_elias_fano"] == 376
+    # varying counts: each row leads with its count in 13 bits (0..4096)
+    mixed = storage_metrics(4096, np.array([32, 44]), 384)["bits_elias_fano"]
+    assert mixed == 8 * ((288 + 13 + 7) // 8 + (372 + 13 + 7) // 8) / 2
 
 
 def test_fixed_topk_and_hard_reconstruction_of_a_hand_set_model():

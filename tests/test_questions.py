@@ -172,6 +172,14 @@ def test_questions_four_to_six_describe_the_named_run_by_default_the_paper_setti
     assert "The sign baseline of paper 0 stores 16 bits per vector" in text
 
 
+def test_storage_names_the_elias_fano_size_when_the_run_has_one():
+    coded = table(run(label="coded", bits_elias_fano=20.0))
+    text = answer_storage(coded, None, named=coded.iloc[0]).answer
+    assert text.startswith("coded stores 24 bits per vector as a list of active indices (20 Elias-Fano coded, 64 as")
+    older = table(run(label="older", bits_elias_fano=float("nan")))  # measured before the metric existed
+    assert "(64 as a bitmap)" in answer_storage(older, None, named=older.iloc[0]).answer
+
+
 def test_storage_compares_sparsity_schemes_at_equal_settings():
     runs = table(run(), run(sparsity="hard-topk", bits_index_list=24.0, recall_at_10_jaccard=0.5))
     text = answer_storage(runs, None).answer

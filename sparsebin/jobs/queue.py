@@ -50,6 +50,7 @@ SUMMARY_METRICS = (
     "recall_at_10_jaccard",
     "recall_at_10_asymmetric",
     "bits_index_list",
+    "bits_elias_fano",
 )
 # Whole-run facts beside them (bit health over all rows, convergence from the history).
 RUN_FACTS = ("dead_all_rows", "silent_held_out", "rare_bits", "dense_all_rows", "n_rows", "converged")

@@ -1,0 +1,77 @@
+"""Elias-Fano coded index lists: exact round trips, the sizes the storage metric counts, damaged files."""
+
+import numpy as np
+import pytest
+
+from sparsebin.errors import DataError
+from sparsebin.search import elias_fano
+from sparsebin.search.codes import pack_bits
+
+
+def random_codes(rng, n_rows, n_bits, counts):
+    bits = np.zeros((n_rows, n_bits), dtype=np.uint8)
+    for row, count in zip(bits, counts, strict=True):
+        row[rng.choice(n_bits, count, replace=False)] = 1
+    return bits
+
+
+@pytest.mark.parametrize("n_bits", [1, 2, 7, 64, 1000, 4096])
+@pytest.mark.parametrize("varying", [False, True])
+def test_codes_round_trip_exactly_in_the_bytes_row_bytes_counts(n_bits, varying):
+    rng = np.random.default_rng(n_bits)
+    counts = rng.integers(0, n_bits + 1, size=40) if varying else np.full(40, min(n_bits, 5))
+    counts[:2] = (0, n_bits) if varying else counts[:2]  # the empty code and the full one
+    bits = random_codes(rng, 40, n_bits, counts)
+    coded = elias_fano.encode(pack_bits(bits), n_bits)
+    assert np.array_equal(elias_fano.decode(coded), pack_bits(bits))
+    assert np.array_equal(np.diff(coded.starts), elias_fano.row_bytes(counts, n_bits))
+    assert coded.count == (None if varying else min(n_bits, 5))
+
+
+def test_a_topk_code_takes_36_bytes_at_n_4096_k_32_against_48_as_a_plain_list():
+    bits = random_codes(np.random.default_rng(0), 10, 4096, np.full(10, 32))
+    coded = elias_fano.encode(pack_bits(bits), 4096)
+    assert coded.bytes_per_row == 36.0
+    assert len(coded.stream) == 360
+    # the last index that fits: bit 4095 with every other index below it
+    bits = np.zeros((1, 4096), dtype=np.uint8)
+    bits[0, 4064:] = 1
+    assert np.array_equal(elias_fano.decode(elias_fano.encode(pack_bits(bits), 4096)), pack_bits(bits))
+
+
+def test_rows_are_read_in_blocks_without_changing_the_result(monkeypatch):
+    bits = random_codes(np.random.default_rng(1), 25, 300, np.random.default_rng(2).integers(0, 40, size=25))
+    whole = elias_fano.encode(pack_bits(bits), 300)
+    monkeypatch.setattr(elias_fano, "BIT_CHUNK_ROWS", 4)
+    blocks = elias_fano.encode(pack_bits(bits), 300)
+    assert np.array_equal(blocks.stream, whole.stream) and np.array_equal(blocks.starts, whole.starts)
+    assert np.array_equal(elias_fano.decode(blocks), pack_bits(bits))
+
+
+def test_save_and_load_keep_every_field(tmp_path):
+    bits = random_codes(np.random.default_rng(3), 12, 128, np.full(12, 9))
+    coded = elias_fano.encode(pack_bits(bits), 128)
+    elias_fano.save(tmp_path / "codes.npz", coded)
+    again = elias_fano.load(tmp_path / "codes.npz")
+    assert (again.n_bits, again.count) == (128, 9)
+    assert np.array_equal(elias_fano.decode(again), pack_bits(bits))
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_codes_with_padding_bits_set_are_refused():
+    packed = np.array([[0b10000001]], dtype=np.uint8)  # N = 4: bit 7 lies in the padding
+    with pytest.raises(ValueError, match="bits set past bit 4"):
+        elias_fano.encode(packed, 4)
+
+
+def test_a_damaged_or_foreign_file_is_refused_with_its_name(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="cannot read Elias-Fano codes from .*junk.npz"):
+        elias_fano.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", stream=np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="cannot read Elias-Fano codes"):
+        elias_fano.load(tmp_path / "other.npz")
+    coded = elias_fano.encode(pack_bits(np.eye(4, 16, dtype=np.uint8)), 16)
+    elias_fano.save(tmp_path / "cut.npz", elias_fano.EliasFanoCodes(coded.stream[:-1], coded.starts, 16, 1))
+    with pytest.raises(DataError, match="damaged: its row offsets do not cover its 3 bytes"):
+        elias_fano.load(tmp_path / "cut.npz")
