@@ -21,6 +21,9 @@ Columns (rows = all rows of the data set unless said):
 - dead, dense: bits that fire for no row / for more than half of all rows
 - bytes: bytes per vector as a list of active indices (active mean * 12 bits / 8
   at N = 4096) over all rows; for sign bits the bitmap (one bit per component)
+- EF: bytes per vector as an Elias-Fano coded index list (what `export` writes,
+  `sparsebin.search.elias_fano`), mean over all rows; beside each preset run, sign
+  bits cut to those bytes ("sign, equal EF bytes")
 - R@10 ham / jac / asym: recall@10 against exact cosine neighbours, 500 seeded
   validation queries searched against every row; asymmetric = the dense query
   scored through the decoder (sign bits: the rotated query against the bits)
@@ -47,9 +50,10 @@ sys.path.insert(0, str(PROJECT_DIR))
 from sparsebin import runfolder  # noqa: E402
 from sparsebin.config import PRESETS, TrainConfig  # noqa: E402
 from sparsebin.datasets import load_dataset  # noqa: E402
-from sparsebin.experiment import run_experiment  # noqa: E402
-from sparsebin.metrics import ASYMMETRIC_SCORE, firing_frequency  # noqa: E402
-from sparsebin.search.codes import active_counts, bit_counts  # noqa: E402
+from sparsebin.experiment import run_experiment, sign_baselines  # noqa: E402
+from sparsebin.metrics import ASYMMETRIC_SCORE, firing_frequency, normalized_rows  # noqa: E402
+from sparsebin.search import elias_fano  # noqa: E402
+from sparsebin.search.codes import active_counts, bit_counts, sample_queries  # noqa: E402
 
 SETTINGS = {
     "paper": {},
@@ -74,6 +78,11 @@ SETTINGS = {
     },
     "recommended": PRESETS["recommended"],
 }
+
+
+# What tells two results apart (the newest of each is shown); rows measured before n_bits / k were
+# recorded ran at the script's defaults.
+RUN_KEY = (("data", None), ("setting", None), ("n_bits", 4096), ("k", 32), ("epochs", None), ("seed", 0))
 
 
 def load_embeddings(spec: str) -> np.ndarray:
@@ -124,7 +133,10 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
         "active_std": float(active.std()),
         "dead": int((firing == 0).sum()),
         "dense": int((firing > 0.5).sum()),
+        "n_bits": config.n_bits,
+        "k": config.k,
         "bytes": float(active.mean()) * math.ceil(math.log2(config.n_bits)) / 8,
+        "ef_bytes": float(elias_fano.row_bytes(active, config.n_bits).mean()),
         "hamming": validation["recall_at_10_hamming"],
         "jaccard": validation["recall_at_10_jaccard"],
         "asymmetric": validation["recall_at_10_asymmetric"],
@@ -133,13 +145,21 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
         "rows": len(codes),
         "seconds": time.perf_counter() - started,
     }
+    if name in PRESETS:
+        metrics["sign_equal_ef"] = sign_at_bits(embeddings, config, folder, 8 * row["ef_bytes"], queries)
     signs = []
-    for key, label in (("sign_validation", "sign, 1 bit/dim"), ("sign_validation_equal_storage", "sign, equal bytes")):
+    for key, label in (
+        ("sign_validation", "sign, 1 bit/dim"),
+        ("sign_validation_equal_storage", "sign, equal bytes"),
+        ("sign_equal_ef", "sign, equal EF bytes"),
+    ):
+        if key not in metrics:
+            continue
         sign = metrics[key]
         signs.append(
             {
                 "data": data,
-                "setting": f"{label} (vs {name})" if key.endswith("storage") else label,
+                "setting": f"{label} (vs {name})" if key != "sign_validation" else label,
                 "bytes": sign["n_bits"] / 8,
                 "dense": sign["dense_bits"],
                 "dead": sign["dead_bits"],
@@ -153,10 +173,30 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
     return {"run": row, "signs": signs}
 
 
+def sign_at_bits(embeddings: np.ndarray, config: TrainConfig, folder: Path, bits: float, queries: int) -> dict:
+    """Sign bits cut to `bits` PCA components (at most D), on the run's own queries and rows, as the run's
+    sign baseline is measured."""
+    vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)
+    validation = runfolder.load_validation_rows(folder)
+    train = np.setdiff1d(np.arange(len(vectors)), validation)
+    chosen = validation[sample_queries(len(validation), queries, config.split_seed)]
+    signs = sign_baselines(vectors, vectors[train], {"bits_index_list": bits}, "validation", chosen, validation)
+    return signs["sign_validation_equal_storage"]
+
+
+def ef_cell(run: dict) -> str:
+    """The Elias-Fano bytes, or - for a run measured before the column existed."""
+    return f"{run['ef_bytes']:>6.1f}" if "ef_bytes" in run else f"{'-':>6}"
+
+
+def recall_cells(row: dict) -> str:
+    return " ".join(f"{row[key]:>6.3f}" for key in ("hamming", "jaccard", "asymmetric"))
+
+
 def table(results: list[dict]) -> str:
     header = (
-        f"{'data':<12} {'setting':<34} {'ep':>3} {'recon':>6} {'topk':>6} {'active':>13} {'dead':>5} {'dense':>5} "
-        f"{'bytes':>6} {'ham':>6} {'jac':>6} {'asym':>6} {'settle':>7} {'rec-settle':>10}"
+        f"{'data':<12} {'setting':<34} {'K':>3} {'ep':>3} {'recon':>6} {'topk':>6} {'active':>13} {'dead':>5} "
+        f"{'dense':>5} {'bytes':>6} {'EF':>6} {'ham':>6} {'jac':>6} {'asym':>6} {'settle':>7} {'rec-settle':>10}"
     )
     lines = [header, "-" * len(header)]
     shown_signs = set()
@@ -164,9 +204,9 @@ def table(results: list[dict]) -> str:
         run = result["run"]
         setting = run["setting"] + (f", seed {run['seed']}" if run.get("seed") else "")
         lines.append(
-            f"{run['data']:<12} {setting:<34} {run['epochs']:>3} {run['recon']:>6.3f} {run['topk_recon']:>6.3f} "
-            f"{run['active_mean']:>6.1f} +-{run['active_std']:>5.1f} {run['dead']:>5} {run['dense']:>5} "
-            f"{run['bytes']:>6.1f} {run['hamming']:>6.3f} {run['jaccard']:>6.3f} {run['asymmetric']:>6.3f} "
+            f"{run['data']:<12} {setting:<34} {run.get('k', 32):>3} {run['epochs']:>3} {run['recon']:>6.3f} "
+            f"{run['topk_recon']:>6.3f} {run['active_mean']:>6.1f} +-{run['active_std']:>5.1f} {run['dead']:>5} "
+            f"{run['dense']:>5} {run['bytes']:>6.1f} {ef_cell(run)} {recall_cells(run)} "
             f"{run['settle']:>3}/{run['epochs']:<3} {run.get('recon_settle', float('nan')):>6}/{run['epochs']:<3}"
         )
         for sign in result["signs"]:
@@ -175,9 +215,9 @@ def table(results: list[dict]) -> str:
                 continue
             shown_signs.add(key)
             lines.append(
-                f"{sign['data']:<12} {sign['setting']:<34} {'-':>3} {'-':>6} {'-':>6} "
+                f"{sign['data']:<12} {sign['setting']:<34} {'-':>3} {'-':>3} {'-':>6} {'-':>6} "
                 f"{sign['active_mean']:>6.1f} +-{sign['active_std']:>5.1f} {sign['dead']:>5} {sign['dense']:>5} "
-                f"{sign['bytes']:>6.1f} {sign['hamming']:>6.3f} {sign['jaccard']:>6.3f} {sign['asymmetric']:>6.3f} "
+                f"{sign['bytes']:>6.1f} {'-':>6} {recall_cells(sign)} "
                 f"{'-':>7} {'-':>10}"
             )
     return "\n".join(lines)
@@ -187,17 +227,21 @@ def seed_table(runs: list[dict]) -> str:
     """Mean +- sample sd over the training seeds of each setting measured with more than one."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["data"], run["setting"], run["epochs"]), []).append(run)
-    header = f"{'data':<12} {'setting':<34} {'ep':>3} {'seeds':>5} {'recon':>13} {'ham':>13} {'jac':>13} {'asym':>13}"
+        groups.setdefault((run["data"], run["setting"], run.get("k", 32), run["epochs"]), []).append(run)
+    header = f"{'data':<12} {'setting':<34} {'K':>3} {'ep':>3} {'seeds':>5} " + " ".join(
+        f"{name:>13}" for name in ("recon", "ham", "jac", "asym")
+    )
     lines = ["Over training seeds (mean +- sample sd):", header, "-" * len(header)]
-    for (data, setting, epochs), group in groups.items():
+    for (data, setting, k, epochs), group in groups.items():
         if len(group) < 2:
             continue
         cells = [
             f"{np.mean(values):.3f} +-{np.std(values, ddof=1):.3f}"
             for values in ([run[key] for run in group] for key in ("recon", "hamming", "jaccard", "asymmetric"))
         ]
-        lines.append(f"{data:<12} {setting:<34} {epochs:>3} {len(group):>5} " + " ".join(f"{c:>13}" for c in cells))
+        lines.append(
+            f"{data:<12} {setting:<34} {k:>3} {epochs:>3} {len(group):>5} " + " ".join(f"{c:>13}" for c in cells)
+        )
     return "\n".join(lines) if len(lines) > 3 else ""
 
 
@@ -236,7 +280,7 @@ def main() -> None:
                     handle.write(json.dumps(result) + "\n")
                 print(f"{args.data} {name}, seed {seed}: done in {result['run']['seconds']:.0f} s", flush=True)
     results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
-    latest = {(r["run"]["data"], r["run"]["setting"], r["run"]["epochs"], r["run"].get("seed", 0)): r for r in results}
+    latest = {tuple(r["run"].get(key, default) for key, default in RUN_KEY): r for r in results}
     print(table(list(latest.values())))
     print(seed_table([result["run"] for result in latest.values()]))
 
