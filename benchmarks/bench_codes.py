@@ -3,6 +3,7 @@
     python benchmarks/bench_codes.py --data hpo --epochs 6                 # every setting on hpo
     python benchmarks/bench_codes.py --data hpo+icd10cm --epochs 2 --settings paper recommended
     python benchmarks/bench_codes.py --data hpo --settings recommended --seeds 0 1 2   # and mean +- sd over seeds
+    python benchmarks/bench_codes.py --data hpo --settings recommended --n-bits 8192 --k 40   # 48 bytes Elias-Fano
     python benchmarks/bench_codes.py --table                                # print what was measured so far
 
 Every run trains with the paper's defaults (lr, batch, init) at N=4096, K=32
@@ -15,6 +16,7 @@ seed (the held-out rows and queries stay those of the fixed split seed), and a
 second table gives the mean +- sample sd over the seeds.
 
 Columns (rows = all rows of the data set unless said):
+- N, K: code length and target active bits (--n-bits, --k)
 - recon, topk recon: cosine reconstruction loss on the validation part, with
   the hard bits and with the TopK mask as the code
 - active: active bits per concept over all rows, mean +- std
@@ -195,7 +197,7 @@ def recall_cells(row: dict) -> str:
 
 def table(results: list[dict]) -> str:
     header = (
-        f"{'data':<12} {'setting':<34} {'K':>3} {'ep':>3} {'recon':>6} {'topk':>6} {'active':>13} {'dead':>5} "
+        f"{'data':<12} {'setting':<38} {'N':>5} {'K':>3} {'ep':>3} {'recon':>6} {'topk':>6} {'active':>13} {'dead':>5} "
         f"{'dense':>5} {'bytes':>6} {'EF':>6} {'ham':>6} {'jac':>6} {'asym':>6} {'settle':>7} {'rec-settle':>10}"
     )
     lines = [header, "-" * len(header)]
@@ -204,9 +206,9 @@ def table(results: list[dict]) -> str:
         run = result["run"]
         setting = run["setting"] + (f", seed {run['seed']}" if run.get("seed") else "")
         lines.append(
-            f"{run['data']:<12} {setting:<34} {run.get('k', 32):>3} {run['epochs']:>3} {run['recon']:>6.3f} "
-            f"{run['topk_recon']:>6.3f} {run['active_mean']:>6.1f} +-{run['active_std']:>5.1f} {run['dead']:>5} "
-            f"{run['dense']:>5} {run['bytes']:>6.1f} {ef_cell(run)} {recall_cells(run)} "
+            f"{run['data']:<12} {setting:<38} {run.get('n_bits', 4096):>5} {run.get('k', 32):>3} {run['epochs']:>3} "
+            f"{run['recon']:>6.3f} {run['topk_recon']:>6.3f} {run['active_mean']:>6.1f} +-{run['active_std']:>5.1f} "
+            f"{run['dead']:>5} {run['dense']:>5} {run['bytes']:>6.1f} {ef_cell(run)} {recall_cells(run)} "
             f"{run['settle']:>3}/{run['epochs']:<3} {run.get('recon_settle', float('nan')):>6}/{run['epochs']:<3}"
         )
         for sign in result["signs"]:
@@ -215,7 +217,7 @@ def table(results: list[dict]) -> str:
                 continue
             shown_signs.add(key)
             lines.append(
-                f"{sign['data']:<12} {sign['setting']:<34} {'-':>3} {'-':>3} {'-':>6} {'-':>6} "
+                f"{sign['data']:<12} {sign['setting']:<38} {'-':>5} {'-':>3} {'-':>3} {'-':>6} {'-':>6} "
                 f"{sign['active_mean']:>6.1f} +-{sign['active_std']:>5.1f} {sign['dead']:>5} {sign['dense']:>5} "
                 f"{sign['bytes']:>6.1f} {'-':>6} {recall_cells(sign)} "
                 f"{'-':>7} {'-':>10}"
@@ -227,12 +229,13 @@ def seed_table(runs: list[dict]) -> str:
     """Mean +- sample sd over the training seeds of each setting measured with more than one."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["data"], run["setting"], run.get("k", 32), run["epochs"]), []).append(run)
-    header = f"{'data':<12} {'setting':<34} {'K':>3} {'ep':>3} {'seeds':>5} " + " ".join(
+        key = (run["data"], run["setting"], run.get("n_bits", 4096), run.get("k", 32), run["epochs"])
+        groups.setdefault(key, []).append(run)
+    header = f"{'data':<12} {'setting':<38} {'N':>5} {'K':>3} {'ep':>3} {'seeds':>5} " + " ".join(
         f"{name:>13}" for name in ("recon", "ham", "jac", "asym")
     )
     lines = ["Over training seeds (mean +- sample sd):", header, "-" * len(header)]
-    for (data, setting, k, epochs), group in groups.items():
+    for (data, setting, n_bits, k, epochs), group in groups.items():
         if len(group) < 2:
             continue
         cells = [
@@ -240,7 +243,8 @@ def seed_table(runs: list[dict]) -> str:
             for values in ([run[key] for run in group] for key in ("recon", "hamming", "jaccard", "asymmetric"))
         ]
         lines.append(
-            f"{data:<12} {setting:<34} {k:>3} {epochs:>3} {len(group):>5} " + " ".join(f"{c:>13}" for c in cells)
+            f"{data:<12} {setting:<38} {n_bits:>5} {k:>3} {epochs:>3} {len(group):>5} "
+            + " ".join(f"{c:>13}" for c in cells)
         )
     return "\n".join(lines) if len(lines) > 3 else ""
 
