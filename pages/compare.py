@@ -64,12 +64,21 @@ st.caption(
     "held-out queries searched against every row, ties counted fairly; asymmetric: the dense query against each "
     "stored code read back through the decoder, by cosine."
 )
-outdated = int((runs["recall_at_10_asymmetric"].isna() & runs["recall_at_10_hamming"].notna()).sum())
+measured = runs["recall_at_10_hamming"].notna()
+outdated = int((runs["recall_at_10_asymmetric"].isna() & measured).sum())
+uncoded = int((runs["bits_elias_fano"].isna() & measured).sum())
+missing = []
 if outdated:
+    missing.append(
+        f"{outdated} show no asymmetric recall: they were measured before it was the cosine (as a plain sum "
+        "through the decoder, or not at all)"
+    )
+if uncoded:
+    missing.append(f"{uncoded} show no Elias-Fano size: they were measured before it existed")
+if missing:
     st.caption(
-        f"{outdated} of the {len(runs)} picked runs show no asymmetric recall: they were measured before it was "
-        "the cosine (as a plain sum through the decoder, or not at all). `python -m sparsebin remeasure` measures "
-        "them again by today's definitions, keeping their model, codes and split."
+        f"Of the {len(runs)} picked runs, {'; '.join(missing)}. `python -m sparsebin remeasure` measures them "
+        "again by today's definitions, keeping their model, codes and split."
     )
 left, right = st.columns(2)
 metric = left.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")

@@ -136,6 +136,15 @@ def test_train_queues_the_recommended_preset_with_its_settings_shown_in_the_form
     assert at.selectbox(key="sparsity").value == "align"  # back to the paper's scheme
 
 
+def test_train_says_how_many_active_bits_fit_in_a_byte_budget(app):
+    at = open_page(app, "train")
+    assert at.number_input(key="byte_budget").value == 2  # the 16-dimension dataset's sign bits: 2 bytes
+    at.number_input(key="byte_budget").set_value(48).run()
+    table = next(frame.value for frame in at.dataframe if "K Elias-Fano coded" in frame.value.columns)
+    row = table.set_index("N").loc[4096]
+    assert (row["K as a plain index list"], row["K Elias-Fano coded"]) == (32, 45)
+
+
 def test_a_grid_value_of_the_wrong_kind_is_named_in_one_sentence(app):
     at = open_page(app, "train")
     at.text_input(key="grid_n_bits").set_value("64, abc").run()
@@ -211,10 +220,14 @@ def test_compare_names_the_runs_measured_by_an_older_asymmetric_recall(app, worl
         at = open_page(app, "compare")
         at.multiselect(key="compare_runs").set_value(list(runs["run_id"])[:2]).run()
         captions = " ".join(caption.value for caption in at.caption)
-        assert "1 of the 2 picked runs show no asymmetric recall" in captions
+        assert "Of the 2 picked runs, 1 show no asymmetric recall" in captions
         assert "`python -m sparsebin remeasure` measures them again" in captions
         at.multiselect(key="compare_runs").set_value(list(runs["run_id"])[2:]).run()
         assert "show no asymmetric recall" not in " ".join(caption.value for caption in at.caption)
+        store.set_summary(job_id, summary | {"bits_elias_fano": None})  # measured before the metric existed
+        at.multiselect(key="compare_runs").set_value(list(runs["run_id"])[:2]).run()
+        captions = " ".join(caption.value for caption in at.caption)
+        assert "Of the 2 picked runs, 1 show no Elias-Fano size: they were measured before it existed." in captions
     finally:
         store.set_summary(job_id, summary)
 

@@ -259,7 +259,14 @@ def test_remeasure_brings_a_run_measured_by_the_plain_sum_to_the_cosine(capsys):
     assert run_command("remeasure") == 0
     assert capsys.readouterr().out == "every finished run is measured by today's definitions.\n"
     assert current.status == Status.DONE
-    (store.run_folder(current.run_id) / "metrics.json").write_text("{")  # damaged: named, the others go on
+    current_folder = store.run_folder(current.run_id)
+    metrics = runfolder.load_metrics(current_folder)
+    coded = metrics["validation"].pop("bits_elias_fano")  # as a run measured before the Elias-Fano size
+    runfolder.save_json(current_folder / "metrics.json", metrics)
+    assert run_command("remeasure") == 0
+    assert capsys.readouterr().out.startswith(f"run {current.run_id}: recall@10 asymmetric")
+    assert runfolder.load_metrics(current_folder)["validation"]["bits_elias_fano"] == coded
+    (current_folder / "metrics.json").write_text("{")  # damaged: named, the others go on
     assert run_command("remeasure") == 2
     printed = capsys.readouterr().out
     assert printed.startswith(f"run {current.run_id}: not measured: run {current.run_id} has a damaged metrics.json")

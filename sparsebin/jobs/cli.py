@@ -313,7 +313,8 @@ def earlier_asymmetric(part: dict) -> str:
 
 
 def is_outdated(folder: Path) -> bool:
-    """Whether a finished run's metrics predate today's definitions (its asymmetric recall a plain sum).
+    """Whether a finished run's metrics predate today's definitions: its asymmetric recall a plain sum, or
+    no Elias-Fano storage size.
 
     A run whose metrics cannot be read counts as outdated: measuring it then says what is wrong with it.
     """
@@ -321,7 +322,7 @@ def is_outdated(folder: Path) -> bool:
         part = runfolder.evaluated_part(runfolder.load_metrics(folder))[1]
     except RunFileError:
         return True
-    return part.get("asymmetric_score") != ASYMMETRIC_SCORE
+    return part.get("asymmetric_score") != ASYMMETRIC_SCORE or "bits_elias_fano" not in part
 
 
 def export_command(args: argparse.Namespace) -> int:
