@@ -78,7 +78,8 @@ SETTINGS = {
         "unit_decoder": True,
         "tied_init": True,
     },
-    "recommended": PRESETS["recommended"],
+    # The preset's scheme and remedies; N and K are the script's (--n-bits, --k), as for every setting.
+    "recommended": {name: value for name, value in PRESETS["recommended"].items() if name not in ("n_bits", "k")},
 }
 
 

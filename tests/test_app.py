@@ -122,8 +122,9 @@ def test_train_queues_the_recommended_preset_with_its_settings_shown_in_the_form
     at = open_page(app, "train")
     at.selectbox(key="preset").set_value("recommended").run()
     recommended = preset_config("recommended")
-    assert f"The preset's settings: sparsity={recommended.sparsity}" in texts(at)
+    assert "The preset's settings: n_bits=8192, k=40, sparsity=hard-topk, rate_control=balance" in texts(at)
     assert at.selectbox(key="sparsity").value == recommended.sparsity  # the form shows the preset's scheme
+    assert (at.number_input(key="n_bits").value, at.number_input(key="k").value) == (8192, 40)  # and size
     at.number_input(key="k").set_value(4)
     at.number_input(key="n_bits").set_value(32)
     at.number_input(key="batch_size").set_value(32)
@@ -134,6 +135,7 @@ def test_train_queues_the_recommended_preset_with_its_settings_shown_in_the_form
     Store(world["home"]).cancel(job.id)
     at.selectbox(key="preset").set_value("paper").run()
     assert at.selectbox(key="sparsity").value == "align"  # back to the paper's scheme
+    assert (at.number_input(key="n_bits").value, at.number_input(key="k").value) == (1024, 16)
 
 
 def test_train_says_how_many_active_bits_fit_in_a_byte_budget(app):

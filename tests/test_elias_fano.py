@@ -75,3 +75,13 @@ def test_a_damaged_or_foreign_file_is_refused_with_its_name(tmp_path):
     elias_fano.save(tmp_path / "cut.npz", elias_fano.EliasFanoCodes(coded.stream[:-1], coded.starts, 16, 1))
     with pytest.raises(DataError, match="damaged: its row offsets do not cover its 3 bytes"):
         elias_fano.load(tmp_path / "cut.npz")
+
+
+def test_the_largest_count_within_a_budget_is_the_last_that_fits():
+    assert elias_fano.largest_count(4096, 48) == 45
+    assert elias_fano.row_bytes(np.full(2, 45), 4096)[0] == 48 and elias_fano.row_bytes(np.full(2, 46), 4096)[0] > 48
+    assert elias_fano.largest_count(8192, 48) == 40
+    assert elias_fano.largest_count(64, 0) == 0
+    table = {row["N"]: row for row in elias_fano.counts_within(48)}
+    assert table[4096] == {"N": 4096, "K as a plain index list": 32, "K Elias-Fano coded": 45}
+    assert table[1024]["K as a plain index list"] == 38  # 384 bits at 10 bits an index

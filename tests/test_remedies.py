@@ -24,7 +24,9 @@ OPTIONS = {
     "revive reinit": {"revive": "reinit", "revive_after": 3},
     "unit decoder, tied init": {"unit_decoder": True, "tied_init": True},
     "k schedule": {"k_start": 16, "k_anneal_epochs": 2},
-    "recommended preset": PRESETS["recommended"],
+    "recommended preset": {
+        name: value for name, value in PRESETS["recommended"].items() if name not in ("n_bits", "k")
+    },
     "rigid topk, k schedule": {"sparsity": "hard-topk", "k_start": 16, "k_anneal_epochs": 2},
 }
 
@@ -286,6 +288,8 @@ def test_presets_name_the_paper_and_the_recommended_remedies():
     assert preset_config("paper") == TrainConfig()
     recommended = preset_config("recommended", epochs=7)
     assert recommended.epochs == 7 and recommended.sparsity == PRESETS["recommended"]["sparsity"] == "hard-topk"
+    assert (recommended.n_bits, recommended.k) == (8192, 40)  # 48 bytes a concept, Elias-Fano coded
+    assert preset_of(recommended.replace(n_bits=4096, k=32)) == "recommended"  # whatever its size
     assert preset_of(TrainConfig(n_bits=64)) == "paper" and preset_of(recommended) == "recommended"
     assert preset_of(TrainConfig(centre="mean")) is None
     assert preset_of(TrainConfig(sparsity="hard-topk")) is None  # rigid TopK alone is not the preset

@@ -68,12 +68,38 @@ def row_bytes(counts: np.ndarray, n_bits: int) -> np.ndarray:
     """(M,) bytes each row takes, for codes with these active counts: the count itself adds
     ceil(log2(N + 1)) bits to each row unless every row has the same count."""
     counts = np.asarray(counts, dtype=np.int64)
-    values, inverse = np.unique(counts, return_inverse=True)
-    low = np.array([low_bits(n_bits, int(k)) for k in values], dtype=np.int64)[inverse.reshape(counts.shape)]
-    bits = np.where(counts > 0, counts * low + counts + ((n_bits - 1) >> low) + 1, 0)
+    bits = _list_bits(counts, n_bits)
     if len(counts) and (counts != counts[0]).any():
         bits = bits + count_bits(n_bits)
     return (bits + 7) // 8
+
+
+def largest_count(n_bits: int, n_bytes: float) -> int:
+    """The most active bits a code of N bits can have within `n_bytes` a row, every row with that count
+    (rigid TopK); 0 when not even one fits."""
+    counts = np.arange(1, n_bits + 1, dtype=np.int64)
+    fits = counts[(_list_bits(counts, n_bits) + 7) // 8 <= n_bytes]
+    return int(fits.max()) if len(fits) else 0
+
+
+def counts_within(n_bytes: int, sizes: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384)) -> list[dict]:
+    """For each N in `sizes`, the most active bits a code can have within `n_bytes` a row (every row with
+    that count): as a plain list of ceil(log2 N)-bit indices, and Elias-Fano coded."""
+    return [
+        {
+            "N": n_bits,
+            "K as a plain index list": 8 * n_bytes // max(1, math.ceil(math.log2(n_bits))),
+            "K Elias-Fano coded": largest_count(n_bits, n_bytes),
+        }
+        for n_bits in sizes
+    ]
+
+
+def _list_bits(counts: np.ndarray, n_bits: int) -> np.ndarray:
+    """Bits of each count's coded index list, without a count of its own."""
+    values, inverse = np.unique(counts, return_inverse=True)
+    low = np.array([low_bits(n_bits, int(k)) for k in values], dtype=np.int64)[inverse.reshape(counts.shape)]
+    return np.where(counts > 0, counts * low + counts + ((n_bits - 1) >> low) + 1, 0)
 
 
 def encode(packed: np.ndarray, n_bits: int) -> EliasFanoCodes:
