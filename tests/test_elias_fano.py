@@ -75,6 +75,9 @@ def test_a_damaged_or_foreign_file_is_refused_with_its_name(tmp_path):
     elias_fano.save(tmp_path / "cut.npz", elias_fano.EliasFanoCodes(coded.stream[:-1], coded.starts, 16, 1))
     with pytest.raises(DataError, match="damaged: its row offsets do not cover its 3 bytes"):
         elias_fano.load(tmp_path / "cut.npz")
+    elias_fano.save(tmp_path / "count.npz", elias_fano.EliasFanoCodes(coded.stream, coded.starts, 16, 99))
+    with pytest.raises(DataError, match="names 16 bits a code and 99 active bits a row"):
+        elias_fano.load(tmp_path / "count.npz")
 
 
 def test_the_largest_count_within_a_budget_is_the_last_that_fits():
@@ -85,3 +88,15 @@ def test_the_largest_count_within_a_budget_is_the_last_that_fits():
     table = {row["N"]: row for row in elias_fano.counts_within(48)}
     assert table[4096] == {"N": 4096, "K as a plain index list": 32, "K Elias-Fano coded": 45}
     assert table[1024]["K as a plain index list"] == 38  # 384 bits at 10 bits an index
+
+
+def test_a_damaged_stream_names_the_row_that_does_not_decode():
+    packed = pack_bits(random_codes(np.random.default_rng(4), 6, 64, np.full(6, 5)))
+    coded = elias_fano.encode(packed, 64)
+    emptied = coded.stream.copy()
+    emptied[coded.starts[2] : coded.starts[3]] = 0  # row 2's upper bits lost: fewer indices than its count
+    with pytest.raises(DataError, match="row 2 of the Elias-Fano codes is damaged"):
+        elias_fano.decode(elias_fano.EliasFanoCodes(emptied, coded.starts, 64, 5))
+    too_many = elias_fano.EliasFanoCodes(coded.stream, coded.starts, 64, 40)  # a count the rows do not hold
+    with pytest.raises(DataError, match="row 0 of the Elias-Fano codes is damaged"):
+        elias_fano.decode(too_many)

@@ -120,14 +120,18 @@ def encode(packed: np.ndarray, n_bits: int) -> EliasFanoCodes:
 
 
 def decode(codes: EliasFanoCodes) -> np.ndarray:
-    """Elias-Fano coded rows -> packed codes (M, ceil(N / 8)), exactly as encoded."""
+    """Elias-Fano coded rows -> packed codes (M, ceil(N / 8)), exactly as encoded; DataError naming the
+    first row that does not decode to distinct indices below N (a damaged stream)."""
     packed = np.zeros((len(codes), bytes_per_vector(codes.n_bits)), dtype=np.uint8)
     for start in range(0, len(codes), BIT_CHUNK_ROWS):
         stop = min(start + BIT_CHUNK_ROWS, len(codes))
         bits = np.zeros((stop - start, codes.n_bits), dtype=np.uint8)
         for i in range(start, stop):
             row = np.unpackbits(codes.stream[codes.starts[i] : codes.starts[i + 1]])
-            bits[i - start, _decode_row(row, codes.n_bits, codes.count)] = 1
+            indices = _decode_row(row, codes.n_bits, codes.count)
+            if indices is None or (len(indices) and (indices[-1] >= codes.n_bits or (np.diff(indices) <= 0).any())):
+                raise DataError(f"row {i} of the Elias-Fano codes is damaged: it does not decode to a code.")
+            bits[i - start, indices] = 1
         packed[start:stop] = pack_bits(bits)
     return packed
 
@@ -151,6 +155,8 @@ def load(path: Path) -> EliasFanoCodes:
         raise DataError(f"cannot read Elias-Fano codes from {path}: {error}") from error
     if len(starts) == 0 or starts[0] != 0 or starts[-1] != len(stream) or (np.diff(starts) < 0).any():
         raise DataError(f"{path} is damaged: its row offsets do not cover its {len(stream)} bytes.")
+    if n_bits < 1 or not -1 <= count <= n_bits:
+        raise DataError(f"{path} is damaged: it names {n_bits} bits a code and {count} active bits a row.")
     return EliasFanoCodes(stream=stream, starts=starts, n_bits=n_bits, count=None if count < 0 else count)
 
 
@@ -166,7 +172,8 @@ def _encode_row(indices: np.ndarray, n_bits: int, header: int) -> np.ndarray:
     return np.packbits(np.concatenate(parts))
 
 
-def _decode_row(row: np.ndarray, n_bits: int, count: int | None) -> np.ndarray:
+def _decode_row(row: np.ndarray, n_bits: int, count: int | None) -> np.ndarray | None:
+    """The row's active indices, ascending; None when the row is too short for its count."""
     at = 0
     if count is None:
         width = count_bits(n_bits)
@@ -174,11 +181,14 @@ def _decode_row(row: np.ndarray, n_bits: int, count: int | None) -> np.ndarray:
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     low = low_bits(n_bits, count)
+    if count > n_bits or len(row) < at + count * low:
+        return None
     lows = row[at : at + count * low].reshape(count, low)
     lows = lows.astype(np.int64) @ (1 << np.arange(low - 1, -1, -1, dtype=np.int64))
-    upper = row[at + count * low :]
-    highs = np.flatnonzero(upper)[:count] - np.arange(count)
-    return (highs << low) | lows
+    ones = np.flatnonzero(row[at + count * low :])[:count]
+    if len(ones) < count:  # cut short: the row holds fewer indices than its count
+        return None
+    return ((ones - np.arange(count)) << low) | lows
 
 
 def _binary(values: np.ndarray, width: int) -> np.ndarray:
