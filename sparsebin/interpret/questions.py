@@ -537,12 +537,11 @@ def answer_storage(
     )
     text = answer.answer
     if named is not None:
-        coded = float(named.get("bits_elias_fano", math.nan))
-        coded_text = "" if math.isnan(coded) else f"{coded:.0f} Elias-Fano coded, "
+        coded = float(named.get("bits_elias_fano", math.nan))  # NaN: measured before the metric existed
+        other_forms = ("" if math.isnan(coded) else f"{coded:.0f} Elias-Fano coded, ") + f"{int(named['n_bits'])}"
         text = (
             f"{run_name(named)} stores {float(named['bits_index_list']):.0f} bits per vector as a list of active "
-            f"indices ({coded_text}{int(named['n_bits'])} as a bitmap) at recon loss {_number(named['recon_loss'])} "
-            f"and "
+            f"indices ({other_forms} as a bitmap) at recon loss {_number(named['recon_loss'])} and "
             f"recall@10 {_number(named['recall_at_10_jaccard'])} (Jaccard){converged_note(pd.DataFrame([named]))}. "
             + text
         )
