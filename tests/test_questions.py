@@ -169,6 +169,7 @@ def test_questions_four_to_six_describe_the_named_run_by_default_the_paper_setti
     text = answer_storage(runs, sign, equal, named=named).answer
     assert text.startswith("paper 0 stores 24 bits per vector")
     assert "sign bits cannot spend N bits, so they are compared at D" in text
+    assert "Elias-Fano coded, the codes take" not in text  # the row has no Elias-Fano size
     assert "The sign baseline of paper 0 stores 16 bits per vector" in text
 
 
@@ -176,6 +177,14 @@ def test_storage_names_the_elias_fano_size_when_the_run_has_one():
     coded = table(run(label="coded", bits_elias_fano=20.0))
     text = answer_storage(coded, None, named=coded.iloc[0]).answer
     assert text.startswith("coded stores 24 bits per vector as a list of active indices (20 Elias-Fano coded, 64 as")
+    assert "recall@10 0.400 (Jaccard), 0.300 (Hamming)" in text  # the sign baseline's figure is by Hamming
+    equal = {"bits_bitmap": 16, "recall_at_10_hamming": 0.31, "model_bits": 24, "capped_at_d": True}
+    text = answer_storage(coded, None, equal, named=coded.iloc[0]).answer
+    assert "take 24 bits as a plain index list, more than the 16 dimensions" in text
+    assert "Elias-Fano coded, the codes take" not in text  # 20 bits: still more than the sign bits' 16
+    fits = table(run(label="fits", bits_elias_fano=16.0))
+    text = answer_storage(fits, None, equal, named=fits.iloc[0]).answer
+    assert text.endswith("Elias-Fano coded, the codes take 16 bits, no more than the sign bits.")
     older = table(run(label="older", bits_elias_fano=float("nan")))  # measured before the metric existed
     assert "(64 as a bitmap)" in answer_storage(older, None, named=older.iloc[0]).answer
 

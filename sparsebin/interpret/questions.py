@@ -542,8 +542,8 @@ def answer_storage(
         text = (
             f"{run_name(named)} stores {float(named['bits_index_list']):.0f} bits per vector as a list of active "
             f"indices ({other_forms} as a bitmap) at recon loss {_number(named['recon_loss'])} and "
-            f"recall@10 {_number(named['recall_at_10_jaccard'])} (Jaccard){converged_note(pd.DataFrame([named]))}. "
-            + text
+            f"recall@10 {_number(named['recall_at_10_jaccard'])} (Jaccard), "
+            f"{_number(named['recall_at_10_hamming'])} (Hamming){converged_note(pd.DataFrame([named]))}. " + text
         )
     if sign:
         text += (
@@ -554,9 +554,14 @@ def answer_storage(
     if sign_equal:
         if sign_equal.get("capped_at_d"):
             text += (
-                f" The run's codes take {sign_equal.get('model_bits')} bits, more than the "
+                f" The run's codes take {sign_equal.get('model_bits')} bits as a plain index list, more than the "
                 f"{sign_equal['bits_bitmap']} dimensions: sign bits cannot spend N bits, so they are compared at D."
             )
+            if named is not None and float(named.get("bits_elias_fano", math.nan)) <= sign_equal["bits_bitmap"]:
+                text += (
+                    f" Elias-Fano coded, the codes take {float(named['bits_elias_fano']):.0f} bits, no more than "
+                    "the sign bits."
+                )
         else:
             text += (
                 f" Cut to that run's storage ({sign_equal['bits_bitmap']} bits, the leading PCA components), "
