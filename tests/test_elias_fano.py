@@ -56,6 +56,14 @@ def test_save_and_load_keep_every_field(tmp_path):
     assert (again.n_bits, again.count) == (128, 9)
     assert np.array_equal(elias_fano.decode(again), pack_bits(bits))
     assert not list(tmp_path.glob("*.partial"))
+    with np.load(tmp_path / "codes.npz") as data:
+        # rows of one count, one size (9 x 3 low bits + 9 + 16 upper bits = 52 bits, 7 bytes): no offsets stored
+        assert "starts" not in data and data["stream"].nbytes == 12 * 7
+    varying = random_codes(np.random.default_rng(5), 12, 128, np.arange(12))
+    elias_fano.save(tmp_path / "varying.npz", elias_fano.encode(pack_bits(varying), 128))
+    assert np.array_equal(elias_fano.decode(elias_fano.load(tmp_path / "varying.npz")), pack_bits(varying))
+    with np.load(tmp_path / "varying.npz") as data:
+        assert data["starts"].dtype == np.uint32 and len(data["starts"]) == 13
 
 
 def test_codes_with_padding_bits_set_are_refused():

@@ -137,10 +137,16 @@ def decode(codes: EliasFanoCodes) -> np.ndarray:
 
 
 def save(path: Path, codes: EliasFanoCodes) -> None:
-    """Write the coded rows as one .npz (stream, starts, n_bits, count; count -1: stored per row)."""
-    count = -1 if codes.count is None else codes.count
-    arrays = {"stream": codes.stream, "starts": codes.starts, "n_bits": codes.n_bits, "count": count}
-    write_atomic(Path(path), _npz_bytes(arrays | {"format": np.array(FORMAT)}))
+    """Write the coded rows as one .npz: stream, n_bits, count (-1: each row leads with its own) and, when
+    counts vary, the rows' byte offsets (uint32 while they fit); rows of one count are all one size, so
+    their offsets follow from `row_size` and take no room."""
+    arrays = {"format": np.array(FORMAT), "stream": codes.stream, "n_bits": codes.n_bits, "rows": len(codes)}
+    if codes.count is not None:
+        arrays |= {"count": codes.count, "row_size": row_bytes(np.full(1, codes.count), codes.n_bits)[0]}
+    else:
+        starts = codes.starts.astype(np.uint32) if codes.starts[-1] < 2**32 else codes.starts
+        arrays |= {"count": -1, "starts": starts}
+    write_atomic(Path(path), _npz_bytes(arrays))
 
 
 def load(path: Path) -> EliasFanoCodes:
@@ -150,13 +156,17 @@ def load(path: Path) -> EliasFanoCodes:
             if str(data["format"]) != FORMAT:
                 raise DataError(f"{path} is not an Elias-Fano code file ({FORMAT}).")
             count, n_bits = int(data["count"]), int(data["n_bits"])
-            stream, starts = data["stream"].astype(np.uint8, copy=False), data["starts"].astype(np.int64)
+            stream = data["stream"].astype(np.uint8, copy=False)
+            if count >= 0:
+                starts = int(data["row_size"]) * np.arange(int(data["rows"]) + 1, dtype=np.int64)
+            else:
+                starts = data["starts"].astype(np.int64)
     except (OSError, ValueError, KeyError) as error:
         raise DataError(f"cannot read Elias-Fano codes from {path}: {error}") from error
-    if len(starts) == 0 or starts[0] != 0 or starts[-1] != len(stream) or (np.diff(starts) < 0).any():
-        raise DataError(f"{path} is damaged: its row offsets do not cover its {len(stream)} bytes.")
     if n_bits < 1 or not -1 <= count <= n_bits:
         raise DataError(f"{path} is damaged: it names {n_bits} bits a code and {count} active bits a row.")
+    if len(starts) == 0 or starts[0] != 0 or starts[-1] != len(stream) or (np.diff(starts) < 0).any():
+        raise DataError(f"{path} is damaged: its row offsets do not cover its {len(stream)} bytes.")
     return EliasFanoCodes(stream=stream, starts=starts, n_bits=n_bits, count=None if count < 0 else count)
 
 
