@@ -50,7 +50,8 @@ class EliasFanoCodes:
 
     @property
     def bytes_per_row(self) -> float:
-        """The stream's mean bytes per row (the offsets, a directory for random access, not counted)."""
+        """The stream's mean bytes per row. Not counted: the row offsets, which `save` writes only when
+        counts vary (4 bytes a row then; rows of one count are one size and need none)."""
         return float(self.starts[-1] / len(self)) if len(self) else 0.0
 
 
