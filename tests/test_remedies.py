@@ -11,6 +11,7 @@ from sparsebin.experiment import evaluate_run
 from sparsebin.metrics import firing_frequency, model_decoding
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.remedies import Remedies, auxiliary_term, init_model, k_at, rate_term, training_centre
+from sparsebin.search import elias_fano
 from sparsebin.search.codes import bit_counts
 from sparsebin.train import train
 
@@ -288,7 +289,9 @@ def test_presets_name_the_paper_and_the_recommended_remedies():
     assert preset_config("paper") == TrainConfig()
     recommended = preset_config("recommended", epochs=7)
     assert recommended.epochs == 7 and recommended.sparsity == PRESETS["recommended"]["sparsity"] == "hard-topk"
-    assert (recommended.n_bits, recommended.k) == (8192, 40)  # 48 bytes a concept, Elias-Fano coded
+    assert (recommended.n_bits, recommended.k) == (8192, 40)
+    # 48 bytes a concept Elias-Fano coded: the size of sign bits of 384 dimensions (MiniLM's)
+    assert elias_fano.row_bytes(np.full(1, recommended.k), recommended.n_bits)[0] == 384 // 8
     assert preset_of(recommended.replace(n_bits=4096, k=32)) == "recommended"  # whatever its size
     assert preset_of(TrainConfig(n_bits=64)) == "paper" and preset_of(recommended) == "recommended"
     assert preset_of(TrainConfig(centre="mean")) is None
