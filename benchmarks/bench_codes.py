@@ -21,8 +21,9 @@ Columns (rows = all rows of the data set unless said):
   the hard bits and with the TopK mask as the code
 - active: active bits per concept over all rows, mean +- std
 - dead, dense: bits that fire for no row / for more than half of all rows
-- bytes: bytes per vector as a list of active indices (active mean * 12 bits / 8
-  at N = 4096) over all rows; for sign bits the bitmap (one bit per component)
+- bytes: bytes per vector as a plain list of active indices (active mean *
+  ceil(log2 N) bits / 8: 12 bits an index at N = 4096) over all rows; for sign
+  bits the bitmap (one bit per component)
 - EF: bytes per vector as an Elias-Fano coded index list (what `export` writes,
   `sparsebin.search.elias_fano`), mean over all rows; beside each preset run, sign
   bits cut to those bytes ("sign, equal EF bytes")
@@ -83,8 +84,8 @@ SETTINGS = {
 }
 
 
-# What tells two results apart (the newest of each is shown); rows measured before n_bits / k were
-# recorded ran at the script's defaults.
+# What tells two results apart (the newest of each is shown); a row written before n_bits / k were
+# recorded counts as the script's default N and K.
 RUN_KEY = (("data", None), ("setting", None), ("n_bits", 4096), ("k", 32), ("epochs", None), ("seed", 0))
 
 

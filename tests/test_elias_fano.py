@@ -33,7 +33,7 @@ def test_a_topk_code_takes_36_bytes_at_n_4096_k_32_against_48_as_a_plain_list():
     coded = elias_fano.encode(pack_bits(bits), 4096)
     assert coded.bytes_per_row == 36.0
     assert len(coded.stream) == 360
-    # the last index that fits: bit 4095 with every other index below it
+    # the 32 highest indices (4064 to 4095): the upper bit vector filled to its last bit
     bits = np.zeros((1, 4096), dtype=np.uint8)
     bits[0, 4064:] = 1
     assert np.array_equal(elias_fano.decode(elias_fano.encode(pack_bits(bits), 4096)), pack_bits(bits))
