@@ -40,7 +40,7 @@ FORM_FIELDS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "epochs",
 
 
 def show_preset() -> None:
-    """Put the chosen preset's values into the form's fields that a preset sets (its sparsity scheme)."""
+    """Put the chosen preset's values into the form's fields that a preset sets (its size and sparsity scheme)."""
     chosen = preset_config(st.session_state["preset"])
     for field in set(FORM_FIELDS) & set().union(*PRESETS.values()):
         st.session_state[field] = getattr(chosen, field)
