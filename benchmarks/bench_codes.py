@@ -181,8 +181,7 @@ def sign_at_bits(embeddings: np.ndarray, config: TrainConfig, folder: Path, bits
     """Sign bits cut to `bits` PCA components (at most D), on the run's own queries and rows, as the run's
     sign baseline is measured."""
     vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)
-    validation = runfolder.load_validation_rows(folder)
-    train = np.setdiff1d(np.arange(len(vectors)), validation)
+    train, validation = runfolder.load_split_rows(folder, len(vectors))
     chosen = validation[sample_queries(len(validation), queries, config.split_seed)]
     signs = sign_baselines(vectors, vectors[train], {"bits_index_list": bits}, "validation", chosen, validation)
     return signs["sign_validation_equal_storage"]
@@ -231,8 +230,7 @@ def seed_table(runs: list[dict]) -> str:
     """Mean +- sample sd over the training seeds of each setting measured with more than one."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        key = (run["data"], run["setting"], run.get("n_bits", 4096), run.get("k", 32), run["epochs"])
-        groups.setdefault(key, []).append(run)
+        groups.setdefault(tuple(run.get(key, default) for key, default in RUN_KEY if key != "seed"), []).append(run)
     header = f"{'data':<12} {'setting':<38} {'N':>5} {'K':>3} {'ep':>3} {'seeds':>5} " + " ".join(
         f"{name:>13}" for name in ("recon", "ham", "jac", "asym")
     )

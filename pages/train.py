@@ -33,7 +33,8 @@ _shared.live_section(_shared.build_banner, "train_builds")
 name = _shared.pick_dataset("train_dataset")
 if name is None:
     st.stop()
-count = next(item["count"] for item in _shared.datasets() if item["name"] == name)
+chosen_data = next(item for item in _shared.datasets() if item["name"] == name)
+count = chosen_data["count"]
 defaults = TrainConfig()
 
 FORM_FIELDS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "epochs", "batch_size", "lr", "seed")
@@ -148,12 +149,11 @@ with st.expander("Ablation grid: every combination of the listed values, on top 
             st.error(str(error))
 
 with st.expander("How many active bits fit in a byte budget"):
-    dim = next(item["dim"] for item in _shared.datasets() if item["name"] == name)
     budget = st.number_input(
         "bytes per concept",
         1,
         1 << 20,
-        max(1, -(-int(dim or 8) // 8)),
+        max(1, -(-int(chosen_data["dim"] or 8) // 8)),
         key="byte_budget",
         help="starts at the size of this dataset's sign bits: one bit per dimension",
     )

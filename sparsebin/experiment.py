@@ -81,12 +81,7 @@ def remeasure_run(embeddings: np.ndarray, folder: Path) -> dict:
             f"run {folder.name} coded {len(stored)} rows, these embeddings have {len(embeddings)}: "
             "not the data set it was trained on."
         )
-    validation = runfolder.load_validation_rows(folder)
-    if len(validation) and (validation.min() < 0 or validation.max() >= len(stored)):
-        raise RunFileError(
-            f"run {folder.name} has a damaged split.json: a validation row lies outside its {len(stored)} rows."
-        )
-    split = Split(train=np.setdiff1d(np.arange(len(stored)), validation), validation=validation)
+    split = Split(*runfolder.load_split_rows(folder, len(stored)))
     device = runfolder.evaluation_device(folder)
     model = runfolder.load_model(folder, device=device)
     result = TrainResult(model, config, split, runfolder.load_history(folder), device=device)

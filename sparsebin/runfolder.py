@@ -91,16 +91,20 @@ def load_history(folder: Path) -> list[dict]:
         raise RunFileError(f"run {Path(folder).name} has a damaged history.jsonl: {error}") from error
 
 
-def load_validation_rows(folder: Path) -> np.ndarray:
-    """The row indices of the run's held-out part, from split.json."""
+def load_split_rows(folder: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row indices of a run over `n_rows` rows: the held-out part from split.json,
+    the training part every other row."""
     path = _require(folder, "split.json")
+    name = Path(folder).name
     try:
-        rows = np.asarray(json.loads(path.read_text())["validation"], dtype=np.int64)
+        validation = np.asarray(json.loads(path.read_text())["validation"], dtype=np.int64)
     except (ValueError, KeyError, TypeError) as error:
-        raise RunFileError(f"run {Path(folder).name} has a damaged split.json: {error}") from error
-    if rows.ndim != 1:
-        raise RunFileError(f"run {Path(folder).name} has a damaged split.json: its validation rows are not a list.")
-    return rows
+        raise RunFileError(f"run {name} has a damaged split.json: {error}") from error
+    if validation.ndim != 1:
+        raise RunFileError(f"run {name} has a damaged split.json: its validation rows are not a list.")
+    if len(validation) and (validation.min() < 0 or validation.max() >= n_rows):
+        raise RunFileError(f"run {name} has a damaged split.json: a validation row lies outside its {n_rows} rows.")
+    return np.setdiff1d(np.arange(n_rows), validation), validation
 
 
 def load_codes(folder: Path, mmap: bool = True) -> np.ndarray:

@@ -536,8 +536,9 @@ def answer_storage(
         "storage at equal settings.",
     )
     text = answer.answer
+    # The named run's Elias-Fano size; NaN without a named run, or for one measured before the metric existed.
+    coded = math.nan if named is None else float(named.get("bits_elias_fano", math.nan))
     if named is not None:
-        coded = float(named.get("bits_elias_fano", math.nan))  # NaN: measured before the metric existed
         other_forms = ("" if math.isnan(coded) else f"{coded:.0f} Elias-Fano coded, ") + f"{int(named['n_bits'])}"
         text = (
             f"{run_name(named)} stores {float(named['bits_index_list']):.0f} bits per vector as a list of active "
@@ -557,11 +558,8 @@ def answer_storage(
                 f" The run's codes take {sign_equal.get('model_bits')} bits as a plain index list, more than the "
                 f"{sign_equal['bits_bitmap']} dimensions: sign bits cannot spend N bits, so they are compared at D."
             )
-            if named is not None and float(named.get("bits_elias_fano", math.nan)) <= sign_equal["bits_bitmap"]:
-                text += (
-                    f" Elias-Fano coded, the codes take {float(named['bits_elias_fano']):.0f} bits, no more than "
-                    "the sign bits."
-                )
+            if coded <= sign_equal["bits_bitmap"]:  # False for NaN
+                text += f" Elias-Fano coded, the codes take {coded:.0f} bits, no more than the sign bits."
         else:
             text += (
                 f" Cut to that run's storage ({sign_equal['bits_bitmap']} bits, the leading PCA components), "
