@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from sparsebin.devices import resolve_device  # noqa: F401 - the device choice lives with the devices
 from sparsebin.errors import ConfigError
 
 LOSSES = ("cosine", "mse", "l1")  # the paper's distance and the two per-entry means of its ablation
@@ -40,46 +39,96 @@ RATE_CONTROLS = ("none", "balance", "bounds")
 REVIVALS = ("none", "auxk", "reinit")
 
 
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple = (),
+    grid: bool = False,
+    remedy: bool = False,
+    neutral: bool = False,
+) -> Any:
+    """A TrainConfig field described once, where it is defined.
+
+    `help` is its line in `train --help` and `submit --help`; `choices` the values it may take (a form
+    offers them, validation refuses others; a field whose default is None may also be unset); `grid`
+    whether an ablation grid may vary it (the Train page's grid fields, the `submit` options that take
+    lists); `remedy` whether it belongs to a remedy beyond the paper (a run that changes one is not of
+    the paper's preset); `neutral` whether it leaves what is learned unchanged (where it trains, how often
+    it reports): a checkpoint resumes across it and runs are compared across it.
+    """
+    metadata = {"help": help, "choices": choices, "grid": grid, "remedy": remedy, "neutral": neutral}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    n_bits: int = 1024  # N: code length
-    k: int = 16  # K: target number of active bits per concept
-    alpha: float = 1.0  # weight of the sparsity term
-    loss: str = "cosine"  # distance of both terms: cosine (the paper's), mse, l1, mse_sum or l1_sum
-    rec_loss: str | None = None  # override the reconstruction distance only (the per-term ablation)
-    sparsity_loss: str | None = None  # override the alignment distance only (the per-term ablation)
-    rounding: str = "ste"  # ste (pass-through), none (removed), hard, stochastic
-    sparsity: str = "align"  # align (the paper's), hard-topk, l1, none
-    init: str = "default"  # default: nn.Linear init, ~half the bits fire at first;
-    #                        sparse: encoder bias logit(K/N), few fire (leaves bits dead)
-    normalize: bool = True  # L2-normalise rows before training
-    val_fraction: float = 0.1  # seeded held-out share for validation metrics
-    lr: float = 1e-3  # Adam; on HPO 3e-3 and 1e-2 left 40-85 % of bits dead, 1e-3 under 2 %
-    batch_size: int = 256  # rows per step; ~67 steps an epoch on HPO
-    epochs: int = 40  # on HPO (N=1024, K=16) the active count levels off by epoch ~25
-    seed: int = 0  # training seed: initialisation and batch order
-    split_seed: int = DEFAULT_SPLIT_SEED  # held-out rows and retrieval queries; the same for every run of a dataset
-    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
-    log_every: int = 50  # steps between progress events (the only host syncs)
-    # Remedies beyond the paper (sparsebin.remedies); each off by default, so the above is the paper's setting.
-    centre: str = "none"  # none; mean: subtract the training mean before the encoder, add it back after
-    #                       the decoder; learned-mean / learned-median: the same centre as a learned pre-bias
-    rate_control: str = "none"  # none; balance: KL(K/N || each bit's batch firing rate); bounds: penalise a
-    #                             bit's batch firing rate outside [rate_min, rate_max] (in log space)
-    rate_weight: float = (
-        0.1  # weight of the firing-rate term; on planted data 0.1 removed every always-on bit, 0.01 not
+    n_bits: int = setting(1024, "code length N", grid=True)  # N
+    k: int = setting(16, "target number of active bits per concept K", grid=True)
+    alpha: float = setting(1.0, "weight of the sparsity term", grid=True)
+    # The distance of both terms; cosine is the paper's.
+    loss: str = setting(
+        "cosine", "distance of both loss terms (_sum = per-row sum, scale-fair)", choices=DISTANCES, grid=True
     )
-    rate_min: float = 1e-3  # bounds: lowest batch firing rate of a bit without penalty (rates read in 1 / 2B steps)
-    rate_max: float = 0.1  # bounds: highest batch firing rate of a bit without penalty
-    revive: str = "none"  # none; auxk: reconstruct the residual through the top aux_k dead bits;
-    #                       reinit: point dead bits at the worst-reconstructed rows of the batch
-    revive_after: int = 200  # steps without firing on a training batch before a bit counts as dead
-    aux_k: int = 0  # auxk: dead bits per row in the auxiliary code (0: 2 K)
-    aux_weight: float = 1 / 32  # auxk: weight of the auxiliary term (Gao et al. 2024)
-    unit_decoder: bool = False  # keep every decoder column at unit length (renormalised after each step)
-    tied_init: bool = False  # encoder weights start as the decoder's transpose (decoder columns unit random)
-    k_start: int = 0  # K schedule: TopK target starts at k_start and anneals to k (0: off)
-    k_anneal_epochs: int = 0  # epochs over which the target falls geometrically from k_start to k
+    # The per-term ablation: replace one term's distance only.
+    rec_loss: str | None = setting(None, "override the reconstruction distance only", choices=DISTANCES)
+    sparsity_loss: str | None = setting(None, "override the alignment distance only", choices=DISTANCES)
+    rounding: str = setting("ste", "round to bits while training (ste = pass-through)", choices=ROUNDINGS, grid=True)
+    sparsity: str = setting("align", "sparsity scheme (align = the paper's)", choices=SPARSITIES, grid=True)
+    # default: nn.Linear init, ~half the bits fire at first; sparse: encoder bias logit(K/N), few fire
+    # (METHOD.md: that leaves most bits dead).
+    init: str = setting("default", "encoder initialisation (sparse = bias logit(K/N))", choices=INITS)
+    normalize: bool = setting(True, "L2-normalise rows before training (true/false)")
+    val_fraction: float = setting(0.1, "share of rows held out for validation metrics")
+    lr: float = setting(1e-3, "Adam learning rate")  # on HPO 3e-3 and 1e-2 left 40-85 % of bits dead, 1e-3 under 2 %
+    batch_size: int = setting(256, "rows per training step")  # ~67 steps an epoch on HPO
+    epochs: int = setting(
+        40, "passes over the training rows"
+    )  # on HPO (N=1024, K=16) the active count levels off by ~25
+    seed: int = setting(0, "training seed: initialisation and batch order", grid=True)
+    # The held-out rows and retrieval queries: the same for every run of a dataset.
+    split_seed: int = setting(
+        DEFAULT_SPLIT_SEED, "seed of the held-out rows and the retrieval queries (keep it fixed per dataset)"
+    )
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps", neutral=True)  # auto: cuda, then mps, then cpu
+    log_every: int = setting(50, "steps between progress reports", neutral=True)  # the only host syncs
+    # Remedies beyond the paper (sparsebin.remedies); each off by default, so the above is the paper's setting.
+    # mean: subtract the training mean before the encoder, add it back after the decoder; learned-mean /
+    # learned-median: the same centre as a learned pre-bias.
+    centre: str = setting(
+        "none",
+        "subtract a centre before the encoder, decode around it (c + L r / |r|)",
+        choices=CENTRES,
+        grid=True,
+        remedy=True,
+    )
+    # balance: KL(K/N || each bit's batch firing rate); bounds: penalise a bit's batch firing rate outside
+    # [rate_min, rate_max] (in log space).
+    rate_control: str = setting(
+        "none", "penalise each bit's batch firing rate", choices=RATE_CONTROLS, grid=True, remedy=True
+    )
+    # On planted data 0.1 removed every always-on bit, 0.01 not.
+    rate_weight: float = setting(0.1, "weight of the firing-rate term", remedy=True)
+    # Rates are read in 1 / 2B steps.
+    rate_min: float = setting(1e-3, "bounds: lowest firing rate without penalty", remedy=True)
+    rate_max: float = setting(0.1, "bounds: highest firing rate without penalty", remedy=True)
+    # auxk: reconstruct the residual through the top aux_k dead bits; reinit: point dead bits at the
+    # worst-reconstructed rows of the batch.
+    revive: str = setting(
+        "none", "bring back bits idle for revive-after steps", choices=REVIVALS, grid=True, remedy=True
+    )
+    revive_after: int = setting(200, "steps without firing before a bit counts as dead", remedy=True)
+    aux_k: int = setting(0, "auxk: dead bits per row in the auxiliary code (0: 2 K)", remedy=True)
+    aux_weight: float = setting(1 / 32, "auxk: weight of the auxiliary term", remedy=True)  # Gao et al. 2024
+    unit_decoder: bool = setting(
+        False, "keep decoder columns at unit length (true/false)", remedy=True
+    )  # renormalised after each step
+    tied_init: bool = setting(
+        False, "start the encoder as the decoder's transpose (true/false)", remedy=True
+    )  # decoder columns unit random
+    # K schedule: the TopK target starts at k_start and falls geometrically to k over k_anneal_epochs.
+    k_start: int = setting(0, "K schedule: start the TopK target here, anneal to K (0: off)", remedy=True)
+    k_anneal_epochs: int = setting(0, "K schedule: epochs to anneal over", remedy=True)
 
     @property
     def reconstruction_distance(self) -> str:
@@ -110,17 +159,7 @@ class TrainConfig:
             yield f"alpha must be a number of at least 0, got {self.alpha!r}."
         if not _is_number(self.lr) or self.lr <= 0:
             yield f"lr must be a positive number, got {self.lr!r}."
-        if self.loss not in DISTANCES:
-            yield f"loss must be one of {', '.join(DISTANCES)}, got {self.loss!r}."
-        for name, value in (("rec_loss", self.rec_loss), ("sparsity_loss", self.sparsity_loss)):
-            if value is not None and value not in DISTANCES:
-                yield f"{name} must be one of {', '.join(DISTANCES)} or unset, got {value!r}."
-        if self.rounding not in ROUNDINGS:
-            yield f"rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}."
-        if self.sparsity not in SPARSITIES:
-            yield f"sparsity must be one of {', '.join(SPARSITIES)}, got {self.sparsity!r}."
-        if self.init not in INITS:
-            yield f"init must be one of {', '.join(INITS)}, got {self.init!r}."
+        yield from self._choice_faults()
         yield from self._remedy_faults()
         if not _is_number(self.val_fraction) or not 0 <= self.val_fraction <= 0.9:
             yield f"val_fraction must lie between 0 and 0.9, got {self.val_fraction!r}."
@@ -147,14 +186,15 @@ class TrainConfig:
                     f"choose at most {n_train}."
                 )
 
+    def _choice_faults(self):
+        """A value outside its field's choices; a field whose default is None may also be unset."""
+        for field in dataclasses.fields(self):
+            known, value = field.metadata["choices"], getattr(self, field.name)
+            unset = field.default is None
+            if known and value not in known and not (unset and value is None):
+                yield f"{field.name} must be one of {', '.join(known)}{' or unset' if unset else ''}, got {value!r}."
+
     def _remedy_faults(self):
-        for name, value, known in (
-            ("centre", self.centre, CENTRES),
-            ("rate_control", self.rate_control, RATE_CONTROLS),
-            ("revive", self.revive, REVIVALS),
-        ):
-            if value not in known:
-                yield f"{name} must be one of {', '.join(known)}, got {value!r}."
         for name in ("rate_weight", "aux_weight"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
@@ -214,22 +254,18 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Lists derived from the fields' descriptions (see `setting`), so a new setting is described in one place.
+FIELDS = dataclasses.fields(TrainConfig)
+SETTING_HELP = {field.name: field.metadata["help"] for field in FIELDS}
 # The settings an ablation grid may vary: the Train page's grid fields and the `submit` options that take lists.
-GRID_SETTINGS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "seed", "centre", "rate_control", "revive")
+GRID_SETTINGS = tuple(field.name for field in FIELDS if field.metadata["grid"])
 # The settings whose values are a known list: a form offers them as choices instead of free text.
-SETTING_CHOICES = {
-    "loss": LOSSES,
-    "rounding": ROUNDINGS,
-    "sparsity": SPARSITIES,
-    "init": INITS,
-    "centre": CENTRES,
-    "rate_control": RATE_CONTROLS,
-    "revive": REVIVALS,
-}
+SETTING_CHOICES = {field.name: field.metadata["choices"] for field in FIELDS if field.metadata["choices"]}
+REMEDY_FIELDS = frozenset(field.name for field in FIELDS if field.metadata["remedy"])
+# Settings that leave what is learned unchanged: a checkpoint resumes across them, runs compare across them.
+NEUTRAL_SETTINGS = frozenset(field.name for field in FIELDS if field.metadata["neutral"])
 # How each setting is read from text; a setting that may be unset (None) is read as text.
-SETTING_KINDS = {
-    field.name: field.type if field.type in (int, float, bool) else str for field in dataclasses.fields(TrainConfig)
-}
+SETTING_KINDS = {field.name: field.type if field.type in (int, float, bool) else str for field in FIELDS}
 KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -330,23 +366,6 @@ def remedy_changes(settings: Mapping[str, Any]) -> dict[str, Any]:
         for name in defaults
         if name in REMEDY_FIELDS and name in settings and settings[name] != defaults[name]
     }
-
-
-REMEDY_FIELDS = {
-    "centre",
-    "rate_control",
-    "rate_weight",
-    "rate_min",
-    "rate_max",
-    "revive",
-    "revive_after",
-    "aux_k",
-    "aux_weight",
-    "unit_decoder",
-    "tied_init",
-    "k_start",
-    "k_anneal_epochs",
-}
 
 
 def validation_size(n_rows: int, val_fraction: float) -> int:

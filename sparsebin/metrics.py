@@ -33,6 +33,26 @@ EVALUATION_BUDGET = 256 * 2**20  # bytes one evaluation chunk may hold alive at 
 # cosine (by the plain sum q . W_d b) lack it, and their asymmetric recall is not compared with new ones.
 ASYMMETRIC_SCORE = "cosine"
 TIES = "tie-aware: rows tied at the k-th code distance count by their chance under a random order"
+# A part's headline metrics, in the order they are shown: the `train` and `eval` summaries print them,
+# and the runs table keeps each finished run's values of them.
+HEADLINE_METRICS = (
+    "recon_loss",
+    "fixed_topk_recon_loss",
+    "soft_recon_loss",
+    "active_mean",
+    "active_std",
+    "active_min",
+    "active_max",
+    "topk_overlap",
+    "dead_bits",
+    "dense_bits",
+    "bits_index_list",
+    "compression_index_list",
+    "bits_elias_fano",
+    "recall_at_10_hamming",
+    "recall_at_10_jaccard",
+    "recall_at_10_asymmetric",
+)
 
 
 @dataclass

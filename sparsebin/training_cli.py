@@ -1,7 +1,7 @@
 """`train` and `eval`: train one run in the foreground, or evaluate a finished run.
 
-Also the one table of help for the training settings, and the options made from
-it, which `submit` (sparsebin.jobs.cli) shares.
+Also the options made from the training settings' own descriptions (sparsebin.config),
+which `submit` (sparsebin.jobs.cli) shares.
 """
 
 import argparse
@@ -15,62 +15,16 @@ import numpy as np
 from tqdm import tqdm
 
 from sparsebin import runfolder
-from sparsebin.config import (
-    CENTRES,
-    DISTANCES,
-    INITS,
-    PRESETS,
-    RATE_CONTROLS,
-    REVIVALS,
-    ROUNDINGS,
-    SPARSITIES,
-    TrainConfig,
-    parse_setting,
-    preset_config,
-)
+from sparsebin.config import PRESETS, SETTING_CHOICES, SETTING_HELP, TrainConfig, parse_setting, preset_config
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import is_embeddings_path, read_embeddings_file
 from sparsebin.errors import ConfigError, DataError
 from sparsebin.experiment import run_experiment
 from sparsebin.health import HEALTH_LABELS, convergence_word
-from sparsebin.metrics import evaluate_model, normalized_rows
+from sparsebin.metrics import HEADLINE_METRICS, evaluate_model, normalized_rows
 from sparsebin.paths import home_dir
 from sparsebin.train import check_embeddings
 
-# One line of help per TrainConfig field (a new setting adds its line here); `train --help` and `submit --help` show it.
-OPTION_HELP = {
-    "n_bits": "code length N",
-    "k": "target number of active bits per concept K",
-    "alpha": "weight of the sparsity term",
-    "loss": f"distance of both loss terms: {', '.join(DISTANCES)} (_sum = per-row sum, scale-fair)",
-    "rec_loss": "override the reconstruction distance only",
-    "sparsity_loss": "override the alignment distance only",
-    "rounding": f"round to bits while training: {', '.join(ROUNDINGS)} (ste = pass-through)",
-    "sparsity": f"sparsity scheme: {', '.join(SPARSITIES)} (align = the paper's)",
-    "init": f"encoder initialisation: {', '.join(INITS)} (sparse = bias logit(K/N))",
-    "normalize": "L2-normalise rows before training (true/false)",
-    "val_fraction": "share of rows held out for validation metrics",
-    "lr": "Adam learning rate",
-    "batch_size": "rows per training step",
-    "epochs": "passes over the training rows",
-    "seed": "training seed: initialisation and batch order",
-    "split_seed": "seed of the held-out rows and the retrieval queries (keep it fixed per dataset)",
-    "device": "auto, cpu, cuda, cuda:N or mps",
-    "log_every": "steps between progress reports",
-    "centre": f"subtract a centre before the encoder, decode around it (c + L r / |r|): {', '.join(CENTRES)}",
-    "rate_control": f"penalise each bit's batch firing rate: {', '.join(RATE_CONTROLS)}",
-    "rate_weight": "weight of the firing-rate term",
-    "rate_min": "bounds: lowest firing rate without penalty",
-    "rate_max": "bounds: highest firing rate without penalty",
-    "revive": f"bring back bits idle for revive-after steps: {', '.join(REVIVALS)}",
-    "revive_after": "steps without firing before a bit counts as dead",
-    "aux_k": "auxk: dead bits per row in the auxiliary code (0: 2 K)",
-    "aux_weight": "auxk: weight of the auxiliary term",
-    "unit_decoder": "keep decoder columns at unit length (true/false)",
-    "tied_init": "start the encoder as the decoder's transpose (true/false)",
-    "k_start": "K schedule: start the TopK target here, anneal to K (0: off)",
-    "k_anneal_epochs": "K schedule: epochs to anneal over",
-}
 PRESET_HELP = (
     "a named starting setting the options change: paper (every remedy off) or recommended "
     "(rigid TopK with a firing-rate balance at N=8192, K=40: 48 bytes a concept, Elias-Fano coded)"
@@ -105,7 +59,11 @@ def add_setting_options(parser: argparse.ArgumentParser, *, lists: tuple[str, ..
     """
     for field in dataclasses.fields(TrainConfig):
         listed = field.name in lists
-        text = OPTION_HELP[field.name] + (" (one or more values; several make a grid)" if listed else "")
+        text = SETTING_HELP[field.name]
+        if field.name in SETTING_CHOICES:
+            text += f"; one of {', '.join(SETTING_CHOICES[field.name])}"
+        if listed:
+            text += " (one or more values; several make a grid)"
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
@@ -181,32 +139,10 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-SUMMARY_KEYS = (
-    "split",
-    "n_rows",
-    "recon_loss",
-    "fixed_topk_recon_loss",
-    "soft_recon_loss",
-    "active_mean",
-    "active_std",
-    "active_min",
-    "active_max",
-    "topk_overlap",
-    "dead_bits",
-    "dense_bits",
-    "bits_index_list",
-    "compression_index_list",
-    "bits_elias_fano",
-    "recall_at_10_hamming",
-    "recall_at_10_jaccard",
-    "recall_at_10_asymmetric",
-)
-
-
 def summary(metrics: dict) -> str:
     """The headline metrics, one per line."""
     lines = []
-    for key in SUMMARY_KEYS:
+    for key in ("split", "n_rows", *HEADLINE_METRICS):
         value = metrics.get(key)
         lines.append(f"{key:>24}  {value:.4f}" if isinstance(value, float) else f"{key:>24}  {value}")
     return "\n".join(lines)

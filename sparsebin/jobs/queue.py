@@ -29,29 +29,15 @@ from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.devices import claimable_devices
 from sparsebin.errors import JobError
 from sparsebin.experiment import CHECKPOINT
-from sparsebin.metrics import ASYMMETRIC_SCORE
+from sparsebin.metrics import ASYMMETRIC_SCORE, HEADLINE_METRICS
 
 DATABASE = "sparsebin.db"
 SCHEMA_VERSION = 2  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
 RUNS = "runs"
 
-# The validation metrics list_runs shows for a finished run; copied into the
+# The validation metrics list_runs shows for a finished run (a part's headline metrics); copied into the
 # database when a job ends, so listing runs never opens a run folder.
-SUMMARY_METRICS = (
-    "recon_loss",
-    "fixed_topk_recon_loss",
-    "soft_recon_loss",
-    "active_mean",
-    "active_std",
-    "dead_bits",
-    "dense_bits",
-    "topk_overlap",
-    "recall_at_10_hamming",
-    "recall_at_10_jaccard",
-    "recall_at_10_asymmetric",
-    "bits_index_list",
-    "bits_elias_fano",
-)
+SUMMARY_METRICS = HEADLINE_METRICS
 # Whole-run facts beside them (bit health over all rows, convergence from the history).
 RUN_FACTS = ("dead_all_rows", "silent_held_out", "rare_bits", "dense_all_rows", "n_rows", "converged")
 
