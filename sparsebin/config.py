@@ -242,13 +242,25 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
+        """A config from its JSON text; ConfigError with one sentence for each way the text can be wrong.
+
+        The one reader of a config's JSON: `submit --config`, run folders, the queue and the Ray trainer.
+        """
+        if not text.strip():
+            raise ConfigError("the file is empty; a config is a JSON object of settings.")
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ConfigError(f"the config is not valid JSON: {error}.") from None
+            raise ConfigError(f"not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}).") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"the config must be a JSON object of settings, got {type(values).__name__}.")
-        return cls.from_dict(values)
+            raise ConfigError(
+                f"holds a JSON {type(values).__name__}, not an object of settings "
+                '(such as {"n_bits": 1024, "k": 16}).'
+            )
+        try:
+            return cls.from_dict(values)
+        except TypeError as error:
+            raise ConfigError(f"{error}.") from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

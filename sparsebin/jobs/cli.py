@@ -138,23 +138,10 @@ def read_config_file(path: Path) -> TrainConfig:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"--config {path.name}: not UTF-8 text; a config is a JSON file.") from None
-    if not text.strip():
-        raise ConfigError(f"--config {path.name}: the file is empty; a config is a JSON object of settings.")
     try:
-        values = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"--config {path.name}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})."
-        ) from None
-    if not isinstance(values, dict):
-        raise ConfigError(
-            f"--config {path.name}: holds a JSON {type(values).__name__}, not an object of settings "
-            '(such as {"n_bits": 1024, "k": 16}).'
-        )
-    try:
-        return TrainConfig.from_dict(values).validate()
-    except TypeError as error:
-        raise ConfigError(f"--config {path.name}: {error}.") from None
+        return TrainConfig.from_json(text).validate()
+    except ConfigError as error:
+        raise ConfigError(f"--config {path.name}: {error}") from None
 
 
 def submit_command(args: argparse.Namespace) -> int:
