@@ -7,8 +7,8 @@ each sub-command's handler, `<command>_command(args)`, returns the exit code.
 import argparse
 
 from sparsebin import training_cli
+from sparsebin.command import run_command
 from sparsebin.datasets import cli as datasets_cli
-from sparsebin.errors import run_command
 from sparsebin.interpret import cli as interpret_cli
 from sparsebin.interpret import report
 from sparsebin.jobs import cli as jobs_cli

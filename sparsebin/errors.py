@@ -1,13 +1,10 @@
 """The faults a user can cause, one class each; the message is the sentence to show.
 
-The command line (`run_command`) prints these as `error: <message>` and exits with status 2;
+The command line (`sparsebin.command.run_command`) prints these as `error: <message>` and exits with status 2;
 any other exception is a bug and keeps its traceback. Each is also a
 ValueError, since each reports a value (a setting, a file, a job id) that
 cannot be used.
 """
-
-import argparse
-import sys
 
 
 class SparsebinError(ValueError):
@@ -32,16 +29,3 @@ class JobError(SparsebinError):
 
 class PhraseError(SparsebinError):
     """A phrase cannot be encoded: it is empty, or the dataset has no model to embed it with."""
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed sub-command (`args.func`); a user's fault prints as `error: <sentence>` and gives 2.
-
-    Every other exception propagates with its traceback: it is a bug, and a
-    friendly line would hide it.
-    """
-    try:
-        return args.func(args)
-    except SparsebinError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from sparsebin.command import run_command
 from sparsebin.datasets.builtin import BUILTIN_DATASETS, build_dataset
 from sparsebin.datasets.importing import DEFAULT_MAX_BYTES, import_dataset
 from sparsebin.datasets.status import progress_writer, write_status
 from sparsebin.datasets.store import META_FILE
-from sparsebin.errors import DataError, run_command
+from sparsebin.errors import DataError
 
 
 def add_commands(subparsers) -> None:
