@@ -325,6 +325,23 @@ def expand_grid(base: TrainConfig, grid: dict[str, list]) -> list[TrainConfig]:
     return [base.replace(**dict(zip(names, combination, strict=True))) for combination in itertools.product(*choices)]
 
 
+def plan_grid(base: TrainConfig, grid: dict[str, list], n_rows: int) -> list[tuple[str, TrainConfig]]:
+    """(label, config) for every run of the grid, each checked against a data set of `n_rows` rows.
+
+    The label names the run's grid values (`n_bits=64 k=4`); a run that would be refused raises
+    ConfigError naming it, before anything is queued. The Train page, `submit` and the queue call this.
+    """
+    planned = []
+    for config in expand_grid(base, grid):
+        label = " ".join(f"{name}={getattr(config, name)}" for name in grid)
+        try:
+            config.validate(n_rows=n_rows)
+        except ConfigError as error:
+            raise ConfigError(f"the grid's run {label} would be refused: {error}") from None
+        planned.append((label, config))
+    return planned
+
+
 def _as_list(values) -> list:
     return list(values) if isinstance(values, list | tuple) else [values]
 

@@ -70,6 +70,16 @@ def test_submit_one_run_with_a_label_and_refuse_a_bad_one(capsys):
     assert len(Store().jobs()) == 1
 
 
+def test_submit_names_the_grid_run_that_would_be_refused_as_the_train_page_does(capsys):
+    make_dataset()
+    with pytest.raises(ConfigError) as refused:
+        run_command("submit", "tiny", "--n-bits", "8", "64", "--k", "4", "16", *TINY_FLAGS)
+    assert str(refused.value) == (
+        "the grid's run n_bits=8 k=16 would be refused: k must be smaller than n_bits, got k=16 and n_bits=8."
+    )
+    assert Store().jobs() == []  # nothing of the grid is queued
+
+
 def test_submit_takes_every_setting_train_takes(capsys):
     make_dataset()
     flags = ["--n-bits", "32", "--k", "4", "--val-fraction", "0.2", "--normalize", "false", "--rec-loss", "mse"]

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sparsebin import paths
-from sparsebin.config import TrainConfig, expand_grid, preset_of
+from sparsebin.config import TrainConfig, plan_grid, preset_of
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.devices import claimable_devices
 from sparsebin.errors import JobError
@@ -202,9 +202,8 @@ class Store:
 
     def submit_grid(self, dataset: str, base: TrainConfig, grid: dict[str, list]) -> list[Job]:
         """Queue one run per combination of the grid; all are checked before any is queued."""
-        configs = expand_grid(base, grid)
-        labels = [" ".join(f"{name}={getattr(config, name)}" for name in grid) for config in configs]
-        return self.submit_many(dataset, configs, labels)
+        planned = plan_grid(base, grid, count_rows(dataset))
+        return self.submit_many(dataset, [config for _, config in planned], [label for label, _ in planned])
 
     def submit_many(self, dataset: str, configs: list[TrainConfig], labels: list[str]) -> list[Job]:
         n_rows = count_rows(dataset)
