@@ -32,6 +32,7 @@ with the cosine.
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -143,11 +144,8 @@ class CodeIndex:
         self.n_bits = n_bits
         self.chunk_rows = chunk_rows
         self.sizes = active_counts(packed, chunk_rows).astype(np.float32)  # (M,) active bits per row
-        self._by_bit = by_bit
-        self._postings = None
-        self._words = None
-        self._by_size = None
-        self._size_groups = None
+        if by_bit is not None:
+            self.by_bit = by_bit  # fills the cached property below
         self._decoded: tuple[LinearDecoding, tuple[np.ndarray, np.ndarray]] | None = None  # the last decoding's rows
         self.bit_counts = np.diff(by_bit.indptr) if by_bit is not None else bit_counts(packed, n_bits)
         rows = max(len(packed), 1)
@@ -170,30 +168,24 @@ class CodeIndex:
     def __len__(self) -> int:
         return len(self.packed)
 
-    @property
+    @cached_property
     def by_size(self) -> np.ndarray:
         """Row indices ordered by active bits, ties by row: the Hamming order of rows sharing no bit."""
-        if self._by_size is None:
-            self._by_size = np.argsort(self.sizes, kind="stable").astype(np.int64)
-        return self._by_size
+        return np.argsort(self.sizes, kind="stable").astype(np.int64)
 
-    @property
+    @cached_property
     def size_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """(sizes, starts): the distinct row sizes, ascending, and where each begins in `by_size` (plus the end)."""
-        if self._size_groups is None:
-            ordered = self.sizes[self.by_size].astype(np.int32)
-            starts = np.flatnonzero(np.diff(ordered, prepend=-1)) if len(ordered) else np.zeros(0, np.int64)
-            self._size_groups = (ordered[starts], np.append(starts, len(ordered)).astype(np.int64))
-        return self._size_groups
+        ordered = self.sizes[self.by_size].astype(np.int32)
+        starts = np.flatnonzero(np.diff(ordered, prepend=-1)) if len(ordered) else np.zeros(0, np.int64)
+        return ordered[starts], np.append(starts, len(ordered)).astype(np.int64)
 
-    @property
+    @cached_property
     def by_bit(self) -> sp.csr_matrix:
         """(N, M) CSR of the codes, one row per bit: the inverted index of each bit's rows."""
-        if self._by_bit is None:
-            self._by_bit = codes_by_bit(self.packed, self.n_bits, self.chunk_rows)
-        return self._by_bit
+        return codes_by_bit(self.packed, self.n_bits, self.chunk_rows)
 
-    @property
+    @cached_property
     def postings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indptr, rows, frequent): per bit, the rows where it differs from its usual value.
 
@@ -202,28 +194,24 @@ class CodeIndex:
         longer than M / 2 and the always-on bits of unconverged runs cost
         nothing. `sparsebin.search._kernels` explains how the search uses them.
         """
-        if self._postings is None:
-            frequent = self.bit_counts > len(self) / 2
-            lists = []
-            for bit in range(self.n_bits):
-                fired = self.by_bit.indices[self.by_bit.indptr[bit] : self.by_bit.indptr[bit + 1]]
-                if frequent[bit]:
-                    off = np.ones(len(self), dtype=bool)
-                    off[fired] = False
-                    fired = np.flatnonzero(off)
-                lists.append(fired.astype(np.int32))
-            indptr = np.zeros(self.n_bits + 1, dtype=np.int64)
-            indptr[1:] = np.cumsum([len(rows) for rows in lists])
-            rows = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int32)
-            self._postings = (indptr, rows, frequent)
-        return self._postings
+        frequent = self.bit_counts > len(self) / 2
+        lists = []
+        for bit in range(self.n_bits):
+            fired = self.by_bit.indices[self.by_bit.indptr[bit] : self.by_bit.indptr[bit + 1]]
+            if frequent[bit]:
+                off = np.ones(len(self), dtype=bool)
+                off[fired] = False
+                fired = np.flatnonzero(off)
+            lists.append(fired.astype(np.int32))
+        indptr = np.zeros(self.n_bits + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(rows) for rows in lists])
+        rows = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int32)
+        return indptr, rows, frequent
 
-    @property
+    @cached_property
     def words(self) -> np.ndarray:
         """(M, ceil(N / 64)) uint64: the packed rows, zero-padded to whole words, for popcount."""
-        if self._words is None:
-            self._words = as_words(self.packed, self.chunk_rows)
-        return self._words
+        return as_words(self.packed, self.chunk_rows)
 
     def _intersections(self, query_bits: np.ndarray) -> np.ndarray:
         """(Q, N) 0/1 queries -> (Q, M) float32 counts of shared active bits."""
