@@ -4,7 +4,7 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
-from sparsebin.interpret.questions import run_name
+from sparsebin.interpret.comparison import run_name
 from sparsebin.jobs.queue import RESUMABLE, Status
 
 LIVE = (Status.QUEUED, Status.RUNNING)

@@ -16,7 +16,7 @@ from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, lo
 from sparsebin.datasets.status import seconds_left
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret import phrases
-from sparsebin.interpret.questions import run_name
+from sparsebin.interpret.comparison import run_name
 from sparsebin.jobs import activity
 from sparsebin.jobs.queue import Store
 from sparsebin.search import codes

@@ -7,7 +7,8 @@ import streamlit as st
 from pages import _shared
 from sparsebin import charts
 from sparsebin.health import convergence_word
-from sparsebin.interpret.questions import answer_questions, comparison_key, default_run, with_settings
+from sparsebin.interpret.comparison import comparison_key, with_settings
+from sparsebin.interpret.questions import answer_questions, default_run
 from sparsebin.interpret.report import TABLE_METRICS, report_for_store
 
 ALWAYS = ["dataset", "n_bits", "k", "epochs", "seed"]  # shown even where the picked runs agree

@@ -17,8 +17,8 @@ from sparsebin.config import (
     preset_config,
 )
 from sparsebin.errors import ConfigError, DataError
-from sparsebin.interpret.questions import STUDY, study_configs
 from sparsebin.search import elias_fano
+from sparsebin.study import STUDY, study_configs
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}

@@ -7,15 +7,9 @@ import pytest
 
 from sparsebin.config import TrainConfig, preset_config
 from sparsebin.interpret.bits import DepthAnalysis
-from sparsebin.interpret.questions import (
-    answer_questions,
-    answer_storage,
-    comparison_key,
-    controlled_groups,
-    default_run,
-    run_name,
-    study_configs,
-)
+from sparsebin.interpret.comparison import comparison_key, controlled_groups, run_name
+from sparsebin.interpret.questions import answer_questions, answer_storage, default_run
+from sparsebin.study import study_configs
 
 METRICS = {
     "recon_loss": 0.30,

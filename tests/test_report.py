@@ -9,9 +9,9 @@ import pytest
 from sparsebin.cli import main
 from sparsebin.config import TrainConfig
 from sparsebin.datasets import import_dataset
-from sparsebin.interpret.questions import study_configs
 from sparsebin.jobs.queue import Store
 from sparsebin.jobs.worker import run_worker
+from sparsebin.study import study_configs
 
 CATEGORIES = ["eye", "heart", "skin", "brain"]
 

@@ -3,7 +3,8 @@
 The input is a runs table as `Store.list_runs` gives it (one row per run: every
 setting, the validation metrics, bit health over all rows, convergence).
 
-Rules every answer keeps (a reviewer's rules):
+Rules every answer keeps (a reviewer's rules; `sparsebin.interpret.comparison`
+holds the machinery):
 - A question about a factor (loss distance, rounding, sparsity) compares only
   runs whose comparison key (`comparison_key`: every setting that can change a
   result) is the same but for that factor and the training seed.
@@ -21,16 +22,26 @@ Questions 4 (sign baseline), 5 and 6 are about one run the user names
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
-from sparsebin.config import DISTANCE_NAMES, REMEDY_FIELDS, TrainConfig, preset_of, remedy_changes
-from sparsebin.errors import ConfigError
 from sparsebin.health import CONVERGED_ACTIVE, CONVERGED_LOSS, HEALTH_COLUMNS, RARE_BELOW
+from sparsebin.interpret.comparison import (
+    Planned,
+    comparison_key,
+    contrast,
+    controlled_groups,
+    describe_setting,
+    distances_text,
+    finished,
+    plan_variants,
+    run_name,
+    spread,
+    with_settings,
+)
+from sparsebin.study import PAPER_SETTING, STUDY, is_paper_setting
 
 if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not need
     from sparsebin.interpret.bits import DepthAnalysis
@@ -46,50 +57,6 @@ QUESTIONS = (
 NEAR_K = 0.25  # "centred near K": the mean lies within 25 % of K
 SIGNIFICANT = 0.05  # a bit "means one thing" when its best category's FDR-corrected p-value is below this
 MIN_ACTIVE = RARE_BELOW  # bits firing for fewer concepts are rare and not judged for coherence
-# Settings that do not change what a run measures: the training seed is the replicate,
-# the device and the logging interval only change speed.
-NOT_IN_KEY = ("seed", "device", "log_every", "loss", "rec_loss", "sparsity_loss")
-
-# The method's ablation study, one setting per row: what the Train page's one-click study
-# queues and the report's ablation table lists. Each replaces one thing of the paper's setting.
-PAPER_SETTING = {"loss": "cosine", "rec_loss": None, "sparsity_loss": None, "rounding": "ste", "sparsity": "align"}
-STUDY = {
-    "paper setting": {},
-    "alignment MSE": {"sparsity_loss": "mse"},
-    "alignment L1": {"sparsity_loss": "l1"},
-    "reconstruction MSE (scale-fair)": {"rec_loss": "mse_sum"},
-    "reconstruction L1 (scale-fair)": {"rec_loss": "l1_sum"},
-    "both MSE": {"rec_loss": "mse_sum", "sparsity_loss": "mse"},
-    "both L1": {"rec_loss": "l1_sum", "sparsity_loss": "l1"},
-    "rounding none": {"rounding": "none"},
-    "rounding hard": {"rounding": "hard"},
-}
-
-
-def study_configs(base: TrainConfig, seeds: int = 3) -> list[tuple[str, TrainConfig]]:
-    """(label, config) for every setting of the study times `seeds` training seeds (0, 1, ...).
-
-    Everything but the studied setting comes from `base` (N, K, epochs, lr, ...),
-    so the runs pair up as controlled comparisons; seeds run in the outer loop,
-    so a study stopped early still holds one run of every setting.
-    """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"the study needs at least one seed, got {seeds!r}.")
-    paper = base.replace(**PAPER_SETTING)
-    return [
-        (f"{name} seed={seed}", paper.replace(seed=seed, **changes))
-        for seed in range(seeds)
-        for name, changes in STUDY.items()
-    ]
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A run an answer needs and the selection lacks."""
-
-    dataset: str
-    config: TrainConfig
-    label: str
 
 
 @dataclass(frozen=True)
@@ -98,171 +65,6 @@ class Answer:
     question: str
     answer: str
     to_queue: tuple[Planned, ...] = ()  # runs that would let this question be answered (or answered better)
-
-
-def run_name(run: Mapping) -> str:
-    """A run's label, or its settings when it has none: the one title every page uses.
-
-    Unlabelled, a run of the recommended preset is called so; any other run is
-    named by its loss, rounding and sparsity and each remedy setting it changed,
-    so that rigid TopK alone and the preset, or a run with and without a
-    centre, never share a title. `run` is a runs-table row or any mapping with
-    label, loss, rounding, sparsity, n_bits and k (a remedy setting it lacks
-    counts as off).
-    """
-    label = run.get("label")
-    if isinstance(label, str) and label:
-        return label
-    size = f"N={int(run['n_bits'])} K={int(run['k'])}"
-    if preset_of(run) == "recommended":
-        return f"recommended {size}"
-    changed = "".join(f" {name}={value}" for name, value in remedy_changes(run).items())
-    return f"{run['loss']}/{run['rounding']}/{run['sparsity']}{changed} {size}"
-
-
-def finished(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs that have metrics (a queued or failed run has NaN in recon_loss)."""
-    return runs[runs["recon_loss"].notna()] if len(runs) else runs
-
-
-def with_settings(runs: pd.DataFrame) -> pd.DataFrame:
-    """The table with every column the comparison key needs; older tables get the defaults' values."""
-    runs = runs.copy()
-    defaults = TrainConfig().to_dict()
-    for name, value in defaults.items():
-        if name not in runs.columns:
-            runs[name] = value
-    if "reconstruction_distance" not in runs.columns:
-        runs["reconstruction_distance"] = [_distance(row, "rec_loss") for _, row in runs.iterrows()]
-    if "alignment_distance" not in runs.columns:
-        runs["alignment_distance"] = [_distance(row, "sparsity_loss") for _, row in runs.iterrows()]
-    for column in ("dataset", "n_rows", "converged", *HEALTH_COLUMNS):
-        if column not in runs.columns:
-            runs[column] = "" if column == "dataset" else math.nan
-    return runs
-
-
-def _distance(row: pd.Series, override: str) -> str:
-    value = row[override]
-    return value if isinstance(value, str) and value else row["loss"]
-
-
-def comparison_key(runs: pd.DataFrame | None = None) -> list[str]:
-    """Every column that can change a run's result: the dataset and its row count, and every
-    training setting but the seed, the device and the logging interval, with the two loss
-    terms' distances resolved (`loss` with its overrides)."""
-    settings = [field.name for field in dataclasses.fields(TrainConfig) if field.name not in NOT_IN_KEY]
-    return ["dataset", "n_rows", *settings, "reconstruction_distance", "alignment_distance"]
-
-
-def is_paper_setting(runs: pd.DataFrame) -> pd.Series:
-    """Cosine in both terms, pass-through round, the alignment term, and every remedy off
-    (a "recommended" run is not the paper's setting)."""
-    paper = (
-        (runs["alignment_distance"] == "cosine")
-        & (runs["reconstruction_distance"] == "cosine")
-        & (runs["rounding"] == "ste")
-        & (runs["sparsity"] == "align")
-    )
-    defaults = TrainConfig().to_dict()
-    for name in sorted(REMEDY_FIELDS & set(runs.columns)):
-        paper &= runs[name].map(lambda value, default=defaults[name]: value == default)
-    return paper
-
-
-def controlled_groups(runs: pd.DataFrame, factor: list[str]) -> list[pd.DataFrame]:
-    """Groups of runs identical in every key setting but `factor` (and the seed), with at least
-    two values of the factor: the only sets a factor's effect may be read from."""
-    if not len(runs):
-        return []
-    shared = [column for column in comparison_key() if column not in factor]
-    keyed = runs.assign(**{column: runs[column].map(_hashable) for column in shared})
-    groups = []
-    for _, group in keyed.groupby(shared, dropna=False, sort=False):
-        if len(group[factor].drop_duplicates()) >= 2:
-            groups.append(runs.loc[group.index])
-    return groups
-
-
-def _hashable(value):
-    """NaN and None as one value, so runs lacking a fact (older runs) still group together."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "(unknown)"
-    return value
-
-
-def describe_setting(run: pd.Series, skip: tuple[str, ...] = ()) -> str:
-    """What a group of runs shares, in words: the key settings, non-default ones spelled out."""
-    parts = [f"{run['dataset']}" if run["dataset"] else "", f"N={int(run['n_bits'])}", f"K={int(run['k'])}"]
-    shown = {"n_bits", "k", "dataset", "n_rows", "loss", "rec_loss", "sparsity_loss", *skip}
-    always = ("alpha", "epochs", "lr", "batch_size")
-    if "alignment_distance" not in skip and "reconstruction_distance" not in skip:
-        parts.append(f"loss {distances_text(run)}")
-    for name in ("rounding", "sparsity"):
-        if name not in skip:
-            parts.append(f"{name} {run[name]}")
-    defaults = TrainConfig().to_dict()
-    for name in [*always, *(name for name in defaults if name not in always)]:
-        if name in shown or name in NOT_IN_KEY or name in ("rounding", "sparsity"):
-            continue
-        if name in always or run[name] != defaults[name]:
-            parts.append(f"{name} {run[name]:g}" if isinstance(run[name], float) else f"{name} {run[name]}")
-    return " ".join(part for part in parts if part)
-
-
-def distances_text(run: Mapping) -> str:
-    """The two terms' distances, named with their form: "alignment X, reconstruction Y"."""
-    alignment, reconstruction = run["alignment_distance"], run["reconstruction_distance"]
-    if alignment == reconstruction:
-        return f"{DISTANCE_NAMES.get(alignment, alignment)} (both terms)"
-    return (
-        f"alignment {DISTANCE_NAMES.get(alignment, alignment)}, "
-        f"reconstruction {DISTANCE_NAMES.get(reconstruction, reconstruction)}"
-    )
-
-
-@dataclass(frozen=True)
-class Spread:
-    """One metric over the seeds of one setting."""
-
-    mean: float
-    sd: float
-    n: int
-
-    def text(self, digits: int = 3) -> str:
-        if self.n == 0 or math.isnan(self.mean):
-            return "n/a"
-        if self.n == 1:
-            return f"{self.mean:.{digits}f} (n=1)"
-        return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f} (n={self.n})"
-
-
-def spread(values: pd.Series) -> Spread:
-    """Mean, sample sd and count of the known values (NaN left out)."""
-    known = pd.to_numeric(values, errors="coerce").dropna()
-    if not len(known):
-        return Spread(math.nan, math.nan, 0)
-    return Spread(float(known.mean()), float(known.std(ddof=1)) if len(known) > 1 else 0.0, len(known))
-
-
-def differs(a: Spread, b: Spread) -> bool | None:
-    """True when both have two or more seeds and their mean ± sd ranges do not overlap, False when
-    they overlap (no difference beyond the seed spread), None when a spread is unknown."""
-    if a.n < 2 or b.n < 2:
-        return None
-    return abs(a.mean - b.mean) > a.sd + b.sd
-
-
-def contrast(a: Spread, b: Spread, what: str, digits: int = 3) -> str:
-    """A clause comparing a setting (a) with the reference (b) on one metric."""
-    verdict = differs(a, b)
-    delta = a.mean - b.mean
-    if verdict is None:
-        return f"{what} {a.text(digits)} against {b.text(digits)} (spread unknown with one seed, no verdict)"
-    if not verdict:
-        return f"{what} {a.text(digits)} against {b.text(digits)}, no difference beyond the seed spread"
-    direction = "higher" if delta > 0 else "lower"
-    return f"{what} {a.text(digits)} against {b.text(digits)}, {direction} by {abs(delta):.{digits}f}"
 
 
 def converged_note(runs: pd.DataFrame) -> str:
@@ -281,40 +83,6 @@ def _flag(value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return bool(value)
-
-
-def config_of(run: pd.Series) -> TrainConfig:
-    """The TrainConfig a runs-table row was trained with (numpy scalars and NaN turned back)."""
-    values = {}
-    for field in dataclasses.fields(TrainConfig):
-        value = run.get(field.name, field.default)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            value = None if field.default is None else field.default
-        elif isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(field.default, bool):
-            value = bool(value)
-        elif isinstance(field.default, int) and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        values[field.name] = value
-    return TrainConfig(**values)
-
-
-def plan_variants(references: pd.DataFrame, variants: dict[str, dict], present: pd.DataFrame) -> tuple[Planned, ...]:
-    """Runs to queue: each reference run's config with each variant's changes, unless a run with
-    that exact config (seed included) on the same data is already among `present`."""
-    have = {(row["dataset"], _hashable(row.get("n_rows")), config_of(row)) for _, row in present.iterrows()}
-    planned, seen = [], set()
-    for _, reference in references.iterrows():
-        base = config_of(reference)
-        for name, changes in variants.items():
-            config = base.replace(**changes)
-            key = (reference["dataset"], _hashable(reference.get("n_rows")), config)
-            if key in have or key in seen:
-                continue
-            seen.add(key)
-            planned.append(Planned(str(reference["dataset"]), config, f"{name} seed={config.seed}"))
-    return tuple(planned)
 
 
 def queue_text(planned: tuple[Planned, ...]) -> str:

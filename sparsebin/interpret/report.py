@@ -27,19 +27,10 @@ from sparsebin.datasets import load_dataset
 from sparsebin.errors import DataError, JobError, RunFileError
 from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS, convergence_word
 from sparsebin.interpret import bits as interpret
-from sparsebin.interpret.questions import (
-    STUDY,
-    Answer,
-    answer_questions,
-    comparison_key,
-    default_run,
-    distances_text,
-    finished,
-    run_name,
-    spread,
-    with_settings,
-)
+from sparsebin.interpret.comparison import comparison_key, distances_text, finished, run_name, spread, with_settings
+from sparsebin.interpret.questions import Answer, answer_questions, default_run
 from sparsebin.jobs.queue import Store
+from sparsebin.study import STUDY
 
 # (runs-table column, table header naming the part it was measured on, decimals)
 TABLE_METRICS = (
