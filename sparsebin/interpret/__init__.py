@@ -1,1 +1,1 @@
-"""What bits mean: bit profiles and concept views, ontology labels and coherence, the six questions."""
+"""What bits mean: bit profiles and concept views, ontology labels and coherence, comparing runs, the six questions."""
