@@ -4,7 +4,8 @@ The paper's setting is the `paper` preset (`sparsebin.config.PRESETS`): the pape
 both loss terms, the pass-through round, the alignment term) with every remedy off, whatever its size
 and schedule. `PAPER` is that preset's config, and everything here that names the paper's setting
 derives from it and from `preset_of`, so the study, the questions' choice of the paper's runs and the
-runs table's preset column cannot disagree.
+runs table's preset column cannot disagree: a run of the paper's setting is always of the `paper`
+preset, which also holds the paper's own ablations of loss and rounding.
 """
 
 import pandas as pd
