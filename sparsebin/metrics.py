@@ -222,13 +222,13 @@ def firing_metrics(firing: np.ndarray) -> dict:
 
 def storage_metrics(n_bits: int, active: np.ndarray, d_in: int) -> dict:
     """Bits per vector as a bitmap, as a plain list of active indices (ceil(log2 N) bits each) and as an
-    Elias-Fano coded list (`sparsebin.search.elias_fano`, what `export` writes), against float32;
-    `active` holds each row's active count."""
+    Elias-Fano coded list as `export` stores it (`sparsebin.search.elias_fano`: the stream and, when counts
+    vary, the row offsets), against float32; `active` holds each row's active count."""
     active = np.asarray(active)
     active_mean = float(active.mean()) if len(active) else 0.0
     float_bits = 32 * d_in
     index_bits = active_mean * math.ceil(math.log2(n_bits)) if n_bits > 1 else active_mean
-    coded_bits = 8 * float(elias_fano.row_bytes(active, n_bits).mean()) if len(active) else 0.0
+    coded_bits = 8 * elias_fano.stored_row_bytes(active, n_bits)  # as the file stores it, offsets and all
     return {
         "bits_bitmap": n_bits,
         "bits_index_list": index_bits,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from sparsebin.errors import DataError
+from sparsebin.metrics import storage_metrics
 from sparsebin.search import elias_fano
 from sparsebin.search.codes import pack_bits
 
@@ -108,3 +109,19 @@ def test_a_damaged_stream_names_the_row_that_does_not_decode():
     too_many = elias_fano.EliasFanoCodes(coded.stream, coded.starts, 64, 40)  # a count the rows do not hold
     with pytest.raises(DataError, match="row 0 of the Elias-Fano codes is damaged"):
         elias_fano.decode(too_many)
+
+
+@pytest.mark.parametrize("varying", [False, True])
+def test_the_size_a_run_reports_is_what_the_exported_file_holds_a_row(tmp_path, varying):
+    """Codes whose counts vary store M + 1 row offsets beside the stream (4 bytes a row): the reported
+    Elias-Fano size counts them; codes of one count need none. Only the file's few fixed fields differ."""
+    rng = np.random.default_rng(1)
+    n_rows, n_bits = 4000, 4096
+    counts = rng.integers(20, 45, size=n_rows) if varying else np.full(n_rows, 32)
+    packed = pack_bits(random_codes(rng, n_rows, n_bits, counts))
+    elias_fano.save(tmp_path / "codes.npz", elias_fano.encode(packed, n_bits))
+    on_disk = (tmp_path / "codes.npz").stat().st_size
+    reported = storage_metrics(n_bits, counts, 384)["bits_elias_fano"] / 8
+    assert 0 < on_disk - reported * n_rows < 2048  # the fixed fields and the .npz headers: under 2 KiB in all
+    stream_only = elias_fano.row_bytes(counts, n_bits).mean()
+    assert reported - stream_only == pytest.approx(4.0 if varying else 0.0, abs=0.01)

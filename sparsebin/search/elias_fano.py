@@ -50,9 +50,13 @@ class EliasFanoCodes:
 
     @property
     def bytes_per_row(self) -> float:
-        """The stream's mean bytes per row. Not counted: the row offsets, which `save` writes only when
-        counts vary (4 bytes a row then; rows of one count are one size and need none)."""
+        """The stream's mean bytes per row, without the row offsets (see `stored_bytes_per_row`)."""
         return float(self.starts[-1] / len(self)) if len(self) else 0.0
+
+    @property
+    def stored_bytes_per_row(self) -> float:
+        """Mean bytes a row takes in the file `save` writes: its stream and its share of the row offsets."""
+        return stored_bytes_per_row(np.diff(self.starts), varying=self.count is None)
 
 
 def count_bits(n_bits: int) -> int:
@@ -73,6 +77,27 @@ def row_bytes(counts: np.ndarray, n_bits: int) -> np.ndarray:
     if len(counts) and (counts != counts[0]).any():
         bits = bits + count_bits(n_bits)
     return (bits + 7) // 8
+
+
+def stored_bytes_per_row(sizes: np.ndarray, varying: bool) -> float:
+    """Mean bytes a row takes as `save` stores it, from each row's stream bytes `sizes`: the stream, plus,
+    when counts vary, the M + 1 byte offsets that find each row (uint32 while the stream is under 4 GiB,
+    else int64); rows of one count are all one size and need no offsets. The file's few fixed fields
+    (format, N, row count) are left out: they do not grow with the rows."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if not len(sizes):
+        return 0.0
+    total = int(sizes.sum())
+    if varying:
+        total += (len(sizes) + 1) * (4 if total < 2**32 else 8)
+    return total / len(sizes)
+
+
+def stored_row_bytes(counts: np.ndarray, n_bits: int) -> float:
+    """Mean bytes a row of codes with these active counts takes in the file `save` writes
+    (`stored_bytes_per_row` of their `row_bytes`): the size "equal storage" compares."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return stored_bytes_per_row(row_bytes(counts, n_bits), varying=bool(len(counts) and (counts != counts[0]).any()))
 
 
 def largest_count(n_bits: int, n_bytes: float) -> int:
