@@ -119,6 +119,7 @@ def train_command(args: argparse.Namespace) -> int:
     print(f"run folder: {out}")
     print(summary(metrics))
     health = full.get("bit_health", {})
+    print(f"bit health over all {len(embeddings)} rows:")
     for key, label in HEALTH_LABELS.items():
         print(f"{health.get(key)!s:>8}  {label}")
     state = full.get("convergence", {})
@@ -140,9 +141,13 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def summary(metrics: dict) -> str:
-    """The headline metrics, one per line."""
+    """The headline metrics, one per line, each naming the part of the rows it was measured on."""
+    split = metrics.get("split")
+    part = f"{split} part, {metrics.get('n_rows')} rows"
+    searched = f"{metrics.get('n_queries')} queries of the {split} part against {metrics.get('n_index_rows')} rows"
     lines = []
-    for key in ("split", "n_rows", *HEADLINE_METRICS):
+    for key in HEADLINE_METRICS:
         value = metrics.get(key)
-        lines.append(f"{key:>24}  {value:.4f}" if isinstance(value, float) else f"{key:>24}  {value}")
+        shown = f"{value:.4f}" if isinstance(value, float) else f"{value}"
+        lines.append(f"{key:>24}  {shown:<10}  ({searched if key.startswith('recall_') else part})")
     return "\n".join(lines)

@@ -33,7 +33,12 @@ def test_train_writes_a_complete_run_folder_and_eval_reads_it(tmp_path, capsys):
     assert codes.shape == (300, 4) and codes.dtype == np.uint8  # 32 bits packed in 4 bytes per concept
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert history[-1]["epoch"] == 2
-    assert "recon_loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert lines["recon_loss"].endswith("(validation part, 30 rows)")  # every count names its part
+    assert lines["dead_bits"].endswith("(validation part, 30 rows)")
+    assert lines["recall_at_10_hamming"].endswith("(30 queries of the validation part against 300 rows)")
+    assert "bit health over all 300 rows:" in out
 
     assert main(["eval", str(run), str(data), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
