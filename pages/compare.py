@@ -20,7 +20,7 @@ METRICS |= {
 }
 
 
-def pick_submission(table, ids_of) -> None:
+def pick_submission(ids_of) -> None:
     """Set the run picker to every run of the chosen submission (runs queued together share created_at)."""
     st.session_state["compare_runs"] = ids_of[st.session_state["compare_submission"]]
 
@@ -47,7 +47,7 @@ submissions = {
 }
 left, right = st.columns([3, 1])
 left.selectbox("Submission (runs queued together, e.g. a grid or a study)", list(submissions), key="compare_submission")
-right.button("Pick all its runs", key="pick_submission", on_click=pick_submission, args=(table, submissions))
+right.button("Pick all its runs", key="pick_submission", on_click=pick_submission, args=(submissions,))
 picked = st.multiselect("Runs", list(titles), default=list(titles)[:4], format_func=titles.get, key="compare_runs")
 picked = [run_id for run_id in picked if run_id in titles]
 if not picked:

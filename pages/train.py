@@ -10,10 +10,11 @@ from sparsebin.config import (
     PRESETS,
     ROUNDINGS,
     SETTING_CHOICES,
+    SETTING_KINDS,
     SPARSITIES,
     TrainConfig,
-    expand_grid,
     parse_grid,
+    plan_grid,
     preset_config,
 )
 from sparsebin.errors import ConfigError, DataError
@@ -37,64 +38,71 @@ chosen_data = next(item for item in _shared.datasets() if item["name"] == name)
 count = chosen_data["count"]
 defaults = TrainConfig()
 
-FORM_FIELDS = ("n_bits", "k", "alpha", "loss", "rounding", "sparsity", "epochs", "batch_size", "lr", "seed")
+# The form's settings, four to a row: (setting, label, widget, the widget's options). Defaults come from TrainConfig.
+DISTANCE_CHOICES = {None: "as loss", **DISTANCE_NAMES}
+FORM = (
+    ("n_bits", "N (bits)", "number_input", {"min_value": 1, "max_value": 65536}),
+    ("k", "K (target active bits)", "number_input", {"min_value": 1, "max_value": 65536}),
+    ("alpha", "alpha", "number_input", {"min_value": 0.0, "max_value": 100.0}),
+    ("loss", "loss", "selectbox", {"options": LOSSES}),
+    ("rounding", "rounding", "selectbox", {"options": ROUNDINGS, "format_func": ROUNDING_NAMES.get}),
+    ("sparsity", "sparsity", "selectbox", {"options": SPARSITIES, "format_func": SPARSITY_NAMES.get}),
+    ("epochs", "epochs", "number_input", {"min_value": 1, "max_value": 10000}),
+    ("batch_size", "batch", "number_input", {"min_value": 1, "max_value": 1_000_000}),
+    ("lr", "lr", "number_input", {"min_value": 0.0, "max_value": 1.0, "format": "%.4f"}),
+    ("seed", "seed", "number_input", {"min_value": 0, "max_value": 2**31 - 1}),
+    ("device", "device", "selectbox", {"options": ("auto", "cpu", "cuda", "mps")}),
+    (
+        "rec_loss",
+        "reconstruction distance",
+        "selectbox",
+        {"options": list(DISTANCE_CHOICES), "format_func": DISTANCE_CHOICES.get},
+    ),
+    (
+        "sparsity_loss",
+        "alignment distance",
+        "selectbox",
+        {"options": list(DISTANCE_CHOICES), "format_func": DISTANCE_CHOICES.get},
+    ),
+)
 
 
 def show_preset() -> None:
     """Put the chosen preset's values into the form's fields that a preset sets (its size and sparsity scheme)."""
     chosen = preset_config(st.session_state["preset"])
-    for field in set(FORM_FIELDS) & set().union(*PRESETS.values()):
+    for field in {field for field, *_ in FORM} & set().union(*PRESETS.values()):
         st.session_state[field] = getattr(chosen, field)
+
+
+def form_widget(column, field: str, label: str, widget: str, options: dict):
+    """One setting's widget, starting at TrainConfig's default; a number comes back as the setting's kind."""
+    default = getattr(defaults, field)
+    if widget == "selectbox":
+        return column.selectbox(label, index=list(options["options"]).index(default), key=field, **options)
+    return SETTING_KINDS[field](column.number_input(label, value=default, key=field, **options))
 
 
 preset = st.selectbox("preset", list(PRESETS), format_func=PRESET_NAMES.get, key="preset", on_change=show_preset)
 settings = ", ".join(f"{field}={value}" for field, value in PRESETS[preset].items()) or "every remedy off"
 st.caption(f"The preset's settings: {settings}. The settings below apply on top of it.")
 
-with st.form("train_form"):
-    a, b, c, d = st.columns(4)
-    n_bits = a.number_input("N (bits)", 1, 65536, defaults.n_bits, key="n_bits")
-    k = b.number_input("K (target active bits)", 1, 65536, defaults.k, key="k")
-    alpha = c.number_input("alpha", 0.0, 100.0, defaults.alpha, key="alpha")
-    loss = d.selectbox("loss", LOSSES, key="loss")
-    rounding = a.selectbox("rounding", ROUNDINGS, format_func=ROUNDING_NAMES.get, key="rounding")
-    sparsity = b.selectbox("sparsity", SPARSITIES, format_func=SPARSITY_NAMES.get, key="sparsity")
-    epochs = c.number_input("epochs", 1, 10000, defaults.epochs, key="epochs")
-    batch_size = d.number_input("batch", 1, 1_000_000, defaults.batch_size, key="batch_size")
-    lr = a.number_input("lr", 0.0, 1.0, defaults.lr, format="%.4f", key="lr")
-    seed = b.number_input("seed", 0, 2**31 - 1, defaults.seed, key="seed")
-    device = c.selectbox("device", ["auto", "cpu", "cuda", "mps"], key="device")
-    label = d.text_input("label (optional)", key="label")
-    named = {None: "as loss", **DISTANCE_NAMES}
-    rec_loss = a.selectbox("reconstruction distance", list(named), format_func=named.get, key="rec_loss")
-    sparsity_loss = b.selectbox("alignment distance", list(named), format_func=named.get, key="sparsity_loss")
+with st.form("train_form", enter_to_submit=False):  # Enter in a number field only moves on
+    columns = st.columns(4)
+    chosen = {
+        field: form_widget(columns[place % 4], field, label, widget, options)
+        for place, (field, label, widget, options) in enumerate(FORM)
+    }
+    label = columns[len(FORM) % 4].text_input("label (optional)", key="label")
     submitted = st.form_submit_button("Queue run", key="submit_run")
     st.caption(
-        "One-click study of the method's ablations at these N, K, epochs and other settings: "
-        + ", ".join(STUDY)
-        + " (MSE/L1 in the reconstruction term as the scale-fair per-row sum), each for training seeds 0, 1, ...; "
-        "the split seed stays fixed, so every run is scored on the same held-out rows."
+        f"One-click study of the method's ablations at these settings: {', '.join(STUDY)}, "
+        "each for training seeds 0, 1, ...; every run is scored on the same held-out rows."
     )
     left, right = st.columns([1, 3])
     seeds = left.number_input("training seeds", 1, 20, 3, key="study_seeds")
     study_submitted = right.form_submit_button("Queue the study", key="submit_study")
 
-config = preset_config(
-    preset,
-    n_bits=int(n_bits),
-    k=int(k),
-    alpha=float(alpha),
-    loss=loss,
-    rec_loss=rec_loss,
-    sparsity_loss=sparsity_loss,
-    rounding=rounding,
-    sparsity=sparsity,
-    epochs=int(epochs),
-    batch_size=int(batch_size),
-    lr=float(lr),
-    seed=int(seed),
-    device=device,
-)
+config = preset_config(preset, **chosen)
 if submitted:
     try:
         job = _shared.store().submit(name, config.validate(n_rows=count), label=label)
@@ -134,13 +142,7 @@ with st.expander("Ablation grid: every combination of the listed values, on top 
             typo = True
     if grid and not typo:
         try:
-            planned = expand_grid(config, grid)
-            for planned_config in planned:
-                try:
-                    planned_config.validate(n_rows=count)
-                except ConfigError as error:
-                    which = " ".join(f"{setting}={getattr(planned_config, setting)}" for setting in grid)
-                    raise ConfigError(f"the grid's run {which} would be refused: {error}") from None
+            planned = plan_grid(config, grid, count)
             st.write(f"This grid queues **{len(planned)}** runs.")
             if st.button(f"Queue {len(planned)} runs", key="submit_grid"):
                 jobs = _shared.store().submit_grid(name, config, grid)
@@ -160,11 +162,7 @@ with st.expander("How many active bits fit in a byte budget"):
     st.dataframe(elias_fano.counts_within(int(budget)), hide_index=True)
     st.caption(
         "The largest K for each N when every concept has exactly K active bits (rigid TopK, the recommended "
-        "preset): stored as a plain list of ceil(log2 N)-bit indices, or Elias-Fano coded (what `export` writes "
-        "as codes_elias_fano.npz; the runs table's bits_elias_fano). Measured at 48 bytes, the size of sign bits "
-        "of 384 dimensions (README): with the recommended preset, N=8192, K=40 and N=4096, K=44 both beat sign "
-        "bits by Hamming, Jaccard and asymmetric recall on HPO and on HPO + ICD-10-CM; N=4096, K=44 searches "
-        "more slowly (each query walks M K^2 / N postings)."
+        "preset), as a plain list of ceil(log2 N)-bit indices or Elias-Fano coded (what `export` writes)."
     )
 
 _jobs.job_list()
