@@ -15,12 +15,13 @@ table = _shared.bit_table(run["run_id"], run["dataset"])
 live = int((table["n_active"] > 0).sum())
 st.caption(
     f"{live} of {len(table)} bits fire for at least one concept (over all rows); sort by any column. label: the "
-    "most specific ancestor covering half or more of the bit's concepts, with its share; corrected coherence: "
-    "precision above chance minus its mean for random sets of the bit's size (about 0 at random); q: the "
-    "category's enrichment p-value, false-discovery corrected across bits."
+    "ontology node whose concepts best match the bit's (F1, ancestor_f1), with the share of the bit's concepts "
+    "under it and the share of its own concepts where the bit fires; corrected coherence: precision above "
+    "chance minus its mean for random sets of the bit's size (about 0 at random); q: the category's enrichment "
+    "p-value, false-discovery corrected across bits."
 )
-columns = ["bit", "label", "category", "corrected_coherence", "q_value", "precision", "category_size", "n_active"]
-st.dataframe(table[columns + ["coherence", "firing_rate"]], hide_index=True, height=260, key="bit_table")
+columns = ["bit", "label", "ancestor_f1", "category", "corrected_coherence", "q_value", "precision", "category_size"]
+st.dataframe(table[[*columns, "n_active", "coherence", "firing_rate"]], hide_index=True, height=260, key="bit_table")
 
 ranked = _shared.ranked_bits(run["run_id"], run["dataset"])  # cleanest bits firing for 5+ concepts first
 wanted = st.query_params.get("bit")
@@ -35,11 +36,12 @@ def bit_dashboard(run_id: str, dataset_name: str, n_bits: int, first: int) -> No
     profile = _shared.bit_profile(run_id, dataset_name, bit)
     label = profile.label
     corrected = "n/a" if math.isnan(label.corrected_coherence) else f"{label.corrected_coherence:.2f}"  # dead bit
+    fit = "" if math.isnan(label.ancestor_f1) else f"; its label matches its concepts with F1 {label.ancestor_f1:.2f}"
     st.subheader(f"Bit {bit}: {label.label or 'no clear label'}")
     st.caption(
         f"Fires for {profile.n_active:,} concepts ({profile.firing_rate:.3%} of all rows); category "
         f"{label.category or '-'} ({label.precision:.0%} of its concepts, category of {label.category_size:,}); "
-        f"coherence corrected for chance and size {corrected} (q = {label.q_value:.2g})."
+        f"coherence corrected for chance and size {corrected} (q = {label.q_value:.2g}){fit}."
     )
     left, right = st.columns(2)
     left.markdown("**Top concepts** (largest logit)")

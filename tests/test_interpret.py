@@ -37,7 +37,7 @@ from sparsebin.interpret.bits import (
     find_concepts,
     rank_bits,
 )
-from sparsebin.interpret.ontology import best_labels, category_index
+from sparsebin.interpret.ontology import ancestor_index, best_ancestors, best_labels, category_index
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.search.codes import pack_bits
 
@@ -100,10 +100,12 @@ def ctx() -> RunContext:
     return RunContext("hand", config, model, codes, make_concepts(), embeddings, N_BITS)
 
 
-def test_bit_table_labels_each_bit_with_its_category_and_covering_ancestor(ctx):
+def test_bit_table_labels_each_bit_with_its_category_and_best_matching_node(ctx):
     table = bit_table(ctx).set_index("bit")
     assert list(table.index) == list(range(N_BITS))
-    assert table.loc[0, "label"] == "Heart anomaly, 100 % of 3"  # the covering ancestor with its share
+    # The label is the node whose descendants match the bit's concepts best by F1, with both shares (it was
+    # "Heart anomaly, 100 % of 3", the most specific ancestor covering half, before labels were chosen by F1).
+    assert table.loc[0, "label"] == "Heart anomaly, 100 % of 3, 60 % of its 5"
     assert table.loc[0, ["category", "precision", "recall", "ancestor_id", "ancestor_share", "coherence"]].tolist() == [
         "Heart",
         1.0,
@@ -112,15 +114,20 @@ def test_bit_table_labels_each_bit_with_its_category_and_covering_ancestor(ctx):
         1.0,
         1.0,
     ]
+    assert table.loc[0, ["ancestor_recall", "ancestor_f1", "ancestor_size"]].tolist() == [3 / 5, 0.75, 5]
     assert table.loc[0, "firing_rate"] == pytest.approx(3 / 14)
     assert (table.loc[1, "category"], table.loc[1, "ancestor_id"]) == ("Heart", "A")  # A1, A2 of A1, A2, B1
     assert table.loc[1, "precision"] == pytest.approx(2 / 3)
     assert table.loc[1, "coherence"] == pytest.approx((2 / 3 - 5 / 14) / (1 - 5 / 14))
+    # A (2 of 3, F1 0.5) ties with the single concepts A2 and B1 (1 of 3, F1 0.5): the node covering more wins.
     assert table.loc[1, "ancestor_share"] == pytest.approx(2 / 3)
-    assert table.loc[5, "ancestor_id"] == "A1"  # fires on A1 and its child: A1 covers both
-    assert table.loc[4, "ancestor_id"] == "A1a"  # one concept: only it qualifies
-    assert table.loc[7, "ancestor_name"] == "Lung anomaly"  # B1 and C1, whose second parent is B
+    assert table.loc[5, "ancestor_id"] == "A1"  # fires on A1 and its child: A1 is exactly its set, F1 1
+    assert table.loc[4, "ancestor_id"] == "A1a"  # one concept, a leaf: itself
+    # B1 and C1 (C1's second parent is B): by F1, B1 alone (2/3) matches better than B (4 of its 5: 4/7),
+    # so the label is now "Asthma", not "Lung anomaly" as the most specific covering ancestor gave.
+    assert table.loc[7, "ancestor_name"] == "Asthma"
     assert table.loc[6, "n_active"] == 0 and pd.isna(table.loc[6, "label"]) and np.isnan(table.loc[6, "coherence"])
+    assert table.loc[6, "ancestor_level"] == 0  # a dead bit has no node
 
 
 def test_two_threads_asking_for_the_bit_table_at_once_build_it_once(monkeypatch):
@@ -160,9 +167,37 @@ def test_a_bit_at_chance_in_every_category_gets_no_label():
     assert labels.loc[1, "category"] == "eye" and labels.loc[1, "coherence"] == pytest.approx(1 / 3)
 
 
-def test_a_higher_share_climbs_to_a_broader_ancestor(ctx):
-    assert bit_table(ctx, min_share=0.9).loc[1, "ancestor_id"] == "R"
-    assert bit_table(ctx).loc[1, "ancestor_id"] == "A"  # the default table is cached apart
+def test_the_best_matching_node_is_no_broader_than_the_bit_and_follows_every_parent():
+    concepts = make_concepts()
+    rows = {concept_id: row for row, concept_id in enumerate(concepts["id"])}
+    sets = [
+        ["A", "A1", "A2", "A3", "A1a", "B1"],  # A's branch and one stray: A (F1 10/11), not R covering all six
+        ["B1", "B2", "B3", "C1"],  # all under B only through C1's second parent
+        ["R", "A", "A1", "A2", "A3", "A1a", "B", "B1", "B2", "B3", "C", "C1", "C2"],  # the whole tree: its root
+    ]
+    members = sp.csr_matrix(
+        (
+            np.ones(sum(map(len, sets)), np.float32),
+            ([i for i, s in enumerate(sets) for _ in s], [rows[c] for s in sets for c in s]),
+        ),
+        shape=(len(sets), len(concepts)),
+    )
+    labels = best_ancestors(members, ancestor_index(concepts))
+    assert labels["ancestor_id"].tolist() == ["A", "B", "R"]
+    assert labels["ancestor_share"].tolist() == [5 / 6, 1.0, 1.0]
+    assert labels["ancestor_f1"].tolist() == pytest.approx([10 / 11, 8 / 9, 1.0])
+
+
+def test_levels_mark_roots_and_category_heads_top_level(ctx):
+    levels = dict(zip(ctx.ancestors.ids, ctx.ancestors.levels, strict=True))
+    # R is the root; A, B, C head their categories; X's only parent lies outside the table, which makes
+    # both X (the head of its category here) and EXT (a root) top-level.
+    assert {node for node, level in levels.items() if level == 1} == {"R", "A", "B", "C", "X", "EXT"}
+    assert {node for node, level in levels.items() if level == 2} == {"A1", "A2", "A3", "B1", "B2", "B3", "C1", "C2"}
+    assert levels["A1a"] == 3
+    table = bit_table(ctx).set_index("bit")
+    assert table.loc[8, "label"] == "All, 80 % of 5, 31 % of its 13"  # across every branch: the root
+    assert table.loc[[8, 0, 5, 4], "ancestor_level"].tolist() == [1, 1, 2, 3]
 
 
 def test_ranking_puts_clean_bits_first_and_the_mixed_bit_last(ctx):
@@ -178,7 +213,7 @@ def test_ranking_puts_clean_bits_first_and_the_mixed_bit_last(ctx):
 def test_bit_profile_shows_strongest_concepts_quantiles_histogram_and_enrichment(ctx):
     profile = bit_profile(ctx, 0, top=3, quantiles=3, per_quantile=1)
     assert profile.n_active == 3 and profile.label.category == "Heart" and profile.label.category_size == 5
-    assert profile.label.label == "Heart anomaly, 100 % of 3"
+    assert profile.label.label == "Heart anomaly, 100 % of 3, 60 % of its 5"  # the best-F1 label with both shares
     assert profile.top_concepts["id"].tolist() == ["A1", "A2", "A3"]
     np.testing.assert_allclose(profile.top_concepts["logit"], [3, 2, 1], atol=1e-4)
     assert profile.quantile_concepts[["quantile", "id"]].values.tolist() == [[1, "A1"], [2, "A2"], [3, "A3"]]
@@ -195,7 +230,9 @@ def test_cofiring_and_decoder_neighbours(ctx):
     cofiring = profile.cofiring
     assert cofiring["bit"].tolist() == [3, 7, 1, 8]
     np.testing.assert_allclose(cofiring["jaccard"], [2 / 3, 1 / 4, 1 / 5, 1 / 7])
-    assert cofiring["label"].iloc[0] == "Lung anomaly, 100 % of 2"
+    # Bit 3 fires on B1 and B2: by F1 one of them (2/3) beats their parent B (4/7), so its label is no
+    # longer "Lung anomaly, 100 % of 2" (the most specific covering ancestor); ties go to the first node.
+    assert cofiring["label"].iloc[0] == "Asthma, 50 % of 2, 100 % of its 1"
     assert profile.decoder_neighbours["id"].iloc[0] == "B2"
     assert profile.decoder_neighbours["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5)
 
@@ -204,10 +241,10 @@ def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
     view = concept_view(ctx, "A1", k=2, metric="jaccard")
     assert view.concept == Concept(id="A1", name="Septal defect", category="Heart", depth=2, definition=None)
     assert view.active_bits["bit"].tolist() == [0, 1, 5]  # strongest logit first, ties by bit
-    assert view.active_bits["label"].tolist() == [
-        "Heart anomaly, 100 % of 3",
-        "Heart anomaly, 67 % of 3",
-        "Septal defect, 100 % of 2",
+    assert view.active_bits["label"].tolist() == [  # best-F1 labels, with the node's side shown too
+        "Heart anomaly, 100 % of 3, 60 % of its 5",
+        "Heart anomaly, 67 % of 3, 40 % of its 5",
+        "Septal defect, 100 % of 2, 100 % of its 2",
     ]
     np.testing.assert_allclose(view.active_bits["firing_rate"], [3 / 14, 3 / 14, 2 / 14])
     assert view.code_neighbours["id"].tolist() == ["A2", "A3"]

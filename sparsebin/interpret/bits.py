@@ -27,12 +27,10 @@ from sparsebin.interpret.ontology import (
     Ancestors,
     Categories,
     ancestor_index,
-    benjamini_hochberg,
-    best_labels,
     category_index,
-    chance_coherence,
-    covering_ancestors,
     enrichment_table,
+    judge_labels,
+    label_members,
 )
 from sparsebin.metrics import unit_rows
 from sparsebin.model import BinaryAutoencoder
@@ -48,14 +46,18 @@ CONCEPT_COLUMNS = ["id", "name", "category"]
 class BitLabel:
     """What a bit means in the ontology (one row of `bit_table`): None and NaN for a dead bit."""
 
-    label: str | None  # most specific ancestor covering the share, "Abnormal social development, 94 % of 17"
+    label: str | None  # the best-F1 node with both shares: "Abnormal social development, 94 % of 17, 70 % of its 23"
     category: str | None  # the top-level category most enriched among the concepts where it fires
     precision: float  # share of its concepts in that category
     recall: float  # share of that category where it fires
     category_size: int  # concepts in that category, over all rows
-    ancestor_id: str | None  # the most specific ancestor covering `ancestor_share` of its concepts
+    ancestor_id: str | None  # the node whose descendants best match its concepts by F1 (`best_ancestors`)
     ancestor_name: str | None
-    ancestor_share: float
+    ancestor_share: float  # share of its concepts under that node
+    ancestor_recall: float  # share of that node's concepts where it fires
+    ancestor_f1: float
+    ancestor_size: int  # concepts under that node, over all rows
+    ancestor_level: int  # 1 a root or a category's head, 2 the level below, 3 deeper; 0 no node
     coherence: float  # raw: precision above chance (favours small bits)
     corrected_coherence: float  # raw minus its mean for random sets of the same size (about 0 at random)
     q_value: float  # Benjamini-Hochberg across bits of the category's hypergeometric p-value
@@ -121,7 +123,7 @@ class RunContext:
     concepts: pd.DataFrame  # M rows, same order as the codes
     embeddings: np.ndarray  # (M, D) float32, memory-mapped
     n_bits: int
-    tables: dict = field(default_factory=dict, repr=False)  # bit_table results by min_share
+    labels: pd.DataFrame | None = field(default=None, repr=False)  # the bit table, once built
     # One heavy build at a time: the app's warm-up thread and a page may ask for the same table at once.
     building: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -250,61 +252,59 @@ def check_bit(ctx: RunContext, bit: int) -> None:
         raise ValueError(f"bit must lie in 0..{ctx.n_bits - 1}, got {bit}.")
 
 
-def label_bits(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.DataFrame:
-    """Label, category enrichment, covering ancestor and chance-corrected coherence for the given
+def label_bits(ctx: RunContext, bits: np.ndarray) -> pd.DataFrame:
+    """Label, category enrichment, best-matching node and chance-corrected coherence for the given
     bits (one row each, in order). The q-values correct for testing every bit given: pass all bits."""
     bits = np.asarray(bits, dtype=np.int64)
-    parts = []
-    for start in range(0, max(len(bits), 1), LABEL_BLOCK_BITS):  # once even for no bits, to keep the columns
-        members = ctx.by_bit[bits[start : start + LABEL_BLOCK_BITS]]
-        labels = best_labels(members, ctx.categories)
-        parts.append(pd.concat([labels, covering_ancestors(members, ctx.ancestors, min_share)], axis=1))
-    table = pd.concat(parts, ignore_index=True)
-    n_active = ctx.bit_counts[bits]
+    parts = [  # once even for no bits, to keep the columns
+        label_members(ctx.by_bit[bits[start : start + LABEL_BLOCK_BITS]], ctx.categories, ctx.ancestors)
+        for start in range(0, max(len(bits), 1), LABEL_BLOCK_BITS)
+    ]
+    table = judge_labels(pd.concat(parts, ignore_index=True), ctx.categories)
     table.insert(0, "bit", bits)
-    table.insert(1, "firing_rate", n_active / max(len(ctx.concepts), 1))
-    table.insert(2, "n_active", n_active)
+    table.insert(1, "firing_rate", table["n_active"] / max(len(ctx.concepts), 1))
     table.insert(3, "label", [ancestor_label(row) for row in table.itertuples()])
-    table["corrected_coherence"] = table["coherence"] - chance_coherence(n_active, ctx.categories)
-    table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy())
     return table
 
 
 def ancestor_label(row) -> str | None:
-    """ "Abnormal social development, 94 % of 17": the covering ancestor with its share, else the category."""
+    """ "Abnormal social development, 94 % of 17, 70 % of its 23": the best-F1 node, the share of the bit's
+    17 concepts under it and the share of the node's 23 concepts where the bit fires; else the category."""
     if isinstance(row.ancestor_name, str) and row.ancestor_name:
-        return f"{row.ancestor_name}, {row.ancestor_share:.0%} of {int(row.n_active)}".replace("%", " %")
+        bit_side = f"{row.ancestor_share:.0%} of {int(row.n_active)}"
+        node_side = f"{row.ancestor_recall:.0%} of its {int(row.ancestor_size)}"
+        return f"{row.ancestor_name}, {bit_side}, {node_side}".replace("%", " %")
     return row.category
 
 
-def bit_table(ctx: RunContext, min_share: float = 0.5) -> pd.DataFrame:
-    """One row per bit, sorted by bit: firing, best category label, covering ancestor, coherence.
+def bit_table(ctx: RunContext) -> pd.DataFrame:
+    """One row per bit, sorted by bit: firing, best category label, best-matching node, coherence.
 
-    Cached on the context per `min_share` (a copy is returned, so callers may
-    change theirs); dead bits have no label and NaN scores.
+    Cached on the context (a copy is returned, so callers may change theirs);
+    dead bits have no label and NaN scores.
     """
     with ctx.building:  # a second caller waits for the first build instead of repeating it
-        if min_share not in ctx.tables:
-            ctx.tables[min_share] = label_bits(ctx, np.arange(ctx.n_bits), min_share)
-    return ctx.tables[min_share].copy()
+        if ctx.labels is None:
+            ctx.labels = label_bits(ctx, np.arange(ctx.n_bits))
+    return ctx.labels.copy()
 
 
-def rank_bits(ctx: RunContext, min_active: int = 5, min_share: float = 0.5) -> pd.DataFrame:
+def rank_bits(ctx: RunContext, min_active: int = 5) -> pd.DataFrame:
     """Bits firing for at least `min_active` concepts, cleanest (highest chance-corrected coherence) first.
 
     The tail of the ranking holds the muddled bits. Bits firing for very few
     concepts are left out because one or two concepts always look coherent.
     """
-    table = bit_table(ctx, min_share)
+    table = bit_table(ctx)
     ranked = table[table["n_active"] >= min_active].sort_values(
         ["corrected_coherence", "n_active", "bit"], ascending=[False, False, True], kind="stable"
     )
     return ranked.reset_index(drop=True)
 
 
-def labels_for(ctx: RunContext, bits: np.ndarray, min_share: float = 0.5) -> pd.DataFrame:
+def labels_for(ctx: RunContext, bits: np.ndarray) -> pd.DataFrame:
     """Labels for a few bits, read from the whole bit table (its q-values correct across all bits)."""
-    return bit_table(ctx, min_share).iloc[np.asarray(bits, dtype=np.int64)].reset_index(drop=True)
+    return bit_table(ctx).iloc[np.asarray(bits, dtype=np.int64)].reset_index(drop=True)
 
 
 def bit_profile(

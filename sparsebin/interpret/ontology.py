@@ -1,10 +1,10 @@
-"""What a set of concepts has in common in the ontology: category enrichment and covering ancestors.
+"""What a set of concepts has in common in the ontology: category enrichment and the best-matching node.
 
 Both are sparse products, so a label for every bit of an 8192-bit code over
 117k concepts costs about one multiply per (active bit, ancestor) pair:
 
     counts   = members @ categories    (B, M) @ (M, C) -> concepts per category, per bit
-    coverage = members @ ancestors     (B, M) @ (M, A) -> concepts under each ancestor, per bit
+    coverage = members @ ancestors     (B, M) @ (M, A) -> concepts under each node, per bit
 
 `members` has one row per bit (1 where the bit fires). `ancestors` is the
 reflexive transitive closure of the concept table's `parents` links: a concept
@@ -23,13 +23,26 @@ Choices (METHOD.md leaves them open):
   about 0 at random) and a one-sided hypergeometric p-value of the category,
   Bonferroni-adjusted for picking the best of C categories, which the bit
   table turns into Benjamini-Hochberg q-values across bits.
-- The ancestor is the most specific node covering at least `min_share` of the
-  concepts where the bit fires, and at least two of them when it fires for two
-  or more: otherwise a concept would be "the common ancestor" of a set by
-  covering only itself. A bit firing for one concept is labelled with that
-  concept. "Most specific" is the node covering the fewest concepts of the
-  whole table (works without depths and on a DAG); ties go to the higher
-  coverage, then to the lower node number.
+- A bit's label is the ontology node whose concepts best match the bit's:
+  the node maximising F1 = 2 |S & D| / (|S| + |D|) between the set S of
+  concepts where the bit fires and the node's descendants D (itself
+  included). "The most specific node covering half of S" crowned the top of
+  the tree for any broad bit ("Phenotypic abnormality, 97 % of 258"); F1
+  also costs a node each of its concepts the bit misses. The label shows both
+  sides: the share of S under the node, and the share of D where the bit
+  fires. A bit firing for one concept that is a leaf is labelled with that
+  concept. Ties go to the node covering more of S (the broader reading of an
+  equal fit), then to the node covering fewer concepts of the whole table,
+  then to the lower node number.
+- Levels (`Ancestors.levels`): a node is top-level (1) when it is a root (no
+  parents; an id missing from the table is a root) or the head of its
+  category (a concept none of whose parents in the table shares its
+  category: an HPO branch such as "Abnormality of the eye", "Phenotypic
+  abnormality" itself, an ICD-10-CM chapter). The level below (2) is a
+  concept, not top-level, with a parent that heads the concept's own category
+  (an HPO branch's children, an ICD-10-CM chapter's blocks); every other node
+  is deeper (3). A bit labelled by a top-level node says little more than its
+  category.
 """
 
 from dataclasses import dataclass
@@ -40,6 +53,8 @@ import scipy.sparse as sp
 import scipy.stats
 
 NO_CATEGORY = "(no category)"
+SIGNIFICANT = 0.05  # a bit's best category is enriched beyond chance when its Benjamini-Hochberg q is below this
+TOP_LEVEL, LEVEL_BELOW, DEEPER = 1, 2, 3  # `Ancestors.levels` (module docstring); 0 in a label: no node
 
 
 @dataclass(frozen=True)
@@ -55,11 +70,17 @@ class Ancestors:
     names: np.ndarray  # (A,) node names (the id where the table has none)
     incidence: sp.csr_matrix  # (M, A) float32, 1 where the node is the concept or above it
     sizes: np.ndarray  # (A,) concepts covered by each node in the whole table
+    levels: np.ndarray  # (A,) int8: TOP_LEVEL (a root or a category's head), LEVEL_BELOW or DEEPER
+    has_links: bool  # whether any concept has a parent: without links every node is a root
+
+
+def category_labels(concepts: pd.DataFrame) -> np.ndarray:
+    """(M,) each concept's category name, NO_CATEGORY where it has none."""
+    return concepts["category"].fillna("").astype(str).replace("", NO_CATEGORY).to_numpy()
 
 
 def category_index(concepts: pd.DataFrame) -> Categories:
-    labels = concepts["category"].fillna("").astype(str).replace("", NO_CATEGORY).to_numpy()
-    names, codes = np.unique(labels, return_inverse=True)
+    names, codes = np.unique(category_labels(concepts), return_inverse=True)
     onehot = sp.csr_matrix(
         (np.ones(len(codes), np.float32), (np.arange(len(codes)), codes)), shape=(len(codes), len(names))
     )
@@ -67,7 +88,7 @@ def category_index(concepts: pd.DataFrame) -> Categories:
 
 
 def ancestor_index(concepts: pd.DataFrame) -> Ancestors:
-    """The reflexive closure over `parents`, built in an order where parents come first.
+    """The reflexive closure over `parents`, built in an order where parents come first, and each node's level.
 
     Links that close a cycle are ignored rather than looping forever.
     """
@@ -92,7 +113,24 @@ def ancestor_index(concepts: pd.DataFrame) -> Ancestors:
     incidence = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(concepts), len(ids)))
     names = np.array(concepts["name"].astype(str).tolist() + ids[len(concepts) :], dtype=object)
     sizes = np.asarray(incidence.sum(axis=0)).ravel().astype(np.int64)
-    return Ancestors(np.array(ids, dtype=object), names, incidence, sizes)
+    levels = node_levels(parents_of, category_labels(concepts))
+    has_links = any(parents_of[: len(concepts)])
+    return Ancestors(np.array(ids, dtype=object), names, incidence, sizes, levels, has_links)
+
+
+def node_levels(parents_of: list[list[int]], labels: np.ndarray) -> np.ndarray:
+    """(A,) TOP_LEVEL, LEVEL_BELOW or DEEPER per node (module docstring); `labels` are the M table
+    concepts' categories, nodes past them are ids missing from the table (roots)."""
+    inside = [[parent for parent in parents if parent < len(labels)] for parents in parents_of[: len(labels)]]
+    head = [all(labels[parent] != labels[node] for parent in parents) for node, parents in enumerate(inside)]
+    levels = np.full(len(parents_of), DEEPER, dtype=np.int8)
+    for node, parents in enumerate(inside):
+        if head[node]:
+            levels[node] = TOP_LEVEL
+        elif any(head[parent] and labels[parent] == labels[node] for parent in parents):
+            levels[node] = LEVEL_BELOW
+    levels[[node for node, parents in enumerate(parents_of) if not parents]] = TOP_LEVEL  # roots
+    return levels
 
 
 def _close(start: int, parents_of: list[list[int]], closure: list) -> None:
@@ -230,26 +268,54 @@ def enrichment_table(members: sp.csr_matrix, categories: Categories) -> pd.DataF
     return table.sort_values(["lift", "n_active_in_category"], ascending=False, kind="stable").reset_index(drop=True)
 
 
-def covering_ancestors(members: sp.csr_matrix, ancestors: Ancestors, min_share: float = 0.5) -> pd.DataFrame:
-    """Per row of `members`: ancestor_id, ancestor_name, ancestor_share (see the module docstring)."""
-    if not 0 < min_share <= 1:
-        raise ValueError(f"min_share must lie in (0, 1], got {min_share!r}.")
+def best_ancestors(members: sp.csr_matrix, ancestors: Ancestors) -> pd.DataFrame:
+    """Per row of `members`, the node whose descendants best match its concepts by F1 (module docstring):
+    ancestor_id, ancestor_name, ancestor_share (of the row's concepts under the node), ancestor_recall (of
+    the node's concepts in the row), ancestor_f1, ancestor_size (the node's concepts) and ancestor_level
+    (0 for an empty row, which has no node)."""
     n_active = np.diff(members.indptr)
     coverage = (members @ ancestors.incidence).tocoo()  # (B, A) concepts under each node
-    rows, nodes, counts = coverage.row, coverage.col, coverage.data
-    need = np.maximum(np.ceil(min_share * n_active - 1e-9), np.minimum(2, n_active))
-    keep = counts >= need[rows]
-    rows, nodes, counts = rows[keep], nodes[keep], counts[keep]
-    order = np.lexsort((nodes, -counts, ancestors.sizes[nodes], rows))
+    rows, nodes, counts = coverage.row, coverage.col, coverage.data.astype(np.int64)
+    sizes = ancestors.sizes[nodes]
+    f1 = 2 * counts / (n_active[rows] + sizes)  # equal fractions give equal floats: ties are exact
+    order = np.lexsort((nodes, sizes, -counts, -f1, rows))
     first = order[np.unique(rows[order], return_index=True)[1]]
+    picked = rows[first]
     result = pd.DataFrame(
         {
             "ancestor_id": np.full(len(n_active), None, dtype=object),
             "ancestor_name": np.full(len(n_active), None, dtype=object),
             "ancestor_share": np.full(len(n_active), np.nan),
+            "ancestor_recall": np.full(len(n_active), np.nan),
+            "ancestor_f1": np.full(len(n_active), np.nan),
+            "ancestor_size": np.zeros(len(n_active), dtype=np.int64),
+            "ancestor_level": np.zeros(len(n_active), dtype=np.int8),
         }
     )
-    result.loc[rows[first], "ancestor_id"] = ancestors.ids[nodes[first]]
-    result.loc[rows[first], "ancestor_name"] = ancestors.names[nodes[first]]
-    result.loc[rows[first], "ancestor_share"] = counts[first] / n_active[rows[first]]
+    result.loc[picked, "ancestor_id"] = ancestors.ids[nodes[first]]
+    result.loc[picked, "ancestor_name"] = ancestors.names[nodes[first]]
+    result.loc[picked, "ancestor_share"] = counts[first] / n_active[picked]
+    result.loc[picked, "ancestor_recall"] = counts[first] / sizes[first]
+    result.loc[picked, "ancestor_f1"] = f1[first]
+    result.loc[picked, "ancestor_size"] = sizes[first]
+    result.loc[picked, "ancestor_level"] = ancestors.levels[nodes[first]]
     return result
+
+
+def label_members(members: sp.csr_matrix, categories: Categories, ancestors: Ancestors) -> pd.DataFrame:
+    """Per row of `members` (one block of bits): n_active, `best_labels`' columns and `best_ancestors`' columns.
+
+    `judge_labels` adds the scores that compare across rows once every block is labelled.
+    """
+    table = pd.concat([best_labels(members, categories), best_ancestors(members, ancestors)], axis=1)
+    table.insert(0, "n_active", np.diff(members.indptr))
+    return table
+
+
+def judge_labels(table: pd.DataFrame, categories: Categories) -> pd.DataFrame:
+    """`label_members`' table of every bit, with corrected_coherence (raw minus its mean for random sets of
+    the bit's size) and q_value (Benjamini-Hochberg across the table's bits) added."""
+    table = table.copy()
+    table["corrected_coherence"] = table["coherence"] - chance_coherence(table["n_active"].to_numpy(), categories)
+    table["q_value"] = benjamini_hochberg(table["p_value"].to_numpy())
+    return table
