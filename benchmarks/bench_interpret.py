@@ -42,7 +42,7 @@ from sparsebin.experiment import run_experiment  # noqa: E402
 from sparsebin.files import BIT_CHUNK_ROWS  # noqa: E402
 from sparsebin.interpret.bits import RunContext, bit_profile, bit_table, concept_view, rank_bits  # noqa: E402
 from sparsebin.metrics import sign_codes  # noqa: E402
-from sparsebin.model import BinaryAutoencoder  # noqa: E402
+from sparsebin.model import BinaryAutoencoder, ModelSpec  # noqa: E402
 from sparsebin.search.codes import CodeIndex, active_positions, bytes_per_vector, pack_bits, recall_at_k, sample_queries  # noqa: E402
 
 REPEATS = 3  # each code search and faiss search is timed this many times, the best kept
@@ -94,7 +94,7 @@ def synthetic_context(n_rows: int, n_bits: int, k: int, dim: int = 384, seed: in
         np.put_along_axis(bits, rng.choice(n_bits, size=(len(bits), k), p=popularity), 1, axis=1)
         packed.append(pack_bits(bits))
     embeddings = rng.standard_normal((n_rows, dim)).astype(np.float32)
-    model = BinaryAutoencoder(dim, n_bits, k).eval()
+    model = BinaryAutoencoder(ModelSpec(dim, n_bits, k)).eval()
     config = TrainConfig(n_bits=n_bits, k=k)
     return RunContext("synthetic", config, model, np.concatenate(packed), concepts, embeddings, n_bits)
 

@@ -63,8 +63,8 @@ def _sync(device: str) -> None:
 def primed_builder(x: np.ndarray, plain, normalize: bool = True):
     """`plain` (build_model), with every encoder bias shifted so that about K bits fire per row of `x`."""
 
-    def build(config: TrainConfig, d_in: int):
-        model = plain(config, d_in)
+    def build(config: TrainConfig, d_in: int, decoder_path: str = "auto"):
+        model = plain(config, d_in, decoder_path)
         with torch.no_grad():
             rows = torch.from_numpy(x[:4096])
             rows = torch.nn.functional.normalize(rows, dim=1) if normalize else rows

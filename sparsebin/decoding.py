@@ -13,12 +13,14 @@ active ones (with `hard` no gradient reaches b and it is skipped).
 Whether the sparse form pays is decided by cost, as the search index decides:
 costs measured on this project's 2-core CPU (torch 2.13, B = N = 4096,
 D = 384, shared machine) in ns: a dense multiply-add ~0.084, a gathered or
-scattered element ~0.54, finding the active entries ~5.2 per code entry.
+scattered element ~0.54, finding the active entries ~5.2 per code entry. A
+model's `DecoderChoice` applies that rule batch by batch.
 """
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 DENSE_MAC_NS, GATHER_NS, SCAN_NS = 0.084, 0.54, 5.2
 DECODER_PATHS = ("auto", "dense", "sparse")
@@ -90,3 +92,38 @@ def sparse_decode(
 ) -> torch.Tensor:
     """b @ weight.T + bias for a code whose forward value is 1 exactly at (rows, columns)."""
     return _SparseDecode.apply(code, rows, columns, weight, bias)
+
+
+class DecoderChoice:
+    """Which product decodes a training forward's 0/1 code: dense, or the gather-sum over its active columns.
+
+    `path` dense or sparse fixes the choice. auto asks `sparse_pays`, on a CPU
+    only (no GPU cost was measured), at `active_share`: the share of code
+    entries on in the last training batch. The share starts at 1 (the
+    standard initialisation fires about half the bits), except under rigid
+    TopK (`positions_known`: the active entries are the TopK indices), where it
+    is K / N from the start and the batch's K / N after, so a resumed run
+    picks the path an uninterrupted one does.
+    """
+
+    def __init__(self, path: str, d_in: int, n_bits: int, k: int, positions_known: bool):
+        self.path, self.d_in, self.positions_known = path, d_in, positions_known
+        self.active_share = k / n_bits if positions_known else 1.0
+
+    def decode(self, code: torch.Tensor, topk: torch.Tensor, decoder: nn.Linear) -> torch.Tensor:
+        """b @ W_d.T + b_d, (B, D), for a code b (B, N) whose forward value is 0/1; `topk` (B, K) its TopK positions."""
+        if self.positions_known:
+            self.active_share = topk.shape[1] / code.shape[1]  # exact, also under a K schedule
+        if not self._sparse_now(code.device):
+            if self.path == "auto" and code.device.type == "cpu" and not self.positions_known:
+                self.active_share = float(code.detach().sum()) / code.numel()
+            return decoder(code)
+        rows, columns = active_positions(code, topk if self.positions_known else None)
+        if not self.positions_known:
+            self.active_share = len(columns) / code.numel()
+        return sparse_decode(code, rows, columns, decoder.weight, decoder.bias)
+
+    def _sparse_now(self, device: torch.device) -> bool:
+        if self.path != "auto":
+            return self.path == "sparse"
+        return device.type == "cpu" and sparse_pays(self.active_share, self.d_in, self.positions_known)

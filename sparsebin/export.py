@@ -10,7 +10,6 @@
 <out>/config.json            exactly what was trained
 """
 
-import json
 import shutil
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def export_run(run_folder: Path, out_dir: Path, concepts: pd.DataFrame | None = 
     encoder = {name: value.detach().cpu().contiguous() for name, value in model.encoder.state_dict().items()}
     if model.centre is not None:  # u = (x - centre) @ weight.T + bias
         encoder["centre"] = model.centre.detach().cpu().contiguous()
-    meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
+    meta = {"model": model.spec.to_json(), "config": config.to_json()}
     with atomic_path(written["encoder"]) as partial:
         save_file(encoder, str(partial), metadata=meta)
     write_atomic(written["metrics"], metrics_table(metrics).to_csv(index=False).encode())

@@ -66,11 +66,6 @@ def mask_from_indices(indices: torch.Tensor, n_bits: int, like: torch.Tensor) ->
     return torch.zeros(len(indices), n_bits, dtype=like.dtype, device=like.device).scatter_(-1, indices, 1.0)
 
 
-def topk_mask(soft: torch.Tensor, k: int) -> torch.Tensor:
-    """t: 1 at the k largest entries of each row, 0 elsewhere; carries no gradient."""
-    return mask_from_indices(topk_indices(soft, k), soft.shape[-1], soft)
-
-
 class _CosineAlignment(torch.autograd.Function):
     """d_cos(s, t) for a TopK mask t, with its gradient written out.
 

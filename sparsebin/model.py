@@ -5,7 +5,7 @@
     h = 1[u > 0]                 # (B, N) hard bits, the code that is stored
     b = rounding(s, h)           # (B, N) what the decoder sees while training
     x_hat = b @ W_d.T + b_d      # (B, D) reconstruction
-    t = topk_mask(s, K)          # (B, N) 1 at the K largest entries of s, no gradient
+    t = TopK(s, K)               # (B, N) 1 at the K largest entries of s, no gradient
 
 Rounding while training (at evaluation the decoder always sees h):
 - ste: b = s + (h - s).detach()  forward uses h, backward treats the round as identity
@@ -16,9 +16,13 @@ With sparsity "hard-topk" the decoder sees exactly K bits: b = s + (t - s).detac
 and the stored code of such a model is t, not h.
 
 While training, the decoder product of a 0/1 code may be computed from its
-active columns only (see `sparsebin.decoding`); `decoder_path` picks auto (by
-measured cost, on a CPU), dense or sparse. Both give the same result within
-float32 rounding.
+active columns only (see `sparsebin.decoding`); the spec's `decoder_path` picks
+auto (by measured cost, on a CPU), dense or sparse. Both give the same result
+within float32 rounding.
+
+A model is built from one frozen `ModelSpec`, the only constructor argument,
+and the spec is saved beside the weights (`sparsebin.runfolder`), so a saved
+model is rebuilt as the model it was.
 
 Centring (off in the paper's setting): with a centre c (D,), fixed or learned,
     u = (x - c) @ W_e.T + b_e,   r = b @ W_d.T + b_d,   x_hat = c + L r / |r|
@@ -31,14 +35,59 @@ reconstruction distance only: MSE and L1 fit |r| themselves, so there L = 0
 and x_hat = r + c, as for a model saved before L was kept.
 """
 
-import math
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from sparsebin.decoding import DECODER_PATHS, active_positions, sparse_decode, sparse_pays
+from sparsebin.decoding import DECODER_PATHS, DecoderChoice
 from sparsebin.losses import mask_from_indices, topk_indices
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that makes a BinaryAutoencoder the model it is; saved beside its weights.
+
+    Not the config's `init`: it only picks the starting weights (see
+    `sparsebin.train.build_model`), which a saved model's own weights replace,
+    so a spec naming it would say nothing about the model it rebuilds.
+    """
+
+    d_in: int  # D: input size
+    n_bits: int  # N: code length
+    k: int  # K: the TopK target
+    rounding: str = "ste"  # ste, none, hard or stochastic: what the decoder sees while training
+    sparsity: str = "align"  # align, hard-topk, l1 or none; hard-topk stores the TopK mask t instead of h
+    centre: str = "none"  # none, mean, learned-mean or learned-median (see the module docstring)
+    decoder_path: str = "auto"  # auto, dense or sparse: how a training forward computes the decoder product
+
+    def __post_init__(self):
+        if self.decoder_path not in DECODER_PATHS:
+            raise ValueError(f"decoder_path must be one of {', '.join(DECODER_PATHS)}, got {self.decoder_path!r}.")
+
+    @classmethod
+    def from_config(cls, config, d_in: int, decoder_path: str = "auto") -> "ModelSpec":
+        """The spec a TrainConfig trains, for inputs of size `d_in`."""
+        return cls(d_in, config.n_bits, config.k, config.rounding, config.sparsity, config.centre, decoder_path)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        """A saved spec; one saved before ModelSpec existed (the constructor's arguments) has no decoder_path."""
+        return cls(**json.loads(text))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @property
+    def rigid(self) -> bool:
+        """Rigid TopK: the decoder sees, and the model stores, exactly the K largest bits."""
+        return self.sparsity == "hard-topk"
+
+    @property
+    def binary_while_training(self) -> bool:
+        """The decoder sees a 0/1 code while training: every rounding but `none`, and rigid TopK."""
+        return self.rounding != "none" or self.rigid
 
 
 @dataclass
@@ -84,38 +133,36 @@ def binary_step(logits: torch.Tensor) -> torch.Tensor:
 
 
 class BinaryAutoencoder(nn.Module):
-    def __init__(
-        self,
-        d_in: int,
-        n_bits: int,
-        k: int,
-        rounding: str = "ste",
-        sparsity: str = "align",
-        init: str = "default",
-        centre: str = "none",
-    ):
+    """The model of the module docstring, built from its spec alone."""
+
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.d_in, self.n_bits, self.k = d_in, n_bits, k
-        self.rounding, self.sparsity, self.centring = rounding, sparsity, centre
-        self.encoder = nn.Linear(d_in, n_bits)
-        self.decoder = nn.Linear(n_bits, d_in)
-        self.decoder_path = "auto"  # auto, dense or sparse; not saved: every path gives the same model
-        # Share of code entries on in the last training batch (the decoder path's cost rule reads it): the
-        # start is dense, but rigid TopK is always K / N, so a resumed run picks the path an uninterrupted one does.
-        self.active_share = k / n_bits if sparsity == "hard-topk" else 1.0
-        if init == "sparse":
-            # Few bits fire at the start; METHOD.md notes this leaves most bits dead.
-            nn.init.constant_(self.encoder.bias, math.log(k / (n_bits - k)))
+        self.spec = spec
+        self.encoder = nn.Linear(spec.d_in, spec.n_bits)
+        self.decoder = nn.Linear(spec.n_bits, spec.d_in)
+        self.decoding = DecoderChoice(spec.decoder_path, spec.d_in, spec.n_bits, spec.k, spec.rigid)
         # c, (D,): a buffer when fixed, a parameter when learned; absent (no state) without centring,
         # so the paper's model has exactly the paper's weights.
-        if centre == "mean":
-            self.register_buffer("centre", torch.zeros(d_in))
-        elif centre.startswith("learned"):
-            self.centre = nn.Parameter(torch.zeros(d_in))
+        if spec.centre == "mean":
+            self.register_buffer("centre", torch.zeros(spec.d_in))
+        elif spec.centre.startswith("learned"):
+            self.centre = nn.Parameter(torch.zeros(spec.d_in))
         else:
             self.centre = None
         if self.centre is not None:
             self.register_buffer("centre_length", torch.zeros(()))  # L; 0: decode r + c (models saved before L)
+
+    @property
+    def d_in(self) -> int:
+        return self.spec.d_in
+
+    @property
+    def n_bits(self) -> int:
+        return self.spec.n_bits
+
+    @property
+    def k(self) -> int:
+        return self.spec.k
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As nn.Module's; a centred model saved before the length L was kept loads with L = 0."""
@@ -150,8 +197,8 @@ class BinaryAutoencoder(nn.Module):
         mask is that model's code (exactly K bits per concept).
         """
         logits = self.encode_logits(x)
-        if self.sparsity == "hard-topk":
-            return mask_from_indices(topk_indices(logits, self.k), self.n_bits, logits)
+        if self.spec.rigid:
+            return mask_from_indices(topk_indices(logits, self.spec.k), self.spec.n_bits, logits)
         return (logits > 0).to(x.dtype)
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
@@ -162,60 +209,31 @@ class BinaryAutoencoder(nn.Module):
         logits = self.encode_logits(x)
         soft = torch.sigmoid(logits)
         hard = binary_step(logits)
-        topk = topk_indices(logits, k or self.k)  # sigmoid is monotone: same as the top of s
+        topk = topk_indices(logits, k or self.spec.k)  # sigmoid is monotone: same as the top of s
         code = self._training_code(soft, hard, topk) if self.training else self.stored_code(hard, topk)
         recon = self.reconstruct(code, topk)
         return Forward(logits, soft, hard, topk, code, self.uncentre(recon))
 
     def reconstruct(self, code: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
-        """x_hat = b @ W_d.T + b_d, (B, D): the decoder product of a forward pass.
+        """b @ W_d.T + b_d, (B, D): the decoder product of a forward pass.
 
-        While training with a 0/1 forward code (every rounding but `none`), from
-        the active columns when `decoder_path` says so: auto asks the measured
-        cost rule, on a CPU only (no GPU cost was measured), at the last batch's
-        active share.
+        While training with a 0/1 code, the model's `DecoderChoice` picks the dense or the sparse product.
         """
-        rigid = self.sparsity == "hard-topk"
-        binary = self.training and (self.rounding != "none" or rigid)
-        if rigid:
-            self.active_share = topk.shape[1] / self.n_bits  # known exactly, also under a K schedule
-        if not binary or not self._sparse_now(code):
-            if binary and not rigid and self.decoder_path == "auto" and code.device.type == "cpu":
-                self.active_share = float(code.detach().sum()) / code.numel()
-            return self.decoder(code)
-        rows, columns = active_positions(code, topk if rigid else None)
-        if not rigid:
-            self.active_share = len(columns) / code.numel()
-        return sparse_decode(code, rows, columns, self.decoder.weight, self.decoder.bias)
-
-    def _sparse_now(self, code: torch.Tensor) -> bool:
-        if self.decoder_path not in DECODER_PATHS:
-            raise ValueError(f"decoder_path must be one of {', '.join(DECODER_PATHS)}, got {self.decoder_path!r}.")
-        if self.decoder_path != "auto":
-            return self.decoder_path == "sparse"
-        return code.device.type == "cpu" and sparse_pays(self.active_share, self.d_in, self.sparsity == "hard-topk")
+        if self.training and self.spec.binary_while_training:
+            return self.decoding.decode(code, topk, self.decoder)
+        return self.decoder(code)
 
     def stored_code(self, hard: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
-        return mask_from_indices(topk, self.n_bits, hard) if self.sparsity == "hard-topk" else hard
+        return mask_from_indices(topk, self.spec.n_bits, hard) if self.spec.rigid else hard
 
     def _training_code(self, soft: torch.Tensor, hard: torch.Tensor, topk: torch.Tensor) -> torch.Tensor:
-        if self.sparsity == "hard-topk":
-            return pass_through(soft, mask_from_indices(topk, self.n_bits, soft))
-        if self.rounding == "ste":
+        if self.spec.rigid:
+            return pass_through(soft, mask_from_indices(topk, self.spec.n_bits, soft))
+        rounding = self.spec.rounding
+        if rounding == "ste":
             return pass_through(soft, hard)
-        if self.rounding == "none":
+        if rounding == "none":
             return soft
-        if self.rounding == "hard":
+        if rounding == "hard":
             return hard.detach()
         return pass_through(soft, torch.bernoulli(soft.detach()))
-
-    def describe(self) -> dict:
-        """The constructor arguments, so a saved model can be rebuilt without pickle."""
-        return {
-            "d_in": self.d_in,
-            "n_bits": self.n_bits,
-            "k": self.k,
-            "rounding": self.rounding,
-            "sparsity": self.sparsity,
-            "centre": self.centring,
-        }

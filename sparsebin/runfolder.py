@@ -1,7 +1,7 @@
 """One run's files on disk, written atomically and read with clear errors.
 
     <run>/config.json         the TrainConfig, exactly what was trained
-    <run>/model.safetensors   weights; the constructor arguments in its metadata
+    <run>/model.safetensors   weights; their ModelSpec (and the config) in its metadata
     <run>/metrics.json        {"train": {...}, "validation": {...}, "sign": {...}}
     <run>/history.jsonl       one progress event per line
     <run>/codes.npy           packed hard bits (np.packbits), one row per concept
@@ -22,15 +22,16 @@ from sparsebin.config import TrainConfig
 from sparsebin.devices import is_available
 from sparsebin.errors import RunFileError
 from sparsebin.files import atomic_path, write_atomic
-from sparsebin.model import BinaryAutoencoder
+from sparsebin.model import BinaryAutoencoder, ModelSpec
 
 ENVIRONMENT = "environment.json"
 ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy")
 
 
 def save_model(path: Path, model: BinaryAutoencoder, config: TrainConfig) -> None:
+    """The weights, with the model's spec (under "model") and the config in the metadata."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    meta = {"model": json.dumps(model.describe()), "config": config.to_json()}
+    meta = {"model": model.spec.to_json(), "config": config.to_json()}
     with atomic_path(path) as partial:
         save_file(tensors, str(partial), metadata=meta)
 
@@ -143,14 +144,15 @@ def evaluation_device(folder: Path) -> str:
 
 
 def load_model(folder: Path, device: str = "cpu") -> BinaryAutoencoder:
-    """Rebuild the model from model.safetensors alone, in evaluation mode."""
+    """Rebuild the model from model.safetensors alone, in evaluation mode: the spec saved with the weights,
+    and exactly its weights. A file written before ModelSpec existed holds the same fields but decoder_path."""
     path = _require(folder, "model.safetensors")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            args = json.loads(handle.metadata()["model"])
+            spec = ModelSpec.from_json(handle.metadata()["model"])
         state = load_file(str(path), device=device)
-        model = BinaryAutoencoder(**args).to(device)
+        model = BinaryAutoencoder(spec).to(device)
         model.load_state_dict(state)
-    except (SafetensorError, KeyError, ValueError, RuntimeError, OSError) as error:
+    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError, OSError) as error:
         raise RunFileError(f"run {Path(folder).name} has a damaged model.safetensors: {error}") from error
     return model.eval()

@@ -10,6 +10,7 @@ checkpoint to the same result as an uninterrupted run.
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from sparsebin.batches import Placement, choose_placement, release_pages, training_rows
 from sparsebin.config import TrainConfig, validation_size
@@ -33,7 +35,7 @@ from sparsebin.devices import (
 from sparsebin.errors import DataError, RunFileError
 from sparsebin.files import CHUNK_ROWS, atomic_path
 from sparsebin.losses import distance, sparsity_term
-from sparsebin.model import BinaryAutoencoder
+from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.remedies import Remedies, init_model, reconstruction_pair, training_centre
 
 ProgressCallback = Callable[[dict], None]
@@ -91,17 +93,19 @@ def check_embeddings(embeddings: np.ndarray, normalize: bool = True) -> None:
         release_pages(embeddings)  # a mapped file is checked without being held whole
 
 
-def build_model(config: TrainConfig, d_in: int) -> BinaryAutoencoder:
+def build_model(config: TrainConfig, d_in: int, decoder_path: str = "auto") -> BinaryAutoencoder:
+    """The untrained model of `config` for inputs of size `d_in`: seeded by the config's seed, started by its `init`.
+
+    `init` acts here rather than in the ModelSpec: it only sets the starting
+    weights, which training then changes and a saved model's own weights
+    replace. The initialisation remedies follow in `sparsebin.remedies`.
+    """
     torch.manual_seed(config.seed)
-    return BinaryAutoencoder(
-        d_in,
-        config.n_bits,
-        config.k,
-        rounding=config.rounding,
-        sparsity=config.sparsity,
-        init=config.init,
-        centre=config.centre,
-    )
+    model = BinaryAutoencoder(ModelSpec.from_config(config, d_in, decoder_path))
+    if config.init == "sparse":
+        # Few bits fire at the start; METHOD.md notes this leaves most bits dead.
+        nn.init.constant_(model.encoder.bias, math.log(config.k / (config.n_bits - config.k)))
+    return model
 
 
 def training_loss(
@@ -166,8 +170,7 @@ def train(
     rows = training_rows(chosen, embeddings, split.train, config.normalize, device)
     n_train = len(rows)
 
-    model = build_model(config, d_in).to(device)
-    model.decoder_path = decoder_path
+    model = build_model(config, d_in, decoder_path).to(device)
     centre = training_centre(config, embeddings, split.train, device)
     init_model(model, config, centre)
     loss_centre = None if centre is None else centre.point

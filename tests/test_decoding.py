@@ -15,8 +15,7 @@ SETTINGS = list(itertools.product(ROUNDINGS, SPARSITIES))
 
 
 def loss_and_gradients(config: TrainConfig, x: torch.Tensor, path: str):
-    model = build_model(config, x.shape[1])
-    model.decoder_path = path
+    model = build_model(config, x.shape[1], decoder_path=path)
     model.train()
     torch.manual_seed(1)  # the same Bernoulli draws for stochastic rounding
     loss, rec, sp, out = training_loss(model, config, x)
@@ -38,7 +37,7 @@ def test_sparse_and_dense_decoder_give_the_same_loss_and_gradients(rounding, spa
             continue
         torch.testing.assert_close(sparse[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     binary = rounding != "none" or sparsity == "hard-topk"
-    assert sparse_model.active_share < 1.0 if binary else sparse_model.active_share == 1.0
+    assert sparse_model.decoding.active_share < 1.0 if binary else sparse_model.decoding.active_share == 1.0
 
 
 @pytest.mark.parametrize(("rounding", "sparsity"), [("ste", "align"), ("hard", "l1"), ("stochastic", "hard-topk")])
@@ -69,15 +68,15 @@ def test_the_cost_rule_goes_sparse_only_when_few_bits_are_on():
 def test_auto_switches_to_the_sparse_path_once_the_code_is_sparse():
     x = torch.from_numpy(planted_data(n_rows=256, dim=64, n_bits=96, k=6)[0])
     model = build_model(TrainConfig(n_bits=96, k=6, init="sparse"), 64).train()
-    assert not sparse_pays(model.active_share, 64, False)  # starts dense
+    assert not sparse_pays(model.decoding.active_share, 64, False)  # starts dense
     out = model(x)
-    assert model.active_share == pytest.approx(out.hard.mean().item()) and model.active_share < 0.2
-    assert sparse_pays(model.active_share, 64, False)  # the next batch goes sparse
+    share = model.decoding.active_share
+    assert share == pytest.approx(out.hard.mean().item()) and share < 0.2
+    assert sparse_pays(share, 64, False)  # the next batch goes sparse
     # Rigid TopK's share is K / N from the start, so a resumed run takes the path an uninterrupted one does.
     topk = build_model(TrainConfig(n_bits=96, k=6, sparsity="hard-topk"), 64).train()
-    assert topk.active_share == 6 / 96 and sparse_pays(topk.active_share, 64, True)
+    assert topk.decoding.active_share == 6 / 96 and sparse_pays(topk.decoding.active_share, 64, True)
     topk(x)
-    assert topk.active_share == pytest.approx(6 / 96)
+    assert topk.decoding.active_share == pytest.approx(6 / 96)
     with pytest.raises(ValueError, match="decoder_path must be one of auto, dense, sparse, got 'gpu'"):
-        model.decoder_path = "gpu"
-        model(x)
+        build_model(TrainConfig(n_bits=96, k=6, init="sparse"), 64, decoder_path="gpu")

@@ -20,7 +20,7 @@ from sparsebin.interpret.bits import RunContext
 from sparsebin.jobs.queue import Store
 from sparsebin.jobs.worker import device_lock_path
 from sparsebin.metrics import EVALUATION_BUDGET, evaluate_model, evaluation_chunk_rows
-from sparsebin.model import BinaryAutoencoder
+from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.search.codes import unpack_bits
 from sparsebin.train import train
 
@@ -84,7 +84,7 @@ def test_evaluation_chunks_shrink_as_the_code_grows_and_as_free_memory_shrinks()
     assert large < small // 32
     assert large * (5 * 65536 + 6 * 384) * 4 <= EVALUATION_BUDGET  # at N=65536 a chunk stays in the budget
     assert evaluation_chunk_rows(65536, 384, free_bytes=32 * 2**20) < large  # a nearly full card
-    model = BinaryAutoencoder(16, 64, 4).eval()
+    model = BinaryAutoencoder(ModelSpec(16, 64, 4)).eval()
     x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     whole = evaluate_model(model, x, split="train", n_queries=10, chunk_rows=300)
     chunked = evaluate_model(model, x, split="train", n_queries=10, chunk_rows=64)

@@ -38,7 +38,7 @@ from sparsebin.interpret.bits import (
     rank_bits,
 )
 from sparsebin.interpret.ontology import ancestor_index, best_ancestors, best_labels, category_index
-from sparsebin.model import BinaryAutoencoder
+from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.search.codes import pack_bits
 
 CONCEPTS = [  # id, name, category, depth, parents
@@ -85,7 +85,7 @@ def make_run() -> tuple[BinaryAutoencoder, np.ndarray, np.ndarray, TrainConfig]:
             logits[rows[concept_id], bit] = value
     embeddings = np.random.default_rng(0).standard_normal((len(concepts), len(concepts))).astype(np.float32)
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    model = BinaryAutoencoder(d_in=len(concepts), n_bits=N_BITS, k=2).eval()
+    model = BinaryAutoencoder(ModelSpec(d_in=len(concepts), n_bits=N_BITS, k=2)).eval()
     with torch.no_grad():
         model.encoder.weight.copy_(torch.from_numpy(np.linalg.solve(unit, logits).T.astype(np.float32)))
         model.encoder.bias.zero_()

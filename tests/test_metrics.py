@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparsebin.metrics import code_metrics, evaluate_model, firing_frequency, sign_codes, storage_metrics
-from sparsebin.model import BinaryAutoencoder
+from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.search.codes import bit_counts, pack_bits, recall_at_k
 
 
@@ -57,7 +57,7 @@ def test_elias_fano_storage_counts_each_rows_count_when_counts_vary():
 
 def test_fixed_topk_and_hard_reconstruction_of_a_hand_set_model():
     # Encoder = identity on 4 dims, decoder = identity: the code of x is 1[x > 0].
-    model = BinaryAutoencoder(4, 4, 1).eval()
+    model = BinaryAutoencoder(ModelSpec(4, 4, 1)).eval()
     with torch.no_grad():
         model.encoder.weight.copy_(torch.eye(4))
         model.encoder.bias.zero_()
@@ -115,7 +115,7 @@ def test_evaluation_codes_are_the_codes_the_model_encodes():
     x = np.random.default_rng(3).standard_normal((50, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     for sparsity, scale, bias in (("align", 1.0, 1e-8), ("hard-topk", 100.0, 50.0)):
-        model = BinaryAutoencoder(8, 16, 3, sparsity=sparsity).eval()
+        model = BinaryAutoencoder(ModelSpec(8, 16, 3, sparsity=sparsity)).eval()
         with torch.no_grad():
             model.encoder.weight.mul_(scale)
             model.encoder.bias.fill_(bias)
@@ -127,7 +127,7 @@ def test_evaluation_codes_are_the_codes_the_model_encodes():
 
 def test_topk_overlap_and_soft_reconstruction_of_a_hand_set_model():
     # Identity encoder and decoder, K = 2: a row with one positive entry has overlap 1/2.
-    model = BinaryAutoencoder(4, 4, 2).eval()
+    model = BinaryAutoencoder(ModelSpec(4, 4, 2)).eval()
     with torch.no_grad():
         for layer in (model.encoder, model.decoder):
             layer.weight.copy_(torch.eye(4))

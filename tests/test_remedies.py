@@ -9,7 +9,7 @@ from conftest import planted_data
 from sparsebin.config import PRESETS, ConfigError, TrainConfig, preset_config, preset_of
 from sparsebin.experiment import evaluate_run
 from sparsebin.metrics import firing_frequency, model_decoding
-from sparsebin.model import BinaryAutoencoder
+from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.remedies import Remedies, auxiliary_term, init_model, k_at, rate_term, training_centre
 from sparsebin.search import elias_fano
 from sparsebin.search.codes import bit_counts
@@ -121,7 +121,7 @@ def test_rate_term_under_rigid_topk_counts_the_stored_topk_bits_not_the_signs_of
     # Every logit positive: h = 1[u > 0] fires every bit, but the stored code is the TopK mask (2 of 8 bits).
     config = TrainConfig(n_bits=8, k=2, sparsity="hard-topk", rate_control="bounds", rate_min=0.01, rate_max=0.5)
     torch.manual_seed(0)
-    model = BinaryAutoencoder(4, 8, 2, sparsity="hard-topk").train()
+    model = BinaryAutoencoder(ModelSpec(4, 8, 2, sparsity="hard-topk")).train()
     with torch.no_grad():
         model.encoder.bias.fill_(20.0)
     x = torch.nn.functional.normalize(torch.randn(16, 4), dim=1)
@@ -135,7 +135,7 @@ def test_rate_term_under_rigid_topk_counts_the_stored_topk_bits_not_the_signs_of
 
 def test_auxiliary_term_trains_only_dead_bits_and_their_decoder_columns():
     torch.manual_seed(0)
-    model = BinaryAutoencoder(8, 16, 2).train()
+    model = BinaryAutoencoder(ModelSpec(8, 16, 2)).train()
     x = torch.nn.functional.normalize(torch.randn(32, 8), dim=1)
     out = model(x)
     dead = torch.zeros(16, dtype=torch.bool)
@@ -152,7 +152,7 @@ def test_learned_centre_gets_a_gradient_and_a_fixed_one_does_not():
     x = torch.nn.functional.normalize(torch.randn(64, 8) + 3, dim=1)
     for centre, learned in (("mean", False), ("learned-mean", True)):
         torch.manual_seed(0)
-        model = BinaryAutoencoder(8, 16, 2, centre=centre).train()
+        model = BinaryAutoencoder(ModelSpec(8, 16, 2, centre=centre)).train()
         config = TrainConfig(n_bits=16, k=2, centre=centre)
         init_model(model, config, training_centre(config, x.numpy(), np.arange(64), "cpu"))
         torch.testing.assert_close(model.centre.detach(), x.mean(dim=0))
@@ -167,7 +167,7 @@ def test_centred_model_decodes_at_the_training_rows_mean_distance_from_the_centr
     centre = training_centre(config, x.numpy(), np.arange(64), "cpu")
     assert centre.length == pytest.approx((x - x.mean(dim=0)).norm(dim=1).mean().item(), rel=1e-5)
     torch.manual_seed(0)
-    model = BinaryAutoencoder(8, 16, 2, centre="mean").eval()
+    model = BinaryAutoencoder(ModelSpec(8, 16, 2, centre="mean")).eval()
     init_model(model, config, centre)
     with torch.no_grad():
         model.decoder.weight.mul_(40)  # a decoder product far longer than the data's spread
@@ -185,19 +185,19 @@ def test_centred_model_decodes_at_the_training_rows_mean_distance_from_the_centr
     torch.testing.assert_close(torch.from_numpy(decoding.centre + scale[:, None] * products), recon)
     torch.testing.assert_close(torch.from_numpy(norm), recon.norm(dim=1))
     # Under MSE the loss fits |r| itself: no length, x_hat = r + c.
-    mse = BinaryAutoencoder(8, 16, 2, centre="mean").eval()
+    mse = BinaryAutoencoder(ModelSpec(8, 16, 2, centre="mean")).eval()
     init_model(mse, config.replace(loss="mse"), centre)
     assert mse.centre_length.item() == 0 and model.centre_length.item() == pytest.approx(centre.length)
     # A centred model saved before the length was kept loads with L = 0 and decodes r + c, as it was trained.
     state = {name: value for name, value in model.state_dict().items() if name != "centre_length"}
-    old = BinaryAutoencoder(8, 16, 2, centre="mean").eval()
+    old = BinaryAutoencoder(ModelSpec(8, 16, 2, centre="mean")).eval()
     old.load_state_dict(state)
     with torch.no_grad():
         torch.testing.assert_close(old.decode(code), product + centre.point)
 
 
 def test_paper_model_has_exactly_the_papers_weights():
-    model = BinaryAutoencoder(8, 16, 2)
+    model = BinaryAutoencoder(ModelSpec(8, 16, 2))
     assert set(model.state_dict()) == {"encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"}
 
 
@@ -214,7 +214,7 @@ def test_geometric_median_ignores_far_outliers():
 def test_tied_init_and_unit_decoder_hold_through_training(planted):
     config = TrainConfig(**SMALL, epochs=1, unit_decoder=True, tied_init=True)
     torch.manual_seed(0)
-    model = BinaryAutoencoder(32, 64, 4)
+    model = BinaryAutoencoder(ModelSpec(32, 64, 4))
     init_model(model, config, None)
     torch.testing.assert_close(model.encoder.weight, model.decoder.weight.T)
     trained = train(planted, config).model
@@ -261,9 +261,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run_with_each_option(tmp_pa
 
 def test_revival_state_is_kept_in_the_checkpoint():
     config = TrainConfig(n_bits=16, k=2, revive="auxk")
-    remedies = Remedies(config, BinaryAutoencoder(4, 16, 2), steps_per_epoch=3)
+    remedies = Remedies(config, BinaryAutoencoder(ModelSpec(4, 16, 2)), steps_per_epoch=3)
     assert set(remedies.state()) == {"steps_idle"}
-    assert Remedies(TrainConfig(n_bits=16, k=2), BinaryAutoencoder(4, 16, 2), 3).state() == {}
+    assert Remedies(TrainConfig(n_bits=16, k=2), BinaryAutoencoder(ModelSpec(4, 16, 2)), 3).state() == {}
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from sparsebin.losses import (
     sparsity_term,
     topk_indices,
 )
-from sparsebin.model import BinaryAutoencoder
+from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.train import train
 
 PLANTED = {"n_bits": 64, "k": 6, "lr": 3e-2, "batch_size": 128, "epochs": 40, "log_every": 1000}
@@ -56,7 +56,7 @@ def test_rigid_topk_gives_exactly_k_bits(planted):
 
 def _encoder_gradient_from_reconstruction(rounding: str) -> torch.Tensor:
     torch.manual_seed(0)
-    model = BinaryAutoencoder(16, 32, 4, rounding=rounding).train()
+    model = BinaryAutoencoder(ModelSpec(16, 32, 4, rounding=rounding)).train()
     x = torch.nn.functional.normalize(torch.randn(64, 16), dim=1)
     out = model(x)
     distance("cosine", x, out.recon).backward()
@@ -75,7 +75,7 @@ def test_hard_round_sends_no_reconstruction_gradient_to_encoder():
 
 def test_removed_round_lets_decoder_see_the_soft_code():
     torch.manual_seed(0)
-    model = BinaryAutoencoder(16, 32, 4, rounding="none").train()
+    model = BinaryAutoencoder(ModelSpec(16, 32, 4, rounding="none")).train()
     out = model(torch.randn(8, 16))
     torch.testing.assert_close(out.code, out.soft)
     assert not torch.equal(out.code, out.hard)

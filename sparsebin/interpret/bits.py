@@ -263,18 +263,7 @@ def label_bits(ctx: RunContext, bits: np.ndarray) -> pd.DataFrame:
     table = judge_labels(pd.concat(parts, ignore_index=True), ctx.categories)
     table.insert(0, "bit", bits)
     table.insert(1, "firing_rate", table["n_active"] / max(len(ctx.concepts), 1))
-    table.insert(3, "label", [ancestor_label(row) for row in table.itertuples()])
     return table
-
-
-def ancestor_label(row) -> str | None:
-    """ "Abnormal social development, 94 % of 17, 70 % of its 23": the best-F1 node, the share of the bit's
-    17 concepts under it and the share of the node's 23 concepts where the bit fires; else the category."""
-    if isinstance(row.ancestor_name, str) and row.ancestor_name:
-        bit_side = f"{row.ancestor_share:.0%} of {int(row.n_active)}"
-        node_side = f"{row.ancestor_recall:.0%} of its {int(row.ancestor_size)}"
-        return f"{row.ancestor_name}, {bit_side}, {node_side}".replace("%", " %")
-    return row.category
 
 
 def bit_table(ctx: RunContext) -> pd.DataFrame:

@@ -274,11 +274,16 @@ def best_ancestors(members: sp.csr_matrix, ancestors: Ancestors) -> pd.DataFrame
     the node's concepts in the row), ancestor_f1, ancestor_size (the node's concepts) and ancestor_level
     (0 for an empty row, which has no node)."""
     n_active = np.diff(members.indptr)
-    coverage = (members @ ancestors.incidence).tocoo()  # (B, A) concepts under each node
-    rows, nodes, counts = coverage.row, coverage.col, coverage.data.astype(np.int64)
+    coverage = sp.csr_matrix(members @ ancestors.incidence)  # (B, A) concepts under each node
+    per_row = np.diff(coverage.indptr)
+    rows, nodes, counts = np.repeat(np.arange(len(per_row)), per_row), coverage.indices, coverage.data
     sizes = ancestors.sizes[nodes]
     f1 = 2 * counts / (n_active[rows] + sizes)  # equal fractions give equal floats: ties are exact
-    order = np.lexsort((nodes, sizes, -counts, -f1, rows))
+    peak = np.zeros(len(per_row))  # (B,) each row's best F1
+    if len(f1):
+        peak[per_row > 0] = np.maximum.reduceat(f1, coverage.indptr[:-1][per_row > 0])
+    tied = np.flatnonzero(f1 == peak[rows])  # only the few nodes at each row's peak are sorted
+    order = tied[np.lexsort((nodes[tied], sizes[tied], -counts[tied], rows[tied]))]
     first = order[np.unique(rows[order], return_index=True)[1]]
     picked = rows[first]
     result = pd.DataFrame(
@@ -303,13 +308,22 @@ def best_ancestors(members: sp.csr_matrix, ancestors: Ancestors) -> pd.DataFrame
 
 
 def label_members(members: sp.csr_matrix, categories: Categories, ancestors: Ancestors) -> pd.DataFrame:
-    """Per row of `members` (one block of bits): n_active, `best_labels`' columns and `best_ancestors`' columns.
-
-    `judge_labels` adds the scores that compare across rows once every block is labelled.
-    """
+    """Per row of `members` (one block of bits): n_active, label (`node_label`), `best_labels`' columns and
+    `best_ancestors`' columns. `judge_labels` adds the scores that compare across rows once every block is in."""
     table = pd.concat([best_labels(members, categories), best_ancestors(members, ancestors)], axis=1)
     table.insert(0, "n_active", np.diff(members.indptr))
+    table.insert(1, "label", [node_label(row) for row in table.itertuples()])
     return table
+
+
+def node_label(row) -> str | None:
+    """ "Abnormal social development, 94 % of 17, 70 % of its 23": the best-F1 node, the share of the bit's
+    17 concepts under it and the share of the node's 23 concepts where the bit fires; else the category."""
+    if isinstance(row.ancestor_name, str) and row.ancestor_name:
+        bit_side = f"{row.ancestor_share:.0%} of {int(row.n_active)}"
+        node_side = f"{row.ancestor_recall:.0%} of its {int(row.ancestor_size)}"
+        return f"{row.ancestor_name}, {bit_side}, {node_side}".replace("%", " %")
+    return row.category
 
 
 def judge_labels(table: pd.DataFrame, categories: Categories) -> pd.DataFrame:
