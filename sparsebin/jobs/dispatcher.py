@@ -65,8 +65,8 @@ log = logging.getLogger("sparsebin.jobs.dispatcher")
 
 
 @dataclass
-class Placement:
-    """A trainer actor and the resources it holds."""
+class TrainerActor:
+    """A trainer actor, the resources it holds and where it runs."""
 
     actor: "ray.actor.ActorHandle"
     gpu: bool
@@ -80,7 +80,7 @@ class Running:
     """A claimed job and its trainer, as the dispatcher follows it."""
 
     job: Job
-    placement: Placement
+    trainer: TrainerActor
     run_ref: "ray.ObjectRef"
     writer: ProgressWriter
     drain_ref: "ray.ObjectRef | None" = None
@@ -109,7 +109,7 @@ class Dispatcher:
         self.max_tasks, self.cpus_per_task = max_tasks, cpus_per_task
         self.progress_every, self.heartbeat_every = progress_every, heartbeat_every
         self.running: dict[int, Running] = {}
-        self.idle: list[Placement] = []
+        self.idle_trainers: list[TrainerActor] = []
         self.datasets: dict[str, tuple[float, ray.ObjectRef]] = {}  # name -> (embeddings mtime, object)
         self.beaten_at = 0.0
         self.jobs_run = 0
@@ -146,10 +146,10 @@ class Dispatcher:
         except Exception as failure:
             self.finish(job, Status.FAILED, error=one_line(failure), trace=traceback.format_exc())
             return
-        placement = self.trainer(gpu)
-        run_ref = placement.actor.run.remote(job.id, embeddings, config.to_json(), data)
+        trainer = self.trainer_for(gpu)
+        run_ref = trainer.actor.run.remote(job.id, embeddings, config.to_json(), data)
         writer = ProgressWriter(self.store, job, self.progress_every)
-        self.running[job.id] = Running(job, placement, run_ref, writer, drained_at=time.monotonic())
+        self.running[job.id] = Running(job, trainer, run_ref, writer, drained_at=time.monotonic())
         log.info("job %d (run %s) sent to Ray (%s)", job.id, job.run_id, "GPU" if gpu else "CPU")
 
     def placed_config(self, job: Job):
@@ -175,26 +175,26 @@ class Dispatcher:
             self.datasets[name] = (mtime, ray.put(embeddings))
         return self.datasets[name][1]
 
-    def trainer(self, gpu: bool) -> Placement:
+    def trainer_for(self, gpu: bool) -> TrainerActor:
         """An idle trainer of this shape, or a new one (its process start is paid once).
 
         Idle trainers of the other shape are ended first: they hold CPUs the new one may need.
         """
-        for placement in self.idle:
-            if placement.gpu == gpu:
-                self.idle.remove(placement)
-                return placement
+        for trainer in self.idle_trainers:
+            if trainer.gpu == gpu:
+                self.idle_trainers.remove(trainer)
+                return trainer
         self.release_idle(0.0)
         options = {"num_cpus": self.cpus_per_task, "num_gpus": 1 if gpu else 0, "max_concurrency": 4}
         actor = ray.remote(Trainer).options(**options).remote(self.cpus_per_task)
-        return Placement(actor, gpu, where_ref=actor.where.remote())
+        return TrainerActor(actor, gpu, where_ref=actor.where.remote())
 
     def release_idle(self, older_than: float) -> None:
         """End trainers idle for longer than `older_than` seconds, so their CPUs or GPU go back to the cluster."""
         now = time.monotonic()
-        for placement in [p for p in self.idle if now - p.idle_since >= older_than]:
-            self.idle.remove(placement)
-            ray.kill(placement.actor)
+        for trainer in [t for t in self.idle_trainers if now - t.idle_since >= older_than]:
+            self.idle_trainers.remove(trainer)
+            ray.kill(trainer.actor)
 
     # -- following running jobs ------------------------------------------
 
@@ -202,7 +202,7 @@ class Dispatcher:
         """Wait up to `timeout` for any trainer to answer, then deal with every answer."""
         pending = []
         for item in self.running.values():
-            pending += [ref for ref in (item.run_ref, item.drain_ref, item.placement.where_ref) if ref is not None]
+            pending += [ref for ref in (item.run_ref, item.drain_ref, item.trainer.where_ref) if ref is not None]
         if pending:
             ray.wait(pending, num_returns=1, timeout=timeout)
         now = time.monotonic()
@@ -213,15 +213,15 @@ class Dispatcher:
             self.beaten_at = now
 
     def follow(self, item: Running, now: float) -> None:
-        placement = item.placement
-        if placement.where_ref is not None and ready(placement.where_ref):
+        trainer = item.trainer
+        if trainer.where_ref is not None and ready(trainer.where_ref):
             try:
-                placement.where = ray.get(placement.where_ref)
+                trainer.where = ray.get(trainer.where_ref)
             except RayActorError:
                 pass  # the run's answer says the trainer is gone
-            placement.where_ref = None
-        if placement.where is not None and not item.placed:
-            where = placement.where
+            trainer.where_ref = None
+        if trainer.where is not None and not item.placed:
+            where = trainer.where
             self.store.place(item.job.id, self.name, where["node"], where["device"], where["pid"])
             item.placed = True
             log.info("job %d trains on %s, %s (pid %d)", item.job.id, where["node"], where["device"], where["pid"])
@@ -235,11 +235,11 @@ class Dispatcher:
             self.end(item)
             return
         if item.drain_ref is None and now - item.drained_at >= DRAIN_EVERY:
-            item.drain_ref = placement.actor.drain.remote(item.job.id)
+            item.drain_ref = trainer.actor.drain.remote(item.job.id)
             item.drained_at = now
         if item.stop_asked_at is not None and now - item.stop_asked_at > STOP_GRACE:
             log.warning("job %d: its trainer did not stop within %g s; ending its actor", item.job.id, STOP_GRACE)
-            ray.kill(placement.actor)
+            ray.kill(trainer.actor)
             item.stop_asked_at = now  # its run now answers with the actor's end
 
     def take_drained(self, item: Running, drained: dict) -> None:
@@ -258,7 +258,7 @@ class Dispatcher:
                 self.ask_stop(item, "cancel")
 
     def ask_stop(self, item: Running, reason: str) -> None:
-        item.placement.actor.stop.remote(item.job.id)
+        item.trainer.actor.stop.remote(item.job.id)
         item.stop_asked_at, item.stop_reason = time.monotonic(), reason
 
     def end(self, item: Running) -> None:
@@ -281,12 +281,12 @@ class Dispatcher:
         except RayTaskError as failure:
             cause = failure.cause if isinstance(failure.cause, BaseException) else failure
             status, error, trace = Status.FAILED, one_line(cause), remote_traceback(failure)
-            self.keep_idle(item.placement)
+            self.keep_idle(item.trainer)
         except RayError as failure:  # the run's result itself was lost, or the node ran out of memory
             status, error = Status.INTERRUPTED, f"{one_line(failure)}; resume it to continue."
-            ray.kill(item.placement.actor)
+            ray.kill(item.trainer.actor)
         else:
-            self.keep_idle(item.placement)
+            self.keep_idle(item.trainer)
             try:
                 status, error, summary = self.store_outcome(item, folder, outcome)
             except Exception as failure:  # e.g. a full disk here: the job fails, the dispatcher goes on
@@ -309,9 +309,9 @@ class Dispatcher:
     def cancel_asked(self, item: Running) -> bool:
         return item.stop_reason == "cancel" and self.store.job(item.job.id).cancel_requested
 
-    def keep_idle(self, placement: Placement) -> None:
-        placement.idle_since = time.monotonic()
-        self.idle.append(placement)
+    def keep_idle(self, trainer: TrainerActor) -> None:
+        trainer.idle_since = time.monotonic()
+        self.idle_trainers.append(trainer)
 
     def finish(self, job: Job, status: Status, *, error=None, trace=None, summary=None) -> None:
         self.jobs_run += 1
@@ -329,7 +329,7 @@ class Dispatcher:
         while self.running and time.monotonic() < deadline:
             self.poll(0.2)
         for item in list(self.running.values()):  # trainers that would not stop
-            ray.kill(item.placement.actor)
+            ray.kill(item.trainer.actor)
             del self.running[item.job.id]
             self.finish(item.job, Status.INTERRUPTED, error=STOPPED)
         self.release_idle(0.0)
