@@ -126,7 +126,7 @@ def measure(data: str, name: str, config: TrainConfig, folder: Path, embeddings:
     validation = metrics["validation"]
     history = runfolder.load_history(folder)
     settled, epochs = settle_epoch(history)
-    recon_settled, _ = settle_epoch(history, "rec_loss", floor=0.0)
+    recon_settled, _ = settle_epoch(history, "reconstruction_loss", floor=0.0)
     row = {
         "data": data,
         "setting": name,

@@ -91,8 +91,8 @@ def sparsebin_rate(x: np.ndarray, config: TrainConfig, steps: int, **options) ->
     finally:
         sparsebin.train.build_model = plain
     first, last = events[0], events[-1]
-    rate = (last["step"] - first["step"]) * config.batch_size / (last["elapsed_s"] - first["elapsed_s"])
-    return rate, float(np.mean([event["active_mean"] for event in events]))
+    rate = (last.step - first.step) * config.batch_size / (last.elapsed_seconds - first.elapsed_seconds)
+    return rate, float(np.mean([event.active_mean for event in events]))
 
 
 def reference_rate(x: np.ndarray, n_bits: int, k: int, batch: int, steps: int, device: str) -> float:

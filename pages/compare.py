@@ -10,6 +10,7 @@ from sparsebin.health import convergence_word
 from sparsebin.interpret.comparison import comparison_key, with_settings
 from sparsebin.interpret.questions import answer_questions, default_run
 from sparsebin.interpret.report import TABLE_METRICS, report_for_store
+from sparsebin.progress import CURVES
 
 ALWAYS = ["dataset", "n_bits", "k", "epochs", "seed"]  # shown even where the picked runs agree
 METRICS = {column: header for column, header, _ in TABLE_METRICS if not column.startswith("bytes_")}
@@ -82,7 +83,7 @@ if missing:
         "again by today's definitions, keeping their model, codes and split."
     )
 left, right = st.columns(2)
-metric = left.selectbox("Curve", ["loss", "rec_loss", "sp_loss", "active_mean", "dead_bits"], key="curve_metric")
+metric = left.selectbox("Curve", list(CURVES), format_func=CURVES.get, key="curve_metric")
 histories = {titles[run_id]: _shared.run_history(run_id) for run_id in picked}
 left.plotly_chart(charts.training_curves(histories, metric), key="curves_chart")
 k = runs["k"].iloc[0] if runs["k"].nunique() == 1 else None

@@ -15,6 +15,7 @@ and a checkpoint taken on one resumes on the other.
 """
 
 import contextlib
+import logging
 import mmap
 import queue
 import threading
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sparsebin.devices import device_kind
+from sparsebin.devices import device_kind, free_memory
 from sparsebin.files import CHUNK_ROWS
 
 PLACEMENTS = ("auto", "resident", "mapped")
@@ -32,27 +33,30 @@ PLACEMENTS = ("auto", "resident", "mapped")
 # left to the model, its Adam moments and a batch's (B, N) activations.
 RESIDENT_SHARE = 0.5
 PREFETCH_DEPTH = 3  # batches read ahead on the mapped path
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Placement:
+class RowPlacement:
+    """Where the training rows were held, and why."""
+
     mode: str  # resident or mapped
     reason: str  # one sentence a log or a run folder can show
 
 
-def choose_placement(requested: str, n_rows: int, dim: int, device: str, free_bytes: int | None) -> Placement:
+def choose_placement(requested: str, n_rows: int, dim: int, device: str, free_bytes: int | None) -> RowPlacement:
     """Resident when asked, or when the rows take at most RESIDENT_SHARE of the free memory; else mapped."""
     if requested not in PLACEMENTS:
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {requested!r}.")
     size = n_rows * dim * 4  # float32
     if requested == "mapped":
-        return Placement("mapped", "batches are read from the data as they are needed, as asked.")
+        return RowPlacement("mapped", "batches are read from the data as they are needed, as asked.")
     if requested == "resident":
-        return Placement("resident", f"the {_gib(size)} of training rows are held on {device}, as asked.")
+        return RowPlacement("resident", f"the {_gib(size)} of training rows are held on {device}, as asked.")
     if free_bytes is None or size <= RESIDENT_SHARE * free_bytes:
         free = "" if free_bytes is None else f" ({_gib(free_bytes)} free)"
-        return Placement("resident", f"the {_gib(size)} of training rows fit on {device}{free} and are held there.")
-    return Placement(
+        return RowPlacement("resident", f"the {_gib(size)} of training rows fit on {device}{free} and are held there.")
+    return RowPlacement(
         "mapped",
         f"the training rows take {_gib(size)} but {device} has {_gib(free_bytes)} free, so batches are read "
         "from the data as they are needed instead of holding every row on the device.",
@@ -215,8 +219,17 @@ class Prefetcher:
         self._thread.join()
 
 
-def training_rows(
-    placement: Placement, embeddings: np.ndarray, rows: np.ndarray, normalize: bool, device: str
-) -> ResidentRows | MappedRows:
+def place_rows(
+    requested: str, embeddings: np.ndarray, rows: np.ndarray, normalize: bool, device: str, free_bytes: int | None
+) -> tuple[ResidentRows | MappedRows, RowPlacement]:
+    """The training `rows` of `embeddings` held where `requested` (auto, resident, mapped) says, and that choice.
+
+    auto measures the device's free memory unless `free_bytes` is given, and
+    logs the reason when the rows do not fit and are read batch by batch.
+    """
+    free = free_memory(device) if free_bytes is None and requested == "auto" else free_bytes
+    placement = choose_placement(requested, len(rows), embeddings.shape[1], device, free)
+    if requested == "auto" and placement.mode == "mapped":
+        log.warning(placement.reason)
     source = ResidentRows if placement.mode == "resident" else MappedRows
-    return source(embeddings, rows, normalize, device)
+    return source(embeddings, rows, normalize, device), placement

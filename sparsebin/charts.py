@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sparsebin.health import HEALTH_LABELS
+from sparsebin.progress import CURVES
 
 _LAYOUT = {"margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "legend": {"orientation": "h", "y": -0.2}}
 
@@ -24,8 +25,9 @@ def _figure(title: str, x_title: str, y_title: str) -> go.Figure:
 
 
 def training_curves(histories: Mapping[str, Sequence[dict]], metric: str = "loss") -> go.Figure:
-    """One line per run: `metric` of each logged history event against its step."""
-    figure = _figure(f"{metric} while training", "step", metric)
+    """One line per run: `metric` of each logged history record against its step, named as CURVES names it."""
+    name = CURVES.get(metric, metric)
+    figure = _figure(f"{name} while training", "step", name)
     for label, events in histories.items():
         points = [(event["step"], event[metric]) for event in events if event.get(metric) is not None]
         steps, values = zip(*points, strict=True) if points else ((), ())

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsebin import runfolder
+from sparsebin.checkpoint import check_checkpoint
 from sparsebin.config import TrainConfig
 from sparsebin.devices import describe_device
 from sparsebin.errors import DataError, RunFileError
@@ -19,7 +20,7 @@ from sparsebin.metrics import (
     sign_codes,
 )
 from sparsebin.search.codes import CodeIndex, bytes_per_vector, sample_queries, sign_decoding
-from sparsebin.train import ProgressCallback, Split, TrainResult, check_checkpoint, train
+from sparsebin.train import ProgressCallback, Split, TrainResult, train
 
 CHECKPOINT = "checkpoint.safetensors"
 

@@ -64,7 +64,9 @@ class Centre:
     length: float
 
 
-def training_centre(config: TrainConfig, embeddings: np.ndarray, rows: np.ndarray, device: str) -> Centre | None:
+def training_centre(
+    config: TrainConfig, embeddings: np.ndarray, rows: np.ndarray, device: str | torch.device
+) -> Centre | None:
     """The centre of the training rows (normalised as trained), or None without centring.
 
     Read from the data in chunks on the host, so a memory-mapped data set is
@@ -154,13 +156,6 @@ def rate_term(config: TrainConfig, soft: torch.Tensor, hard: torch.Tensor, k: in
     return (above.square() + below.square()).sum()
 
 
-def reconstruction_pair(x: torch.Tensor, recon: torch.Tensor, centre: torch.Tensor | None):
-    """(target, reconstruction) the training loss compares: both minus the initial centre when centring."""
-    if centre is None:
-        return x, recon
-    return x - centre, recon - centre
-
-
 def auxiliary_term(model: BinaryAutoencoder, x: torch.Tensor, out: Forward, dead: torch.Tensor, aux_k: int):
     """L_aux (see the module docstring), or None when no bit is dead."""
     n_dead = int(dead.sum())
@@ -179,13 +174,32 @@ class Remedies:
 
     `steps_idle` (N,) counts, per bit, the steps since it last fired on a
     training batch; it is saved in checkpoints so resumed runs revive alike.
+    `loss_centre` is c0, the centre at the start, which the training loss
+    subtracts from both sides (None without centring).
     """
 
-    def __init__(self, config: TrainConfig, model: BinaryAutoencoder, steps_per_epoch: int):
+    def __init__(
+        self, config: TrainConfig, model: BinaryAutoencoder, steps_per_epoch: int, centre: Centre | None = None
+    ):
         self.config = config
         self.steps_per_epoch = steps_per_epoch
         self.aux_k = config.aux_k or 2 * config.k
         self.steps_idle = torch.zeros(config.n_bits, dtype=torch.int64, device=next(model.parameters()).device)
+        self.loss_centre = None if centre is None else centre.point
+
+    @classmethod
+    def start(
+        cls,
+        config: TrainConfig,
+        model: BinaryAutoencoder,
+        embeddings: np.ndarray,
+        rows: np.ndarray,
+        steps_per_epoch: int,
+    ) -> "Remedies":
+        """The remedies of a new run: the centre found on the training `rows`, and the model initialised with it."""
+        centre = training_centre(config, embeddings, rows, next(model.parameters()).device)
+        init_model(model, config, centre)
+        return cls(config, model, steps_per_epoch, centre)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors a checkpoint must keep (empty when no remedy has state)."""
@@ -209,7 +223,7 @@ class Remedies:
             terms["rate_loss"] = self.config.rate_weight * rate_term(self.config, out.soft, code, k)
         if self.config.revive == "auxk":
             aux = auxiliary_term(model, x, out, self.dead(), self.aux_k)
-            terms["aux_loss"] = self.config.aux_weight * aux if aux is not None else out.logits.new_zeros(())
+            terms["auxiliary_loss"] = self.config.aux_weight * aux if aux is not None else out.logits.new_zeros(())
         return terms
 
     @torch.no_grad()

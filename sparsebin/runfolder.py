@@ -3,7 +3,7 @@
     <run>/config.json         the TrainConfig, exactly what was trained
     <run>/model.safetensors   weights; their ModelSpec (and the config) in its metadata
     <run>/metrics.json        {"train": {...}, "validation": {...}, "sign": {...}}
-    <run>/history.jsonl       one progress event per line
+    <run>/history.jsonl       one progress event's record per line
     <run>/codes.npy           packed hard bits (np.packbits), one row per concept
     <run>/split.json          the row indices of the validation part
     <run>/environment.json    the device (and its name), torch version and dtype that made the codes
@@ -23,6 +23,7 @@ from sparsebin.devices import is_available
 from sparsebin.errors import RunFileError
 from sparsebin.files import atomic_path, write_atomic
 from sparsebin.model import BinaryAutoencoder, ModelSpec
+from sparsebin.progress import read_record
 
 ENVIRONMENT = "environment.json"
 ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy")
@@ -85,9 +86,10 @@ def evaluated_part(metrics: dict) -> tuple[str, dict]:
 
 
 def load_history(folder: Path) -> list[dict]:
+    """The run's progress records under today's names (see `sparsebin.progress.read_record`)."""
     path = _require(folder, "history.jsonl")
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [read_record(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
     except ValueError as error:
         raise RunFileError(f"run {Path(folder).name} has a damaged history.jsonl: {error}") from error
 

@@ -2,44 +2,36 @@
 
 Batches are slices of a seeded random permutation of the training rows (no
 DataLoader in the hot loop); `batches.py` holds them on the device when they
-fit, and otherwise reads each batch from the (memory-mapped) data. The loop touches the host only at logging steps,
-where it reports a progress event through a callback. It checkpoints at every
-epoch end (model, optimizer, random states, history) and resumes from such a
-checkpoint to the same result as an uninterrupted run.
+fit, and otherwise reads each batch from the (memory-mapped) data. The loop
+touches the host only at logging steps, where it reports a progress event
+(`sparsebin.progress`) through a callback. It checkpoints at every epoch end
+(`sparsebin.checkpoint`) and resumes from such a checkpoint to the same result
+as an uninterrupted run.
 """
 
-import json
-import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sparsebin.batches import Placement, choose_placement, release_pages, training_rows
+from sparsebin.batches import RowPlacement, place_rows, release_pages
+from sparsebin.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from sparsebin.config import TrainConfig, validation_size
-from sparsebin.devices import (
-    free_memory,
-    get_rng_state,
-    resolve_device,
-    reuse_freed_blocks,
-    set_rng_state,
-    synchronize,
-)
-from sparsebin.errors import DataError, RunFileError
-from sparsebin.files import CHUNK_ROWS, atomic_path
+from sparsebin.devices import resolve_device, reuse_freed_blocks, synchronize
+from sparsebin.errors import DataError
+from sparsebin.files import CHUNK_ROWS
 from sparsebin.losses import distance, sparsity_term
-from sparsebin.model import BinaryAutoencoder, ModelSpec
-from sparsebin.remedies import Remedies, init_model, reconstruction_pair, training_centre
+from sparsebin.model import BinaryAutoencoder, Forward, ModelSpec
+from sparsebin.progress import ProgressEvent
+from sparsebin.remedies import Remedies
 
-ProgressCallback = Callable[[dict], None]
-log = logging.getLogger(__name__)
+ProgressCallback = Callable[[ProgressEvent], None]
 
 
 @dataclass
@@ -53,11 +45,11 @@ class TrainResult:
     model: BinaryAutoencoder
     config: TrainConfig
     split: Split
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # each progress event's record
     epochs_done: int = 0
     cancelled: bool = False
     device: str = "cpu"
-    placement: Placement | None = None  # where the training rows were held, and why
+    placement: RowPlacement | None = None  # where the training rows were held, and why
 
 
 def split_rows(n_rows: int, val_fraction: float, seed: int) -> Split:
@@ -98,7 +90,7 @@ def build_model(config: TrainConfig, d_in: int, decoder_path: str = "auto") -> B
 
     `init` acts here rather than in the ModelSpec: it only sets the starting
     weights, which training then changes and a saved model's own weights
-    replace. The initialisation remedies follow in `sparsebin.remedies`.
+    replace. The initialisation remedies follow in `Remedies.start`.
     """
     torch.manual_seed(config.seed)
     model = BinaryAutoencoder(ModelSpec.from_config(config, d_in, decoder_path))
@@ -108,22 +100,138 @@ def build_model(config: TrainConfig, d_in: int, decoder_path: str = "auto") -> B
     return model
 
 
+def start_state(
+    config: TrainConfig,
+    embeddings: np.ndarray,
+    rows: np.ndarray,
+    device: str,
+    steps_per_epoch: int,
+    decoder_path: str = "auto",
+) -> TrainingState:
+    """A new run's state on `device`, built in the order that makes a seed's run repeat: the model, the
+    remedies (which find the centre on the training `rows` and may draw tied weights), Adam, the batch order."""
+    model = build_model(config, embeddings.shape[1], decoder_path).to(device)
+    remedies = Remedies.start(config, model, embeddings, rows, steps_per_epoch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))
+    generator = torch.Generator().manual_seed(config.seed)
+    return TrainingState(config, model, optimizer, generator, remedies, device)
+
+
+def _fast_adam(device: str) -> dict:
+    # The fused kernel does the whole update in one pass; CPU and CUDA have it.
+    return {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
+
+
 def training_loss(
     model: BinaryAutoencoder,
     config: TrainConfig,
     x: torch.Tensor,
     k: int | None = None,
     centre: torch.Tensor | None = None,
-):
-    """(total, reconstruction, sparsity, forward) for one batch.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Forward]:
+    """(total, reconstruction, alignment, forward) for one batch x (B, D).
 
-    `k` overrides the TopK target; with a `centre` both sides of the
-    reconstruction distance are centred (see sparsebin.remedies).
+    `k` overrides the TopK target; with a `centre` c0 (D,) the reconstruction
+    distance compares the centred vectors, d(x - c0, x_hat - c0) (see sparsebin.remedies).
     """
     out = model(x, k)
-    rec = distance(config.reconstruction_distance, *reconstruction_pair(x, out.recon, centre))
-    sp = sparsity_term(config.sparsity, config.alignment_distance, out.soft, out.topk)
-    return rec + config.alpha * sp, rec, sp, out
+    target, recon = (x, out.recon) if centre is None else (x - centre, out.recon - centre)
+    reconstruction = distance(config.reconstruction_distance, target, recon)
+    alignment = sparsity_term(config.sparsity, config.alignment_distance, out.soft, out.topk)
+    return reconstruction + config.alpha * alignment, reconstruction, alignment, out
+
+
+@dataclass
+class Step:
+    """What one training step leaves for its progress event."""
+
+    k: int  # the TopK target it trained at
+    loss: torch.Tensor  # () the total, remedy terms included
+    reconstruction: torch.Tensor  # () L_rec
+    alignment: torch.Tensor  # () L_sp, before alpha
+    extra: dict[str, torch.Tensor]  # the remedies' weighted terms, by name
+    code: torch.Tensor  # (B, N) the batch's stored code
+
+
+def train_step(state: TrainingState, x: torch.Tensor, step: int) -> Step:
+    """One optimizer step on the batch x (B, D), the run's `step`-th (from 0)."""
+    model, remedies, optimizer = state.model, state.remedies, state.optimizer
+    k = remedies.k_at(step)
+    loss, reconstruction, alignment, out = training_loss(model, state.config, x, k, remedies.loss_centre)
+    code = model.stored_code(out.hard, out.topk)  # (B, N) what evaluation will store
+    extra = remedies.extra_terms(model, x, out, k, code)
+    if extra:
+        loss = loss + sum(extra.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    remedies.after_step(model, optimizer, x, out, code)
+    return Step(k, loss, reconstruction, alignment, extra, code)
+
+
+class DeadBits:
+    """Bits of the stored code that fired on no training row, counted over each whole epoch.
+
+    A step adds its code's firing counts on the device; the count is read
+    back (a host sync) only at an epoch's end, and during the first epoch at
+    each logging step. Between epoch ends the last whole epoch's count is
+    reported, so it changes only when an epoch ends.
+    """
+
+    def __init__(self, n_bits: int, device: str):
+        self.fired = torch.zeros(n_bits, device=device)  # (N,) firing counts this epoch
+        self.last_epoch: int | None = None  # the count at the last epoch end; None in the first epoch
+
+    def new_epoch(self) -> None:
+        self.fired.zero_()
+
+    def add(self, code: torch.Tensor) -> None:
+        """Count the firing of a batch's stored code (B, N)."""
+        self.fired += code.sum(dim=0)
+
+    def count(self, epoch_end: bool) -> int:
+        if epoch_end or self.last_epoch is None:
+            dead = int((self.fired == 0).sum().item())
+            self.last_epoch = dead if epoch_end else None
+            return dead
+        return self.last_epoch
+
+
+class Meter:
+    """Counts what the progress events report, and makes one every `log_every` steps and at each epoch end.
+
+    Only those steps touch the host: the device is synchronised first, since a
+    GPU runs behind the host and only finished steps may be timed.
+    """
+
+    def __init__(self, config: TrainConfig, total_steps: int, device: str):
+        self.k, self.log_every, self.total_steps, self.device = config.k, config.log_every, total_steps, device
+        self.dead = DeadBits(config.n_bits, device)
+        self.started, self.samples = time.perf_counter(), 0
+
+    def measure(self, done: Step, step: int, epoch: int, epoch_end: bool) -> ProgressEvent | None:
+        """Count the `step`-th step (from 1) of `epoch` (from 0); its event when it is a logging step."""
+        self.dead.add(done.code)
+        self.samples += len(done.code)
+        if step % self.log_every and not epoch_end:
+            return None
+        synchronize(self.device)
+        elapsed = time.perf_counter() - self.started
+        return ProgressEvent(
+            step=step,
+            epoch=epoch + 1,
+            total_steps=self.total_steps,
+            loss=done.loss.item(),
+            reconstruction_loss=done.reconstruction.item(),
+            alignment_loss=done.alignment.item(),
+            active_mean=done.code.sum(dim=1).mean().item(),
+            dead_bits=self.dead.count(epoch_end),
+            samples_per_second=self.samples / max(elapsed, 1e-9),
+            elapsed_seconds=elapsed,
+            epoch_end=epoch_end,
+            **{name: term.item() for name, term in done.extra.items()},
+            target_active=done.k if done.k != self.k else None,
+        )
 
 
 def train(
@@ -139,15 +247,12 @@ def train(
 ) -> TrainResult:
     """Train a model on `embeddings` (M, D) with `config`.
 
-    `progress` receives a dict every `log_every` steps and at each epoch end:
-    step, epoch, total_steps, loss, rec_loss, sp_loss, active_mean (active bits
-    of the stored code in the logged batch), dead_bits (bits of the stored code
-    that fired on no training row in the last whole epoch; during the first
-    epoch, so far), samples_per_s, elapsed_s. `should_stop` is checked before
-    every step; when it returns True the loop ends and the result says
-    cancelled. With a `checkpoint_path`, an existing checkpoint there is resumed
-    from (it must come from the same config), and a new one is written at the
-    end of every epoch.
+    `progress` receives a `ProgressEvent` every `log_every` steps and at each
+    epoch end; the result's history keeps each event's record. `should_stop`
+    is checked before every step; when it returns True the loop ends and the
+    result says cancelled. With a `checkpoint_path`, an existing checkpoint
+    there is resumed from (it must come from the same config), and a new one
+    is written at the end of every epoch.
 
     `placement` is auto (the training rows are held on the device when they
     take at most half its free memory, else read batch by batch from the
@@ -162,191 +267,34 @@ def train(
     if device == "cpu":
         reuse_freed_blocks()
     split = split_rows(embeddings.shape[0], config.val_fraction, config.split_seed)
-    d_in = embeddings.shape[1]
-    free = free_memory(device) if free_bytes is None and placement == "auto" else free_bytes
-    chosen = choose_placement(placement, len(split.train), d_in, device, free)
-    if placement == "auto" and chosen.mode == "mapped":
-        log.warning(chosen.reason)
-    rows = training_rows(chosen, embeddings, split.train, config.normalize, device)
-    n_train = len(rows)
-
-    model = build_model(config, d_in, decoder_path).to(device)
-    centre = training_centre(config, embeddings, split.train, device)
-    init_model(model, config, centre)
-    loss_centre = None if centre is None else centre.point
-    steps_per_epoch = -(-n_train // config.batch_size)
-    remedies = Remedies(config, model, steps_per_epoch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))
-    generator = torch.Generator().manual_seed(config.seed)  # batch order, CPU so devices agree
-    history: list[dict] = []
-    start_epoch = 0
+    rows, placed = place_rows(placement, embeddings, split.train, config.normalize, device, free_bytes)
+    steps_per_epoch = -(-len(rows) // config.batch_size)
+    state = start_state(config, embeddings, split.train, device, steps_per_epoch, decoder_path)
+    start_epoch, history = 0, []
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        start_epoch, history = load_checkpoint(checkpoint_path, model, optimizer, generator, config, remedies.state())
-
-    total_steps = steps_per_epoch * config.epochs
-    step = start_epoch * steps_per_epoch
-    fired = torch.zeros(config.n_bits, device=device)  # firing counts this epoch
-    dead_last_epoch: int | None = None
-    result = TrainResult(model, config, split, history, start_epoch, device=device, placement=chosen)
-    model.train()
-    started, samples = time.perf_counter(), 0
+        start_epoch, history = load_checkpoint(checkpoint_path, state)
+    result = TrainResult(state.model, config, split, history, start_epoch, device=device, placement=placed)
+    meter, step = Meter(config, steps_per_epoch * config.epochs, device), start_epoch * steps_per_epoch
+    state.model.train()
     for epoch in range(start_epoch, config.epochs):
-        order = torch.randperm(n_train, generator=generator)
-        fired.zero_()
-        batches = rows.epoch(order, config.batch_size)
-        for begin in range(0, n_train, config.batch_size):
-            if should_stop is not None and should_stop():
-                batches.close()  # stops the mapped path's reader thread
-                result.cancelled = True
-                model.eval()
-                return result
-            x = next(batches)  # (B, D)
-            k = remedies.k_at(step)
-            loss, rec, sp, out = training_loss(model, config, x, k, loss_centre)
-            code = model.stored_code(out.hard, out.topk)  # (B, N) what evaluation will store
-            extra = remedies.extra_terms(model, x, out, k, code)
-            if extra:
-                loss = loss + sum(extra.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            remedies.after_step(model, optimizer, x, out, code)
-            fired += code.sum(dim=0)
-            step += 1
-            samples += x.shape[0]
-            last_of_epoch = begin + config.batch_size >= n_train
-            if step % config.log_every == 0 or last_of_epoch:
-                synchronize(device)  # a GPU runs behind the host: count only finished steps
-                elapsed = time.perf_counter() - started
-                if last_of_epoch or dead_last_epoch is None:
-                    dead = int((fired == 0).sum().item())
-                    dead_last_epoch = dead if last_of_epoch else None
-                else:
-                    dead = dead_last_epoch
-                event = {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "total_steps": total_steps,
-                    "loss": loss.item(),
-                    "rec_loss": rec.item(),
-                    "sp_loss": sp.item(),
-                    "active_mean": code.sum(dim=1).mean().item(),
-                    "dead_bits": dead,
-                    "samples_per_s": samples / max(elapsed, 1e-9),
-                    "elapsed_s": elapsed,
-                    "epoch_end": last_of_epoch,
-                }
-                event |= {name: term.item() for name, term in extra.items()}
-                if k != config.k:
-                    event["k_target"] = k
-                history.append(event)
-                if progress is not None:
-                    progress(event)
-        batches.close()
+        order = torch.randperm(len(rows), generator=state.generator)
+        meter.dead.new_epoch()
+        with closing(rows.epoch(order, config.batch_size)) as batches:
+            for index in range(steps_per_epoch):
+                if should_stop is not None and should_stop():
+                    result.cancelled = True
+                    break
+                done = train_step(state, next(batches), step)
+                step += 1
+                event = meter.measure(done, step, epoch, epoch_end=index == steps_per_epoch - 1)
+                if event is not None:
+                    history.append(event.to_record())
+                    if progress is not None:
+                        progress(event)
+        if result.cancelled:
+            break
         result.epochs_done = epoch + 1
         if checkpoint_path is not None:
-            save_checkpoint(
-                checkpoint_path, model, optimizer, generator, epoch + 1, history, config, device, remedies.state()
-            )
-    model.eval()
+            save_checkpoint(checkpoint_path, state, epoch + 1, history)
+    state.model.eval()
     return result
-
-
-def _fast_adam(device: str) -> dict:
-    # The fused kernel does the whole update in one pass; CPU and CUDA have it.
-    return {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
-
-
-def save_checkpoint(
-    path: Path,
-    model: BinaryAutoencoder,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    epoch: int,
-    history: list[dict],
-    config: TrainConfig,
-    device: str = "cpu",
-    remedy_state: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """Write model, optimizer moments, random states and the remedies' state as safetensors (no pickle).
-
-    Written to a temporary name and renamed, so a kill mid-write leaves the
-    previous checkpoint intact.
-    """
-    tensors = {f"model.{name}": value.detach().cpu() for name, value in model.state_dict().items()}
-    optimizer_state = optimizer.state_dict()
-    for index, state in optimizer_state["state"].items():
-        for key, value in state.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().reshape(-1)
-    for name, value in (remedy_state or {}).items():
-        tensors[f"state.{name}"] = value.detach().cpu()
-    tensors["rng.batch_order"] = generator.get_state()
-    # Stochastic rounding draws from the training device's generator: that one state is saved.
-    tensors["rng.device"] = get_rng_state(device)
-    meta = {
-        "config": config.to_json(),
-        "epoch": json.dumps(epoch),
-        "history": json.dumps(history),
-        "param_groups": json.dumps(optimizer_state["param_groups"]),
-        "rng_device": device,
-    }
-    with atomic_path(path) as partial:
-        save_file({name: value.contiguous() for name, value in tensors.items()}, str(partial), metadata=meta)
-
-
-def check_checkpoint(path: Path, config: TrainConfig) -> dict:
-    """The checkpoint's metadata; RunFileError when it was written for another config.
-
-    The device and the logging interval may differ: they do not change what is learned.
-    """
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
-    if "config" not in meta:
-        raise RunFileError(f"{path} does not say which config it was written for; delete it to start over.")
-    saved = TrainConfig.from_json(meta["config"]).to_dict()
-    changed = [
-        name for name, value in config.to_dict().items() if saved[name] != value and name not in ("device", "log_every")
-    ]
-    if changed:
-        raise RunFileError(
-            f"{path} is a checkpoint of a different configuration ({', '.join(changed)} differ); "
-            "train into another folder, or delete the checkpoint to start over."
-        )
-    return meta
-
-
-def load_checkpoint(
-    path: Path,
-    model: BinaryAutoencoder,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    config: TrainConfig,
-    remedy_state: dict[str, torch.Tensor] | None = None,
-) -> tuple[int, list[dict]]:
-    """Restore what save_checkpoint wrote, `remedy_state`'s tensors in place; return (epochs done, history).
-
-    A checkpoint of another config is refused rather than silently continued.
-    """
-    meta = check_checkpoint(path, config)
-    tensors = load_file(str(path))
-    device = next(model.parameters()).device
-    model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
-    state: dict[int, dict] = {}
-    reference = optimizer.state_dict()
-    params = [p for group in reference["param_groups"] for p in group["params"]]
-    shapes = dict(zip(params, (p.shape for p in model.parameters()), strict=True))
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            index = int(index)
-            value = value.reshape(()) if key == "step" else value.reshape(shapes[index])
-            state.setdefault(index, {})[key] = value if key == "step" else value.to(device)
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    for name, value in (remedy_state or {}).items():
-        value.copy_(tensors[f"state.{name}"])
-    generator.set_state(tensors["rng.batch_order"])
-    if "rng.device" in tensors:
-        set_rng_state(str(device), tensors["rng.device"], meta["rng_device"])
-    else:  # written before the device's state was saved alone: the host generator's
-        set_rng_state(str(device), tensors["rng.torch"], "cpu")
-    return json.loads(meta["epoch"]), json.loads(meta["history"])

@@ -23,6 +23,7 @@ from sparsebin.experiment import run_experiment
 from sparsebin.health import HEALTH_LABELS, convergence_word
 from sparsebin.metrics import HEADLINE_METRICS, evaluate_model, normalized_rows
 from sparsebin.paths import home_dir
+from sparsebin.progress import ProgressEvent
 from sparsebin.train import check_embeddings
 
 PRESET_HELP = (
@@ -108,10 +109,10 @@ def train_command(args: argparse.Namespace) -> int:
     out = args.out or home_dir() / "runs" / time.strftime("cli-%Y%m%d-%H%M%S")
     with tqdm(total=None, unit="step", desc="training") as bar:
 
-        def progress(event: dict) -> None:
-            bar.total = event["total_steps"]
-            bar.n = event["step"]
-            bar.set_postfix(epoch=event["epoch"], loss=f"{event['loss']:.4f}", active=f"{event['active_mean']:.1f}")
+        def progress(event: ProgressEvent) -> None:
+            bar.total = event.total_steps
+            bar.n = event.step
+            bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}", active=f"{event.active_mean:.1f}")
 
         run_experiment(embeddings, config, out, progress=progress, n_queries=args.queries)
     full = runfolder.load_metrics(out)

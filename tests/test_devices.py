@@ -145,7 +145,7 @@ def test_throughput_is_timed_after_the_device_finishes_its_steps(monkeypatch):
     events = []
     train(x, TrainConfig(n_bits=16, k=2, epochs=1, batch_size=60, log_every=1, device="cpu"), progress=events.append)
     assert len(waits) == len(events) == 3
-    assert [event["elapsed_s"] >= 0.1 * (index + 1) for index, event in enumerate(events)] == [True] * 3
+    assert [event.elapsed_seconds >= 0.1 * (index + 1) for index, event in enumerate(events)] == [True] * 3
 
 
 def test_a_run_folder_records_the_device_and_torch_that_made_its_codes(tmp_path):

@@ -1,13 +1,17 @@
 """The method's behaviour: planted structure, gradient facts, every ablation, determinism."""
 
 import itertools
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from conftest import planted_data
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from sparsebin import runfolder
 from sparsebin.config import LOSSES, ROUNDINGS, SPARSITIES, TrainConfig
 from sparsebin.errors import DataError, RunFileError
 from sparsebin.experiment import evaluate_run, run_experiment
@@ -20,6 +24,8 @@ from sparsebin.losses import (
     topk_indices,
 )
 from sparsebin.model import BinaryAutoencoder, ModelSpec
+from sparsebin.progress import ProgressEvent
+from sparsebin.search.codes import pack_bits
 from sparsebin.train import train
 
 PLANTED = {"n_bits": 64, "k": 6, "lr": 3e-2, "batch_size": 128, "epochs": 40, "log_every": 1000}
@@ -173,10 +179,11 @@ def test_progress_reports_steps_losses_and_dead_bits():
     x, _ = planted_data(n_rows=300, dim=16, n_bits=32, k=4)
     events = []
     train(x, TrainConfig(n_bits=32, k=4, epochs=2, batch_size=30, log_every=3), progress=events.append)
-    assert [e["step"] for e in events][:3] == [3, 6, 9]
-    assert events[-1]["step"] == events[-1]["total_steps"] == 18
-    assert {"loss", "rec_loss", "sp_loss", "active_mean", "dead_bits", "samples_per_s"} <= set(events[0])
-    assert all(0 <= e["dead_bits"] <= 32 for e in events)
+    assert [e.step for e in events][:3] == [3, 6, 9]
+    assert events[-1].step == events[-1].total_steps == 18
+    fields = {"loss", "reconstruction_loss", "alignment_loss", "active_mean", "dead_bits", "samples_per_second"}
+    assert fields <= set(events[0].to_record())
+    assert all(0 <= e.dead_bits <= 32 for e in events)
 
 
 def test_dead_count_changes_only_at_epoch_ends_and_hard_topk_logs_its_code():
@@ -185,13 +192,13 @@ def test_dead_count_changes_only_at_epoch_ends_and_hard_topk_logs_its_code():
     train(x, TrainConfig(n_bits=32, k=4, epochs=4, batch_size=30, log_every=2, lr=3e-2), progress=events.append)
     last_epoch_count = None
     for event in events:
-        if event["epoch"] > 1 and not event["epoch_end"]:
-            assert event["dead_bits"] == last_epoch_count  # mid-epoch: the last whole epoch's count
-        if event["epoch_end"]:
-            last_epoch_count = event["dead_bits"]
+        if event.epoch > 1 and not event.epoch_end:
+            assert event.dead_bits == last_epoch_count  # mid-epoch: the last whole epoch's count
+        if event.epoch_end:
+            last_epoch_count = event.dead_bits
     rigid = []
     train(x, TrainConfig(n_bits=32, k=4, epochs=2, batch_size=30, sparsity="hard-topk"), progress=rigid.append)
-    assert all(event["active_mean"] == 4 for event in rigid)  # the stored code t, not h
+    assert all(event.active_mean == 4 for event in rigid)  # the stored code t, not h
 
 
 def test_a_folder_with_another_configs_checkpoint_is_refused_untouched(tmp_path):
@@ -212,3 +219,44 @@ def test_a_folder_with_another_configs_checkpoint_is_refused_untouched(tmp_path)
     assert (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoint.safetensors").exists()
     with pytest.raises(RunFileError, match="already holds a finished run"):
         run_experiment(x, config, tmp_path)
+
+
+def test_a_model_file_keeps_its_spec_and_one_written_before_the_spec_still_loads(tmp_path):
+    x, _ = planted_data(n_rows=200, dim=16, n_bits=32, k=4)
+    config = TrainConfig(n_bits=32, k=4, epochs=1, batch_size=50, sparsity="hard-topk", centre="mean")
+    run_experiment(x, config, tmp_path, n_queries=20)
+    path = tmp_path / "model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    assert ModelSpec.from_json(meta["model"]) == ModelSpec(16, 32, 4, sparsity="hard-topk", centre="mean")
+    # Before ModelSpec, the metadata held the constructor's arguments: the same fields, no decoder path.
+    old = {name: value for name, value in json.loads(meta["model"]).items() if name != "decoder_path"}
+    save_file(load_file(str(path)), str(path), metadata=meta | {"model": json.dumps(old)})
+    model = runfolder.load_model(tmp_path)
+    assert model.spec == ModelSpec(16, 32, 4, sparsity="hard-topk", centre="mean", decoder_path="auto")
+    codes = pack_bits(model.encode(torch.nn.functional.normalize(torch.from_numpy(x), dim=1)).numpy())
+    np.testing.assert_array_equal(codes, runfolder.load_codes(tmp_path))
+
+
+def test_history_written_with_the_old_short_names_reads_under_the_whole_words(tmp_path):
+    old = {"step": 3, "epoch": 1, "total_steps": 9, "loss": 0.5, "rec_loss": 0.25, "sp_loss": 0.25}
+    old |= {"active_mean": 4.0, "dead_bits": 1, "samples_per_s": 900.0, "elapsed_s": 0.1, "epoch_end": False}
+    old |= {"aux_loss": 0.01, "k_target": 8}
+    (tmp_path / "history.jsonl").write_text(json.dumps(old) + "\n")
+    (record,) = runfolder.load_history(tmp_path)
+    assert ProgressEvent(**record) == ProgressEvent(
+        step=3,
+        epoch=1,
+        total_steps=9,
+        loss=0.5,
+        reconstruction_loss=0.25,
+        alignment_loss=0.25,
+        active_mean=4.0,
+        dead_bits=1,
+        samples_per_second=900.0,
+        elapsed_seconds=0.1,
+        epoch_end=False,
+        auxiliary_loss=0.01,
+        target_active=8,
+    )
+    assert ProgressEvent(**record).to_record() == record  # no rate control: no rate_loss in the record

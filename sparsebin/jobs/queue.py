@@ -30,6 +30,7 @@ from sparsebin.devices import claimable_devices
 from sparsebin.errors import JobError
 from sparsebin.experiment import CHECKPOINT
 from sparsebin.metrics import ASYMMETRIC_SCORE, HEADLINE_METRICS
+from sparsebin.progress import read_record
 
 DATABASE = "sparsebin.db"
 SCHEMA_VERSION = 2  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
@@ -253,9 +254,9 @@ class Store:
         return self.runs_dir / run_id
 
     def history(self, run_id: str) -> list[dict]:
-        """The progress events recorded so far, in step order (live while running)."""
+        """The progress records so far, in step order (live while running), under today's names."""
         rows = self.connection().execute("SELECT event FROM progress WHERE run_id = ? ORDER BY step", (run_id,))
-        return [json.loads(row["event"]) for row in rows]
+        return [read_record(json.loads(row["event"])) for row in rows]
 
     def list_runs(self, dataset: str | None = None) -> pd.DataFrame:
         """One row per job with every setting and, once done, its key validation metrics and run facts.
@@ -526,7 +527,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         heartbeat_at=row["heartbeat_at"],
-        progress=json.loads(row["progress"]) if row["progress"] else None,
+        progress=read_record(json.loads(row["progress"])) if row["progress"] else None,
         error=row["error"],
         traceback=row["traceback"],
         worker=row["worker"],

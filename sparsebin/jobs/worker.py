@@ -33,6 +33,7 @@ from sparsebin.errors import ConfigError
 from sparsebin.experiment import run_experiment
 from sparsebin.jobs.queue import RUN_FACTS, SUMMARY_METRICS, Job, Status, Store
 from sparsebin.processes import pid_alive
+from sparsebin.progress import ProgressEvent
 
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeats and cancel checks
 PROGRESS_EVERY = 2.0  # seconds between progress writes to the database
@@ -101,9 +102,10 @@ class ProgressWriter:
         self.latest: dict | None = None
         self.written_at = -math.inf  # the first event is written at once, so a page shows progress early
 
-    def __call__(self, event: dict) -> None:
-        self.pending.append(event)
-        self.latest = with_eta(event, self.job.config.batch_size)
+    def __call__(self, event: ProgressEvent) -> None:
+        record = event.to_record()
+        self.pending.append(record)
+        self.latest = with_eta(record, self.job.config.batch_size)
         if time.monotonic() - self.written_at >= self.every:
             self.write(self.pending)
 
@@ -114,8 +116,8 @@ class ProgressWriter:
 
 
 def with_eta(event: dict, batch_size: int) -> dict:
-    """The event plus `eta_s`, from the steps left and the measured throughput."""
-    rate = event.get("samples_per_s") or 0.0
+    """The event's record plus `eta_s`, from the steps left and the measured throughput."""
+    rate = event.get("samples_per_second") or 0.0
     steps_left = event["total_steps"] - event["step"]
     return {**event, "eta_s": steps_left * batch_size / rate if rate > 0 else None}
 
