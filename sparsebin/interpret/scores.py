@@ -54,7 +54,7 @@ Choices (METHOD.md leaves them open):
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -154,13 +154,12 @@ def interpretability(
     train_rows, validation_rows = split_rows(len(concepts), train_rows, validation_rows)
     categories, ancestors = category_index(concepts), ancestor_index(concepts)
     targets = probe_targets(categories, ancestors, train_rows, validation_rows)
-    train_members = membership_on(targets, train_rows)
-    validation_members = membership_on(targets, validation_rows)
+    masks = np.stack([row_mask(len(concepts), train_rows), row_mask(len(concepts), validation_rows)], axis=1)  # (M, 2)
+    train_members, validation_members = membership_on(targets, masks[:, 0]), membership_on(targets, masks[:, 1])
     parts, chosen, first_bit = [], BitChoice.none(len(targets.names)), 0
     for members in bit_blocks(codes, n_bits):
         parts.append(label_members(members, categories, ancestors))
-        split = (train_rows, validation_rows)
-        chosen = chosen.better(probe_block(members, first_bit, split, train_members, validation_members))
+        chosen = chosen.better(probe_block(members, first_bit, masks, train_members, validation_members))
         first_bit += members.shape[0]
     labels = judge_labels(pd.concat(parts, ignore_index=True), categories)
     labels.insert(0, "bit", np.arange(n_bits))
@@ -172,7 +171,7 @@ def interpretability(
         reasons.append("no concept has a parent, so no node lies above another")
     if not len(judged):
         reasons.append(f"no bit fires for {MIN_ACTIVE} concepts or more")
-    coherent = len(judged) and len(categories.names) >= 2
+    coherent = len(judged) > 0 and len(categories.names) >= 2
     probe = bit_probe(targets, chosen, validation_members, len(validation_rows))
     if probe.reason:
         reasons.append(probe.reason)
@@ -185,8 +184,14 @@ def interpretability(
         ),
         probe=probe,
         labels=labels,
-        reason="; ".join(reasons).capitalize() + "." if reasons else None,
+        reason=sentence(reasons),
     )
+
+
+def sentence(clauses: list[str]) -> str | None:
+    """Clauses as one sentence ("A; b."), None for none."""
+    text = "; ".join(clauses)
+    return text[:1].upper() + text[1:] + "." if text else None
 
 
 def split_rows(n_rows: int, train_rows: np.ndarray, validation_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,10 +226,15 @@ def probe_targets(
     )
 
 
-def membership_on(targets: ProbeTargets, rows: np.ndarray) -> sp.csr_matrix:
-    """(M, K) the membership of `rows` only, every other row zero, so a product with all rows counts only these."""
-    mask = np.zeros(targets.membership.shape[0], dtype=np.float32)
+def row_mask(n_rows: int, rows: np.ndarray) -> np.ndarray:
+    """(M,) float32, 1 at `rows`: a product with it counts those rows only."""
+    mask = np.zeros(n_rows, dtype=np.float32)
     mask[rows] = 1
+    return mask
+
+
+def membership_on(targets: ProbeTargets, mask: np.ndarray) -> sp.csr_matrix:
+    """(M, K) the membership of the rows of `mask` (`row_mask`) only, every other row zero."""
     return sp.csr_matrix(sp.diags(mask) @ targets.membership)
 
 
@@ -245,10 +255,23 @@ def bit_blocks(codes: np.ndarray, n_bits: int) -> Iterator[sp.csr_matrix]:
 
 
 @dataclass(frozen=True)
-class BitChoice:
-    """Per probe category, the best bit so far by training F1, with its firing on the held-out rows."""
+class Choice:
+    """Per probe category, the best feature so far by training F1."""
 
-    train_f1: np.ndarray  # (K,) 0 where no bit fires for a training member
+    train_f1: np.ndarray  # (K,)
+
+    def better(self, other: "Choice") -> "Choice":
+        """Each category's better choice of the two, every field; a tie keeps this one (features come in order)."""
+        take = other.train_f1 > self.train_f1
+        return type(self)(
+            *(np.where(take, getattr(other, item.name), getattr(self, item.name)) for item in fields(self))
+        )
+
+
+@dataclass(frozen=True)
+class BitChoice(Choice):
+    """The best bit so far (train_f1 0 where no bit fires for a training member), with its held-out firing."""
+
     bit: np.ndarray  # (K,) -1 where none is chosen
     heldout_hits: np.ndarray  # (K,) held-out members where the chosen bit fires
     heldout_fires: np.ndarray  # (K,) held-out rows where it fires
@@ -257,30 +280,17 @@ class BitChoice:
     def none(cls, n_targets: int) -> "BitChoice":
         return cls(np.zeros(n_targets), np.full(n_targets, -1), np.zeros(n_targets), np.zeros(n_targets))
 
-    def better(self, other: "BitChoice") -> "BitChoice":
-        """Each category's better choice of the two; a tie keeps this one (blocks come in bit order)."""
-        take = other.train_f1 > self.train_f1
-        return BitChoice(
-            np.where(take, other.train_f1, self.train_f1),
-            np.where(take, other.bit, self.bit),
-            np.where(take, other.heldout_hits, self.heldout_hits),
-            np.where(take, other.heldout_fires, self.heldout_fires),
-        )
-
 
 def probe_block(
     members: sp.csr_matrix,
     first_bit: int,
-    split: tuple[np.ndarray, np.ndarray],
+    masks: np.ndarray,
     train_members: sp.csr_matrix,
     validation_members: sp.csr_matrix,
 ) -> BitChoice:
-    """The best bit of one block (B, M) for each category of `train_members` (M, K), by training F1."""
-    fires = np.zeros((members.shape[0], 2))  # (B, 2) training and held-out rows where each bit fires
-    for part, rows in enumerate(split):
-        mask = np.zeros(members.shape[1], dtype=np.float32)
-        mask[rows] = 1
-        fires[:, part] = members @ mask
+    """The best bit of one block (B, M) for each category of `train_members` (M, K), by training F1;
+    `masks` (M, 2) marks the training and the held-out rows."""
+    fires = members @ masks  # (B, 2) training and held-out rows where each bit fires
     hits = (members @ train_members).toarray()  # (B, K) training members where each bit fires
     category_size = np.asarray(train_members.sum(axis=0)).ravel()  # (K,) at least 1 (`probe_targets`)
     f1 = 2 * hits / (fires[:, :1] + category_size)
@@ -292,10 +302,12 @@ def probe_block(
 
 
 def bit_probe(targets: ProbeTargets, chosen: BitChoice, validation_members: sp.csr_matrix, n_heldout: int) -> Probe:
-    """The probe's table and figures from each category's chosen bit; a bit is predicted by its firing."""
-    nothing = chosen.bit < 0  # no bit fires for a training member: the probe predicts no concept
-    hits, fires = np.where(nothing, 0, chosen.heldout_hits), np.where(nothing, 0, chosen.heldout_fires)
-    feature = {"bit": pd.array(np.where(nothing, None, chosen.bit), dtype="Int64")}
+    """The probe's table and figures from each category's chosen bit; a bit is predicted by its firing.
+
+    A category none of whose training members any bit fires for keeps `BitChoice.none`: no bit (<NA>), and
+    held-out counts of 0, the probe predicting no concept."""
+    feature = {"bit": pd.array(np.where(chosen.bit < 0, None, chosen.bit), dtype="Int64")}
+    hits, fires = chosen.heldout_hits, chosen.heldout_fires
     return probe_result(targets, feature, chosen.train_f1, hits, fires, validation_members, n_heldout)
 
 
@@ -342,7 +354,7 @@ def dense_probe(
         raise ValueError(f"embeddings of shape {embeddings.shape} are not one row per concept of {len(concepts)}.")
     train_rows, validation_rows = split_rows(len(concepts), train_rows, validation_rows)
     targets = probe_targets(category_index(concepts), ancestor_index(concepts), train_rows, validation_rows)
-    validation_members = membership_on(targets, validation_rows)
+    validation_members = membership_on(targets, row_mask(len(concepts), validation_rows))
     choice = DimensionChoice.none(len(targets.names))
     if len(targets.names):
         train_members = sp.csr_matrix(targets.membership[train_rows])  # (Mt, K) in training-row order
@@ -352,7 +364,7 @@ def dense_probe(
                 choice = choice.better(best_thresholds(block[:, offset], start + offset, train_members))
     values = np.asarray(embeddings[validation_rows][:, choice.dimension], dtype=np.float32)  # (Mv, K)
     predicted = np.where(choice.above, values >= choice.threshold, values <= choice.threshold)
-    hits = np.asarray(validation_members[validation_rows].multiply(predicted).sum(axis=0)).ravel()
+    hits = np.asarray(targets.membership[validation_rows].multiply(predicted).sum(axis=0)).ravel()
     feature = {
         "dimension": choice.dimension,
         "threshold": choice.threshold,
@@ -364,10 +376,9 @@ def dense_probe(
 
 
 @dataclass(frozen=True)
-class DimensionChoice:
-    """Per probe category, the best dimension and threshold so far by training F1."""
+class DimensionChoice(Choice):
+    """The best dimension and threshold so far."""
 
-    train_f1: np.ndarray  # (K,)
     dimension: np.ndarray  # (K,)
     threshold: np.ndarray  # (K,) float32
     above: np.ndarray  # (K,) bool: a member is predicted at or above the threshold, else at or below
@@ -376,16 +387,6 @@ class DimensionChoice:
     def none(cls, n_targets: int) -> "DimensionChoice":
         zeros = np.zeros(n_targets)
         return cls(zeros, zeros.astype(np.int64), zeros.astype(np.float32), np.ones(n_targets, dtype=bool))
-
-    def better(self, other: "DimensionChoice") -> "DimensionChoice":
-        """Each category's better choice of the two; a tie keeps this one (dimensions come in order)."""
-        take = other.train_f1 > self.train_f1
-        return DimensionChoice(
-            np.where(take, other.train_f1, self.train_f1),
-            np.where(take, other.dimension, self.dimension),
-            np.where(take, other.threshold, self.threshold),
-            np.where(take, other.above, self.above),
-        )
 
 
 def best_thresholds(values: np.ndarray, dimension: int, members: sp.csr_matrix) -> DimensionChoice:
