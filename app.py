@@ -15,7 +15,7 @@ import streamlit as st
 from pages import _shared
 from sparsebin import paths
 from sparsebin.datasets import BUILTIN_DATASETS, build_status, start_build
-from sparsebin.jobs.worker import WorkerStart, ensure_worker
+from sparsebin.jobs.launch import WorkerStart, ensure_worker
 
 st.set_page_config(page_title="sparsebin", page_icon=":material/grid_on:", layout="wide")
 

@@ -18,7 +18,8 @@ from sparsebin import runfolder
 from sparsebin.config import TrainConfig, preset_config
 from sparsebin.datasets import import_dataset
 from sparsebin.jobs.queue import Store
-from sparsebin.jobs.worker import run_summary, run_worker
+from sparsebin.jobs.service import run_summary
+from sparsebin.jobs.worker import run_worker
 from sparsebin.search.codes import active_counts, unpack_bits
 
 PAGES = ["home", "train", "compare", "bits", "concepts", "map", "data"]

@@ -17,8 +17,8 @@ from sparsebin.batches import RESIDENT_SHARE, choose_placement
 from sparsebin.config import TrainConfig
 from sparsebin.experiment import run_experiment
 from sparsebin.interpret.bits import RunContext
+from sparsebin.jobs.locks import device_lock_path
 from sparsebin.jobs.queue import Store
-from sparsebin.jobs.worker import device_lock_path
 from sparsebin.metrics import EVALUATION_BUDGET, evaluate_model, evaluation_chunk_rows
 from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.search.codes import unpack_bits

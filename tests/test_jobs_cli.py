@@ -16,7 +16,8 @@ from sparsebin.errors import ConfigError, DataError, RunFileError
 from sparsebin.experiment import remeasure_run
 from sparsebin.jobs import cli as jobs_cli
 from sparsebin.jobs.queue import Status, Store
-from sparsebin.jobs.worker import run_summary, run_worker
+from sparsebin.jobs.service import run_summary
+from sparsebin.jobs.worker import run_worker
 from sparsebin.search import elias_fano
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

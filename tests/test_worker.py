@@ -17,16 +17,11 @@ import sparsebin.train
 from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.experiment import run_experiment
+from sparsebin.jobs.beats import Heartbeat, worker_status
+from sparsebin.jobs.launch import WorkerStart, ensure_worker
+from sparsebin.jobs.locks import DISPATCHER_DEVICE, take_device_lock
 from sparsebin.jobs.queue import Status, Store
-from sparsebin.jobs.worker import (
-    DISPATCHER_DEVICE,
-    Heartbeat,
-    WorkerStart,
-    ensure_worker,
-    run_worker,
-    take_device_lock,
-    worker_status,
-)
+from sparsebin.jobs.worker import run_worker
 from sparsebin.processes import pid_alive
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,7 +107,7 @@ def test_cancel_stops_a_running_job_at_its_next_step():
 def test_worker_status_uses_the_callers_store(monkeypatch):
     store = Store()
     store.register_worker("here:1", os.getpid(), "elsewhere", "cpu")
-    monkeypatch.setattr("sparsebin.jobs.worker.Store", None)  # opening another store would fail
+    monkeypatch.setattr("sparsebin.jobs.beats.Store", None)  # opening another store would fail
     status = worker_status(store=store)
     assert status is not None and status.pid == os.getpid() and status.device == "cpu"
 
@@ -156,7 +151,7 @@ def stop_processes(*pids: int) -> None:
 
 def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue_and_a_dead_one_is_replaced(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the detached worker inherits this environment
-    monkeypatch.setattr("sparsebin.jobs.worker.LOG_LIMIT_BYTES", 1000)
+    monkeypatch.setattr("sparsebin.jobs.launch.LOG_LIMIT_BYTES", 1000)
     store = Store()
     (store.home / "worker.log").write_text("an old worker's line\n" * 100)  # over the limit: moved aside
     job = store.submit(make_dataset(), TINY)

@@ -15,9 +15,12 @@ from sparsebin.errors import ConfigError, DataError, JobError, RunFileError, Spa
 from sparsebin.experiment import remeasure_run
 from sparsebin.export import export_run
 from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS
+from sparsebin.jobs.beats import worker_status
+from sparsebin.jobs.launch import run_device_workers, visible_cuda_devices
 from sparsebin.jobs.overview import overview
 from sparsebin.jobs.queue import Job, Status, Store
-from sparsebin.jobs.worker import run_device_workers, run_summary, run_worker, visible_cuda_devices, worker_status
+from sparsebin.jobs.service import run_summary
+from sparsebin.jobs.worker import run_worker
 from sparsebin.metrics import ASYMMETRIC_SCORE
 from sparsebin.study import PAPER_SETTING, study_configs
 from sparsebin.training_cli import PRESET_HELP, add_setting_options

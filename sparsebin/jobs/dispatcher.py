@@ -28,6 +28,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -38,22 +39,11 @@ from sparsebin.datasets import load_dataset
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.errors import ConfigError
 from sparsebin.experiment import CHECKPOINT
+from sparsebin.jobs.beats import ProgressWriter, recover_interrupted, with_eta
+from sparsebin.jobs.locks import DISPATCHER_DEVICE, take_device_lock
 from sparsebin.jobs.queue import Job, Status, Store
 from sparsebin.jobs.remote import Trainer
-from sparsebin.jobs.worker import (
-    DISPATCHER_DEVICE,
-    HEARTBEAT_EVERY,
-    PROGRESS_EVERY,
-    ProgressWriter,
-    auto_resume_enabled,
-    one_line,
-    recover_interrupted,
-    run_summary,
-    stop_on_signals,
-    take_device_lock,
-    with_eta,
-    worker_name,
-)
+from sparsebin.jobs.service import ServiceSettings, one_line, run_summary, serve, service_settings, worker_name
 
 DRAIN_EVERY = 0.5  # seconds between asking a trainer for progress and a newer checkpoint
 STOP_GRACE = 20.0  # seconds a trainer asked to stop may take before its actor is killed
@@ -91,29 +81,63 @@ class Running:
 
 
 class Dispatcher:
-    """Claims jobs while the cluster has room and follows each to its end."""
+    """Claims jobs while the cluster has room and follows each to its end, as `serve` steps it.
+
+    Made, it registers on the queue as a dispatcher at `cluster`; `close` stops
+    what runs, leaves the queue and lets go of the dispatcher's lock.
+    """
 
     def __init__(
         self,
         store: Store,
-        name: str,
+        settings: ServiceSettings,
         *,
-        device: str | None = None,
-        max_tasks: int | None = None,
-        cpus_per_task: int = 1,
-        progress_every: float = PROGRESS_EVERY,
-        heartbeat_every: float = HEARTBEAT_EVERY,
+        cluster: str,
+        lock,
+        device: str | None,
+        max_tasks: int | None,
+        cpus_per_task: int,
+        poll_every: float,
     ):
-        self.store, self.name = store, name
+        self.store, self.settings, self.lock = store, settings, lock
         self.device = device  # for jobs whose config says auto; None: cuda when the cluster has GPUs
         self.max_tasks, self.cpus_per_task = max_tasks, cpus_per_task
-        self.progress_every, self.heartbeat_every = progress_every, heartbeat_every
+        self.poll_every = poll_every  # seconds to wait for a trainer's answer while jobs run
+        self.name = worker_name()
         self.running: dict[int, Running] = {}
         self.idle_trainers: list[TrainerActor] = []
         self.datasets: dict[str, tuple[float, ray.ObjectRef]] = {}  # name -> (embeddings mtime, object)
         self.beaten_at = 0.0
         self.jobs_run = 0
         self.lost = False  # a trainer was lost since the dispatcher last looked for interrupted jobs
+        store.register_worker(
+            self.name, os.getpid(), socket.gethostname(), DISPATCHER_DEVICE, kind=KIND, address=cluster
+        )
+
+    # -- as `serve` steps it ------------------------------------------------
+
+    def step(self) -> bool:
+        """Claim jobs while there is room and follow the running ones; False when nothing runs."""
+        self.fill()
+        if not self.running:
+            return False
+        self.poll(self.poll_every)
+        if self.lost:  # resume it now, not when the whole grid is done
+            self.lost = False
+            recover_interrupted(self.store, self.settings.stale_after, self.settings.auto_resume)
+        return True
+
+    def idle(self) -> None:
+        self.beat()
+        self.release_idle(IDLE_KEEP)
+
+    def close(self) -> None:
+        self.stop_all(STOP_GRACE)
+        self.store.unregister_worker(self.name)
+        self.store.close()
+        if self.lock is not None:
+            self.lock.close()
+        log.info("dispatcher %s stopped after %d job(s)", self.name, self.jobs_run)
 
     # -- capacity and claiming -------------------------------------------
 
@@ -123,16 +147,13 @@ class Dispatcher:
             return self.max_tasks
         return max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_task))
 
-    def fill(self) -> int:
-        """Claim and start jobs while there is room; return how many were started."""
-        started = 0
+    def fill(self) -> None:
+        """Claim and start jobs while there is room."""
         while len(self.running) < self.capacity():
             job = self.store.claim(self.name)
             if job is None:
                 break
             self.start(job)
-            started += 1
-        return started
 
     def start(self, job: Job) -> None:
         """Hand a claimed job to a trainer; a job that cannot start fails with its reason."""
@@ -148,7 +169,7 @@ class Dispatcher:
             return
         trainer = self.trainer_for(gpu)
         run_ref = trainer.actor.run.remote(job.id, embeddings, config.to_json(), data)
-        writer = ProgressWriter(self.store, job, self.progress_every)
+        writer = ProgressWriter(self.store, job, self.settings.progress_every)
         self.running[job.id] = Running(job, trainer, run_ref, writer, drained_at=time.monotonic())
         log.info("job %d (run %s) sent to Ray (%s)", job.id, job.run_id, "GPU" if gpu else "CPU")
 
@@ -208,7 +229,7 @@ class Dispatcher:
         now = time.monotonic()
         for item in list(self.running.values()):
             self.follow(item, now)
-        if now - self.beaten_at >= self.heartbeat_every:
+        if now - self.beaten_at >= self.settings.heartbeat_every:
             self.beat()
             self.beaten_at = now
 
@@ -397,80 +418,54 @@ def cluster_address(given: str | None) -> str:
 def run_dispatcher(
     home: Path | None = None,
     *,
+    settings: ServiceSettings | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
     device: str | None = None,
-    once: bool = False,
     max_tasks: int | None = None,
     cpus_per_task: int = 1,
-    idle_sleep: float = 1.0,
-    stale_after: float = 30.0,
-    progress_every: float = PROGRESS_EVERY,
-    heartbeat_every: float = HEARTBEAT_EVERY,
     poll_every: float = 0.2,
     shutdown: threading.Event | None = None,
-    auto_resume: bool | None = None,
+    **changes: Any,
 ) -> int:
     """Dispatch queued jobs to Ray until stopped; return how many jobs ended under this dispatcher.
 
-    `once` returns when the queue is empty and nothing runs. An existing Ray
-    connection in this process is used as it is (and left open). SIGTERM or
-    SIGINT stop the running jobs at their next step and leave them interrupted,
-    their last checkpoint in the run folder. As the local worker does, it queues
-    interrupted jobs again when it starts and when it goes idle (a job whose
-    trainer was lost thus resumes on whichever node has room), unless
-    `auto_resume` is False (default: on, unless SPARSEBIN_AUTO_RESUME=0).
+    `settings`, with any of its fields given by keyword (`once=True`), say how
+    it serves the queue (see ServiceSettings); `once` returns when the queue is
+    empty and nothing runs. An existing Ray connection in this process is used
+    as it is (and left open). SIGTERM or SIGINT stop the running jobs at their
+    next step and leave them interrupted, their last checkpoint in the run
+    folder. As the local worker does, it queues interrupted jobs again when it
+    starts and when it goes idle, and also as soon as one of its trainers is
+    lost (the job then resumes on whichever node has room), unless
+    `auto_resume` is off.
     """
-    auto_resume = auto_resume_enabled() if auto_resume is None else auto_resume
+    settings = service_settings(settings, **changes)
     store = Store(home)
     temp_dir = connect(address, num_cpus)
-    shutdown = shutdown or threading.Event()
-    restore_signals = stop_on_signals(shutdown)
-    name = worker_name()
-    cluster = cluster_address(address)
-    lock = take_device_lock(store.home, DISPATCHER_DEVICE)  # while held, the app starts no local worker
-    store.register_worker(name, os.getpid(), socket.gethostname(), DISPATCHER_DEVICE, kind=KIND, address=cluster)
-    dispatcher = Dispatcher(
-        store,
-        name,
-        device=device,
-        max_tasks=max_tasks,
-        cpus_per_task=cpus_per_task,
-        progress_every=progress_every,
-        heartbeat_every=heartbeat_every,
-    )
-    resources = ray.cluster_resources()
-    log.info(
-        "dispatcher %s on Ray at %s: %g CPUs, %g GPUs", name, cluster, resources.get("CPU", 0), resources.get("GPU", 0)
-    )
-    idle_rounds = 0
     try:
-        recover_interrupted(store, stale_after, auto_resume)
-        while not shutdown.is_set():
-            started = dispatcher.fill()
-            if dispatcher.running:
-                idle_rounds = 0
-                dispatcher.poll(poll_every)
-                if dispatcher.lost:  # resume it now, not when the whole grid is done
-                    dispatcher.lost = False
-                    recover_interrupted(store, stale_after, auto_resume)
-                continue
-            if started == 0 and once:
-                break
-            dispatcher.beat()
-            dispatcher.release_idle(IDLE_KEEP)
-            shutdown.wait(min(idle_sleep * 2**idle_rounds, idle_sleep * 4))  # back off when idle
-            idle_rounds += 1
-            recover_interrupted(store, stale_after, auto_resume)
+        cluster = cluster_address(address)
+        lock = take_device_lock(store.home, DISPATCHER_DEVICE)  # while held, the app starts no local worker
+        dispatcher = Dispatcher(
+            store,
+            settings,
+            cluster=cluster,
+            lock=lock,
+            device=device,
+            max_tasks=max_tasks,
+            cpus_per_task=cpus_per_task,
+            poll_every=poll_every,
+        )
+        resources = ray.cluster_resources()
+        log.info(
+            "dispatcher %s on Ray at %s: %g CPUs, %g GPUs",
+            dispatcher.name,
+            cluster,
+            resources.get("CPU", 0),
+            resources.get("GPU", 0),
+        )
+        return serve(dispatcher, shutdown or threading.Event())
     finally:
-        restore_signals()
-        dispatcher.stop_all(STOP_GRACE)
-        store.unregister_worker(name)
-        store.close()
-        if lock is not None:
-            lock.close()
         if temp_dir is not None:
             ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
-        log.info("dispatcher %s stopped after %d job(s)", name, dispatcher.jobs_run)
-    return dispatcher.jobs_run

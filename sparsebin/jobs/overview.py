@@ -3,8 +3,8 @@
 import time
 from dataclasses import dataclass
 
+from sparsebin.jobs.beats import live_workers
 from sparsebin.jobs.queue import Status, Store
-from sparsebin.jobs.worker import live_workers
 
 
 @dataclass(frozen=True)
