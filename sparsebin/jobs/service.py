@@ -37,7 +37,7 @@ class ServiceSettings:
     stale_after: float = 30.0  # seconds without a heartbeat before a running job counts as interrupted
     progress_every: float = 2.0  # seconds between progress writes to the database
     heartbeat_every: float = 1.0  # seconds between heartbeats and cancel checks
-    # Queue interrupted jobs again (at start and when idle); on unless SPARSEBIN_AUTO_RESUME=0 when made.
+    # Queue interrupted jobs again (at start and when idle); default on, unless SPARSEBIN_AUTO_RESUME=0 when made.
     auto_resume: bool = field(default_factory=auto_resume_enabled)
 
 
