@@ -17,7 +17,7 @@ from sparsebin.config import (
     plan_grid,
     preset_config,
 )
-from sparsebin.errors import ConfigError, DataError
+from sparsebin.errors import ConfigError, DataError, DuplicateRunError
 from sparsebin.search import elias_fano
 from sparsebin.study import STUDY, study_configs
 
@@ -93,6 +93,9 @@ with st.form("train_form", enter_to_submit=False):  # Enter in a number field on
         for place, (field, label, widget, options) in enumerate(FORM)
     }
     label = columns[len(FORM) % 4].text_input("label (optional)", key="label")
+    again = columns[(len(FORM) + 1) % 4].checkbox(
+        "Queue again", key="again", help="queue a run even when one identical in every setting and seed exists"
+    )
     submitted = st.form_submit_button("Queue run", key="submit_run")
     st.caption(
         f"One-click study of the method's ablations at these settings: {', '.join(STUDY)}, "
@@ -103,18 +106,29 @@ with st.form("train_form", enter_to_submit=False):  # Enter in a number field on
     study_submitted = right.form_submit_button("Queue the study", key="submit_study")
 
 config = preset_config(preset, **chosen)
-if submitted:
+
+
+def queue(planned: list[tuple[str, TrainConfig]], what: str) -> None:
+    """Queue the planned (label, config) runs; a refusal shows as its one sentence, and nothing is queued."""
     try:
-        job = _shared.store().submit(name, config.validate(n_rows=count), label=label)
-        st.success(f"Queued job {job.id} (run {job.run_id}).")
+        configs, labels = [config for _, config in planned], [label for label, _ in planned]
+        jobs = _shared.store().submit_many(name, configs, labels, again=again)
+    except DuplicateRunError as error:
+        st.error(f"{error}; tick Queue again to queue anyway.")
     except (ConfigError, DataError) as error:
         st.error(str(error))
+    else:
+        first, last = jobs[0], jobs[-1]
+        one = f"Queued job {first.id} (run {first.run_id})."
+        st.success(one if len(jobs) == 1 else f"Queued {what}: {len(jobs)} runs (jobs {first.id}-{last.id}).")
+
+
+if submitted:
+    queue([(label, config)], "the run")
 if study_submitted:
     try:
-        study = study_configs(config, int(seeds))
-        jobs = _shared.store().submit_many(name, [c for _, c in study], [study_label for study_label, _ in study])
-        st.success(f"Queued the study: {len(jobs)} runs (jobs {jobs[0].id}-{jobs[-1].id}).")
-    except (ConfigError, DataError) as error:
+        queue(study_configs(config, int(seeds)), "the study")
+    except ConfigError as error:
         st.error(str(error))
 
 with st.expander("Ablation grid: every combination of the listed values, on top of the settings above"):
@@ -145,8 +159,7 @@ with st.expander("Ablation grid: every combination of the listed values, on top 
             planned = plan_grid(config, grid, count)
             st.write(f"This grid queues **{len(planned)}** runs.")
             if st.button(f"Queue {len(planned)} runs", key="submit_grid"):
-                jobs = _shared.store().submit_grid(name, config, grid)
-                st.success(f"Queued {len(jobs)} runs (jobs {jobs[0].id}-{jobs[-1].id}).")
+                queue(planned, "the grid")
         except (ConfigError, DataError) as error:
             st.error(str(error))
 

@@ -27,5 +27,9 @@ class JobError(SparsebinError):
     """A job does not exist, or cannot make the change asked of it in its state."""
 
 
+class DuplicateRunError(JobError):
+    """A run to queue is identical, in every setting and seed, to one already queued, running or finished."""
+
+
 class PhraseError(SparsebinError):
     """A phrase cannot be encoded: it is empty, or the dataset has no model to embed it with."""

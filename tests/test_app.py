@@ -119,6 +119,25 @@ def test_train_queues_a_run_and_refuses_bad_settings(app, world):
     Store(world["home"]).cancel(job.id)  # leave the other tests the finished runs and nothing queued
 
 
+def test_train_refuses_a_run_identical_to_one_already_queued_unless_queued_again(app, world):
+    at = open_page(app, "train")
+    for field, value in (("n_bits", 16), ("k", 2), ("batch_size", 32), ("seed", 7)):
+        at.number_input(key=field).set_value(value)
+    at.button(key="submit_run").click().run()
+    first = Store(world["home"]).jobs(limit=1)[0]
+    at.button(key="submit_run").click().run()
+    (refused,) = [error.value for error in at.error]
+    assert refused.startswith("this run is identical in every setting and seed to a run already queued")
+    assert f"job {first.id} (run {first.run_id}, queued); tick Queue again to queue anyway." in refused
+    assert Store(world["home"]).jobs(limit=1)[0].id == first.id  # nothing queued
+    at.checkbox(key="again").check()
+    at.button(key="submit_run").click().run()
+    again = Store(world["home"]).jobs(limit=1)[0]
+    assert again.id == first.id + 1 and again.config == first.config
+    for job in (first, again):
+        Store(world["home"]).cancel(job.id)
+
+
 def test_train_queues_the_recommended_preset_with_its_settings_shown_in_the_form(app, world):
     at = open_page(app, "train")
     at.selectbox(key="preset").set_value("recommended").run()
@@ -426,7 +445,7 @@ def test_home_shows_the_ray_dispatcher_and_where_each_running_job_trains(tmp_pat
     store = Store()
     config = TrainConfig(n_bits=16, k=2, epochs=5, batch_size=16, device="cpu")
     placed = store.submit("tiny", config, label="on gpu-node")
-    store.submit("tiny", config, label="waiting")
+    store.submit("tiny", config, label="waiting", again=True)  # the same run, queued again on purpose
     host = socket.gethostname()
     name = f"{host}:{os.getpid()}"  # this process stands in for a live dispatcher
     store.register_worker(name, os.getpid(), host, "ray", kind="ray-dispatcher", address="10.0.0.5:6379")

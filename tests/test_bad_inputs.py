@@ -237,7 +237,11 @@ def test_submit_imports_an_npy_path_under_a_derived_name_once(tmp_path, vectors,
     out = capsys.readouterr().out
     assert "imported my vectors.npy as dataset 'my-vectors' (40 rows)" in out
     assert "folder name" not in out
-    assert main(["submit", str(tmp_path / "my vectors.npy"), "--n-bits", "16", "--k", "2", "--batch-size", "8"]) == 0
+    again = ["--again"]  # the same run on the same data: queued again on purpose
+    assert (
+        main(["submit", str(tmp_path / "my vectors.npy"), "--n-bits", "16", "--k", "2", "--batch-size", "8", *again])
+        == 0
+    )
     assert "using dataset 'my-vectors', imported from my vectors.npy before (40 rows)" in capsys.readouterr().out
     other = tmp_path / "other"
     other.mkdir()

@@ -53,7 +53,10 @@ def test_a_worker_claims_only_jobs_for_its_device_under_any_of_its_names(monkeyp
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     store = Store()
     name = make_dataset()
-    jobs = {device: store.submit(name, TINY.replace(device=device)) for device in ("cuda", "cpu", "cuda:0", "auto")}
+    jobs = {
+        device: store.submit(name, TINY.replace(device=device), again=True)
+        for device in ("cuda", "cpu", "cuda:0", "auto")
+    }
     assert store.claim("cpu-worker", "cpu").id == jobs["cpu"].id
     assert store.claim("gpu-worker", "cuda:0").id == jobs["cuda"].id  # "cuda" is card 0
     assert store.claim("gpu-worker", "cuda:0").id == jobs["cuda:0"].id

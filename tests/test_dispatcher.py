@@ -67,7 +67,7 @@ def test_a_grid_runs_to_the_end_on_ray_with_the_files_a_local_worker_writes(ray_
     assert integrity(store) == "ok"
 
     # The same config through the local worker: the same files, in the same format, with the same numbers.
-    local = store.submit(dataset, done[0].config)
+    local = store.submit(dataset, done[0].config, again=True)  # the same run, by a local worker
     assert run_worker(once=True) == 1
     remote_folder, local_folder = store.run_folder(done[0].run_id), store.run_folder(local.run_id)
     assert sorted(path.name for path in local_folder.iterdir()) == sorted(path.name for path in remote_folder.iterdir())

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from sparsebin import runfolder
 from sparsebin.datasets import load_dataset
-from sparsebin.errors import ConfigError, DataError, RunFileError
+from sparsebin.errors import ConfigError, DataError, DuplicateRunError, RunFileError
 from sparsebin.experiment import remeasure_run
 from sparsebin.jobs import cli as jobs_cli
 from sparsebin.jobs.queue import Status, Store
@@ -79,6 +79,32 @@ def test_submit_names_the_grid_run_that_would_be_refused_as_the_train_page_does(
         "the grid's run n_bits=8 k=16 would be refused: k must be smaller than n_bits, got k=16 and n_bits=8."
     )
     assert Store().jobs() == []  # nothing of the grid is queued
+
+
+def test_submit_refuses_a_run_identical_to_a_queued_or_finished_one_and_again_forces_it(capsys):
+    make_dataset()
+    tiny = ["--n-bits", "32", "--k", "4", *TINY_FLAGS]
+    run_command("submit", "tiny", *tiny)
+    (first,) = Store().jobs()
+    with pytest.raises(DuplicateRunError) as refused:
+        run_command("submit", "tiny", *tiny[:-1], "auto")  # only the device differs: the same run
+    assert str(refused.value) == (
+        "this run is identical in every setting and seed to a run already queued, running or finished on tiny; "
+        f"the first repeats job 1 (run {first.run_id}, queued); pass --again to queue it anyway."
+    )
+    assert len(Store().jobs()) == 1
+    run_command("submit", "tiny", *tiny, "--seed", "1")  # another seed is another replicate
+    with pytest.raises(DuplicateRunError, match="2 of these 3 runs are identical"):
+        run_command("submit", "tiny", *tiny, "--seed", "0", "1", "2")
+    run_worker(once=True)  # finishes job 1: a finished run still counts
+    with pytest.raises(DuplicateRunError, match=r"repeats job 1 \(run .*, done\)"):
+        run_command("submit", "tiny", *tiny)
+    assert run_command("submit", "tiny", *tiny, "--again") == 0
+    assert len(Store().jobs()) == 3
+    Store().cancel(3)
+    assert run_command("submit", "tiny", *tiny, "--seed", "5") == 0  # a cancelled run holds nothing back
+    Store().cancel(4)
+    assert run_command("submit", "tiny", *tiny, "--seed", "5") == 0
 
 
 def test_submit_takes_every_setting_train_takes(capsys):

@@ -87,7 +87,7 @@ def test_a_grid_with_one_bad_combination_queues_nothing():
 
 def test_claim_takes_the_oldest_queued_job_once():
     store = Store()
-    first, second = (store.submit(make_dataset(), TINY) for _ in range(2))
+    first, second = (store.submit(make_dataset(), TINY, again=True) for _ in range(2))
     claimed = store.claim("worker-a")
     assert claimed.id == first.id and claimed.status == Status.RUNNING and claimed.attempts == 1
     assert store.claim("worker-b").id == second.id

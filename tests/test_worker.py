@@ -173,7 +173,7 @@ def test_a_real_worker_process_started_by_ensure_worker_runs_the_queue_and_a_dea
         pids.append(replacement.pid)
         assert replacement.started and replacement.pid != started.pid
         assert ensure_worker() == WorkerStart(replacement.pid, started=False)
-        second = store.submit(job.dataset, TINY)
+        second = store.submit(job.dataset, TINY, again=True)
         wait_for(lambda: store.job(second.id).status == Status.DONE)  # the replacement runs the queue
         assert worker_status().pid == replacement.pid
     finally:

@@ -8,17 +8,17 @@ from dataclasses import fields
 from pathlib import Path
 
 from sparsebin import runfolder
-from sparsebin.config import GRID_SETTINGS, PRESETS, TrainConfig
+from sparsebin.config import GRID_SETTINGS, PRESETS, TrainConfig, plan_grid
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import import_for_command, is_embeddings_path
-from sparsebin.errors import ConfigError, DataError, JobError, RunFileError, SparsebinError
+from sparsebin.errors import ConfigError, DataError, DuplicateRunError, JobError, RunFileError, SparsebinError
 from sparsebin.experiment import remeasure_run
 from sparsebin.export import export_run
 from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS
 from sparsebin.jobs.beats import worker_status
 from sparsebin.jobs.launch import run_device_workers, visible_cuda_devices
 from sparsebin.jobs.overview import overview
-from sparsebin.jobs.queue import Job, Status, Store
+from sparsebin.jobs.queue import Job, Status, Store, count_rows
 from sparsebin.jobs.service import run_summary
 from sparsebin.jobs.worker import run_worker
 from sparsebin.metrics import ASYMMETRIC_SCORE
@@ -52,6 +52,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     submit.add_argument("--config", type=Path, help="a config.json to start from")
     submit.add_argument("--label", default="", help="a note shown beside the run")
+    submit.add_argument(
+        "--again",
+        action="store_true",
+        help="queue runs even when one identical in every setting and seed is queued, running or finished",
+    )
     submit.add_argument("--preset", choices=list(PRESETS), help=f"{PRESET_HELP}; applied on top of --config")
     add_setting_options(submit, lists=GRID_SETTINGS, defaults=False)
     submit.add_argument(
@@ -166,14 +171,16 @@ def submit_command(args: argparse.Namespace) -> int:
                 "--study sets loss, rounding, sparsity and seed itself and takes one value per other setting"
                 f"{' (got --' + ', --'.join(name.replace('_', '-') for name in own) + ')' if own else ''}."
             )
-        base = base.replace(**{name: values[0] for name, values in lists.items()})
-        study = study_configs(base, args.study)
-        jobs = store.submit_many(args.dataset, [config for _, config in study], [label for label, _ in study])
+        planned = study_configs(base.replace(**{name: values[0] for name, values in lists.items()}), args.study)
     elif any(len(values) > 1 for values in lists.values()):
-        jobs = store.submit_grid(args.dataset, base, lists)
+        planned = plan_grid(base, lists, count_rows(args.dataset))
     else:
-        single = base.replace(**{name: values[0] for name, values in lists.items()})
-        jobs = [store.submit(args.dataset, single, args.label)]
+        planned = [(args.label, base.replace(**{name: values[0] for name, values in lists.items()}))]
+    configs, labels = [config for _, config in planned], [label for label, _ in planned]
+    try:
+        jobs = store.submit_many(args.dataset, configs, labels, again=args.again)
+    except DuplicateRunError as error:
+        raise DuplicateRunError(f"{error}; pass --again to queue it anyway.") from None
     for job in jobs:
         print(f"queued job {job.id}  run {job.run_id}  {job.label}".rstrip())
     if worker_status() is None:

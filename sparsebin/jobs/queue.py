@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from sparsebin import paths
-from sparsebin.config import TrainConfig, plan_grid, preset_of
+from sparsebin.config import NEUTRAL_SETTINGS, TrainConfig, plan_grid, preset_of
 from sparsebin.datasets.store import EMBEDDINGS_FILE, dataset_folder
 from sparsebin.devices import claimable_devices
-from sparsebin.errors import JobError
+from sparsebin.errors import DuplicateRunError, JobError
 from sparsebin.experiment import CHECKPOINT
 from sparsebin.metrics import ASYMMETRIC_SCORE, HEADLINE_METRICS
 from sparsebin.progress import read_record
@@ -197,19 +197,26 @@ class Store:
 
     # -- submitting ----------------------------------------------------------
 
-    def submit(self, dataset: str, config: TrainConfig, label: str = "") -> Job:
+    def submit(self, dataset: str, config: TrainConfig, label: str = "", again: bool = False) -> Job:
         """Queue one training run, after checking the config against the dataset."""
-        return self.submit_many(dataset, [config], [label])[0]
+        return self.submit_many(dataset, [config], [label], again)[0]
 
-    def submit_grid(self, dataset: str, base: TrainConfig, grid: dict[str, list]) -> list[Job]:
+    def submit_grid(self, dataset: str, base: TrainConfig, grid: dict[str, list], again: bool = False) -> list[Job]:
         """Queue one run per combination of the grid; all are checked before any is queued."""
         planned = plan_grid(base, grid, count_rows(dataset))
-        return self.submit_many(dataset, [config for _, config in planned], [label for label, _ in planned])
+        return self.submit_many(dataset, [config for _, config in planned], [label for label, _ in planned], again)
 
-    def submit_many(self, dataset: str, configs: list[TrainConfig], labels: list[str]) -> list[Job]:
+    def submit_many(
+        self, dataset: str, configs: list[TrainConfig], labels: list[str], again: bool = False
+    ) -> list[Job]:
+        """Queue the runs, all checked before any is queued. A run identical to a queued, running or finished
+        one (see `replicate_of`) is refused with a DuplicateRunError naming it, unless `again`: it would only
+        repeat that run, and pooled as another seed it would count one replicate twice."""
         n_rows = count_rows(dataset)
         for config in configs:
             config.validate(n_rows=n_rows)
+        if not again:
+            self.refuse_repeats(dataset, configs)
         now = time.time()
         ids = []
         with self.transaction() as connection:
@@ -220,6 +227,32 @@ class Store:
                 )
                 ids.append(cursor.lastrowid)
         return [self.job(job_id) for job_id in ids]
+
+    def refuse_repeats(self, dataset: str, configs: list[TrainConfig]) -> None:
+        """DuplicateRunError when a config repeats a queued, running or finished run of the dataset, or
+        another config of the same submission."""
+        held = {}
+        for job in reversed(self.jobs([Status.QUEUED, Status.RUNNING, Status.DONE])):  # oldest first
+            if job.dataset == str(dataset):
+                held.setdefault(replicate_of(job.config), job)
+        repeats, first = 0, None
+        for config in configs:
+            key = replicate_of(config)
+            if key in held:
+                repeats += 1
+                first = first or held[key]
+            held.setdefault(key, None)
+        if repeats:
+            what = "this run is" if len(configs) == 1 else f"{repeats} of these {len(configs)} runs are"
+            named = (
+                f"job {first.id} (run {first.run_id}, {first.status.name.lower()})"
+                if first
+                else "another run of this submission"
+            )
+            raise DuplicateRunError(
+                f"{what} identical in every setting and seed to a run already queued, running or finished "
+                f"on {dataset}; the first repeats {named}"
+            )
 
     # -- reading -------------------------------------------------------------
 
@@ -513,6 +546,12 @@ def count_rows(dataset: str) -> int:
 def new_run_id() -> str:
     """A sortable, unique folder name: creation time plus a random suffix."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def replicate_of(config: TrainConfig) -> tuple:
+    """What makes two runs of one dataset the same replicate: every setting but the neutral ones
+    (where it trains, how often it reports), seed included."""
+    return tuple((name, value) for name, value in config.to_dict().items() if name not in NEUTRAL_SETTINGS)
 
 
 def job_from_row(row: sqlite3.Row) -> Job:
