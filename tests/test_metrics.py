@@ -50,9 +50,10 @@ def test_elias_fano_storage_counts_each_rows_count_when_counts_vary():
     # for every row; K = 44 takes 6 low bits and 44 + 64 upper bits: 372 bits, 47 bytes
     assert storage_metrics(4096, np.full(3, 32), 384)["bits_elias_fano"] == 288
     assert storage_metrics(4096, np.full(3, 44), 384)["bits_elias_fano"] == 376
-    # varying counts: each row leads with its count in 13 bits (0..4096)
+    # varying counts: each row leads with its count in 13 bits (0..4096), and the file stores M + 1 uint32
+    # row offsets to find each row: the size as stored
     mixed = storage_metrics(4096, np.array([32, 44]), 384)["bits_elias_fano"]
-    assert mixed == 8 * ((288 + 13 + 7) // 8 + (372 + 13 + 7) // 8) / 2
+    assert mixed == 8 * ((288 + 13 + 7) // 8 + (372 + 13 + 7) // 8 + 3 * 4) / 2
 
 
 def test_fixed_topk_and_hard_reconstruction_of_a_hand_set_model():
