@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from sparsebin import paths
 from sparsebin.datasets.builtin import BUILTIN_DATASETS
 from sparsebin.datasets.status import build_status
+from sparsebin.jobs.beats import ALIVE_WITHIN
 from sparsebin.jobs.queue import Status, Store
-
-WORKER_ALIVE_WITHIN = 10.0  # seconds since a worker's last heartbeat for it to count as alive
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def current(store: Store) -> Activity:
         row[0]
         for row in connection.execute(
             "SELECT name FROM workers WHERE stopped_at IS NULL AND heartbeat_at > ? ORDER BY name",
-            (time.time() - WORKER_ALIVE_WITHIN,),
+            (time.time() - ALIVE_WITHIN,),
         )
     )
     builds = []

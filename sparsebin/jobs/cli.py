@@ -19,7 +19,7 @@ from sparsebin.jobs.beats import worker_status
 from sparsebin.jobs.launch import run_device_workers, visible_cuda_devices
 from sparsebin.jobs.overview import overview
 from sparsebin.jobs.queue import Job, Status, Store, count_rows
-from sparsebin.jobs.service import run_summary
+from sparsebin.jobs.service import ServiceSettings, run_summary, service_settings
 from sparsebin.jobs.worker import run_worker
 from sparsebin.metrics import ASYMMETRIC_SCORE
 from sparsebin.study import PAPER_SETTING, study_configs
@@ -119,11 +119,24 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--cpus-per-task", type=int, default=1, help="with --ray: CPUs each job reserves")
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--max-jobs", type=int)
-    worker.add_argument("--idle-sleep", type=float, default=1.0, help="seconds between looks at an empty queue")
     worker.add_argument(
-        "--stale-after", type=float, default=30.0, help="seconds without a heartbeat before a job is interrupted"
+        "--idle-sleep",
+        type=float,
+        default=ServiceSettings.idle_sleep,
+        help="seconds between looks at an empty queue",
     )
-    worker.add_argument("--progress-every", type=float, default=2.0, help="seconds between progress writes")
+    worker.add_argument(
+        "--stale-after",
+        type=float,
+        default=ServiceSettings.stale_after,
+        help="seconds without a heartbeat before a job is interrupted",
+    )
+    worker.add_argument(
+        "--progress-every",
+        type=float,
+        default=ServiceSettings.progress_every,
+        help="seconds between progress writes",
+    )
     worker.add_argument("--single", action="store_true", help="exit if another worker holds the device's lock")
     worker.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the device lock ensure_worker hands over
     worker.add_argument(
@@ -349,17 +362,20 @@ def worker_command(args: argparse.Namespace) -> int:
             raise ConfigError("--device all starts one worker per CUDA device, but no CUDA device is visible.")
         return run_device_workers(devices, worker_arguments(args))
     run_worker(
-        device=args.device,
+        settings=settings_of(args), device=args.device, max_jobs=args.max_jobs, single=args.single, lock_fd=args.lock_fd
+    )
+    return 0
+
+
+def settings_of(args: argparse.Namespace) -> ServiceSettings:
+    """The service settings `worker` was given (an option left out keeps ServiceSettings' value)."""
+    return service_settings(
         once=args.once,
         idle_sleep=args.idle_sleep,
         stale_after=args.stale_after,
-        max_jobs=args.max_jobs,
         progress_every=args.progress_every,
-        single=args.single,
         auto_resume=args.auto_resume,
-        lock_fd=args.lock_fd,
     )
-    return 0
 
 
 def ray_command(args: argparse.Namespace) -> int:
@@ -379,13 +395,9 @@ def ray_command(args: argparse.Namespace) -> int:
         address=args.ray or None,
         num_cpus=args.ray_cpus,
         device=args.device,
-        once=args.once,
+        settings=settings_of(args),
         max_tasks=args.tasks,
         cpus_per_task=args.cpus_per_task,
-        idle_sleep=args.idle_sleep,
-        stale_after=args.stale_after,
-        progress_every=args.progress_every,
-        auto_resume=args.auto_resume,
     )
     return 0
 
