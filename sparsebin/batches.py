@@ -71,7 +71,11 @@ def normalize_rows_(x: np.ndarray) -> np.ndarray:
     """Scale each row of a float32 array to length 1 in place (on the host); returns x.
 
     Row by row, so a batch normalised alone equals the same rows normalised with
-    the whole training part.
+    the whole training part. Evaluation normalises its copy with `metrics.unit_rows`
+    (numpy); the two agree to float32 rounding, not bit for bit (about a quarter of
+    the entries differ in the last bit at D = 384), and each stays as it is: one
+    helper for both would change every seed's weights, or the codes a stored model
+    gives back, which `remeasure` checks bit for bit.
     """
     for start in range(0, len(x), CHUNK_ROWS):  # normalised on the host a chunk at a time
         block = torch.from_numpy(x[start : start + CHUNK_ROWS])
