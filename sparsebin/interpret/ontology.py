@@ -46,14 +46,19 @@ Choices (METHOD.md leaves them open):
 """
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import scipy.stats
 
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
+
 NO_CATEGORY = "(no category)"
 SIGNIFICANT = 0.05  # a bit's best category is enriched beyond chance when its Benjamini-Hochberg q is below this
+Q_FLOOR = 1e-10  # smaller q-values print as "< 1e-10": further digits change no reading, and float64 underflows to 0
 TOP_LEVEL, LEVEL_BELOW, DEEPER = 1, 2, 3  # `Ancestors.levels` (module docstring); 0 in a label: no node
 
 
@@ -222,6 +227,23 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     ranked = p_values[order] * len(order) / np.arange(1, len(order) + 1)
     q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
     return q
+
+
+def format_q(value: float | None) -> str:
+    """A q- or p-value as a person reads it: "< 1e-10" below Q_FLOOR, else two significant figures
+    ("0.003", "0.031", "3e-05", "1"), and "—" where there is none (a dead bit, a table of one category)."""
+    if value is None or np.isnan(value):
+        return "—"
+    return f"< {Q_FLOOR:g}" if value < Q_FLOOR else f"{value:.2g}"
+
+
+def readable_q(table: pd.DataFrame) -> "Styler":
+    """The table as a pandas Styler whose q_value column reads through `format_q`, other gaps as "—".
+
+    st.dataframe shows a Styler's text but sorts a column by the numbers beneath, so sorting by q
+    still orders bits by significance, where a column of strings would sort "3e-05" after "0.5".
+    """
+    return table.style.format(na_rep="—").format(format_q, subset=[name for name in table if name == "q_value"])
 
 
 def chance_coherence(n_active: np.ndarray, categories: Categories, draws: int = 200, seed: int = 0) -> np.ndarray:
