@@ -2,10 +2,12 @@
 
 import math
 
+import pandas as pd
 import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
+from sparsebin.interpret.ontology import format_q, readable_q
 
 st.title("Bits")
 run = _shared.pick_run("bits_run")
@@ -21,7 +23,9 @@ st.caption(
     "p-value, false-discovery corrected across bits."
 )
 columns = ["bit", "label", "ancestor_f1", "category", "corrected_coherence", "q_value", "precision", "category_size"]
-st.dataframe(table[[*columns, "n_active", "coherence", "firing_rate"]], hide_index=True, height=260, key="bit_table")
+shown = readable_q(table[[*columns, "n_active", "coherence", "firing_rate"]])
+with pd.option_context("styler.render.max_elements", shown.data.size):  # pandas stops a Styler at 262,144 cells
+    st.dataframe(shown, hide_index=True, height=260, key="bit_table")
 
 ranked = _shared.ranked_bits(run["run_id"], run["dataset"])  # cleanest bits firing for 5+ concepts first
 wanted = st.query_params.get("bit")
@@ -41,7 +45,7 @@ def bit_dashboard(run_id: str, dataset_name: str, n_bits: int, first: int) -> No
     st.caption(
         f"Fires for {profile.n_active:,} concepts ({profile.firing_rate:.3%} of all rows); category "
         f"{label.category or '-'} ({label.precision:.0%} of its concepts, category of {label.category_size:,}); "
-        f"coherence corrected for chance and size {corrected} (q = {label.q_value:.2g}){fit}."
+        f"coherence corrected for chance and size {corrected} (q-value {format_q(label.q_value)}){fit}."
     )
     left, right = st.columns(2)
     left.markdown("**Top concepts** (largest logit)")

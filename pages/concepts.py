@@ -6,6 +6,7 @@ import streamlit as st
 from pages import _shared
 from sparsebin.errors import PhraseError
 from sparsebin.interpret.bits import find_concepts
+from sparsebin.interpret.ontology import readable_q
 
 st.title("Concepts")
 run = _shared.pick_run("concepts_run")
@@ -14,6 +15,10 @@ if run is None:
 context = _shared.run_context(run["run_id"], run["dataset"])
 mode = st.radio("Look up", ["a concept", "any phrase"], horizontal=True, key="lookup_mode")
 metric = st.radio("Code distance", ["jaccard", "hamming"], horizontal=True, key="concept_metric")
+SCORES = (  # the Bits page's figures, from the same bit table
+    "Each bit's label and scores as on the Bits page: corrected coherence is precision above chance minus its mean "
+    "for random sets of the bit's size (about 0 at random); q the category's enrichment, corrected across bits."
+)
 
 
 def neighbours(view) -> None:
@@ -35,7 +40,8 @@ if mode == "any phrase":
         st.error(str(error))
         st.stop()
     st.markdown(f"**{len(view.active_bits)} active bits** for {view.phrase!r}")
-    st.dataframe(view.active_bits, hide_index=True, key="phrase_bits")
+    st.dataframe(readable_q(view.active_bits), hide_index=True, key="phrase_bits")
+    st.caption(SCORES)
     neighbours(view)
     count = len(view.dense_neighbours)
     st.caption(f"The two lists share {view.shared} of their {count} concepts ({view.overlap:.0%}).")
@@ -58,7 +64,8 @@ st.caption(f"{concept.category or ''} · depth {concept.depth if concept.depth >
 if concept.definition:
     st.write(concept.definition)
 st.markdown(f"**{len(view.active_bits)} active bits**")
-st.dataframe(view.active_bits, hide_index=True, key="active_bits")
+st.dataframe(readable_q(view.active_bits), hide_index=True, key="active_bits")
+st.caption(SCORES)
 if len(view.active_bits):
     strongest = view.active_bits.iloc[0]
     link = {"run": run["run_id"], "bit": str(int(strongest["bit"]))}

@@ -12,11 +12,14 @@ import socket
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 from sparsebin import runfolder
 from sparsebin.config import TrainConfig, preset_config
 from sparsebin.datasets import import_dataset
+from sparsebin.interpret import phrases
+from sparsebin.interpret.ontology import format_q
 from sparsebin.jobs.queue import Store
 from sparsebin.jobs.service import run_summary
 from sparsebin.jobs.worker import run_worker
@@ -83,6 +86,12 @@ def texts(at: AppTest) -> str:
     parts = [element.value for kind in ("markdown", "success", "error", "info", "warning", "caption", "subheader")
              for element in getattr(at, kind)]  # fmt: skip
     return "\n".join(str(part) for part in parts)
+
+
+def shown(table) -> pd.DataFrame:
+    """A table's cells as the browser shows them: a pandas Styler's text where the page gives one."""
+    display = table.proto.arrow_data.styler.display_values
+    return dataframe_util.convert_arrow_bytes_to_pandas_df(display) if display else table.value.astype(str)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -300,6 +309,48 @@ def test_bits_opens_a_bit_with_its_top_concepts(app):
     assert at.subheader[0].value.startswith(f"Bit {bit}:")
     top = at.dataframe[1].value
     assert len(top) > 0 and top["name"].str.contains("finding").all()
+
+
+def test_bits_shows_q_values_a_person_reads_and_sorts_them_as_numbers(app):
+    at = open_page(app, "bits")
+    table = at.dataframe[0]
+    q_values = table.value["q_value"]  # the numbers beneath, which the browser sorts by
+    assert shown(table)["q_value"].tolist() == [format_q(q) for q in q_values]
+    assert "< 1e-10" in shown(table)["q_value"].tolist()  # six clean clusters: some bits are far beyond chance
+    assert not shown(table)["q_value"].str.fullmatch(r"0\.0*").any()
+    bit = int(q_values.idxmin())
+    at.number_input(key="bit").set_value(bit).run()
+    assert f"(q-value {format_q(q_values[bit])})" in texts(at)  # the bit's own caption
+
+
+def test_a_concepts_bits_show_the_bits_pages_corrected_coherence_and_q_values(app):
+    bits = open_page(app, "bits").dataframe[0].value.set_index("bit")
+    at = open_page(app, "concepts")
+    at.text_input(key="concept_query").set_value("heart finding 1").run()
+    table = at.dataframe[0]
+    active = table.value
+    assert len(active) and "coherence" not in active  # raw coherence favours small bits
+    expected = bits.loc[active["bit"]]
+    np.testing.assert_array_equal(active["corrected_coherence"], expected["corrected_coherence"])
+    assert shown(table)["q_value"].tolist() == [format_q(q) for q in expected["q_value"]]
+    assert "corrected coherence is precision above chance" in texts(at)
+
+
+def test_a_phrases_bits_show_the_bits_pages_corrected_coherence_and_q_values(app, world, monkeypatch):
+    row = 1  # "heart finding 1": the phrase is placed where that concept is
+    vector = np.load(world["root"] / "tiny.npy")[row]
+    monkeypatch.setattr(phrases, "embed_phrases", lambda given, meta: vector[None])  # tiny has no model
+    bits = open_page(app, "bits").dataframe[0].value.set_index("bit")
+    at = open_page(app, "concepts")
+    at.radio(key="lookup_mode").set_value("any phrase").run()
+    at.text_input(key="phrase").set_value("a heart finding, typed").run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0]
+    active = table.value
+    assert len(active) and "coherence" not in active
+    expected = bits.loc[active["bit"]]
+    np.testing.assert_array_equal(active["corrected_coherence"], expected["corrected_coherence"])
+    assert shown(table)["q_value"].tolist() == [format_q(q) for q in expected["q_value"]]
 
 
 def test_concepts_search_shows_the_concepts_bits(app):

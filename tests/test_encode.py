@@ -14,7 +14,8 @@ from sparsebin.datasets import import_dataset, load_dataset
 from sparsebin.datasets.builtin import MODEL_NAME, encode_batch, load_model
 from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
 from sparsebin.errors import PhraseError
-from sparsebin.interpret.bits import RunContext
+from sparsebin.interpret.bits import RunContext, bit_table
+from sparsebin.interpret.ontology import format_q
 from sparsebin.interpret.phrases import embed_phrases, phrase_view
 from sparsebin.jobs.queue import Store
 from sparsebin.jobs.worker import run_worker
@@ -83,6 +84,9 @@ def test_a_phrase_close_to_a_concept_shares_most_of_its_bits(in_world):
     assert view.dense_neighbours["name"].iloc[0] == "Febrile seizures"
     assert view.code_neighbours["name"].iloc[0] == "Febrile seizures"
     assert list(view.active_bits["bit"].sort_values()) == sorted(phrase)
+    table = bit_table(context).set_index("bit").loc[view.active_bits["bit"]]  # the Bits page's figures
+    np.testing.assert_array_equal(view.active_bits["corrected_coherence"], table["corrected_coherence"])
+    np.testing.assert_array_equal(view.active_bits["q_value"], table["q_value"])
     assert 0 <= view.shared <= 5 and view.overlap == view.shared / 5
     far = concept_bits(context, "Pain in the ear")
     assert len(phrase & far) < len(phrase & known)  # an unrelated concept shares fewer
@@ -109,6 +113,18 @@ def test_encode_command_prints_bits_labels_and_both_neighbour_lists(in_world, ca
     (view,) = json.loads(capsys.readouterr().out)
     assert view["dense_neighbours"][0]["name"] == "Febrile seizures"
     assert len(view["bits"]) == len(view["active_bits"]) and all(0 <= bit < 64 for bit in view["bits"])
+
+
+def test_encode_command_prints_each_bits_corrected_coherence_and_a_readable_q_value(in_world, capsys):
+    assert main(["encode", in_world["run_id"], "febrile seizure"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  bit ")]
+    table = bit_table(in_world["context"]).set_index("bit")
+    assert lines
+    for line in lines:
+        bit = int(line.split()[1])
+        corrected, q_value = table.loc[bit, ["corrected_coherence", "q_value"]]
+        assert line.endswith(f"corrected coherence {corrected:.2f}, q-value {format_q(q_value)})"), line
+        assert "0.000000" not in line
 
 
 def test_encode_command_refuses_an_empty_phrase(in_world, capsys):

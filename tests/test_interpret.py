@@ -247,6 +247,10 @@ def test_concept_view_lists_labelled_bits_and_both_neighbour_lists(ctx):
         "Septal defect, 100 % of 2, 100 % of its 2",
     ]
     np.testing.assert_allclose(view.active_bits["firing_rate"], [3 / 14, 3 / 14, 2 / 14])
+    table = bit_table(ctx).set_index("bit").loc[[0, 1, 5]]  # what the Bits page shows for the same bits
+    np.testing.assert_array_equal(view.active_bits["corrected_coherence"], table["corrected_coherence"])
+    np.testing.assert_array_equal(view.active_bits["q_value"], table["q_value"])
+    assert "coherence" not in view.active_bits  # raw coherence favours small bits; the page shows the corrected
     assert view.code_neighbours["id"].tolist() == ["A2", "A3"]
     jaccard = [1 - 2 / 4, 1 - 1 / 3]  # A1 {0,1,5} against A2 {0,1,8} and A3 {0}
     np.testing.assert_allclose(view.code_neighbours["distance"], jaccard, rtol=1e-6)
@@ -264,7 +268,8 @@ def test_concept_view_of_a_concept_without_active_bits(ctx):
     assert view.active_bits.empty and list(view.active_bits.columns) == [
         "bit",
         "label",
-        "coherence",
+        "corrected_coherence",
+        "q_value",
         "firing_rate",
         "logit",
     ]

@@ -97,7 +97,7 @@ class ConceptView:
     """`concept_view`: a concept's active bits and its neighbours by code and by dense embedding."""
 
     concept: Concept
-    active_bits: pd.DataFrame  # bit, label, coherence, firing_rate, logit; strongest logit first
+    active_bits: pd.DataFrame  # `active_bit_table`: bit, label, corrected_coherence, q_value, firing_rate, logit
     code_neighbours: pd.DataFrame  # id, name, category, distance (the search metric)
     dense_neighbours: pd.DataFrame  # id, name, category, cosine
     overlap: float  # share of the dense neighbours that are also code neighbours
@@ -390,13 +390,6 @@ def concept_view(ctx: RunContext, concept_id: str, k: int = 10, metric: str = "j
     row = ctx.row_of(concept_id)
     bits = np.flatnonzero(unpack_bits(ctx.codes[row : row + 1], ctx.n_bits)[0])
     logits = ctx.concept_logits(row)
-    labels = labels_for(ctx, bits)
-    active = pd.DataFrame({"bit": bits, "logit": logits[bits]})
-    active.insert(1, "label", labels["label"].to_numpy())
-    active.insert(2, "coherence", labels["coherence"].to_numpy())
-    # How common each bit is: a bit firing for most concepts says little about this one.
-    active.insert(3, "firing_rate", ctx.bit_counts[bits] / max(len(ctx.concepts), 1))
-    active = active.sort_values(["logit", "bit"], ascending=[False, True], kind="stable").reset_index(drop=True)
     found, distances = ctx.code_index.search(ctx.codes[row : row + 1], k, metric=metric, exclude=np.array([row]))
     code_neighbours = ctx.concept_rows(found[0])
     code_neighbours["distance"] = distances[0]
@@ -405,11 +398,32 @@ def concept_view(ctx: RunContext, concept_id: str, k: int = 10, metric: str = "j
     overlap = len(np.intersect1d(found[0], dense_rows)) / max(len(dense_rows), 1)
     return ConceptView(
         concept=concept_at(ctx.concepts, row),
-        active_bits=active,
+        active_bits=active_bit_table(ctx, bits, logits),
         code_neighbours=code_neighbours,
         dense_neighbours=_with_score(ctx, dense_rows, cosines, "cosine"),
         overlap=float(overlap),
     )
+
+
+def active_bit_table(ctx: RunContext, bits: np.ndarray, logits: np.ndarray) -> pd.DataFrame:
+    """A code's active bits, strongest logit first (ties by bit): bit, label, corrected_coherence, q_value,
+    firing_rate, logit. The label and scores are the bit table's, so a bit reads here as on the Bits page.
+
+    `logits` is the (N,) pre-activation of every bit for the concept or phrase.
+    """
+    labels = labels_for(ctx, bits)
+    active = pd.DataFrame(
+        {
+            "bit": bits,
+            "label": labels["label"].to_numpy(),
+            "corrected_coherence": labels["corrected_coherence"].to_numpy(),
+            "q_value": labels["q_value"].to_numpy(),
+            # How common each bit is: a bit firing for most concepts says little about this one.
+            "firing_rate": ctx.bit_counts[bits] / max(len(ctx.concepts), 1),
+            "logit": logits[bits],
+        }
+    )
+    return active.sort_values(["logit", "bit"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
 def concept_at(concepts: pd.DataFrame, row: int) -> Concept:

@@ -2,10 +2,12 @@
 
 import argparse
 import json
+import math
 
 from sparsebin.datasets import load_dataset
 from sparsebin.errors import JobError
 from sparsebin.interpret.bits import RunContext
+from sparsebin.interpret.ontology import format_q
 from sparsebin.interpret.phrases import PhraseView, embed_phrases, phrase_view
 from sparsebin.jobs.queue import Status, Store
 from sparsebin.search.codes import METRICS
@@ -61,7 +63,9 @@ def describe(view: PhraseView, metric: str) -> str:
     lines = [f"{view.phrase!r}: {len(active)} active bits"]
     for row in active.itertuples():
         label = row.label if isinstance(row.label, str) and row.label else "no clear label"
-        lines.append(f"  bit {row.bit:>5}  {label}  (fires for {row.firing_rate:.2%} of concepts)")
+        corrected = "n/a" if math.isnan(row.corrected_coherence) else f"{row.corrected_coherence:.2f}"
+        scores = f"corrected coherence {corrected}, q-value {format_q(row.q_value)}"
+        lines.append(f"  bit {row.bit:>5}  {label}  (fires for {row.firing_rate:.2%} of concepts; {scores})")
     count = len(view.dense_neighbours)
     lines.append(f"  nearest {len(view.code_neighbours)} concepts by code ({metric} distance):")
     lines += [f"    {row.id}  {row.name}  {row.distance:.3f}" for row in view.code_neighbours.itertuples()]

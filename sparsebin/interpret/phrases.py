@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from sparsebin.errors import PhraseError
-from sparsebin.interpret.bits import RunContext, _with_score, labels_for, top_rows
+from sparsebin.interpret.bits import RunContext, _with_score, active_bit_table, top_rows
 from sparsebin.search.codes import pack_bits
 
 MAX_PHRASE_CHARS = 1000
@@ -25,7 +25,7 @@ class PhraseView:
 
     phrase: str
     bits: np.ndarray  # (n_active,) the bits the phrase switches on, ascending
-    active_bits: pd.DataFrame  # bit, label, coherence, firing_rate, logit; strongest logit first
+    active_bits: pd.DataFrame  # `bits.active_bit_table`: bit, label, corrected_coherence, q_value, firing_rate, logit
     code_neighbours: pd.DataFrame  # id, name, category, distance (the search metric)
     dense_neighbours: pd.DataFrame  # id, name, category, cosine
     shared: int  # concepts in both lists
@@ -85,17 +85,6 @@ def phrase_view(ctx: RunContext, phrase: str, vector: np.ndarray, k: int = 10, m
     logits = ctx.model.encode_logits(x)[0].numpy()
     code = ctx.model.encode(x)[0].numpy().astype(np.uint8)
     bits = np.flatnonzero(code)
-    labels = labels_for(ctx, bits)
-    active = pd.DataFrame(
-        {
-            "bit": bits,
-            "label": labels["label"].to_numpy(),
-            "coherence": labels["coherence"].to_numpy(),
-            "firing_rate": ctx.bit_counts[bits] / max(len(ctx.concepts), 1),
-            "logit": logits[bits],
-        }
-    )
-    active = active.sort_values(["logit", "bit"], ascending=[False, True], kind="stable").reset_index(drop=True)
     packed = pack_bits(code[None])
     found, distances = ctx.code_index.search(packed, k, metric=metric)
     code_neighbours = ctx.concept_rows(found[0])
@@ -106,7 +95,7 @@ def phrase_view(ctx: RunContext, phrase: str, vector: np.ndarray, k: int = 10, m
     return PhraseView(
         phrase=phrase,
         bits=bits,
-        active_bits=active,
+        active_bits=active_bit_table(ctx, bits, logits),
         code_neighbours=code_neighbours,
         dense_neighbours=_with_score(ctx, dense_rows, cosines, "cosine"),
         shared=int(shared),
