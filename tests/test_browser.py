@@ -178,13 +178,24 @@ def test_queue_a_run_watch_its_progress_and_see_it_on_compare(page, request, fol
             expect(page.get_by_role("button", name="Queue run")).to_be_visible(timeout=TIMEOUT_MS)
             expect(page.get_by_role("link", name="Compare", exact=True)).to_be_visible()  # app.py's navigation
             expect(page.get_by_role("link", name="shared", exact=True)).to_have_count(0)  # not a file list
+        with step(page, request, "enter-in-a-number-field-does-not-queue"):
+            n_bits = page.get_by_label("N (bits)", exact=True)
+            n_bits.fill("64")
+            expect(main_text(page).get_by_text("Press Enter to submit form")).to_have_count(0)  # no such promise
+            n_bits.press("Enter")
+            expect(n_bits).to_have_value("64")
+            expect(main_text(page).get_by_text(re.compile("Queued job"))).to_have_count(0)
+            assert Store(folders["home"]).jobs() == []
         with step(page, request, "queue-a-run"):
-            for label, value in (("N (bits)", "64"), ("K (target active bits)", "4"), ("epochs", "400")):
+            for label, value in (("K (target active bits)", "4"), ("epochs", "400")):
                 page.get_by_label(label, exact=True).fill(value)
             page.get_by_label("batch", exact=True).fill("8")
             page.get_by_label("label (optional)").fill("first browser run")
             page.get_by_role("button", name="Queue run").click()
+            # Job 1: had Enter queued a run, the button's would be job 2, or refused as identical to it.
             expect(main_text(page).get_by_text(re.compile(r"Queued job 1 \(run "))).to_be_visible(timeout=TIMEOUT_MS)
+            (job,) = Store(folders["home"]).jobs()
+            assert (job.config.n_bits, job.config.k, job.label) == (64, 4, "first browser run")
         with step(page, request, "watch-live-progress"):
             expect(main_text(page).get_by_text(re.compile(r"step \d+ of \d+, loss"))).to_be_visible(timeout=TIMEOUT_MS)
         with step(page, request, "the-run-finishes"):
