@@ -4,6 +4,7 @@ Torch-free, so the questions and the pages can name these counts without loading
 """
 
 import numpy as np
+from scipy.special import gammaln
 
 from sparsebin.search.codes import bit_counts
 
@@ -17,6 +18,8 @@ HEALTH_LABELS = {
     "rare_bits": f"rare bits (fire for 1-{RARE_BELOW - 1} concepts of all rows)",
     "dense_all_rows": "always-on bits (fire for over half of all rows)",
 }
+# A count beside the count chance gives for the run's bit sizes (METHOD.md "Bit health against chance").
+BY_CHANCE = {"silent_held_out": "silent_held_out_expected"}
 HEALTH_COLUMNS = {  # the same counts as short table headers
     "dead_all_rows": "dead (all rows)",
     "silent_held_out": "silent (held-out)",
@@ -26,26 +29,63 @@ HEALTH_COLUMNS = {  # the same counts as short table headers
 
 
 def bit_health(packed: np.ndarray, n_bits: int, validation_rows: np.ndarray, rare_below: int = RARE_BELOW) -> dict:
-    """The three bit-health counts every page, the CLI and the report show, from the codes of all rows.
+    """The bit-health counts every page, the CLI and the report show, from the codes of all rows.
 
     - dead_all_rows: bits that fire for no concept of the whole data set
     - silent_held_out: bits that fire for training concepts only, never on a
       held-out one (memorising, not generalising); 0 when nothing is held out
+    - silent_held_out_expected: how many bits of these sizes would be silent on
+      held-out by chance (`silent_by_chance`), and silent_held_out_excess the
+      count beyond it, which comparisons use
     - rare_bits: bits that fire for at least one but fewer than `rare_below` concepts
     - dense_all_rows: bits that fire for more than half of all concepts (always-on, no information)
     """
     total = bit_counts(packed, n_bits)
     held_out = bit_counts(packed[np.sort(np.asarray(validation_rows, dtype=np.int64))], n_bits)
     silent = int(((total > 0) & (held_out == 0)).sum()) if len(validation_rows) else 0
+    expected = silent_by_chance(total, len(packed), len(validation_rows))
     return {
         "dead_all_rows": int((total == 0).sum()),
         "silent_held_out": silent,
+        "silent_held_out_expected": expected,
+        "silent_held_out_excess": silent - expected,
         "rare_bits": int(((total > 0) & (total < rare_below)).sum()),
         "rare_below": rare_below,
         "dense_all_rows": int((total > len(packed) / 2).sum()),
         "n_rows": int(len(packed)),
         "n_held_out": int(len(validation_rows)),
     }
+
+
+def silent_by_chance(bit_sizes: np.ndarray, n_rows: int, n_held_out: int) -> float:
+    """The bits expected silent on held-out if each bit's concepts were drawn at random: the sum over live bits
+    of C(M - V, c) / C(M, c), a bit firing for c of M rows, V of them held out (about (1 - V / M)^c).
+
+    Exact up to float64 rounding (about 1e-9 of itself at M = 10^6), in log space (gammaln), so large M and
+    c neither overflow nor lose the small terms; dead bits (c = 0) count 0, as `bit_health` counts them, and
+    so does every bit when nothing is held out.
+    """
+    sizes = np.asarray(bit_sizes, dtype=np.float64)
+    sizes = sizes[sizes > 0]
+    kept = n_rows - n_held_out  # rows a silent bit's concepts must all lie in
+    if n_held_out == 0 or not len(sizes):
+        return 0.0
+    possible = sizes[sizes <= kept]  # a bit larger than the training rows always fires on a held-out one
+    log_share = gammaln(kept + 1) - gammaln(kept - possible + 1) - gammaln(n_rows + 1) + gammaln(n_rows - possible + 1)
+    return float(np.exp(log_share).sum())
+
+
+def health_lines(health: dict) -> list[str]:
+    """The counts as the CLI prints them, one per line: the count, its label, and beside a count that chance
+    gives too (BY_CHANCE) the chance count, or that it was not measured (a run measured before it was)."""
+    lines = []
+    for key, label in HEALTH_LABELS.items():
+        line = f"{health.get(key)!s:>8}  {label}"
+        if key in BY_CHANCE:
+            expected = health.get(BY_CHANCE[key])
+            line += "; not measured against chance" if expected is None else f"; {expected:.1f} expected by chance"
+        lines.append(line)
+    return lines
 
 
 def convergence(history: list[dict], k: int) -> dict:

@@ -44,6 +44,7 @@ HEADLINE_METRICS = (
     "active_min",
     "active_max",
     "topk_overlap",
+    "alignment_cosine",
     "dead_bits",
     "dense_bits",
     "bits_index_list",
@@ -103,12 +104,17 @@ def evaluate_model(
     are sized by N and the device's free memory unless `chunk_rows` is given. With
     `retrieval=False` the recall metrics are left to the caller, which can
     search a part's queries against every row (see `retrieval_metrics`).
+
+    Sparsity alignment (METHOD.md): `alignment_cosine` is the mean over rows of
+    the cosine distance d(s, t) between the soft code and its TopK mask,
+    whatever distance the run trained its alignment with, so runs compare;
+    `active_ratio` is active_mean / K.
     """
     model.eval()
     device = next(model.parameters()).device
     if chunk_rows is None:
         chunk_rows = evaluation_chunk_rows(model.n_bits, model.d_in, free_memory(str(device)))
-    sums = {"recon": 0.0, "fixed_topk_recon": 0.0, "soft_recon": 0.0, "topk_overlap": 0.0}
+    sums = {"recon": 0.0, "fixed_topk_recon": 0.0, "soft_recon": 0.0, "topk_overlap": 0.0, "alignment": 0.0}
     packed = []
     for start in range(0, len(vectors), chunk_rows):
         x = torch.from_numpy(np.ascontiguousarray(vectors[start : start + chunk_rows])).to(device)  # (C, D)
@@ -124,6 +130,7 @@ def evaluate_model(
         sums["fixed_topk_recon"] += cosine_distance(x, model.decode(mask)).item() * rows
         sums["soft_recon"] += cosine_distance(x, model.decode(soft)).item() * rows
         sums["topk_overlap"] += ((hard * mask).sum(dim=1) / model.k).sum().item()
+        sums["alignment"] += cosine_distance(soft, mask).item() * rows
         packed.append(pack_bits(hard.to(torch.uint8).cpu().numpy()))
     packed = np.concatenate(packed) if packed else np.zeros((0, bytes_per_vector(model.n_bits)), np.uint8)
     n = max(len(vectors), 1)
@@ -133,6 +140,7 @@ def evaluate_model(
         "fixed_topk_recon_loss": sums["fixed_topk_recon"] / n,
         "soft_recon_loss": sums["soft_recon"] / n,
         "topk_overlap": sums["topk_overlap"] / n,
+        "alignment_cosine": sums["alignment"] / n,
         "k": model.k,
     }
     metrics |= code_metrics(
@@ -145,6 +153,7 @@ def evaluate_model(
         decoding=model_decoding(model),
         retrieval=retrieval,
     )
+    metrics["active_ratio"] = metrics["active_mean"] / model.k
     return Evaluation(metrics, packed)
 
 
