@@ -1,15 +1,19 @@
 """Train, evaluate and write one run folder: what the CLI and the worker both do."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from sparsebin import runfolder
 from sparsebin.checkpoint import check_checkpoint
 from sparsebin.config import TrainConfig
+from sparsebin.datasets.importing import index_labels
 from sparsebin.devices import describe_device
 from sparsebin.errors import DataError, RunFileError
 from sparsebin.health import bit_health, convergence
+from sparsebin.interpret.scores import dense_probe, interpretability
 from sparsebin.metrics import (
     code_metrics,
     evaluate_model,
@@ -33,8 +37,12 @@ def run_experiment(
     progress: ProgressCallback | None = None,
     should_stop=None,
     n_queries: int = 500,
+    concepts: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Train with `config` and write every artifact of a run into `folder`.
+
+    `concepts` is the data set's concept table, row for row (`Dataset.concepts`),
+    for the interpretability figures; None for a bare embeddings file.
 
     The folder keeps a checkpoint while training, so calling this again after
     an interruption resumes from the last finished epoch (a checkpoint of
@@ -51,31 +59,36 @@ def run_experiment(
     runfolder.save_history(folder / "history.jsonl", result.history)
     if result.cancelled:
         return result
-    metrics, codes = evaluate_run(embeddings, result, n_queries=n_queries)
+    evaluation = measure_run(embeddings, result, n_queries=n_queries, concepts=concepts)
     runfolder.save_model(folder / "model.safetensors", result.model, config)
-    runfolder.save_codes(folder / "codes.npy", codes)
+    runfolder.save_codes(folder / "codes.npy", evaluation.codes)
     runfolder.save_json(folder / "split.json", {"validation": result.split.validation.tolist()})
     runfolder.save_json(folder / runfolder.ENVIRONMENT, environment(result))
-    runfolder.save_json(folder / "metrics.json", metrics)  # last: its presence marks a finished run
+    runfolder.save_probes(folder / runfolder.PROBES, evaluation.probes)
+    runfolder.save_json(folder / "metrics.json", evaluation.metrics)  # last: its presence marks a finished run
     (folder / CHECKPOINT).unlink(missing_ok=True)  # finished: model.safetensors holds the result
     return result
 
 
-def remeasure_run(embeddings: np.ndarray, folder: Path) -> dict:
-    """Measure a finished run again by today's metric definitions, and rewrite its metrics.json.
+def remeasure_run(embeddings: np.ndarray, folder: Path, *, concepts: pd.DataFrame | None = None) -> dict:
+    """Measure a finished run again by today's metric definitions, and rewrite its metrics.json and probes.csv.
 
     For runs measured before a definition changed (asymmetric recall was once
-    a plain sum through the decoder). Everything else is the run's own and is
-    left as it is: its model, its held-out rows (split.json), its history and
-    its codes; the retrieval queries are as many as it was measured with,
-    drawn by its split seed as always. `embeddings` must be the run's data set.
+    a plain sum through the decoder) or before a figure existed (sparsity
+    alignment, silent bits against chance, interpretability). Everything else
+    is the run's own and is left as it is: its model, its held-out rows
+    (split.json), its history and its codes; the retrieval queries are as many
+    as it was measured with, drawn by its split seed as always. The stability
+    group it has is kept: it was measured while training and cannot be again.
+    `embeddings` must be the run's data set, `concepts` its concept table.
     Refused, with nothing written, when they have another row count
     (DataError) or when the model no longer gives the stored codes
     (RunFileError): the new figures would describe codes the run does not hold.
     """
     folder = Path(folder)
     config = runfolder.load_config(folder)
-    _, before = runfolder.evaluated_part(runfolder.load_metrics(folder))
+    previous = runfolder.load_metrics(folder)
+    _, before = runfolder.evaluated_part(previous)
     stored = runfolder.load_codes(folder, mmap=False)
     if len(embeddings) != len(stored):
         raise DataError(
@@ -86,13 +99,17 @@ def remeasure_run(embeddings: np.ndarray, folder: Path) -> dict:
     device = runfolder.evaluation_device(folder)
     model = runfolder.load_model(folder, device=device)
     result = TrainResult(model, config, split, runfolder.load_history(folder), device=device)
-    metrics, codes = evaluate_run(embeddings, result, n_queries=int(before.get("n_queries") or 500))
-    differing = int((codes != stored).any(axis=1).sum())
+    evaluation = measure_run(embeddings, result, n_queries=int(before.get("n_queries") or 500), concepts=concepts)
+    differing = int((evaluation.codes != stored).any(axis=1).sum())
     if differing:
         raise RunFileError(
             f"run {folder.name}: its model now gives other codes than it stored "
             f"({differing} of {len(stored)} rows differ), so it was left as it was."
         )
+    metrics = evaluation.metrics
+    if previous.get("stability") is not None:
+        metrics["stability"] = previous["stability"]
+    runfolder.save_probes(folder / runfolder.PROBES, evaluation.probes)
     runfolder.save_json(folder / "metrics.json", metrics)
     return metrics
 
@@ -107,14 +124,39 @@ def environment(result: TrainResult) -> dict:
     }
 
 
-def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int = 500) -> tuple[dict, np.ndarray]:
-    """Metrics on both parts, bit health, convergence and the sign baseline; packed codes for every row.
+@dataclass(frozen=True, eq=False)
+class RunEvaluation:
+    """`measure_run`: what a finished run folder holds of its measurement."""
+
+    metrics: dict  # metrics.json
+    codes: np.ndarray  # (M, N/8) uint8 packed hard codes of every row (codes.npy)
+    probes: pd.DataFrame  # the per-category probe table (probes.csv)
+
+
+def evaluate_run(
+    embeddings: np.ndarray, result: TrainResult, *, n_queries: int = 500, concepts: pd.DataFrame | None = None
+) -> tuple[dict, np.ndarray]:
+    """`measure_run`'s metrics and packed codes, for callers that keep no probe table."""
+    evaluation = measure_run(embeddings, result, n_queries=n_queries, concepts=concepts)
+    return evaluation.metrics, evaluation.codes
+
+
+def measure_run(
+    embeddings: np.ndarray, result: TrainResult, *, n_queries: int = 500, concepts: pd.DataFrame | None = None
+) -> RunEvaluation:
+    """Metrics on both parts, bit health, convergence, interpretability, stability and the sign baseline;
+    packed codes for every row, and the probe table.
 
     Retrieval: a sample of each part's rows (seeded by the split seed, so every
     run of a dataset uses the same queries) is searched against every row of
-    the data set, the realistic index. Bit health counts over all rows.
+    the data set, the realistic index. Bit health and interpretability count
+    over all rows (the probe chooses on the training part, scores on the
+    held-out one). `concepts` is the data set's concept table, row for row;
+    None (a bare embeddings file) reads as a table without labels.
     """
     config, split = result.config, result.split
+    if concepts is not None and len(concepts) != len(embeddings):
+        raise DataError(f"the concept table has {len(concepts)} rows, the embeddings {len(embeddings)}.")
     all_rows = np.arange(len(embeddings))
     vectors = normalized_rows(embeddings, all_rows, config.normalize)  # (M, D) as trained
     codes = np.zeros((len(embeddings), bytes_per_vector(config.n_bits)), dtype=np.uint8)
@@ -130,10 +172,44 @@ def evaluate_run(embeddings: np.ndarray, result: TrainResult, *, n_queries: int 
         metrics[name] |= retrieval_metrics(index, vectors, queries, decoding=decoding)
     metrics["bit_health"] = bit_health(codes, config.n_bits, split.validation)
     metrics["convergence"] = convergence(result.history, config.k)
+    metrics["interpretability"], probes = interpretability_group(codes, config.n_bits, vectors, concepts, split)
+    stability = stability_group(result)
+    if stability is not None:
+        metrics["stability"] = stability
     name, rows = parts[-1]  # the sign baseline on the part the run is judged on
     queries = rows[sample_queries(len(rows), n_queries, config.split_seed)]
     metrics |= sign_baselines(vectors, vectors[split.train], metrics[name], name, queries, rows)
-    return metrics, codes
+    return RunEvaluation(metrics, codes, probes)
+
+
+def interpretability_group(
+    codes: np.ndarray, n_bits: int, vectors: np.ndarray, concepts: pd.DataFrame | None, split: Split
+) -> tuple[dict, pd.DataFrame]:
+    """The "interpretability" group of metrics.json and the probe table of probes.csv.
+
+    The group is `interpretability(...).metrics()` of the codes (M, N/8) and
+    `dense_probe_f1`, the same probe on the dense rows (M, D) as the model saw
+    them. The table is the bits' probe table with the dense probe's choice and
+    held-out F1 beside each category (both probe the same categories, in the
+    same order). A data set without ontology labels gives None figures with
+    `interpretability_note` and a table of no rows.
+    """
+    concepts = index_labels(len(codes)) if concepts is None else concepts
+    judged = interpretability(codes, n_bits, concepts, split.train, split.validation)
+    dense = dense_probe(vectors, concepts, split.train, split.validation)
+    probes = judged.probe.probes.assign(
+        dense_dimension=dense.probes["dimension"].to_numpy(),
+        dense_direction=dense.probes["direction"].to_numpy(),
+        dense_heldout_f1=dense.probes["heldout_f1"].to_numpy(),
+    )
+    return judged.metrics() | {"dense_probe_f1": dense.probe_f1}, probes
+
+
+def stability_group(result: TrainResult) -> dict | None:
+    """The "stability" group (code churn, loss roughness, gradient norms, non-finite steps) from training's
+    bookkeeping. HOOK: None until training records it (sparsebin.stability); a run without it stores no
+    group, and the runs table shows its figures as not measured."""
+    return None
 
 
 def sign_baselines(

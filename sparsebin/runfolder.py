@@ -7,6 +7,8 @@
     <run>/codes.npy           packed hard bits (np.packbits), one row per concept
     <run>/split.json          the row indices of the validation part
     <run>/environment.json    the device (and its name), torch version and dtype that made the codes
+    <run>/probes.csv          sparse probing per category: the chosen bit, its F1 on both parts, chance, the
+                              dense embedding's held-out F1 (a header only for data without ontology labels)
 
 Weights are loaded with safetensors, never with pickle.
 """
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -26,7 +29,8 @@ from sparsebin.model import BinaryAutoencoder, ModelSpec
 from sparsebin.progress import read_record
 
 ENVIRONMENT = "environment.json"
-ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy")
+PROBES = "probes.csv"
+ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy", PROBES)
 
 
 def save_model(path: Path, model: BinaryAutoencoder, config: TrainConfig) -> None:
@@ -48,6 +52,11 @@ def save_json(path: Path, value) -> None:
 
 def save_history(path: Path, history: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(event) + "\n" for event in history).encode())
+
+
+def save_probes(path: Path, probes: pd.DataFrame) -> None:
+    """The per-category probe table as CSV, header and all even without a row."""
+    write_atomic(path, probes.to_csv(index=False).encode())
 
 
 def refuse_finished(folder: Path) -> None:
@@ -83,6 +92,17 @@ def evaluated_part(metrics: dict) -> tuple[str, dict]:
     """The part a run is judged on and its metrics: ("validation", ...), or ("train", ...) when nothing was held out."""
     split = "validation" if metrics.get("validation") else "train"
     return split, metrics.get(split) or {}
+
+
+def load_probes(folder: Path) -> pd.DataFrame | None:
+    """The run's probe table (`save_probes`); None for a run measured before it was written."""
+    path = Path(folder) / PROBES
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (ValueError, OSError) as error:
+        raise RunFileError(f"run {Path(folder).name} has a damaged {PROBES}: {error}") from error
 
 
 def load_history(folder: Path) -> list[dict]:

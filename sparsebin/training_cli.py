@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from sparsebin import runfolder
@@ -19,12 +20,13 @@ from sparsebin.config import PRESETS, SETTING_CHOICES, SETTING_HELP, TrainConfig
 from sparsebin.datasets import load_dataset
 from sparsebin.datasets.importing import is_embeddings_path, read_embeddings_file
 from sparsebin.errors import ConfigError, DataError
-from sparsebin.experiment import run_experiment
-from sparsebin.health import HEALTH_LABELS, convergence_word
+from sparsebin.experiment import interpretability_group, run_experiment
+from sparsebin.health import convergence_word, health_lines
+from sparsebin.interpret.scores import MIN_ACTIVE
 from sparsebin.metrics import HEADLINE_METRICS, evaluate_model, normalized_rows
 from sparsebin.paths import home_dir
 from sparsebin.progress import ProgressEvent
-from sparsebin.train import check_embeddings
+from sparsebin.train import check_embeddings, split_rows
 
 PRESET_HELP = (
     "a named starting setting the options change: paper (every remedy off) or recommended "
@@ -93,18 +95,24 @@ def load_embeddings(source: str, say=print) -> np.ndarray:
     A file is read as it is, checked like an import, and not stored as a dataset;
     `say` gets one sentence saying so.
     """
+    return load_data(source, say)[0]
+
+
+def load_data(source: str, say=print) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """`load_embeddings`' rows and the dataset's concept table; a bare embeddings file has none (None)."""
     if is_embeddings_path(source):
         path = Path(source)
         array = read_embeddings_file(path)
         say(f"read {path.name} as it is ({array.shape[0]:,} rows x {array.shape[1]} dims; not stored as a dataset)")
-        return array
-    return load_dataset(source).embeddings
+        return array, None
+    dataset = load_dataset(source)
+    return dataset.embeddings, dataset.concepts
 
 
 def train_command(args: argparse.Namespace) -> int:
     given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     config = preset_config(args.preset, **{name: value for name, value in given.items() if value is not None})
-    embeddings = load_embeddings(args.data)
+    embeddings, concepts = load_data(args.data)
     config.validate(n_rows=len(embeddings))
     out = args.out or home_dir() / "runs" / time.strftime("cli-%Y%m%d-%H%M%S")
     with tqdm(total=None, unit="step", desc="training") as bar:
@@ -114,15 +122,15 @@ def train_command(args: argparse.Namespace) -> int:
             bar.n = event.step
             bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}", active=f"{event.active_mean:.1f}")
 
-        run_experiment(embeddings, config, out, progress=progress, n_queries=args.queries)
+        run_experiment(embeddings, config, out, progress=progress, n_queries=args.queries, concepts=concepts)
     full = runfolder.load_metrics(out)
     _, metrics = runfolder.evaluated_part(full)
     print(f"run folder: {out}")
     print(summary(metrics))
     health = full.get("bit_health", {})
     print(f"bit health over all {len(embeddings)} rows:")
-    for key, label in HEALTH_LABELS.items():
-        print(f"{health.get(key)!s:>8}  {label}")
+    print("\n".join(health_lines(health)))
+    print(interpretability_summary(full.get("interpretability") or {}))
     state = full.get("convergence", {})
     print(f"{convergence_word(state.get('converged'))}: {state.get('reason')}")
     return 0
@@ -131,13 +139,21 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     model = runfolder.load_model(args.run, device=runfolder.evaluation_device(args.run))
     config = runfolder.load_config(args.run)
-    embeddings = load_embeddings(args.data, say=lambda text: print(text, file=sys.stderr))
+    embeddings, concepts = load_data(args.data, say=lambda text: print(text, file=sys.stderr))
     check_embeddings(embeddings, config.normalize)
     if embeddings.shape[1] != model.d_in:
         raise DataError(f"the run expects {model.d_in}-d embeddings, but {args.data} has {embeddings.shape[1]}.")
     vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)
-    metrics = evaluate_model(model, vectors, split=f"all of {args.data}", n_queries=args.queries).metrics
-    print(json.dumps(metrics, indent=2) if args.json else summary(metrics))
+    evaluation = evaluate_model(model, vectors, split=f"all of {args.data}", n_queries=args.queries)
+    metrics = evaluation.metrics
+    # The probe chooses on one part of these rows and scores on the other: the run's own split of its data set.
+    split = split_rows(len(embeddings), config.val_fraction, config.split_seed)
+    metrics["interpretability"], _ = interpretability_group(evaluation.packed, model.n_bits, vectors, concepts, split)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(summary(metrics))
+        print(interpretability_summary(metrics["interpretability"]))
     return 0
 
 
@@ -152,3 +168,24 @@ def summary(metrics: dict) -> str:
         shown = f"{value:.4f}" if isinstance(value, float) else f"{value}"
         lines.append(f"{key:>24}  {shown:<10}  ({searched if key.startswith('recall_') else part})")
     return "\n".join(lines)
+
+
+def interpretability_summary(group: dict) -> str:
+    """The interpretability group (`experiment.interpretability_group`) in one sentence; a figure that could not
+    be measured shows as n/a, and the group's note says why."""
+    if not group:
+        return "interpretability: not measured."
+
+    def shown(name: str) -> str:
+        value = group.get(name)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    text = (
+        f"interpretability over all rows: coherent share {shown('coherent_share')} of the "
+        f"{group.get('n_bits_judged')} bits firing for {MIN_ACTIVE} concepts or more (median chance-corrected "
+        f"coherence {shown('coherence_median')}; root-labelled share {shown('root_labelled_share')}); "
+        f"probe F1 {shown('probe_f1')} on held-out rows (chance {shown('probe_f1_chance')}, the dense embedding "
+        f"{shown('dense_probe_f1')}) over {group.get('probe_categories')} categories"
+    )
+    note = group.get("interpretability_note")
+    return f"{text}. {note}" if note else f"{text}."

@@ -21,7 +21,15 @@ from sparsebin.datasets.store import EMBEDDINGS_FILE, write_concepts, write_meta
 # A config that trains in well under a second on make_dataset's rows.
 TINY = TrainConfig(n_bits=32, k=4, epochs=2, batch_size=32, log_every=2, device="cpu")
 # Every file a finished run folder holds.
-ARTIFACTS = ("config.json", "model.safetensors", "metrics.json", "history.jsonl", "codes.npy", "split.json")
+ARTIFACTS = (
+    "config.json",
+    "model.safetensors",
+    "metrics.json",
+    "history.jsonl",
+    "codes.npy",
+    "split.json",
+    "probes.csv",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,12 +60,17 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int = 0) -> str:
-    """Write a small dataset folder under SPARSEBIN_DATA and return its name."""
+def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int = 0, categories: int = 0) -> str:
+    """Write a small dataset folder under SPARSEBIN_DATA and return its name.
+
+    Its concepts have no ontology (one category, no parents), or with `categories` an ontology of that many
+    categories (`tree_concepts` of the rows).
+    """
     folder = Path(os.environ["SPARSEBIN_DATA"]) / name
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    np.save(folder / EMBEDDINGS_FILE, rng.standard_normal((n_rows, dim)).astype(np.float32))
+    embeddings = rng.standard_normal((n_rows, dim)).astype(np.float32)
+    np.save(folder / EMBEDDINGS_FILE, embeddings)
     concepts = pd.DataFrame(
         {
             "id": [f"C{row}" for row in range(n_rows)],
@@ -68,9 +81,27 @@ def make_dataset(name: str = "tiny", n_rows: int = 200, dim: int = 16, seed: int
             "parents": [[] for _ in range(n_rows)],
         }
     )
-    write_concepts(folder, concepts)
+    write_concepts(folder, tree_concepts(embeddings, categories) if categories else concepts)
     write_meta(folder, {"name": name, "count": n_rows, "dim": dim})
     return name
+
+
+def tree_concepts(x: np.ndarray, n_categories: int = 4) -> pd.DataFrame:
+    """A concept table for rows `x` with a two-level ontology: a row's category is the dimension, of the first
+    `n_categories`, it is largest in (so one embedding axis tells it); the first n_categories rows head one
+    category each, every other row is a child of its category's head."""
+    category = np.argmax(x[:, :n_categories], axis=1)
+    category[:n_categories] = np.arange(n_categories)
+    return pd.DataFrame(
+        {
+            "id": [f"C{row}" for row in range(len(x))],
+            "name": [f"concept {row}" for row in range(len(x))],
+            "source": "test",
+            "category": [f"category {value}" for value in category],
+            "depth": np.where(np.arange(len(x)) < n_categories, 1, 2),
+            "parents": [[] if row < n_categories else [f"C{category[row]}"] for row in range(len(x))],
+        }
+    )
 
 
 def wait_for(condition, timeout: float = 60.0, every: float = 0.05):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import planted_data
+from conftest import make_dataset, planted_data
 
 from sparsebin import training_cli
 from sparsebin.cli import main
@@ -92,3 +92,25 @@ def test_train_preset_recommended_trains_with_its_remedies_and_options_still_app
     with pytest.raises(SystemExit):
         main(["train", str(data), "--preset", "best", "--out", str(tmp_path / "other")])
     assert "invalid choice: 'best' (choose from 'paper', 'recommended')" in capsys.readouterr().err
+
+
+def test_train_and_eval_show_silent_bits_beside_chance_and_the_interpretability_of_a_dataset(tmp_path, capsys):
+    make_dataset(categories=4)
+    run = tmp_path / "run"
+    argv = ["train", "tiny", "--n-bits", "32", "--k", "4", "--epochs", "2", "--batch-size", "32", "--out", str(run)]
+    assert main([*argv, "--queries", "20"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    metrics = json.loads((run / "metrics.json").read_text())
+    health, judged = metrics["bit_health"], metrics["interpretability"]
+    assert (
+        f"{health['silent_held_out']:>8}  bits silent on held-out rows (fire on training rows only); "
+        f"{health['silent_held_out_expected']:.1f} expected by chance"
+    ) in out
+    sentence = next(line for line in out if line.startswith("interpretability over all rows:"))
+    assert f"probe F1 {judged['probe_f1']:.3f} on held-out rows (chance {judged['probe_f1_chance']:.3f}" in sentence
+    assert f"the dense embedding {judged['dense_probe_f1']:.3f}) over 4 categories." in sentence
+    assert next(line for line in out if line.split()[0] == "alignment_cosine").endswith("(validation part, 20 rows)")
+
+    assert main(["eval", str(run), "tiny", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["interpretability"] == judged  # all rows, probed on the run's own split: the same figures

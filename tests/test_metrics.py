@@ -1,6 +1,7 @@
 """Metrics on hand-made examples whose answers are known."""
 
 import math
+from math import comb
 
 import numpy as np
 import pytest
@@ -197,3 +198,147 @@ def test_sign_asymmetric_recall_ranks_rows_by_query_dot_sign_bits():
         found.append(np.lexsort((np.arange(len(scores)), -scores))[:10])
     expected = recall_at_k(np.array(found), dense_neighbours(vectors, queries, 10)[0])
     assert metrics["recall_at_10_asymmetric"] == pytest.approx(expected)
+
+
+def test_alignment_is_the_cosine_between_the_soft_code_and_its_topk_mask_and_active_ratio_is_active_over_k():
+    # Identity encoder, K = 1: s = sigmoid(x), t = 1 at the largest entry, h = 1[x > 0].
+    model = BinaryAutoencoder(ModelSpec(4, 4, 1)).eval()
+    with torch.no_grad():
+        for layer in (model.encoder, model.decoder):
+            layer.weight.copy_(torch.eye(4))
+            layer.bias.zero_()
+    x = np.array([[0.6, 0.8, 0.0, 0.0], [-1.0, 0.2, 0.3, 0.5]], dtype=np.float32)
+    metrics = evaluate_model(model, np.repeat(x, 6, axis=0), split="hand", n_queries=2, chunk_rows=5).metrics
+    soft = 1 / (1 + np.exp(-x))
+    distances = [1 - soft[0, 1] / np.linalg.norm(soft[0]), 1 - soft[1, 3] / np.linalg.norm(soft[1])]
+    assert metrics["alignment_cosine"] == pytest.approx(np.mean(distances), abs=1e-6)
+    assert metrics["active_ratio"] == pytest.approx(2.5)  # 2 and 3 active bits against K = 1
+
+
+def test_alignment_is_measured_by_the_cosine_whatever_distance_the_run_trained_with_and_in_any_chunks():
+    from conftest import planted_data
+
+    from sparsebin.config import TrainConfig
+    from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
+    from sparsebin.train import train
+
+    x, _ = planted_data(n_rows=300, dim=16, n_bits=32, k=4)
+    model = train(x, TrainConfig(n_bits=32, k=4, epochs=1, batch_size=64, sparsity_loss="mse")).model.eval()
+    with torch.no_grad():
+        logits = model.encode_logits(torch.from_numpy(x))
+        soft = torch.sigmoid(logits)
+        expected = cosine_distance(soft, mask_from_indices(topk_indices(logits, 4), 32, soft)).item()
+    for chunk_rows in (64, 300):
+        metrics = evaluate_model(model, x, split="all", retrieval=False, chunk_rows=chunk_rows).metrics
+        assert metrics["alignment_cosine"] == pytest.approx(expected, rel=1e-5)
+        assert metrics["active_ratio"] == pytest.approx(metrics["active_mean"] / 4)
+
+
+def test_silent_on_held_out_by_chance_is_the_exact_hypergeometric_sum_on_a_hand_example():
+    from sparsebin.health import bit_health, silent_by_chance
+
+    # 10 rows, rows 7..9 held out; bits firing for 0 (dead), 1, 2, 3 and 8 rows. A bit of 8 rows cannot miss
+    # the 3 held-out rows; the others are silent by chance with C(7, c) / C(10, c).
+    sizes = [0, 1, 2, 3, 8]
+    bits = np.zeros((10, 8), dtype=np.uint8)
+    for bit, size in enumerate(sizes):
+        bits[:size, bit] = 1  # the first rows: all training rows, except for the 8-row bit
+    health = bit_health(pack_bits(bits), 8, np.array([7, 8, 9]))
+    expected = 7 / 10 + 21 / 45 + 35 / 120
+    assert health["silent_held_out"] == 3  # bits 1..3 fire on training rows only
+    assert health["silent_held_out_expected"] == pytest.approx(expected, rel=1e-12)
+    assert health["silent_held_out_excess"] == pytest.approx(3 - expected, rel=1e-12)
+    assert silent_by_chance(np.array(sizes), 10, 0) == 0.0  # nothing held out: no bit can be silent there
+    # at a million rows the sum stays finite and as exact as float64 logs of Gamma allow (about 1e-9 of itself):
+    # C(M - V, c) / C(M, c) is (M - V) / M for c = 1, and under 0.9^5000 ~ 1e-229 for c = 5000
+    assert silent_by_chance(np.array([1, 5000]), 10**6, 10**5) == pytest.approx(0.9, rel=1e-8)
+
+
+def test_a_random_code_of_known_bit_sizes_is_silent_on_held_out_about_as_often_as_chance_says():
+    from sparsebin.health import bit_health
+
+    rng = np.random.default_rng(4)
+    n_rows, n_bits = 4000, 4096
+    sizes = np.tile(np.arange(1, 33), n_bits // 32)  # each size 1..32 on 128 bits
+    bits = np.zeros((n_rows, n_bits), dtype=np.uint8)
+    for bit, size in enumerate(sizes):
+        bits[rng.choice(n_rows, size, replace=False), bit] = 1
+    held_out = rng.choice(n_rows, n_rows // 10, replace=False)
+    health = bit_health(pack_bits(bits), n_bits, held_out)
+    chance = np.array([comb(n_rows - len(held_out), c) / comb(n_rows, c) for c in sizes])
+    assert health["silent_held_out_expected"] == pytest.approx(chance.sum(), rel=1e-9)  # about 0.9^c each: 1100
+    spread = np.sqrt((chance * (1 - chance)).sum())  # a silent count's standard deviation: about 22
+    assert abs(health["silent_held_out"] - chance.sum()) < 4 * spread
+    assert abs(health["silent_held_out_excess"]) < 4 * spread
+
+
+def test_the_bit_health_lines_show_silent_on_held_out_beside_its_chance_count():
+    from sparsebin.health import health_lines
+
+    health = {"dead_all_rows": 0, "silent_held_out": 12, "silent_held_out_expected": 9.83, "rare_bits": 3}
+    lines = health_lines(health | {"dense_all_rows": 1})
+    assert lines[1] == "      12  bits silent on held-out rows (fire on training rows only); 9.8 expected by chance"
+    assert lines[0] == "       0  dead bits (fire on no row)"
+    older = health_lines({"silent_held_out": 12})  # a run measured before the chance count
+    assert older[1].endswith("(fire on training rows only); not measured against chance")
+
+
+PROBE_COLUMNS = [
+    "category",
+    "id",
+    "level",
+    "concepts",
+    "bit",
+    "train_f1",
+    "heldout_f1",
+    "chance_f1",
+    "dense_dimension",
+    "dense_direction",
+    "dense_heldout_f1",
+]
+
+
+def test_a_run_folder_holds_its_interpretability_against_the_dense_embedding_and_its_probe_table(tmp_path):
+    from conftest import planted_data, tree_concepts
+
+    from sparsebin import runfolder
+    from sparsebin.config import TrainConfig
+    from sparsebin.experiment import run_experiment
+    from sparsebin.interpret.scores import dense_probe, interpretability
+
+    x, _ = planted_data(n_rows=400, dim=16, n_bits=32, k=4)
+    concepts = tree_concepts(x)
+    config = TrainConfig(n_bits=32, k=4, epochs=2, batch_size=64, device="cpu")
+    folder = tmp_path / "run"
+    run_experiment(x, config, folder, n_queries=20, concepts=concepts)
+    group = runfolder.load_metrics(folder)["interpretability"]
+    train_rows, validation_rows = runfolder.load_split_rows(folder, len(x))
+    codes = runfolder.load_codes(folder, mmap=False)
+    assert group == interpretability(codes, 32, concepts, train_rows, validation_rows).metrics() | {
+        "dense_probe_f1": dense_probe(x, concepts, train_rows, validation_rows).probe_f1
+    }
+    assert group["interpretability_note"] is None and group["probe_categories"] == 4
+    assert group["probe_f1"] > group["probe_f1_chance"] and group["dense_probe_f1"] > 0.4  # a category's own axis
+    probes = runfolder.load_probes(folder)
+    assert list(probes.columns) == PROBE_COLUMNS
+    assert probes["category"].tolist() == [f"category {value}" for value in range(4)]
+    assert probes["heldout_f1"].mean() == pytest.approx(group["probe_f1"])
+    assert probes["dense_heldout_f1"].mean() == pytest.approx(group["dense_probe_f1"])
+    assert sorted(probes["dense_dimension"]) == [0, 1, 2, 3]  # each category found on its own axis
+
+
+def test_a_bare_embeddings_file_gives_no_interpretability_figures_with_the_reason_and_a_probe_table_header(tmp_path):
+    from conftest import planted_data
+
+    from sparsebin import runfolder
+    from sparsebin.config import TrainConfig
+    from sparsebin.experiment import run_experiment
+
+    x, _ = planted_data(n_rows=200, dim=16, n_bits=32, k=4)
+    run_experiment(x, TrainConfig(n_bits=32, k=4, epochs=1, batch_size=64, device="cpu"), tmp_path, n_queries=10)
+    group = runfolder.load_metrics(tmp_path)["interpretability"]
+    for name in ("coherent_share", "coherence_median", "root_labelled_share", "probe_f1", "dense_probe_f1"):
+        assert group[name] is None, name
+    assert group["probe_categories"] == 0
+    assert group["interpretability_note"].startswith("Every concept is in one category")
+    assert (tmp_path / "probes.csv").read_text().strip() == ",".join(PROBE_COLUMNS)

@@ -106,7 +106,8 @@ class Dispatcher:
         self.name = worker_name()
         self.running: dict[int, Running] = {}
         self.idle_trainers: list[TrainerActor] = []
-        self.datasets: dict[str, tuple[float, ray.ObjectRef]] = {}  # name -> (embeddings mtime, object)
+        # name -> (embeddings mtime, embeddings object, concept table object)
+        self.datasets: dict[str, tuple[float, ray.ObjectRef, ray.ObjectRef]] = {}
         self.beaten_at = 0.0
         self.jobs_run = 0
         self.lost = False  # a trainer was lost since the dispatcher last looked for interrupted jobs
@@ -163,12 +164,12 @@ class Dispatcher:
             runfolder.refuse_finished(folder)
             checkpoint = folder / CHECKPOINT
             data = checkpoint.read_bytes() if checkpoint.exists() else None
-            embeddings = self.dataset_object(job.dataset)
+            embeddings, concepts = self.dataset_objects(job.dataset)
         except Exception as failure:
             self.finish(job, Status.FAILED, error=one_line(failure), trace=traceback.format_exc())
             return
         trainer = self.trainer_for(gpu)
-        run_ref = trainer.actor.run.remote(job.id, embeddings, config.to_json(), data)
+        run_ref = trainer.actor.run.remote(job.id, embeddings, config.to_json(), data, concepts)
         writer = ProgressWriter(self.store, job, self.settings.progress_every)
         self.running[job.id] = Running(job, trainer, run_ref, writer, drained_at=time.monotonic())
         log.info("job %d (run %s) sent to Ray (%s)", job.id, job.run_id, "GPU" if gpu else "CPU")
@@ -187,14 +188,15 @@ class Dispatcher:
             raise ConfigError(f"the job trains on {device}, but the Ray cluster has no GPU; resume it once one joins.")
         return config.replace(device="cuda" if gpu else device), gpu
 
-    def dataset_object(self, name: str) -> "ray.ObjectRef":
-        """The dataset's embeddings in Ray's object store, put there once per version of the file."""
+    def dataset_objects(self, name: str) -> tuple["ray.ObjectRef", "ray.ObjectRef"]:
+        """The dataset's embeddings and concept table in Ray's object store, put there once per version."""
         mtime = (dataset_folder(name) / EMBEDDINGS_FILE).stat().st_mtime
         cached = self.datasets.get(name)
         if cached is None or cached[0] != mtime:
-            embeddings = np.ascontiguousarray(load_dataset(name).embeddings)
-            self.datasets[name] = (mtime, ray.put(embeddings))
-        return self.datasets[name][1]
+            dataset = load_dataset(name)
+            embeddings = np.ascontiguousarray(dataset.embeddings)
+            self.datasets[name] = (mtime, ray.put(embeddings), ray.put(dataset.concepts))
+        return self.datasets[name][1:]
 
     def trainer_for(self, gpu: bool) -> TrainerActor:
         """An idle trainer of this shape, or a new one (its process start is paid once).

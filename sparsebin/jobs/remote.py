@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from sparsebin.config import TrainConfig
@@ -45,8 +46,16 @@ class Trainer:
         device = f"cuda:{gpus[0]}" if gpus else f"cpu ({threads} thread{'s' if threads > 1 else ''})"
         return {"node": socket.gethostname(), "device": device, "pid": os.getpid()}
 
-    def run(self, job_id: int, embeddings: np.ndarray, config_json: str, checkpoint: bytes | None) -> dict:
-        """Train `config_json` on `embeddings`, resuming from `checkpoint` when given.
+    def run(
+        self,
+        job_id: int,
+        embeddings: np.ndarray,
+        config_json: str,
+        checkpoint: bytes | None,
+        concepts: pd.DataFrame | None = None,
+    ) -> dict:
+        """Train `config_json` on `embeddings`, resuming from `checkpoint` when given; `concepts` is the data
+        set's concept table, for the interpretability figures.
 
         Returns {"cancelled": bool, "files": {name: bytes}}: every file of the
         run folder, the checkpoint included while the run is unfinished.
@@ -65,7 +74,9 @@ class Trainer:
                 self._stop.clear()
             try:
                 stop = self._stop.is_set
-                result = run_experiment(embeddings, config, folder, progress=self._record, should_stop=stop)
+                result = run_experiment(
+                    embeddings, config, folder, progress=self._record, should_stop=stop, concepts=concepts
+                )
             finally:
                 with self._lock:
                     self._job_id, self._checkpoint = None, None

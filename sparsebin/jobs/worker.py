@@ -122,6 +122,7 @@ class LocalWorker:
                 folder,
                 progress=writer,
                 should_stop=lambda: heartbeat.stop_requested.is_set() or self.shutdown.is_set(),
+                concepts=dataset.concepts,
             )
             writer.write(result.history)  # the whole history, including epochs done before a resume
             status, error, summary = Status.DONE, None, None
