@@ -144,6 +144,30 @@ def test_list_runs_shows_settings_and_metrics_of_done_runs_only():
     assert np.isnan(old["recall_at_10_asymmetric"]) and old["recon_loss"] == pytest.approx(metrics["recon_loss"])
 
 
+def test_the_runs_table_carries_the_whole_run_facts_and_shows_those_a_run_was_not_measured_by_as_missing():
+    store = Store()
+    done = store.submit(make_dataset(categories=4), TINY)
+    run_worker(once=True)
+    metrics = runfolder.load_metrics(store.run_folder(done.run_id))
+    row = store.list_runs().set_index("job_id").loc[done.id]
+    assert row["alignment_cosine"] == pytest.approx(metrics["validation"]["alignment_cosine"])
+    for group, names in (
+        ("bit_health", ("silent_held_out", "silent_held_out_expected", "silent_held_out_excess")),
+        ("interpretability", ("coherent_share", "coherence_median", "probe_f1", "probe_f1_chance")),
+    ):
+        for name in names:
+            assert row[name] == pytest.approx(metrics[group][name]), name
+    # A run measured before these existed: its summary lacks them, and the table shows them missing, never 0.
+    new = ["alignment_cosine", "silent_held_out_expected", "silent_held_out_excess", "probe_f1", "coherent_share"]
+    new += ["root_labelled_share", "code_churn", "loss_roughness", "grad_norm_max", "nonfinite_steps"]
+    with store.transaction() as connection:
+        summary = json.loads(connection.execute("SELECT summary FROM jobs WHERE id = ?", (done.id,)).fetchone()[0])
+        summary = {name: value for name, value in summary.items() if name not in new}
+        connection.execute("UPDATE jobs SET summary = ? WHERE id = ?", (json.dumps(summary), done.id))
+    old = store.list_runs().set_index("job_id").loc[done.id]
+    assert old[new].isna().all() and old["silent_held_out"] == metrics["bit_health"]["silent_held_out"]
+
+
 def test_a_damaged_run_gives_a_clear_error_and_leaves_others_readable():
     store = Store()
     make_dataset()

@@ -49,7 +49,7 @@ def start_worker(*arguments: str) -> subprocess.Popen:
 
 def test_in_process_worker_runs_a_job_to_done_with_every_artifact():
     store = Store()
-    job = store.submit(make_dataset(), TINY.replace(epochs=3))
+    job = store.submit(make_dataset(categories=4), TINY.replace(epochs=3))
     assert run_worker(once=True) == 1
     done = store.job(job.id)
     assert done.status == Status.DONE and done.error is None and done.finished_at >= done.started_at
@@ -63,9 +63,18 @@ def test_in_process_worker_runs_a_job_to_done_with_every_artifact():
         "sign_validation_equal_storage",
         "bit_health",
         "convergence",
+        "interpretability",
     }
     listed = store.list_runs().iloc[0]
     assert listed["dead_all_rows"] == metrics["bit_health"]["dead_all_rows"] and listed["n_rows"] == 200
+    # the worker measured the codes against the data set's ontology: its four categories are probed
+    interpretability = metrics["interpretability"]
+    assert interpretability["probe_categories"] == 4 and interpretability["interpretability_note"] is None
+    assert len(runfolder.load_probes(folder)) == 4
+    for name in ("probe_f1", "probe_f1_chance", "coherent_share"):
+        assert listed[name] == pytest.approx(interpretability[name]), name
+    assert listed["alignment_cosine"] == pytest.approx(metrics["validation"]["alignment_cosine"])
+    assert listed["silent_held_out_expected"] == pytest.approx(metrics["bit_health"]["silent_held_out_expected"])
     assert runfolder.load_codes(folder).shape == (200, 4)  # 32 bits packed into 4 bytes
     assert runfolder.load_model(folder).n_bits == 32
     history = store.history(job.run_id)

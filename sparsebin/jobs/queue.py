@@ -36,11 +36,30 @@ DATABASE = "sparsebin.db"
 SCHEMA_VERSION = 2  # PRAGMA user_version once the schema exists; raise it when SCHEMA changes
 RUNS = "runs"
 
-# The validation metrics list_runs shows for a finished run (a part's headline metrics); copied into the
-# database when a job ends, so listing runs never opens a run folder.
-SUMMARY_METRICS = HEADLINE_METRICS
-# Whole-run facts beside them (bit health over all rows, convergence from the history).
-RUN_FACTS = ("dead_all_rows", "silent_held_out", "rare_bits", "dense_all_rows", "n_rows", "converged")
+# list_runs shows a finished run's validation part's HEADLINE_METRICS, and beside them these whole-run facts
+# (metrics.json's groups: bit health over all rows, convergence from the history, interpretability over all
+# rows, training stability); both are copied into the database when a job ends (`service.run_summary`), so
+# listing runs never opens a run folder. A run measured before a fact existed shows it as NaN.
+RUN_FACTS = (
+    "dead_all_rows",
+    "silent_held_out",
+    "silent_held_out_expected",
+    "silent_held_out_excess",
+    "rare_bits",
+    "dense_all_rows",
+    "n_rows",
+    "converged",
+    "coherent_share",
+    "coherence_median",
+    "probe_f1",
+    "probe_f1_chance",
+    "root_labelled_share",
+    "code_churn",
+    "loss_roughness",
+    "grad_norm_mean",
+    "grad_norm_max",
+    "nonfinite_steps",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -320,11 +339,11 @@ class Store:
             summary = json.loads(record["summary"]) if job.status == Status.DONE and record["summary"] else {}
             if summary.get("asymmetric_score") != ASYMMETRIC_SCORE:  # measured by the old plain sum, or not at all
                 summary.pop("recall_at_10_asymmetric", None)
-            row.update({name: _summary_value(summary.get(name)) for name in (*SUMMARY_METRICS, *RUN_FACTS)})
+            row.update({name: _summary_value(summary.get(name)) for name in (*HEADLINE_METRICS, *RUN_FACTS)})
             rows.append(row)
         settings = [field.name for field in fields(TrainConfig)] + ["reconstruction_distance", "alignment_distance"]
         columns = ["run_id", "job_id", "dataset", "status", "label", "created_at", *settings, "preset"]
-        return pd.DataFrame(rows, columns=columns + [*SUMMARY_METRICS, *RUN_FACTS])
+        return pd.DataFrame(rows, columns=columns + [*HEADLINE_METRICS, *RUN_FACTS])
 
     # -- user actions --------------------------------------------------------
 

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from sparsebin import runfolder
 from sparsebin.jobs.beats import recover_interrupted
-from sparsebin.jobs.queue import RUN_FACTS, SUMMARY_METRICS, Store
+from sparsebin.jobs.queue import RUN_FACTS, Store
+from sparsebin.metrics import HEADLINE_METRICS
 
 
 def auto_resume_enabled() -> bool:
@@ -114,11 +115,14 @@ def worker_name() -> str:
 
 
 def run_summary(folder: Path) -> dict:
-    """The key validation metrics (train metrics when nothing was held out), bit health and convergence."""
+    """The headline validation metrics (train metrics when nothing was held out) and the whole-run facts
+    (RUN_FACTS) from metrics.json's groups; a fact the run was not measured by is None."""
     metrics = runfolder.load_metrics(folder)
     _, part = runfolder.evaluated_part(metrics)
-    facts = metrics.get("bit_health", {}) | {"converged": metrics.get("convergence", {}).get("converged")}
-    summary = {name: part.get(name) for name in SUMMARY_METRICS} | {name: facts.get(name) for name in RUN_FACTS}
+    facts = {"converged": (metrics.get("convergence") or {}).get("converged")}
+    for group in ("bit_health", "interpretability", "stability"):
+        facts |= metrics.get(group) or {}
+    summary = {name: part.get(name) for name in HEADLINE_METRICS} | {name: facts.get(name) for name in RUN_FACTS}
     return summary | {"asymmetric_score": part.get("asymmetric_score")}
 
 
