@@ -45,18 +45,19 @@ def test_submit_the_study_and_the_per_term_distances(capsys):
     make_dataset()
     assert run_command("submit", "tiny", "--study", "2", "--n-bits", "32", "--k", "4", *TINY_FLAGS) == 0
     jobs = Store().jobs()
-    assert len(jobs) == 18 and {job.config.seed for job in jobs} == {0, 1}
+    # 14 settings (the paper's, ten loss forms, three roundings) for each of the two seeds: the whole plan
+    assert len(jobs) == 28 and {job.config.seed for job in jobs} == {0, 1}
     assert {job.label for job in jobs if job.config.rec_loss == "mse_sum"} == {
         "reconstruction MSE (scale-fair) seed=0",
         "reconstruction MSE (scale-fair) seed=1",
-        "both MSE seed=0",
-        "both MSE seed=1",
+        "both MSE (scale-fair) seed=0",
+        "both MSE (scale-fair) seed=1",
     }
     assert run_command("submit", "tiny", "--sparsity-loss", "l1", "--split-seed", "3", *TINY_FLAGS) == 0
     newest = Store().jobs(limit=1)[0].config
     assert (newest.alignment_distance, newest.reconstruction_distance, newest.split_seed) == ("l1", "cosine", 3)
     with pytest.raises(
-        ConfigError, match=r"--study sets loss, rounding, sparsity and seed itself .* \(got --rounding\)"
+        ConfigError, match=r"--study sets loss, rounding, sparsity, init and seed itself .* \(got --rounding\)"
     ):
         run_command("submit", "tiny", "--study", "2", "--rounding", "none", *TINY_FLAGS)
 
@@ -284,10 +285,10 @@ def test_remeasure_brings_a_run_measured_by_the_plain_sum_to_the_cosine(capsys):
     capsys.readouterr()
 
     assert run_command("remeasure") == 0
-    assert capsys.readouterr().out == (
+    assert capsys.readouterr().out.splitlines()[::2] == [
         f"run {old.run_id}: recall@10 asymmetric {cosine:.4f} by the cosine (was 0.0500 by the plain sum); "
-        "validation part, 20 queries against all 200 rows.\n"
-    )  # only the outdated run: the other is measured by today's definitions
+        "validation part, 20 queries against all 200 rows."
+    ]  # only the outdated run: the other is measured by today's definitions
     remeasured = runfolder.load_metrics(folder)["validation"]
     assert remeasured["recall_at_10_asymmetric"] == cosine and remeasured["asymmetric_score"] == "cosine"
     assert (folder / "codes.npy").read_bytes() == codes_before
@@ -307,6 +308,49 @@ def test_remeasure_brings_a_run_measured_by_the_plain_sum_to_the_cosine(capsys):
     assert run_command("remeasure") == 2
     printed = capsys.readouterr().out
     assert printed.startswith(f"run {current.run_id}: not measured: run {current.run_id} has a damaged metrics.json")
+
+
+def test_remeasure_fills_the_figures_a_run_was_measured_without_and_keeps_its_stability(capsys):
+    make_dataset(categories=4)
+    run_command("submit", "tiny", "--n-bits", "32", "--k", "4", *TINY_FLAGS)
+    run_worker(once=True)
+    store = Store()
+    (job,) = store.jobs()
+    folder = store.run_folder(job.run_id)
+    measured = runfolder.load_metrics(folder)
+    probes = (folder / "probes.csv").read_bytes()
+    # As a run measured before sparsity alignment, silent bits against chance and interpretability existed,
+    # with the stability group its training recorded (which no remeasurement can recompute).
+    older = runfolder.load_metrics(folder)
+    for part in ("train", "validation"):
+        del older[part]["alignment_cosine"], older[part]["active_ratio"]
+    del older["bit_health"]["silent_held_out_expected"], older["bit_health"]["silent_held_out_excess"]
+    del older["interpretability"]
+    older["stability"] = {"code_churn": 0.25, "code_churn_curve": [0.5, 0.25], "nonfinite_steps": 0}
+    runfolder.save_json(folder / "metrics.json", older)
+    (folder / "probes.csv").unlink()
+    store.set_summary(job.id, run_summary(folder))
+    row = store.list_runs().iloc[0]
+    assert row[["alignment_cosine", "silent_held_out_expected", "probe_f1", "coherent_share"]].isna().all()
+    assert jobs_cli.is_outdated(folder)
+    capsys.readouterr()
+
+    assert run_command("remeasure") == 0
+    health, judged = measured["bit_health"], measured["interpretability"]
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"  alignment_cosine {measured['validation']['alignment_cosine']:.4f}; {health['silent_held_out']} bits "
+        f"silent on held-out rows, {health['silent_held_out_expected']:.1f} expected by chance; probe F1 "
+        f"{judged['probe_f1']:.3f} (chance {judged['probe_f1_chance']:.3f})."
+    )
+    remeasured = runfolder.load_metrics(folder)
+    assert remeasured["stability"] == older["stability"]  # kept as training measured it
+    assert remeasured["interpretability"] == judged and remeasured["bit_health"] == health
+    assert remeasured["validation"]["alignment_cosine"] == measured["validation"]["alignment_cosine"]
+    assert (folder / "probes.csv").read_bytes() == probes
+    row = store.list_runs().iloc[0]
+    assert row["probe_f1"] == judged["probe_f1"] and row["code_churn"] == 0.25
+    assert row["silent_held_out_expected"] == health["silent_held_out_expected"]
+    assert not jobs_cli.is_outdated(folder)
 
 
 def test_remeasure_leaves_a_run_whose_model_no_longer_gives_its_codes(capsys):
@@ -339,3 +383,29 @@ def test_remeasure_leaves_a_run_whose_model_no_longer_gives_its_codes(capsys):
     (folder / "split.json").write_text("{")
     with pytest.raises(RunFileError, match=f"run {done.run_id} has a damaged split.json"):
         remeasure_run(embeddings, folder)
+
+
+def test_submit_sweep_queues_the_paper_n_by_k_sweep_and_leaves_out_runs_already_held(capsys):
+    make_dataset(n_rows=200, dim=16)
+    tiny = ["--epochs", "2", "--batch-size", "32", "--device", "cpu"]
+    assert run_command("submit", "tiny", "--n-bits", "1024", "--k", "16", "--seed", "0", *tiny) == 0  # the study's size
+    capsys.readouterr()
+    assert run_command("submit", "tiny", "--sweep", *tiny) == 0  # one seed by default
+    printed = capsys.readouterr().out
+    assert "1 of the sweep's 9 runs are already queued, running or finished on tiny" in printed
+    jobs = Store().jobs()
+    sweep = [job for job in jobs if job.label.startswith("N x K sweep")]
+    assert len(sweep) == 8 and "N x K sweep N=512 K=8 seed=0" in {job.label for job in sweep}
+    assert {(job.config.n_bits, job.config.k) for job in jobs} == {
+        (n, k) for n in (512, 1024, 2048) for k in (8, 16, 32)
+    }
+    assert {(job.config.loss, job.config.rounding, job.config.seed, job.config.epochs) for job in sweep} == {
+        ("cosine", "ste", 0, 2)
+    }
+    assert run_command("submit", "tiny", "--sweep", "2", *tiny) == 0  # seed 1 is new, seed 0 is held
+    assert "9 of the sweep's 18 runs are already queued" in capsys.readouterr().out
+    assert len(Store().jobs()) == 18
+    with pytest.raises(ConfigError, match=r"--sweep sets loss, rounding, sparsity, init, n-bits, k and seed .*--k\)"):
+        run_command("submit", "tiny", "--sweep", "--k", "4", *tiny)
+    with pytest.raises(ConfigError, match="--study and --sweep each queue a plan of their own"):
+        run_command("submit", "tiny", "--sweep", "--study", "2", *tiny)

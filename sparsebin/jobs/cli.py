@@ -22,7 +22,7 @@ from sparsebin.jobs.queue import Job, Status, Store, count_rows
 from sparsebin.jobs.service import ServiceSettings, run_summary, service_settings
 from sparsebin.jobs.worker import run_worker
 from sparsebin.metrics import ASYMMETRIC_SCORE
-from sparsebin.study import PAPER_SETTING, study_configs
+from sparsebin.study import PAPER_SETTING, SWEEP, leave_out_held, study_configs, sweep_configs
 from sparsebin.training_cli import PRESET_HELP, add_setting_options
 
 RUN_COLUMNS = [
@@ -64,6 +64,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="SEEDS",
         help="queue the one-click ablation study at these settings, each setting for SEEDS training seeds",
+    )
+    submit.add_argument(
+        "--sweep",
+        type=int,
+        nargs="?",
+        const=1,
+        metavar="SEEDS",
+        help=f"queue the paper's N x K sweep at the paper's setting (N {', '.join(map(str, SWEEP['n_bits']))} "
+        f"by K {', '.join(map(str, SWEEP['k']))}), for SEEDS training seeds (default 1); the other settings as "
+        "given, runs already queued, running or finished left out",
     )
     submit.set_defaults(func=submit_command)
 
@@ -177,14 +187,20 @@ def submit_command(args: argparse.Namespace) -> int:
         args.dataset, sentence = import_for_command(args.dataset)
         print(sentence)
     store = Store()
-    if args.study is not None:
-        own = sorted(set(given) & {*PAPER_SETTING, "seed"})
-        if own or any(len(values) > 1 for values in lists.values()):
-            raise ConfigError(
-                "--study sets loss, rounding, sparsity and seed itself and takes one value per other setting"
-                f"{' (got --' + ', --'.join(name.replace('_', '-') for name in own) + ')' if own else ''}."
-            )
-        planned = study_configs(base.replace(**{name: values[0] for name, values in lists.items()}), args.study)
+    if args.study is not None and args.sweep is not None:
+        raise ConfigError("--study and --sweep each queue a plan of their own; give one of them.")
+    if args.study is not None or args.sweep is not None:
+        planned = plan_of(args, given, lists, base)
+        if args.sweep is not None and not args.again:
+            kept = leave_out_held(planned, store, args.dataset)
+            if len(kept) < len(planned):
+                print(
+                    f"{len(planned) - len(kept)} of the sweep's {len(planned)} runs are already queued, running or "
+                    f"finished on {args.dataset} (the same in every setting and seed); left out."
+                )
+            planned = kept
+            if not planned:
+                return 0
     elif any(len(values) > 1 for values in lists.values()):
         planned = plan_grid(base, lists, count_rows(args.dataset))
     else:
@@ -199,6 +215,22 @@ def submit_command(args: argparse.Namespace) -> int:
     if worker_status() is None:
         print("no worker is running; start one with `python -m sparsebin worker`.")
     return 0
+
+
+def plan_of(args: argparse.Namespace, given: dict, lists: dict, base: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """The study's or the sweep's (label, config) runs at the given settings; each sets the paper's setting
+    and the seed itself (the sweep N and K too), so giving one of those, or several values, is refused."""
+    sweep = args.study is None
+    pinned = {*PAPER_SETTING, "seed", *(SWEEP if sweep else ())}
+    own = sorted(set(given) & pinned)
+    if own or any(len(values) > 1 for values in lists.values()):
+        raise ConfigError(
+            f"{'--sweep' if sweep else '--study'} sets loss, rounding, sparsity, init{', n-bits, k' if sweep else ''} "
+            "and seed itself and takes one value per other setting"
+            f"{' (got --' + ', --'.join(name.replace('_', '-') for name in own) + ')' if own else ''}."
+        )
+    one = base.replace(**{name: values[0] for name, values in lists.items()})
+    return sweep_configs(one, args.sweep) if sweep else study_configs(one, args.study)
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -299,7 +331,9 @@ def remeasure_command(args: argparse.Namespace) -> int:
             if job.status != Status.DONE:
                 raise JobError(f"job {job.id} is {job.status.name.lower()}; only a finished run can be measured.")
             before = runfolder.evaluated_part(runfolder.load_metrics(folder))[1]
-            part, after = runfolder.evaluated_part(remeasure_run(load_dataset(job.dataset).embeddings, folder))
+            dataset = load_dataset(job.dataset)
+            metrics = remeasure_run(dataset.embeddings, folder, concepts=dataset.concepts)
+            part, after = runfolder.evaluated_part(metrics)
             store.set_summary(job.id, run_summary(folder))
         except SparsebinError as error:
             print(f"run {job.run_id}: not measured: {error}")
@@ -309,6 +343,16 @@ def remeasure_command(args: argparse.Namespace) -> int:
             f"run {job.run_id}: recall@10 asymmetric {after['recall_at_10_asymmetric']:.4f} by the cosine "
             f"({earlier_asymmetric(before)}); {part} part, {after['n_queries']} queries against all "
             f"{after['n_index_rows']} rows."
+        )
+        health, judged = metrics["bit_health"], metrics["interpretability"]
+        probe = (
+            "n/a"
+            if judged["probe_f1"] is None
+            else f"{judged['probe_f1']:.3f} (chance {judged['probe_f1_chance']:.3f})"
+        )
+        print(
+            f"  alignment_cosine {after['alignment_cosine']:.4f}; {health['silent_held_out']} bits silent on held-out "
+            f"rows, {health['silent_held_out_expected']:.1f} expected by chance; probe F1 {probe}."
         )
     return 2 if failed else 0
 
@@ -324,15 +368,22 @@ def earlier_asymmetric(part: dict) -> str:
 
 def is_outdated(folder: Path) -> bool:
     """Whether a finished run's metrics predate today's definitions: its asymmetric recall a plain sum, or
-    no Elias-Fano storage size.
+    no Elias-Fano storage size, sparsity alignment, silent bits against chance or interpretability group.
 
     A run whose metrics cannot be read counts as outdated: measuring it then says what is wrong with it.
     """
     try:
-        part = runfolder.evaluated_part(runfolder.load_metrics(folder))[1]
+        metrics = runfolder.load_metrics(folder)
     except RunFileError:
         return True
-    return part.get("asymmetric_score") != ASYMMETRIC_SCORE or "bits_elias_fano" not in part
+    part = runfolder.evaluated_part(metrics)[1]
+    return (
+        part.get("asymmetric_score") != ASYMMETRIC_SCORE
+        or "bits_elias_fano" not in part
+        or "alignment_cosine" not in part
+        or "silent_held_out_expected" not in (metrics.get("bit_health") or {})
+        or "interpretability" not in metrics
+    )
 
 
 def export_command(args: argparse.Namespace) -> int:
