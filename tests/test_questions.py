@@ -6,10 +6,11 @@ import pandas as pd
 import pytest
 
 from sparsebin.config import TrainConfig, preset_config
+from sparsebin.errors import ConfigError
 from sparsebin.interpret.bits import DepthAnalysis
 from sparsebin.interpret.comparison import comparison_key, controlled_groups, run_name
 from sparsebin.interpret.questions import answer_questions, answer_storage, default_run
-from sparsebin.study import study_configs
+from sparsebin.study import SWEEP, is_paper_setting, study_configs, sweep_configs
 
 METRICS = {
     "recon_loss": 0.30,
@@ -77,8 +78,8 @@ def test_rounding_is_never_read_from_runs_that_differ_in_anything_else():
     answer = answer_questions(tempting)[2]
     assert answer.answer.startswith("Select finished runs that differ only in rounding")
     queued = {(plan.dataset, plan.config.rounding, plan.config.epochs, plan.config.init) for plan in answer.to_queue}
-    assert queued == {("hpo", "none", 20, "default"), ("hpo", "hard", 20, "default")}
-    assert "queue 2 run(s): rounding hard, rounding none (seed 0)" in answer.answer
+    assert queued == {("hpo", rounding, 20, "default") for rounding in ("none", "hard", "stochastic")}
+    assert "queue 3 run(s): rounding hard, rounding none, rounding stochastic (seed 0)" in answer.answer
 
 
 def test_seeds_pool_into_mean_sd_and_n_and_a_gap_within_their_spread_is_no_difference():
@@ -108,10 +109,10 @@ def test_one_seed_gives_numbers_but_no_verdict():
 
 def test_dead_bits_compare_loss_distances_only_at_equal_settings_and_name_each_part():
     runs = table(
-        run(seed=0, dead_all_rows=0, silent_held_out=10),
-        run(seed=1, dead_all_rows=2, silent_held_out=12),
-        run(seed=0, sparsity_loss="mse", dead_all_rows=30, silent_held_out=50),
-        run(seed=1, sparsity_loss="mse", dead_all_rows=34, silent_held_out=52),
+        run(seed=0, dead_all_rows=0, silent_held_out_excess=10),
+        run(seed=1, dead_all_rows=2, silent_held_out_excess=12),
+        run(seed=0, sparsity_loss="mse", dead_all_rows=30, silent_held_out_excess=50),
+        run(seed=1, sparsity_loss="mse", dead_all_rows=34, silent_held_out_excess=52),
         run(seed=0, loss="mse", dead_all_rows=60, alpha=2.0),  # another alpha: not comparable
         run(seed=0, rounding="hard", sparsity_loss="l1", dead_all_rows=60),  # a rounding ablation
     )
@@ -121,7 +122,8 @@ def test_dead_bits_compare_loss_distances_only_at_equal_settings_and_name_each_p
         "alignment MSE (mean over entries), reconstruction cosine: dead (all rows) 32.0 ± 2.8 (n=2) "
         "against 1.0 ± 1.4 (n=2), higher by 31.0" in text
     )
-    assert "; silent (held-out) 51.0 ± 1.4 (n=2) against 11.0 ± 1.4 (n=2), higher by 40.0" in text
+    beyond = "bits silent on held-out rows beyond chance (the count less the one expected for bits of the same sizes)"
+    assert f"; {beyond} 51.0 ± 1.4 (n=2) against 11.0 ± 1.4 (n=2), higher by 40.0" in text
     assert "alpha 1 " in text and "60" not in text
 
 
@@ -251,13 +253,22 @@ def test_no_runs_says_what_to_select():
 
 
 def test_the_study_queues_every_setting_times_the_seeds():
-    pairs = study_configs(TrainConfig(n_bits=128, k=8, epochs=7, rounding="hard"), seeds=2)
-    assert len(pairs) == 18
+    pairs = study_configs(TrainConfig(n_bits=128, k=8, epochs=7, rounding="hard", init="sparse"), seeds=2)
+    # The whole plan: the paper's setting, ten loss rows (alignment; reconstruction and both, each per entry
+    # and scale-fair) and three roundings (none, hard, stochastic), for each of the two seeds.
+    assert len(pairs) == 14 * 2
     configs = {label: config for label, config in pairs}
-    assert configs["paper setting seed=0"].rounding == "ste"  # the paper's setting, whatever the form said
+    paper = configs["paper setting seed=0"]
+    assert (paper.rounding, paper.init) == ("ste", "default")  # the paper's setting, whatever the form said
     assert configs["reconstruction MSE (scale-fair) seed=1"].rec_loss == "mse_sum"
-    assert configs["both L1 seed=0"].reconstruction_distance == "l1_sum"
-    assert configs["both L1 seed=0"].alignment_distance == "l1"
+    assert configs["both L1 (scale-fair) seed=0"].reconstruction_distance == "l1_sum"
+    assert configs["both L1 (scale-fair) seed=0"].alignment_distance == "l1"
+    for name, distance in (("MSE", "mse"), ("L1", "l1")):
+        per_entry = configs[f"reconstruction {name} (per entry) seed=0"]
+        assert (per_entry.reconstruction_distance, per_entry.alignment_distance) == (distance, "cosine")
+        both = configs[f"both {name} (per entry) seed=1"]
+        assert (both.reconstruction_distance, both.alignment_distance) == (distance, distance)
+    assert configs["rounding stochastic seed=1"].rounding == "stochastic"
     assert {config.n_bits for config in configs.values()} == {128} and {c.seed for c in configs.values()} == {0, 1}
     with pytest.raises(ValueError, match="at least one seed"):
         study_configs(TrainConfig(), seeds=0)
@@ -271,3 +282,81 @@ def test_depth_answer_skips_a_source_without_a_correlation():
     )
     answer = answer_questions(table(run()), depth=depth)[4].answer
     assert "for user, too few distinct depths or active counts to correlate (concepts: 7 at depth 2)" in answer
+
+
+RECON = "recon loss on the hard bits (validation part)"
+BEYOND = "bits silent on held-out rows beyond chance (the count less the one expected for bits of the same sizes)"
+
+
+def test_runs_identical_in_every_setting_and_seed_are_one_replicate_when_pooled():
+    runs = table(
+        run(seed=0, recon_loss=0.30),
+        run(seed=0, recon_loss=0.32),  # queued again: the same replicate, not a second seed
+        run(seed=0, rounding="none", recon_loss=0.50),
+        run(seed=1, rounding="none", recon_loss=0.52),
+    )
+    text = answer_questions(runs)[2].answer
+    assert f"rounding none: {RECON} 0.510 ± 0.014 (n=2) against 0.310 (n=1) (spread unknown with one seed" in text
+
+
+def test_the_runs_to_queue_are_none_that_any_held_run_already_is():
+    picked = table(run(label="paper run"))
+    held = table(
+        run(label="paper run"),
+        run(rounding="none", label="not picked") | {"status": "done"},
+        run(rounding="hard", label="still queued") | {"status": "queued", "recon_loss": math.nan, "n_rows": math.nan},
+        run(rounding="stochastic", label="failed") | {"status": "failed", "recon_loss": math.nan},
+    )
+    alone = {plan.config.rounding for plan in answer_questions(picked)[2].to_queue}
+    assert alone == {"none", "hard", "stochastic"}
+    planned = answer_questions(picked, known=held)[2].to_queue
+    assert [plan.config.rounding for plan in planned] == ["stochastic"]  # a failed run holds nothing back
+
+
+def test_silent_on_held_out_is_compared_by_its_excess_over_the_count_expected_by_chance():
+    # Rounding none leaves more bits silent on held-out rows, but no more than its smaller bits leave by chance.
+    runs = table(
+        *(run(seed=s, silent_held_out=10 + s, silent_held_out_expected=8.0 + s) for s in (0, 1)),
+        *(run(seed=s, rounding="none", silent_held_out=30 + s, silent_held_out_expected=28.0 + s) for s in (0, 1)),
+        *(run(seed=s, sparsity_loss="l1", silent_held_out=40 + s, silent_held_out_expected=20.0) for s in (0, 1)),
+    )
+    runs["silent_held_out_excess"] = runs["silent_held_out"] - runs["silent_held_out_expected"]
+    rounding = answer_questions(runs)[2].answer
+    assert f"{BEYOND} 2.0 ± 0.0 (n=2) against 2.0 ± 0.0 (n=2), no difference beyond the seed spread" in rounding
+    assert "silent (held-out)" not in rounding  # the raw count is not what is compared
+    loss = answer_questions(runs)[1].answer
+    assert f"{BEYOND} 20.5 ± 0.7 (n=2) against 2.0 ± 0.0 (n=2), higher by 18.5" in loss
+    older = table(run(), run(rounding="none"))  # measured before the expected count existed
+    assert f"{BEYOND} not measured against not measured (no verdict)" in answer_questions(older)[2].answer
+
+
+def test_the_paper_setting_requires_the_paper_initialisation():
+    runs = table(run(label="sparse start", init="sparse"), run(label="dense start", seed=4))
+    assert list(is_paper_setting(runs)) == [False, True]
+    assert default_run(runs)[0]["label"] == "dense start"
+    only_sparse = table(run(label="sparse start", init="sparse"))
+    answer = answer_questions(only_sparse)[0]
+    assert answer.answer.startswith("No finished run with the paper's setting")
+    assert [plan.config.init for plan in answer.to_queue] == ["default"]
+
+
+def test_the_paper_n_by_k_sweep_at_the_paper_setting_one_seed_by_default():
+    base = TrainConfig(epochs=7, rounding="none", loss="mse", init="sparse")
+    pairs = sweep_configs(base)
+    assert len(pairs) == len(SWEEP["n_bits"]) * len(SWEEP["k"]) == 9
+    cells = {(config.n_bits, config.k) for _, config in pairs}
+    assert cells == {(n, k) for n in (512, 1024, 2048) for k in (8, 16, 32)}
+    for label, config in pairs:
+        assert label == f"N x K sweep N={config.n_bits} K={config.k} seed=0"
+        assert (config.loss, config.rounding, config.init, config.epochs, config.seed) == (
+            "cosine",
+            "ste",
+            "default",
+            7,
+            0,
+        )
+    assert {config.seed for _, config in sweep_configs(base, seeds=2)} == {0, 1}
+    with pytest.raises(ConfigError, match="the N x K sweep's cell N=16 K=16 would be refused: K must be smaller"):
+        sweep_configs(base, n_bits=(16, 64), ks=(4, 16))
+    with pytest.raises(ConfigError, match="at least one seed"):
+        sweep_configs(base, seeds=0)

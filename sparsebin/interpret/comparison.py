@@ -10,11 +10,15 @@ setting, the validation metrics, bit health over all rows, convergence).
   the loss terms trained with.
 - A factor's effect is read only from a controlled group (`controlled_groups`):
   runs equal in the key but for that factor and the seed.
-- Runs that differ only in seed pool into mean ± sd and n (`spread`); two settings
-  differ only when both have two seeds or more and their mean ± sd ranges do not
-  overlap (`differs`).
+- Runs that differ only in seed pool into mean ± sd and n over distinct seeds
+  (`pool`): runs identical in every setting and seed (one queued again) are one
+  replicate, averaged first. Two settings differ only when both have two seeds or
+  more and their mean ± sd ranges do not overlap (`differs`).
 - A comparison that lacks runs is completed by planning them (`plan_variants`):
-  each reference run's config with the missing setting's changes.
+  each reference run's config with the missing setting's changes, unless any run
+  held (queued, running or finished, picked or not) already has that config.
+- A heatmap over two settings pools only the runs of one controlled group
+  (`grid_groups`); curves per epoch pool the seeds of one setting (`epoch_curves`).
 """
 
 import math
@@ -26,6 +30,8 @@ import pandas as pd
 
 from sparsebin.config import DISTANCE_NAMES, FIELDS, NEUTRAL_SETTINGS, TrainConfig, preset_of, remedy_changes
 from sparsebin.health import HEALTH_COLUMNS
+from sparsebin.jobs.queue import RUN_FACTS
+from sparsebin.metrics import HEADLINE_METRICS
 
 REPLICATE = "seed"  # runs that differ only in it are replicates of one setting, pooled over
 # Each loss term's distance as trained (TrainConfig's properties): `loss`, or the term's override when set.
@@ -50,7 +56,8 @@ def with_settings(runs: pd.DataFrame) -> pd.DataFrame:
     for column, override in DISTANCE_COLUMNS.items():
         if column not in runs.columns:
             runs[column] = [_distance(row, override) for _, row in runs.iterrows()]
-    for column in ("dataset", "n_rows", "converged", *HEALTH_COLUMNS):
+    # A figure measured since the run was (or a table built before it existed) shows as not measured (NaN).
+    for column in ("dataset", "n_rows", "converged", *HEALTH_COLUMNS, *HEADLINE_METRICS, *RUN_FACTS):
         if column not in runs.columns:
             runs[column] = "" if column == "dataset" else math.nan
     return runs
@@ -84,10 +91,13 @@ def controlled_groups(runs: pd.DataFrame, factor: list[str]) -> list[pd.DataFram
     return groups
 
 
+UNKNOWN = "(unknown)"
+
+
 def _hashable(value):
     """NaN and None as one value, so runs lacking a fact (older runs) still group together."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "(unknown)"
+        return UNKNOWN
     return value
 
 
@@ -116,7 +126,8 @@ def run_name(run: Mapping) -> str:
 
 def describe_setting(run: pd.Series, skip: tuple[str, ...] = ()) -> str:
     """What a group of runs shares, in words: the key settings, non-default ones spelled out."""
-    parts = [f"{run['dataset']}" if run["dataset"] else "", f"N={int(run['n_bits'])}", f"K={int(run['k'])}"]
+    parts = [f"{run['dataset']}" if run["dataset"] else ""]
+    parts += [f"{symbol}={int(run[name])}" for name, symbol in (("n_bits", "N"), ("k", "K")) if name not in skip]
     shown = {"n_bits", "k", "dataset", "n_rows", "rounding", "sparsity", *skip}
     always = ("alpha", "epochs", "lr", "batch_size")
     if "alignment_distance" not in skip and "reconstruction_distance" not in skip:
@@ -158,7 +169,7 @@ class Spread:
 
     def text(self, digits: int = 3) -> str:
         if self.n == 0 or math.isnan(self.mean):
-            return "n/a"
+            return "not measured"
         if self.n == 1:
             return f"{self.mean:.{digits}f} (n=1)"
         return f"{self.mean:.{digits}f} ± {self.sd:.{digits}f} (n={self.n})"
@@ -170,6 +181,23 @@ def spread(values: pd.Series) -> Spread:
     if not len(known):
         return Spread(math.nan, math.nan, 0)
     return Spread(float(known.mean()), float(known.std(ddof=1)) if len(known) > 1 else 0.0, len(known))
+
+
+def pool(runs: pd.DataFrame, metric: str) -> Spread:
+    """`metric` over the distinct training seeds of `runs` (runs of one setting): runs that share a seed
+    are one replicate (identical in every setting and seed), so their values are averaged first and n
+    counts seeds, not runs. A figure the table lacks (runs measured before it existed) is not measured."""
+    if metric not in runs.columns:
+        return Spread(math.nan, math.nan, 0)
+    if REPLICATE not in runs.columns:
+        return spread(runs[metric])
+    values = pd.to_numeric(runs[metric], errors="coerce")
+    return spread(values.groupby(runs[REPLICATE].map(_hashable), sort=True).mean())
+
+
+def seeds_of(runs: pd.DataFrame) -> list[int]:
+    """The distinct training seeds of `runs`, in order: the replicates a pooled figure counts."""
+    return sorted({int(seed) for seed in runs[REPLICATE]})
 
 
 def differs(a: Spread, b: Spread) -> bool | None:
@@ -184,6 +212,8 @@ def contrast(a: Spread, b: Spread, what: str, digits: int = 3) -> str:
     """A clause comparing a setting (a) with the reference (b) on one metric."""
     verdict = differs(a, b)
     delta = a.mean - b.mean
+    if not a.n or not b.n:
+        return f"{what} {a.text(digits)} against {b.text(digits)} (no verdict)"
     if verdict is None:
         return f"{what} {a.text(digits)} against {b.text(digits)} (spread unknown with one seed, no verdict)"
     if not verdict:
@@ -222,17 +252,82 @@ def config_of(run: pd.Series) -> TrainConfig:
 
 
 def plan_variants(references: pd.DataFrame, variants: dict[str, dict], present: pd.DataFrame) -> tuple[Planned, ...]:
-    """Runs to queue: each reference run's config with each variant's changes, unless a run with
-    that exact config (seed included) on the same data is already among `present`."""
-    have = {(row["dataset"], _hashable(row.get("n_rows")), config_of(row)) for _, row in present.iterrows()}
+    """Runs to queue: each reference run's config with each variant's changes, unless a run with that
+    exact config (seed included) on the same data is already among `present` (every run held, picked or
+    not: queued and running runs too, whose row count is not yet known and matches any)."""
+    have: dict[tuple, set] = {}
+    for _, row in present.iterrows():
+        have.setdefault((row["dataset"], config_of(row)), set()).add(_hashable(row.get("n_rows")))
     planned, seen = [], set()
     for _, reference in references.iterrows():
         base = config_of(reference)
+        rows = _hashable(reference.get("n_rows"))
         for name, changes in variants.items():
             config = base.replace(**changes)
-            key = (reference["dataset"], _hashable(reference.get("n_rows")), config)
-            if key in have or key in seen:
+            key = (reference["dataset"], config)
+            held = have.get(key, set())
+            if key in seen or rows in held or UNKNOWN in held or (held and rows == UNKNOWN):
                 continue
             seen.add(key)
             planned.append(Planned(str(reference["dataset"]), config, f"{name} seed={config.seed}"))
     return tuple(planned)
+
+
+# -- grids and curves -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridGroup:
+    """The runs a heatmap over two settings may pool: equal in every other key setting."""
+
+    runs: pd.DataFrame  # the group's runs; a cell pools its distinct seeds
+    setting: str  # what the runs share, in words
+
+
+def grid_groups(runs: pd.DataFrame, x: str, y: str) -> list[GridGroup]:
+    """The controlled groups over the settings `x` and `y` (largest first): a heatmap of one of them pools,
+    in each cell, only runs that differ in the seed, never runs that differ in another setting."""
+    factor = list(dict.fromkeys([x, y]))
+    groups = sorted(controlled_groups(runs, factor), key=len, reverse=True)
+    return [GridGroup(group, describe_setting(group.iloc[0], skip=tuple(factor))) for group in groups]
+
+
+def epoch_values(history: list[dict], metric: str) -> dict[int, float]:
+    """The mean of `metric` over each epoch's logged records that carry it (code_churn: the epoch's end)."""
+    by_epoch: dict[int, list[float]] = {}
+    for record in history:
+        value = record.get(metric)
+        if value is not None and "epoch" in record:
+            by_epoch.setdefault(int(record["epoch"]), []).append(float(value))
+    return {epoch: float(np.mean(values)) for epoch, values in sorted(by_epoch.items())}
+
+
+def epoch_curves(runs: pd.DataFrame, histories: Mapping[str, list[dict]], metric: str) -> dict[str, list[dict]]:
+    """Per setting (runs equal in the comparison key, named by `setting_title`), one {epoch: value} curve
+    per distinct seed; `histories` is keyed by run id. Runs sharing a seed are one replicate: the first kept."""
+    curves: dict[str, list[dict]] = {}
+    for group in setting_groups(runs):
+        name = setting_title(group)
+        for _, run in group.drop_duplicates(REPLICATE).iterrows():
+            values = epoch_values(histories.get(run["run_id"], []), metric)
+            if values:
+                curves.setdefault(name, []).append(values)
+    return curves
+
+
+def setting_groups(runs: pd.DataFrame) -> list[pd.DataFrame]:
+    """Runs equal in the comparison key (they differ at most in seed), in the order they come."""
+    if not len(runs):
+        return []
+    key = comparison_key()
+    keyed = runs.assign(**{column: runs[column].map(_hashable).astype(str) for column in key})
+    return [runs.loc[group.index] for _, group in keyed.groupby(key, sort=False, dropna=False)]
+
+
+def setting_title(group: pd.DataFrame) -> str:
+    """A setting's name: the label its runs share without the seed ("alignment MSE"), else the first run's
+    name (its settings)."""
+    labels = {str(label).rsplit(" seed=", 1)[0] for label in group.get("label", pd.Series([""] * len(group)))}
+    if len(labels) == 1 and (name := labels.pop()):
+        return name
+    return run_name(group.iloc[0])

@@ -8,14 +8,18 @@ holds the machinery):
 - A question about a factor (loss distance, rounding, sparsity) compares only
   runs whose comparison key (`comparison_key`: every setting that can change a
   result) is the same but for that factor and the training seed.
-- Runs that differ only in seed are pooled: mean ± sd and n over seeds.
+- Runs that differ only in seed are pooled: mean ± sd and n over distinct seeds
+  (runs identical in every setting and seed are one replicate).
+- Bit health is judged against chance: "silent on held-out" is compared as its
+  excess over the count expected by chance for bits of the same sizes.
 - Two settings differ only when both have at least two seeds and their
   mean ± sd ranges do not overlap; otherwise the answer says "no difference
   beyond the seed spread" or "spread unknown (one seed)", never "best" and "worst".
 - A run that did not converge is marked so wherever its numbers appear, and
   Question 1 draws no conclusion from it.
 - Where no controlled comparison exists, the answer lists exactly which runs
-  to queue (`Answer.to_queue`), and the Compare page offers to queue them.
+  to queue (`Answer.to_queue`): none that any held run (`known`: picked or not,
+  queued, running or finished) already is; the Compare page offers to queue them.
 Questions 4 (sign baseline), 5 and 6 are about one run the user names
 (`default_run` picks the paper's setting among the picked runs).
 """
@@ -37,11 +41,11 @@ from sparsebin.interpret.comparison import (
     distances_text,
     finished,
     plan_variants,
+    pool,
     run_name,
-    spread,
     with_settings,
 )
-from sparsebin.study import PAPER_SETTING, STUDY, is_paper_setting
+from sparsebin.study import LOSS_ABLATION, PAPER_SETTING, ROUNDING_ABLATION, is_paper_setting
 
 if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not need
     from sparsebin.interpret.bits import DepthAnalysis
@@ -49,7 +53,7 @@ if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not n
 QUESTIONS = (
     "Does the cosine alignment give a flexible active-count distribution centred near K?",
     "Does the cosine formulation avoid dead bits, and do MSE and L1 leave more?",
-    "How much does the pass-through round matter (ste vs none vs hard)?",
+    "How much does the pass-through round matter (ste vs none vs hard, and stochastic)?",
     "What storage reduction comes at what reconstruction and retrieval cost?",
     "Do concepts deeper in the ontology activate more bits?",
     "Which concepts make a given bit fire, and does the bit mean one thing?",
@@ -57,6 +61,11 @@ QUESTIONS = (
 NEAR_K = 0.25  # "centred near K": the mean lies within 25 % of K
 SIGNIFICANT = 0.05  # a bit "means one thing" when its best category's FDR-corrected p-value is below this
 MIN_ACTIVE = RARE_BELOW  # bits firing for fewer concepts are rare and not judged for coherence
+SILENT_EXCESS = (
+    "silent_held_out_excess",
+    "bits silent on held-out rows beyond chance (the count less the one expected for bits of the same sizes)",
+    1,
+)
 
 
 @dataclass(frozen=True)
@@ -105,18 +114,21 @@ def answer_questions(
     depth: "DepthAnalysis | None" = None,
     bits: pd.DataFrame | None = None,
     sign_run: str | None = None,
+    known: pd.DataFrame | None = None,
 ) -> list[Answer]:
     """All six answers. `named` is the run Questions 4-6 are about (its runs-table row); `sign`
     is its sign-baseline metrics (one bit per dimension), `sign_equal` the same baseline at
-    its storage; `depth` a `depth_analysis` result and `bits` a `bit_table` of that run."""
+    its storage; `depth` a `depth_analysis` result and `bits` a `bit_table` of that run.
+    `known` is every run held (any status; default: `runs`): a run to queue is never one of them."""
     runs = with_settings(finished(runs))
+    known = held_runs(runs, known)
     if sign_run is None and named is not None:
         sign_run = run_name(named)
     answers = (
-        answer_flexibility(runs),
-        answer_dead_bits(runs),
-        answer_rounding(runs),
-        answer_storage(runs, sign, sign_equal, sign_run, named=named),
+        answer_flexibility(runs, known),
+        answer_dead_bits(runs, known),
+        answer_rounding(runs, known),
+        answer_storage(runs, sign, sign_equal, sign_run, named=named, known=known),
         answer_depth(depth, sign_run),
         answer_bit_meaning(bits, sign_run),
     )
@@ -124,6 +136,16 @@ def answer_questions(
         answer if isinstance(answer, Answer) else Answer(number, question, answer)
         for number, (question, answer) in enumerate(zip(QUESTIONS, answers, strict=True), start=1)
     ]
+
+
+def held_runs(runs: pd.DataFrame, known: pd.DataFrame | None) -> pd.DataFrame:
+    """The runs a plan must not repeat: the answered ones and every other run the queue holds (queued,
+    running or done, as the queue refuses repeats of; a failed, cancelled or interrupted run holds nothing
+    back)."""
+    if known is None or not len(known):
+        return runs
+    known = known[known["status"].isin(("queued", "running", "done"))] if "status" in known else known
+    return pd.concat([runs, with_settings(known)], ignore_index=True)
 
 
 def default_run(runs: pd.DataFrame) -> tuple[pd.Series | None, str]:
@@ -144,11 +166,12 @@ def default_run(runs: pd.DataFrame) -> tuple[pd.Series | None, str]:
 # -- the six questions ---------------------------------------------------------
 
 
-def answer_flexibility(runs: pd.DataFrame) -> Answer:
+def answer_flexibility(runs: pd.DataFrame, known: pd.DataFrame | None = None) -> Answer:
     number, question = 1, QUESTIONS[0]
+    known = runs if known is None else known
     paper = runs[is_paper_setting(runs)] if len(runs) else runs
     if not len(paper):
-        planned = plan_variants(runs.head(1), {"paper setting": PAPER_SETTING}, runs) if len(runs) else ()
+        planned = plan_variants(runs.head(1), {"paper setting": PAPER_SETTING}, known) if len(runs) else ()
         text = "No finished run with the paper's setting (cosine in both terms, pass-through round, align) is picked."
         return Answer(number, question, text + queue_text(planned), planned)
     facts, planned = [], []
@@ -160,17 +183,17 @@ def answer_flexibility(runs: pd.DataFrame) -> Answer:
         unsettled = group.drop(index=settled.index)
         setting = describe_setting(first, skip=("rounding", "sparsity", "alignment_distance"))
         if not len(settled):
-            longer = plan_variants(unsettled, {"longer training": {"epochs": int(first["epochs"]) * 2}}, runs)
+            longer = plan_variants(unsettled, {"longer training": {"epochs": int(first["epochs"]) * 2}}, known)
             planned += longer
             facts.append(
                 f"at {setting}, none of the {len(group)} run(s) converged (the active mean still moved by more "
                 f"than {CONVERGED_ACTIVE:.0%} of K, or the loss by more than {CONVERGED_LOSS:.0%} of its final value, "
                 f"over the last tenth of training; "
-                f"active mean {spread(group['active_mean']).text(1)} for K={k}), so no conclusion is drawn; "
+                f"active mean {pool(group, 'active_mean').text(1)} for K={k}), so no conclusion is drawn; "
                 f"train them longer (epochs={int(first['epochs']) * 2})"
             )
             continue
-        mean, std = spread(settled["active_mean"]), spread(settled["active_std"])
+        mean, std = pool(settled, "active_mean"), pool(settled, "active_std")
         flexible, near = std.mean > 0, abs(mean.mean - k) <= NEAR_K * k
         verdicts.append(flexible and near)
         left_out = f"; {len(unsettled)} run(s) left out as not converged or unknown" if len(unsettled) else ""
@@ -197,9 +220,12 @@ def _factor_answer(
     metrics: list[tuple[str, str, int]],
     name_of,
     missing_text: str,
+    known: pd.DataFrame | None = None,
 ) -> Answer:
-    """Shared body of Questions 2-4: controlled groups over `factor`, each value against the reference."""
+    """Shared body of Questions 2-4: controlled groups over `factor`, each value against the reference;
+    without one, the runs to queue that no run of `known` (default: `runs`) already is."""
     question = QUESTIONS[number - 1]
+    known = runs if known is None else known
     groups = controlled_groups(runs, factor)
     groups = [g for g in groups if (g[list(reference)] == pd.Series(reference)).all(axis=1).any()]
     if not groups:
@@ -207,13 +233,13 @@ def _factor_answer(
         matches = (runs[list(reference)] == pd.Series(reference)).all(axis=1) if len(runs) else []
         references = runs[matches & is_paper_setting(runs)] if len(runs) else runs
         if not len(references) and len(runs):
-            references = plan_variants(runs.head(1), {"paper setting": PAPER_SETTING}, runs)
+            references = plan_variants(runs.head(1), {"paper setting": PAPER_SETTING}, known)
             references = (
                 pd.DataFrame([{**plan.config.to_dict(), "dataset": plan.dataset} for plan in references])
                 if references
                 else runs.head(0)
             )
-        planned = plan_variants(references, variants, runs) if len(references) else ()
+        planned = plan_variants(references, variants, known) if len(references) else ()
         return Answer(number, question, missing_text + queue_text(planned), planned)
     sentences = []
     for group in groups:
@@ -224,50 +250,52 @@ def _factor_answer(
         for value, runs_of in group[~is_reference].groupby(factor, sort=True):
             value = value if isinstance(value, tuple) else (value,)
             name = name_of(dict(zip(factor, value, strict=True)))
-            facts = [contrast(spread(runs_of[m]), spread(base[m]), what, d) for m, what, d in metrics]
+            facts = [contrast(pool(runs_of, m), pool(base, m), what, d) for m, what, d in metrics]
             parts.append(f"{name}{converged_note(runs_of)}: " + "; ".join(facts))
         base_name = name_of(dict(zip(factor, [base.iloc[0][f] for f in factor], strict=True)))
         sentences.append(f"At {setting}, against {base_name}{converged_note(base)}: " + ". ".join(parts) + ".")
     return Answer(number, question, " ".join(sentences))
 
 
-def answer_dead_bits(runs: pd.DataFrame) -> Answer:
+def answer_dead_bits(runs: pd.DataFrame, known: pd.DataFrame | None = None) -> Answer:
     """Bit health by loss distance among aligned runs with the pass-through round: the rounding
-    ablations collapse whatever the loss, so they would blur the comparison."""
+    ablations collapse whatever the loss, so they would blur the comparison. Silent bits are compared
+    by their excess over chance: a code of smaller bits leaves more of them silent on held-out rows by
+    chance alone."""
     aligned = runs[(runs["sparsity"] == "align") & (runs["rounding"] == "ste")] if len(runs) else runs
     return _factor_answer(
         aligned,
         2,
         ["alignment_distance", "reconstruction_distance"],
         {"alignment_distance": "cosine", "reconstruction_distance": "cosine"},
-        {name: STUDY[name] for name in ("alignment MSE", "alignment L1")},
-        [
-            ("dead_all_rows", HEALTH_COLUMNS["dead_all_rows"], 1),
-            ("silent_held_out", HEALTH_COLUMNS["silent_held_out"], 1),
-        ],
+        LOSS_ABLATION,
+        [("dead_all_rows", HEALTH_COLUMNS["dead_all_rows"], 1), SILENT_EXCESS],
         distances_text,
         "Select runs with the alignment term and the pass-through round that differ only in the loss "
         "distances (cosine against MSE or L1) and the seed.",
+        known,
     )
 
 
-def answer_rounding(runs: pd.DataFrame) -> Answer:
-    """Rounding compared within runs that share every other setting; hard-topk ignores rounding."""
+def answer_rounding(runs: pd.DataFrame, known: pd.DataFrame | None = None) -> Answer:
+    """Rounding compared within runs that share every other setting; hard-topk ignores rounding. Silent
+    bits by their excess over chance, as in Question 2."""
     candidates = runs[runs["sparsity"] != "hard-topk"] if len(runs) else runs
     answer = _factor_answer(
         candidates,
         3,
         ["rounding"],
         {"rounding": "ste"},
-        {name: STUDY[name] for name in ("rounding none", "rounding hard")},
+        ROUNDING_ABLATION,
         [
             ("recon_loss", "recon loss on the hard bits (validation part)", 3),
             ("soft_recon_loss", "on the soft code", 3),
-            ("silent_held_out", HEALTH_COLUMNS["silent_held_out"], 1),
+            SILENT_EXCESS,
         ],
         lambda values: f"rounding {values['rounding']}",
-        "Select finished runs that differ only in rounding (ste, none, hard) and the seed (hard-topk runs "
-        "ignore rounding, so they are left out).",
+        "Select finished runs that differ only in rounding (ste, none, hard, stochastic) and the seed "
+        "(hard-topk runs ignore rounding, so they are left out).",
+        known,
     )
     return answer
 
@@ -279,6 +307,7 @@ def answer_storage(
     sign_run: str | None = None,
     *,
     named: pd.Series | None = None,
+    known: pd.DataFrame | None = None,
 ) -> Answer:
     """Storage against quality: sparsity schemes compared at an otherwise equal setting, and the
     named run's sign baselines (which cannot spend more than one bit per dimension)."""
@@ -302,6 +331,7 @@ def answer_storage(
         lambda values: f"sparsity {values['sparsity']}",
         "Select runs that differ only in sparsity (align against hard-topk and l1) and the seed to compare "
         "storage at equal settings.",
+        known,
     )
     text = answer.answer
     # The named run's Elias-Fano size; NaN without a named run, or for one measured before the metric existed.
