@@ -10,11 +10,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from sparsebin.health import HEALTH_LABELS
 from sparsebin.progress import CURVES
 
+PALETTE = qualitative.Plotly  # '#rrggbb' colours, in plotly's own trace order
 _LAYOUT = {"margin": {"l": 40, "r": 10, "t": 40, "b": 40}, "legend": {"orientation": "h", "y": -0.2}}
 
 
@@ -33,6 +35,53 @@ def training_curves(histories: Mapping[str, Sequence[dict]], metric: str = "loss
         steps, values = zip(*points, strict=True) if points else ((), ())
         figure.add_trace(go.Scatter(x=list(steps), y=list(values), mode="lines", name=label))
     return figure
+
+
+def seed_bands(curves: Mapping[str, Sequence[Mapping[int, float]]], name: str) -> go.Figure:
+    """Per setting, the mean over its seeds of one value per epoch as a line, and mean ± sd as a band.
+
+    `curves` maps a setting's label to one {epoch: value} curve per seed; an epoch
+    counts the seeds that reached it, and the band is drawn where two or more did.
+    """
+    figure = _figure(f"{name} per epoch (mean over seeds, band: ± sd)", "epoch", name)
+    for place, (label, seeds) in enumerate(curves.items()):
+        colour = PALETTE[place % len(PALETTE)]
+        epochs = sorted({epoch for curve in seeds for epoch in curve})
+        values = [np.array([curve[epoch] for curve in seeds if epoch in curve], dtype=float) for epoch in epochs]
+        mean = [float(v.mean()) for v in values]
+        sd = [float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in values]
+        banded = [index for index, v in enumerate(values) if len(v) > 1]
+        if banded:
+            upper = [mean[index] + sd[index] for index in banded]
+            lower = [mean[index] - sd[index] for index in banded][::-1]
+            figure.add_trace(
+                go.Scatter(
+                    x=[epochs[index] for index in banded] + [epochs[index] for index in banded][::-1],
+                    y=upper + lower,
+                    fill="toself",
+                    fillcolor=_translucent(colour),
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                    name=f"{label} ± sd",
+                )
+            )
+        figure.add_trace(
+            go.Scatter(
+                x=epochs,
+                y=mean,
+                mode="lines+markers",
+                line={"color": colour},
+                name=f"{label} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})",
+            )
+        )
+    return figure
+
+
+def _translucent(colour: str, alpha: float = 0.2) -> str:
+    """A '#rrggbb' colour as rgba with `alpha`, for a band under its line."""
+    red, green, blue = (int(colour[place : place + 2], 16) for place in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
 
 
 def live_curves(events: Sequence[dict], k: int | None = None) -> go.Figure:
@@ -118,8 +167,13 @@ def grid_axes(runs: pd.DataFrame, candidates: Sequence[str]) -> list[str]:
     return [name for name in candidates if name in runs and runs[name].nunique(dropna=True) > 1]
 
 
-def grid_heatmap(runs: pd.DataFrame, x: str, y: str, metric: str) -> go.Figure:
-    """A heatmap of `metric` over two settings (mean over runs sharing a cell)."""
+def grid_heatmap(runs: pd.DataFrame, x: str, y: str, metric: str, replicate: str | None = None) -> go.Figure:
+    """A heatmap of `metric` over two settings: the mean over the runs sharing a cell, or, with `replicate`
+    (a column such as the seed), the mean over the cell's distinct replicates, each replicate's runs
+    averaged first. Pass it runs that differ in nothing else (`comparison.grid_groups`)."""
+    runs = runs.assign(**{metric: pd.to_numeric(runs[metric], errors="coerce")})
+    if replicate and replicate not in (x, y):
+        runs = runs.groupby([y, x, replicate], as_index=False)[metric].mean()
     table = runs.pivot_table(index=y, columns=x, values=metric, aggfunc="mean").sort_index().sort_index(axis=1)
     figure = _figure(f"{metric} over {y} x {x}", x, y)
     figure.add_trace(

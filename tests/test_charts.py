@@ -2,8 +2,11 @@
 
 import pandas as pd
 import plotly.graph_objects as go
+import pytest
 
 from sparsebin import charts
+from sparsebin.config import TrainConfig
+from sparsebin.interpret.comparison import grid_groups, with_settings
 
 
 def test_training_curves_one_line_per_run():
@@ -90,3 +93,33 @@ def test_live_curves_and_sigmoid_histogram():
     assert [list(trace.y) for trace in figure.data] == [[1.0, 0.8], [10.0, 6.0]]
     histogram = charts.sigmoid_histogram([0.0, 0.5, 1.0], [9, 1])
     assert list(histogram.data[0].x) == [0.25, 0.75]
+
+
+def test_seed_bands_draw_the_mean_over_seeds_and_a_band_of_one_sd():
+    curves = {"paper setting": [{1: 1.0, 2: 0.5}, {1: 3.0, 2: 0.7, 3: 0.4}], "one seed": [{1: 2.0}]}
+    figure = charts.seed_bands(curves, "loss")
+    band, mean, single = figure.data
+    assert list(mean.x) == [1, 2, 3] and list(mean.y) == [2.0, 0.6, 0.4]  # epoch 3: the seed that reached it
+    assert mean.name == "paper setting (2 seeds)" and single.name == "one seed (1 seed)"
+    assert band.fill == "toself" and list(band.x) == [1, 2, 2, 1]  # only where two seeds are
+    sd = 2**0.5
+    assert list(band.y) == pytest.approx([2.0 + sd, 0.6 + 0.1 * sd, 0.6 - 0.1 * sd, 2.0 - sd])
+
+
+def test_the_heatmap_pools_only_runs_equal_in_every_other_setting():
+    base = TrainConfig(n_bits=64, k=4)
+    rows = [
+        base.to_dict() | {"seed": 0, "recon_loss": 0.30},
+        base.to_dict() | {"seed": 0, "recon_loss": 0.34},  # queued again: one replicate with the one above
+        base.to_dict() | {"seed": 1, "recon_loss": 0.20},
+        base.replace(k=8).to_dict() | {"recon_loss": 0.25},
+        base.replace(n_bits=128).to_dict() | {"recon_loss": 0.15},
+        base.replace(rounding="hard").to_dict() | {"recon_loss": 0.90},  # another rounding, same cell
+    ]
+    runs = with_settings(pd.DataFrame(rows).assign(dataset="hpo", n_rows=1000, label=""))
+    groups = grid_groups(runs, "n_bits", "k")
+    assert len(groups) == 1 and 0.90 not in list(groups[0].runs["recon_loss"])
+    assert "rounding ste" in groups[0].setting and "N=" not in groups[0].setting
+    heat = charts.grid_heatmap(groups[0].runs, "n_bits", "k", "recon_loss", replicate="seed").data[0]
+    assert list(heat.x) == ["64", "128"] and list(heat.y) == ["4", "8"]
+    assert heat.z[0][0] == pytest.approx((0.32 + 0.20) / 2)  # two seeds, the repeated one averaged first

@@ -1,20 +1,21 @@
-"""The findings report: the six answers, a paper-style ablation table and the Compare page's figures.
+"""The findings report: the six answers, the ablation plan's tables and the Compare page's figures.
 
     python -m sparsebin report [--dataset NAME] [--jobs ID ...] --out DIR
 
 writes DIR/report.md, DIR/report.html (self-contained: plotly's script is
-embedded, nothing is fetched when it opens) and DIR/table.csv (the ablation
-table, mean and sd per metric). The app offers the same report as a download.
+embedded, nothing is fetched when it opens) and DIR/table.csv (every table's
+rows: mean, sd and n per figure). The app offers the same report as a download.
 
-The ablation table has one row per setting (runs equal in the comparison key,
-pooled over training seeds): mean ± sd over seeds of each metric, with the
-part each metric comes from in its header and the loss terms' distances
-named with their form (per-entry mean or per-row sum).
+The tables (`sparsebin.interpret.tables`) are one per ablation of METHOD.md's
+plan, the loss ablation, the rounding ablation and the paper's N x K experiment,
+then every setting; each has a row per setting (runs equal in the comparison
+key, pooled over distinct training seeds) under typed column groups, each
+figure's header naming the part or rows it is measured on. In HTML a group's
+header spans its columns; in markdown each header reads "group: figure".
 """
 
 import argparse
 import html
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,121 +26,62 @@ import plotly.graph_objects as go
 from sparsebin import charts, runfolder
 from sparsebin.datasets import load_dataset
 from sparsebin.errors import DataError, JobError, RunFileError
-from sparsebin.health import HEALTH_COLUMNS, HEALTH_LABELS, convergence_word
+from sparsebin.health import HEALTH_LABELS, convergence_word
 from sparsebin.interpret import bits as interpret
-from sparsebin.interpret.comparison import comparison_key, distances_text, finished, run_name, spread, with_settings
+from sparsebin.interpret.comparison import epoch_curves, finished, run_name, with_settings
 from sparsebin.interpret.questions import Answer, answer_questions, default_run
+from sparsebin.interpret.tables import NOTES, Table, ablation_tables, numeric, shown
 from sparsebin.jobs.queue import Store
-from sparsebin.study import STUDY
-
-# (runs-table column, table header naming the part it was measured on, decimals)
-TABLE_METRICS = (
-    ("recon_loss", "recon (val, hard bits)", 3),
-    ("fixed_topk_recon_loss", "fixed-TopK recon (val)", 3),
-    ("active_mean", "active mean (val)", 1),
-    ("active_std", "active sd (val)", 1),
-    ("dead_all_rows", HEALTH_COLUMNS["dead_all_rows"], 1),
-    ("silent_held_out", HEALTH_COLUMNS["silent_held_out"], 1),
-    ("dense_all_rows", HEALTH_COLUMNS["dense_all_rows"], 1),
-    ("bytes_index_list", "bytes/vector (index list, val)", 1),
-    ("bytes_elias_fano", "bytes/vector (Elias-Fano, val)", 1),
-    ("recall_at_10_jaccard", "recall@10 Jaccard (val queries, all rows)", 3),
-    ("recall_at_10_hamming", "recall@10 Hamming (val queries, all rows)", 3),
-    ("recall_at_10_asymmetric", "recall@10 asymmetric (val queries, all rows)", 3),
-)
-TABLE_NOTES = (
-    "val = the held-out validation part (the same rows for every run of a dataset: the split seed is fixed); "
-    "recon = mean cosine distance between x and the decoder output; "
-    f"{'; '.join(HEALTH_LABELS.values())}; "
-    "recall@10 = held-out queries searched against every row, ties at the 10th code distance counted by their "
-    "chance under a random order; asymmetric = the dense query against each stored code read back through the "
-    "decoder, by cosine; mean ± sd over training seeds, n = seeds; "
-    "MSE/L1 (mean over entries) is the paper's ablation, (per-row sum, scale-fair) sums over dimensions."
-)
+from sparsebin.progress import CURVES
 
 STYLE = (
-    "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
-    "td,th{padding:2px 6px;border-bottom:1px solid #ddd}"
+    "body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;font-size:90%}"
+    "td,th{padding:2px 6px;border-bottom:1px solid #ddd}th[colspan]{border-bottom:2px solid #888}"
 )
+EPOCH_CURVES = {"loss": "loss (mean over the epoch's logged batches)", "code_churn": "code churn (held-out probe rows)"}
 
 
 @dataclass(frozen=True)
 class Report:
     markdown: str
     html: str
-    table: pd.DataFrame  # numeric ablation table: <metric>_mean, <metric>_sd per setting
+    table: pd.DataFrame  # every table's rows: table, block, setting, then <figure>_mean, _sd, _n
 
 
-def setting_groups(runs: pd.DataFrame) -> list[pd.DataFrame]:
-    """Runs equal in the comparison key (they differ at most in seed), in study order when labelled so."""
-    runs = with_settings(finished(runs))
-    if not len(runs):
-        return []
-    keyed = runs.assign(**{c: runs[c].astype(str) for c in comparison_key()})
-    groups = [runs.loc[group.index] for _, group in keyed.groupby(comparison_key(), sort=False)]
-    order = list(STUDY)
-    return sorted(groups, key=lambda g: order.index(setting_name(g)) if setting_name(g) in order else len(order))
+def tables_markdown(tables: list[Table]) -> str:
+    """Every table as markdown: a heading, each block's shared setting, its rows, or what to queue."""
+    parts = []
+    for table in tables:
+        parts.append(f"### {table.ablation.title}")
+        if not table.blocks:
+            parts.append(table.ablation.missing or "(no finished run)")
+        for block in table.blocks:
+            if block.setting:
+                parts.append(f"At {block.setting}:")
+            parts.append(_markdown(shown(block, table.ablation)))
+    return "\n\n".join(parts) + "\n\n" + NOTES
 
 
-def setting_name(group: pd.DataFrame) -> str:
-    """The study's name of a setting when its runs carry it ("alignment MSE seed=1"), else its settings."""
-    labels = {str(label).rsplit(" seed=", 1)[0] for label in group["label"]}
-    if len(labels) == 1 and (name := labels.pop()):
-        return name
-    first = group.iloc[0]
-    return f"{first['rounding']}/{first['sparsity']}"
-
-
-def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting: its name, the settings that tell it apart, seeds, and mean/sd per metric."""
-    rows = []
-    for group in setting_groups(runs):
-        group = group.assign(
-            bytes_index_list=group["bits_index_list"] / 8,
-            bytes_elias_fano=group["bits_elias_fano"] / 8,  # NaN for a run measured before it existed
-        )
-        first = group.iloc[0]
-        flags = [convergence_word(value) for value in group["converged"]]
-        row = {
-            "setting": setting_name(group),
-            "dataset": first["dataset"],
-            "N": int(first["n_bits"]),
-            "K": int(first["k"]),
-            "epochs": int(first["epochs"]),
-            "loss terms": distances_text(first),
-            "rounding": first["rounding"],
-            "sparsity": first["sparsity"],
-            "seeds": ", ".join(str(int(seed)) for seed in sorted(group["seed"])),
-            "n": len(group),
-            "converged": f"{flags.count('converged')} of {len(flags)}",
-        }
-        for column, _, _ in TABLE_METRICS:
-            value = spread(group[column])
-            row[f"{column}_mean"], row[f"{column}_sd"] = value.mean, value.sd
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def table_markdown(table: pd.DataFrame) -> str:
-    """The ablation table as a markdown table: mean ± sd per cell, headers naming each metric's part."""
-    if not len(table):
-        return "(no finished run)"
-    headers = ["setting", "loss terms", "rounding", "sparsity", "epochs", "n", *(h for _, h, _ in TABLE_METRICS)]
-    headers.append("converged")
+def _markdown(frame: pd.DataFrame) -> str:
+    headers = [f"{group}: {name}" if group else name for group, name in frame.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for _, row in table.iterrows():
-        cells = [row["setting"], row["loss terms"], row["rounding"], row["sparsity"], str(row["epochs"]), str(row["n"])]
-        for column, _, digits in TABLE_METRICS:
-            cells.append(_cell(row[f"{column}_mean"], row[f"{column}_sd"], row["n"], digits))
-        cells.append(row["converged"])
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 
-def _cell(mean: float, sd: float, n: int, digits: int) -> str:
-    if mean is None or math.isnan(mean):
-        return "n/a"
-    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+def tables_html(tables: list[Table]) -> str:
+    """Every table as HTML, each group's header spanning its columns."""
+    parts = []
+    for table in tables:
+        parts.append(f"<h3>{html.escape(table.ablation.title)}</h3>")
+        if not table.blocks:
+            parts.append(f"<p>{html.escape(table.ablation.missing or '(no finished run)')}</p>")
+        for block in table.blocks:
+            if block.setting:
+                parts.append(f"<p>At {html.escape(block.setting)}:</p>")
+            parts.append(shown(block, table.ablation).to_html(index=False, border=0, escape=True))
+    parts.append(f"<p><small>{html.escape(NOTES)}</small></p>")
+    return "\n".join(parts)
 
 
 def runs_markdown(runs: pd.DataFrame) -> str:
@@ -156,12 +98,19 @@ def runs_markdown(runs: pd.DataFrame) -> str:
 def figures(
     runs: pd.DataFrame, histories: dict, metrics: dict, depth: interpret.DepthAnalysis | None
 ) -> dict[str, go.Figure]:
-    """The Compare page's figures for these runs (labelled by run name)."""
+    """The Compare page's figures for these runs (labelled by run name; `histories` keyed so too)."""
     labelled = runs.assign(label=[f"{run_name(r)}" for _, r in runs.iterrows()])
     k = int(runs["k"].iloc[0]) if runs["k"].nunique() == 1 else None
+    by_id = {run["run_id"]: histories.get(run["label"], []) for _, run in labelled.iterrows()}
     shown = {
         "Loss while training": charts.training_curves(histories, "loss"),
         "Active bits per concept while training (logged batches)": charts.training_curves(histories, "active_mean"),
+    }
+    for metric, name in EPOCH_CURVES.items():
+        shown[f"{name.capitalize()} per epoch, band over seeds"] = charts.seed_bands(
+            epoch_curves(labelled, by_id, metric), CURVES.get(metric, metric)
+        )
+    shown |= {
         "Active bits per concept (validation part)": charts.active_histograms(
             {name: part["active_histogram"] for name, part in metrics.items()}, k=k
         ),
@@ -197,8 +146,8 @@ def build_report(
     answers = answer_questions(
         runs, named=named, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits, sign_run=_name(named)
     )
-    table = ablation_table(runs)
-    shown = figures(runs, histories, metrics, depth)
+    tables = ablation_tables(runs)
+    drawn = figures(runs, histories, metrics, depth)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     datasets = ", ".join(sorted(map(str, runs["dataset"].unique()))) or "none"
     intro = (
@@ -206,14 +155,14 @@ def build_report(
         f"{_name(named) or 'no run'} ({why}). Bit health: {'; '.join(HEALTH_LABELS.values())}."
     )
     sections = [
-        ("Ablation table", table_markdown(table) + "\n\n" + TABLE_NOTES),
+        ("Ablation tables", tables_markdown(tables)),
         ("The six questions", answers_markdown(answers)),
         ("Runs", runs_markdown(runs)),
-        ("Figures", "\n".join(f"- {name} (in report.html)" for name in shown)),
+        ("Figures", "\n".join(f"- {name} (in report.html)" for name in drawn)),
     ]
     markdown = f"# {title}\n\n{intro}\n\n" + "\n\n".join(f"## {head}\n\n{body}" for head, body in sections) + "\n"
-    page = report_html(title, intro, table, answers, runs, shown)
-    return Report(markdown, page, table)
+    page = report_html(title, intro, tables, answers, runs, drawn)
+    return Report(markdown, page, numeric(tables))
 
 
 def _name(run: pd.Series | None) -> str | None:
@@ -225,12 +174,11 @@ def answers_markdown(answers: list[Answer]) -> str:
 
 
 def report_html(
-    title: str, intro: str, table: pd.DataFrame, answers: list[Answer], runs: pd.DataFrame, shown: dict
+    title: str, intro: str, tables: list[Table], answers: list[Answer], runs: pd.DataFrame, shown: dict
 ) -> str:
     """One HTML file: plotly's script embedded once (no CDN), every figure inline."""
-    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Ablation table</h2>"]
-    parts.append(_html_table(table))
-    parts.append(f"<p><small>{html.escape(TABLE_NOTES)}</small></p>")
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Ablation tables</h2>"]
+    parts.append(tables_html(tables))
     parts.append("<h2>The six questions</h2>")
     for answer in answers:
         parts.append(f"<h3>{answer.number}. {html.escape(answer.question)}</h3><p>{html.escape(answer.answer)}</p>")
@@ -248,20 +196,6 @@ def report_html(
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>"
     )
-
-
-def _html_table(table: pd.DataFrame) -> str:
-    if not len(table):
-        return "<p>(no finished run)</p>"
-    headers = ["setting", "loss terms", "rounding", "sparsity", "epochs", "n", *(h for _, h, _ in TABLE_METRICS)]
-    headers.append("converged")
-    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"]
-    for _, row in table.iterrows():
-        cells = [row["setting"], row["loss terms"], row["rounding"], row["sparsity"], str(row["epochs"]), str(row["n"])]
-        cells += [_cell(row[f"{c}_mean"], row[f"{c}_sd"], row["n"], d) for c, _, d in TABLE_METRICS]
-        cells.append(row["converged"])
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return "<table>" + "".join(rows) + "</table>"
 
 
 def write_report(report: Report, out: Path) -> dict[str, Path]:
