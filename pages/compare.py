@@ -6,19 +6,14 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
-from sparsebin.health import convergence_word
-from sparsebin.interpret.comparison import comparison_key, with_settings
+from sparsebin.interpret.comparison import REPLICATE, comparison_key, epoch_curves, grid_groups, with_settings
 from sparsebin.interpret.questions import answer_questions, default_run
-from sparsebin.interpret.report import TABLE_METRICS, report_for_store
+from sparsebin.interpret.report import EPOCH_CURVES, report_for_store
+from sparsebin.interpret.tables import EVERY_GROUP, ablation_tables, runs_shown, shown, with_figures
 from sparsebin.progress import CURVES
 
 ALWAYS = ["dataset", "n_bits", "k", "epochs", "seed"]  # shown even where the picked runs agree
-METRICS = {column: header for column, header, _ in TABLE_METRICS if not column.startswith("bytes_")}
-METRICS |= {
-    "bits_index_list": "bits/vector (index list, val)",
-    "bits_elias_fano": "bits/vector (Elias-Fano, val)",
-    "rare_bits": "rare bits (<5 concepts, all rows)",
-}
+COLOURS = {column.metric: column.header for group in EVERY_GROUP for column in group.columns if not column.over_seeds}
 
 
 def pick_submission(ids_of) -> None:
@@ -53,19 +48,29 @@ picked = st.multiselect("Runs", list(titles), default=list(titles)[:4], format_f
 picked = [run_id for run_id in picked if run_id in titles]
 if not picked:
     st.stop()
-runs = with_settings(table[table["run_id"].isin(picked)].assign(label=lambda frame: frame["run_id"].map(titles)))
+labelled = with_settings(table[table["run_id"].isin(picked)])  # the runs' own labels name their settings
+runs = labelled.assign(label=labelled["run_id"].map(titles))
 metrics = {titles[run_id]: _shared.evaluated_metrics(run_id)[1] for run_id in picked}
 
 settings = ALWAYS + [c for c in comparison_key() if c not in ALWAYS and runs[c].astype(str).nunique() > 1]
-shown = runs.set_index("label")[settings + list(METRICS)].rename(columns=METRICS)
-shown["convergence"] = [convergence_word(value) for value in runs["converged"]]
-st.dataframe(shown.T.map(lambda value: f"{value:.4g}" if isinstance(value, float) else str(value)), key="compare_table")
+st.dataframe(runs_shown(runs, settings), key="compare_table")
 st.caption(
     "Settings: those that tell the picked runs apart (the comparison key), plus dataset, N, K, epochs and seed. "
-    "val = the held-out validation part; bit health counts over all rows (silent: on held-out rows); recall: "
-    "held-out queries searched against every row, ties counted fairly; asymmetric: the dense query against each "
-    "stored code read back through the decoder, by cosine."
+    "val = the held-out validation part; bit health counts over all rows (silent: on held-out rows, beside the "
+    "count expected by chance for bits of the same sizes); recall: held-out queries searched against every row, "
+    "ties counted fairly; asymmetric: the dense query against each stored code read back through the decoder, by "
+    "cosine; not measured: the run was measured before the figure existed."
 )
+with st.expander("The picked runs in the report's tables (settings pooled over training seeds)"):
+    for ablation_table in ablation_tables(labelled):
+        st.markdown(f"**{ablation_table.ablation.title}**")
+        if not ablation_table.blocks:
+            st.caption(ablation_table.ablation.missing)
+        for number, block in enumerate(ablation_table.blocks):
+            if block.setting:
+                st.caption(f"At {block.setting}:")
+            frame = shown(block, ablation_table.ablation)
+            st.dataframe(frame, hide_index=True, key=f"table_{ablation_table.ablation.title}_{number}")
 measured = runs["recall_at_10_hamming"].notna()
 outdated = int((runs["recall_at_10_asymmetric"].isna() & measured).sum())
 uncoded = int((runs["bits_elias_fano"].isna() & measured).sum())
@@ -84,8 +89,15 @@ if missing:
     )
 left, right = st.columns(2)
 metric = left.selectbox("Curve", list(CURVES), format_func=CURVES.get, key="curve_metric")
-histories = {titles[run_id]: _shared.run_history(run_id) for run_id in picked}
+by_id = {run_id: _shared.run_history(run_id) for run_id in picked}
+histories = {titles[run_id]: history for run_id, history in by_id.items()}
 left.plotly_chart(charts.training_curves(histories, metric), key="curves_chart")
+for column, (curve, name) in zip((right, left), EPOCH_CURVES.items(), strict=True):
+    bands = epoch_curves(labelled, by_id, curve)
+    if bands:
+        column.plotly_chart(charts.seed_bands(bands, CURVES.get(curve, curve)), key=f"band_{curve}")
+    else:
+        column.caption(f"No {name} per epoch in the picked runs' history (runs trained before it was logged).")
 k = runs["k"].iloc[0] if runs["k"].nunique() == 1 else None
 histograms = {label: values["active_histogram"] for label, values in metrics.items()}
 right.plotly_chart(charts.active_histograms(histograms, k=k), key="active_chart")
@@ -94,15 +106,32 @@ left.plotly_chart(charts.firing_histograms(firing), key="firing_chart")
 right.plotly_chart(charts.bit_health_bars(runs), key="dead_chart")
 left.plotly_chart(charts.recon_vs_active(runs), key="trade_chart")
 with right:
-    axes = charts.grid_axes(runs, settings)
+    axes = [axis for axis in charts.grid_axes(runs, settings) if axis != REPLICATE]
     if len(axes) < 2:
         st.info("The picked runs vary in fewer than two settings; pick the runs of a grid (e.g. N x K) for a heatmap.")
     else:
         x, y, value = st.columns(3)
         x_axis = x.selectbox("x", axes, key="grid_x")
         y_axis = y.selectbox("y", [axis for axis in axes if axis != x_axis], key="grid_y")
-        colour = value.selectbox("colour", list(METRICS), key="grid_metric")
-        st.plotly_chart(charts.grid_heatmap(runs, x_axis, y_axis, colour), key="grid_chart")
+        colour = value.selectbox("colour", list(COLOURS), format_func=COLOURS.get, key="grid_metric")
+        groups = grid_groups(with_figures(runs), x_axis, y_axis)
+        if not groups:
+            st.info(f"No picked runs differ only in {x_axis} and {y_axis} (and the seed), so no heatmap pools them.")
+        else:
+            chosen = st.selectbox(
+                "Runs equal in every other setting",
+                range(len(groups)),
+                format_func=lambda place: f"{groups[place].setting} ({len(groups[place].runs)} runs)",
+                key="grid_group",
+            )
+            group = groups[chosen]
+            st.plotly_chart(
+                charts.grid_heatmap(group.runs, x_axis, y_axis, colour, replicate=REPLICATE), key="grid_chart"
+            )
+            st.caption(
+                f"Each cell: the mean over training seeds of runs equal in every other setting ({group.setting}); "
+                f"{len(groups) - 1} other group(s) of the picked runs are not pooled with them."
+            )
 
 st.subheader("What the picked runs say about the method's six questions")
 default, why = default_run(runs)
@@ -119,7 +148,8 @@ bits = _shared.bit_table(named_id, named["dataset"])
 split, _ = _shared.evaluated_metrics(named_id)
 named_metrics = _shared.run_metrics(named_id)
 sign, sign_equal = named_metrics.get(f"sign_{split}"), named_metrics.get(f"sign_{split}_equal_storage")
-answers = answer_questions(runs, named=named, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits)
+known = _shared.runs(done_only=False)  # every run held, picked or not: nothing to queue repeats one
+answers = answer_questions(runs, named=named, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits, known=known)
 text, chart = st.columns([3, 2])
 for answer in answers:
     text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")

@@ -19,7 +19,7 @@ from sparsebin.config import (
 )
 from sparsebin.errors import ConfigError, DataError, DuplicateRunError
 from sparsebin.search import elias_fano
-from sparsebin.study import STUDY, study_configs
+from sparsebin.study import STUDY, SWEEP, leave_out_held, study_configs, sweep_configs
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
@@ -98,12 +98,21 @@ with st.form("train_form", enter_to_submit=False):  # Enter in a number field on
     )
     submitted = st.form_submit_button("Queue run", key="submit_run")
     st.caption(
-        f"One-click study of the method's ablations at these settings: {', '.join(STUDY)}, "
-        "each for training seeds 0, 1, ...; every run is scored on the same held-out rows."
+        f"One-click study of the method's ablations at these settings, {len(STUDY)} runs a seed: the paper's setting, "
+        "the cosine replaced by MSE and L1 in either term and both (per entry and scale-fair), rounding none, hard "
+        "and stochastic; every run is scored on the same held-out rows."
     )
     left, right = st.columns([1, 3])
     seeds = left.number_input("training seeds", 1, 20, 3, key="study_seeds")
     study_submitted = right.form_submit_button("Queue the study", key="submit_study")
+    st.caption(
+        f"The paper's N x K sweep at its setting and the epochs, batch and lr above: N in "
+        f"{', '.join(map(str, SWEEP['n_bits']))} by K in {', '.join(map(str, SWEEP['k']))}; a run already queued "
+        "or finished (the study's paper setting at the same N and K) is left out."
+    )
+    left, right = st.columns([1, 3])
+    sweep_seeds = left.number_input("sweep seeds", 1, 20, 1, key="sweep_seeds")
+    sweep_submitted = right.form_submit_button("Queue the paper's N x K sweep", key="submit_sweep")
 
 config = preset_config(preset, **chosen)
 
@@ -130,6 +139,13 @@ if study_submitted:
         queue(study_configs(config, int(seeds)), "the study")
     except ConfigError as error:
         st.error(str(error))
+if sweep_submitted:
+    planned = sweep_configs(config, int(sweep_seeds))
+    kept = planned if again else leave_out_held(planned, _shared.store(), name)
+    if len(kept) < len(planned):
+        st.info(f"{len(planned) - len(kept)} of the sweep's {len(planned)} runs are already queued or finished.")
+    if kept:
+        queue(kept, "the paper's N x K sweep")
 
 with st.expander("Ablation grid: every combination of the listed values, on top of the settings above"):
     st.caption(

@@ -209,8 +209,9 @@ def test_compare_shows_both_picked_runs(app, world):
     shown = at.dataframe[0].value
     columns = " ".join(shown.columns)
     assert "cosine run" in columns and "mse run" in columns
-    assert {"dead (all rows)", "silent (held-out)", "recon (val, hard bits)", "convergence"} <= set(shown.index)
-    assert "val_fraction" in shown.index  # the all-train run differs from the others in it
+    figures = set(shown.index.get_level_values(-1))
+    assert {"dead (all rows)", "silent (held-out)", "recon (val, hard bits)", "converged"} <= figures
+    assert "val_fraction" in figures  # the all-train run differs from the others in it
     answers = texts(at)
     # cosine and mse differ only in the loss: a controlled pair, one seed each
     assert "against cosine (both terms)" in answers and "MSE (mean over entries) (both terms)" in answers
@@ -283,10 +284,11 @@ def test_the_one_click_study_queues_every_setting_times_the_seeds(app, world):
     at.selectbox(key="rec_loss").set_value("l1")  # so do the distances
     at.number_input(key="study_seeds").set_value(2)
     at.button(key="submit_study").click().run()
-    assert any("Queued the study: 18 runs" in success.value for success in at.success), texts(at)
+    # 14 settings (the paper's, ten loss forms, three roundings) for each of the two seeds: the whole plan
+    assert any("Queued the study: 28 runs" in success.value for success in at.success), texts(at)
     store = Store(world["home"])
     queued = [job for job in store.jobs() if job.status.name == "QUEUED"]
-    assert len(queued) == 18
+    assert len(queued) == 28
     by_label = {job.label: job.config for job in queued}
     assert {config.n_bits for config in by_label.values()} == {24} and {c.epochs for c in by_label.values()} == {2}
     assert {config.seed for config in by_label.values()} == {0, 1}
@@ -294,7 +296,9 @@ def test_the_one_click_study_queues_every_setting_times_the_seeds(app, world):
     assert by_label["alignment L1 seed=0"].alignment_distance == "l1"
     assert by_label["alignment L1 seed=0"].reconstruction_distance == "cosine"
     assert by_label["reconstruction MSE (scale-fair) seed=1"].reconstruction_distance == "mse_sum"
-    assert by_label["both MSE seed=0"].alignment_distance == "mse"
+    assert by_label["both MSE (scale-fair) seed=0"].alignment_distance == "mse"
+    assert by_label["both MSE (per entry) seed=1"].reconstruction_distance == "mse"
+    assert by_label["rounding stochastic seed=0"].rounding == "stochastic"
     assert by_label["rounding none seed=1"].rounding == "none"
     for job in queued:
         store.cancel(job.id)
@@ -511,3 +515,69 @@ def test_home_shows_the_ray_dispatcher_and_where_each_running_job_trains(tmp_pat
     rows = running.set_index("label")
     assert rows.loc["on gpu-node", ["node", "device", "epoch"]].tolist() == ["gpu-node-3", "cuda:1", "2/5"]
     assert rows.loc["waiting", ["node", "device", "epoch"]].tolist() == ["waiting for room", "", "0/5"]
+
+
+def test_compare_shows_the_figures_in_the_reports_groups_and_the_tables_pooled_over_seeds(app, world):
+    at = open_page(app, "compare")
+    at.multiselect(key="compare_runs").set_value(list(world["runs"]["run_id"])).run()
+    shown, loss, every = (frame.value for frame in at.dataframe)  # the runs; Tables 1 and "every setting"
+    groups = list(dict.fromkeys(shown.index.get_level_values(0)))
+    assert groups[:2] == ["settings", "reconstruction"] and groups[-1] == "convergence"
+    for group in ("sparsity alignment", "interpretability", "training stability", "bit health", "storage"):
+        assert group in groups
+    health = shown.xs("bit health", level=0).index
+    assert "silent by chance (held-out, expected for these bit sizes)" in health  # beside the silent count
+    assert list(loss[("", "loss terms")]) == ["cosine (both terms)", "MSE (mean over entries) (both terms)"]
+    assert list(dict.fromkeys(group for group, _ in loss.columns))[1:4] == [
+        "reconstruction",
+        "sparsity alignment",
+        "interpretability",
+    ]
+    assert ("bit health", "silent beyond chance (held-out)") in every.columns
+    assert "No N x K sweep among these runs" in texts(at)
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert "loss per epoch (mean over seeds, band: ± sd)" in titles
+
+
+def test_compare_queues_only_runs_that_no_run_held_already_is(app, world):
+    store = Store(world["home"])
+    runs = world["runs"]
+    cosine = runs.loc[runs["label"] == "cosine run"].iloc[0]
+    held = store.job(int(cosine["job_id"])).config
+    store.submit("tiny", held.replace(rounding="none"), label="queued, not picked")  # what Question 3 would plan
+    try:
+        at = open_page(app, "compare")
+        at.multiselect(key="compare_runs").set_value([cosine["run_id"]]).run()
+        at.button(key="queue_needed").click().run()
+        assert not at.error, [error.value for error in at.error]  # nothing planned repeats a held run
+        queued = [job for job in store.jobs() if job.status.name == "QUEUED"]
+        assert [job.label for job in queued].count("queued, not picked") == 1
+        planned = {(job.config.rounding, job.config.reconstruction_distance) for job in queued}
+        assert ("stochastic", "cosine") in planned and ("cosine", "mse") not in planned
+        loss = [job for job in queued if job.config.loss == "mse" and job.config.rec_loss is None]
+        assert loss == []  # both MSE (per entry) is the mse run, picked or not
+    finally:
+        for job in store.jobs():
+            if job.status.name == "QUEUED":
+                store.cancel(job.id)
+
+
+def test_train_queues_the_papers_n_by_k_sweep_at_its_setting(app, world):
+    at = open_page(app, "train")
+    at.number_input(key="epochs").set_value(2)
+    at.selectbox(key="rounding").set_value("none")  # the sweep is at the paper's setting whatever the form says
+    at.button(key="submit_sweep").click().run()
+    assert any("Queued the paper's N x K sweep: 9 runs" in success.value for success in at.success), texts(at)
+    store = Store(world["home"])
+    queued = [job for job in store.jobs() if job.status.name == "QUEUED"]
+    try:
+        assert {(job.config.n_bits, job.config.k) for job in queued} == {
+            (n, k) for n in (512, 1024, 2048) for k in (8, 16, 32)
+        }
+        assert {(job.config.rounding, job.config.epochs, job.config.seed) for job in queued} == {("ste", 2, 0)}
+        at.button(key="submit_sweep").click().run()  # again: every run is already queued, none repeats
+        assert "9 of the sweep's 9 runs are already queued or finished." in texts(at)
+        assert len([job for job in store.jobs() if job.status.name == "QUEUED"]) == 9
+    finally:
+        for job in queued:
+            store.cancel(job.id)
