@@ -25,7 +25,7 @@ st.caption(
 columns = ["bit", "label", "ancestor_f1", "category", "corrected_coherence", "q_value", "precision", "category_size"]
 shown = readable_q(table[[*columns, "n_active", "coherence", "firing_rate"]])
 with pd.option_context("styler.render.max_elements", shown.data.size):  # pandas stops a Styler at 262,144 cells
-    st.dataframe(shown, hide_index=True, height=260, key="bit_table")
+    st.dataframe(shown, hide_index=True, height=260, placeholder="—", key="bit_table")
 
 ranked = _shared.ranked_bits(run["run_id"], run["dataset"])  # cleanest bits firing for 5+ concepts first
 wanted = st.query_params.get("bit")

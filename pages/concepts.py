@@ -40,7 +40,7 @@ if mode == "any phrase":
         st.error(str(error))
         st.stop()
     st.markdown(f"**{len(view.active_bits)} active bits** for {view.phrase!r}")
-    st.dataframe(readable_q(view.active_bits), hide_index=True, key="phrase_bits")
+    st.dataframe(readable_q(view.active_bits), hide_index=True, placeholder="—", key="phrase_bits")
     st.caption(SCORES)
     neighbours(view)
     count = len(view.dense_neighbours)
@@ -64,7 +64,7 @@ st.caption(f"{concept.category or ''} · depth {concept.depth if concept.depth >
 if concept.definition:
     st.write(concept.definition)
 st.markdown(f"**{len(view.active_bits)} active bits**")
-st.dataframe(readable_q(view.active_bits), hide_index=True, key="active_bits")
+st.dataframe(readable_q(view.active_bits), hide_index=True, placeholder="—", key="active_bits")
 st.caption(SCORES)
 if len(view.active_bits):
     strongest = view.active_bits.iloc[0]

@@ -89,9 +89,11 @@ def texts(at: AppTest) -> str:
 
 
 def shown(table) -> pd.DataFrame:
-    """A table's cells as the browser shows them: a pandas Styler's text where the page gives one."""
+    """A table's cells as the browser shows them: a pandas Styler's text where the page gives one, and the
+    table's placeholder ("None" unless set) where a value is missing, whatever the Styler says."""
     display = table.proto.arrow_data.styler.display_values
-    return dataframe_util.convert_arrow_bytes_to_pandas_df(display) if display else table.value.astype(str)
+    text = dataframe_util.convert_arrow_bytes_to_pandas_df(display) if display else table.value.astype(str)
+    return text.where(table.value.notna(), table.proto.placeholder if table.proto.HasField("placeholder") else "None")
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -238,12 +238,13 @@ def format_q(value: float | None) -> str:
 
 
 def readable_q(table: pd.DataFrame) -> "Styler":
-    """The table as a pandas Styler whose q_value column reads through `format_q`, other gaps as "—".
+    """The table as a pandas Styler whose q_value column reads through `format_q`.
 
     st.dataframe shows a Styler's text but sorts a column by the numbers beneath, so sorting by q
     still orders bits by significance, where a column of strings would sort "3e-05" after "0.5".
+    A missing value shows st.dataframe's placeholder instead, whatever the Styler says.
     """
-    return table.style.format(na_rep="—").format(format_q, subset=[name for name in table if name == "q_value"])
+    return table.style.format(format_q, subset=[name for name in table if name == "q_value"])
 
 
 def chance_coherence(n_active: np.ndarray, categories: Categories, draws: int = 200, seed: int = 0) -> np.ndarray:
