@@ -1,6 +1,7 @@
 """METHOD.md's questions answered from run tables built to tempt each mistake a careless comparison makes."""
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -202,6 +203,8 @@ def test_depth_answer_counts_concepts_per_depth_and_names_its_assumption():
     assert "Spearman rho = 0.40 (p = 0.001): deeper concepts clearly activate more bits" in text
     assert "(concepts: 10 at depth 1, 20 at depth 5)" in text
     assert "treats concepts as independent" in text and text.startswith("In paper run")
+    tiny_p = replace(depth, p_value={"hpo": 0.0})  # a p-value that underflowed reads as a bound, not as 0
+    assert "(p < 1e-10)" in answer_questions(table(run()), depth=tiny_p, sign_run="paper run")[4].answer
 
 
 def test_bit_answer_uses_the_chance_corrected_coherence():

@@ -45,6 +45,7 @@ from sparsebin.interpret.comparison import (
     run_name,
     with_settings,
 )
+from sparsebin.interpret.ontology import format_q
 from sparsebin.study import LOSS_ABLATION, PAPER_SETTING, ROUNDING_ABLATION, is_paper_setting
 
 if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not need
@@ -381,7 +382,7 @@ def answer_depth(depth: "DepthAnalysis | None", run: str | None = None) -> str:
         direction = "more" if rho > 0 else "fewer"
         strength = "hardly" if abs(rho) < 0.1 else "weakly" if abs(rho) < 0.3 else "clearly"
         fact = (
-            f"for {source}, Spearman rho = {rho:.2f} (p = {p_value:.2g}): "
+            f"for {source}, Spearman rho = {rho:.2f} (p {_p_text(p_value)}): "
             f"deeper concepts {strength} activate {direction} bits"
         )
         if len(rows) >= 2:
@@ -441,3 +442,9 @@ def answer_bit_meaning(bits: pd.DataFrame | None, run: str | None = None) -> str
 
 def _number(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.3f}"
+
+
+def _p_text(p_value: float) -> str:
+    """ "= 0.003" or "< 1e-10": a p-value as a person reads it (never "= 0")."""
+    shown = format_q(p_value)
+    return shown if shown.startswith("<") else f"= {shown}"
