@@ -1,9 +1,11 @@
 """One training state saved at an epoch's end and restored to continue exactly where it stopped.
 
 A checkpoint is a safetensors file (no pickle): the model's weights, Adam's
-moments, the remedies' state, the batch-order generator and the training
-device's random state, with the config, the epochs done and the history in
-its metadata. A resumed run gives the same model as an uninterrupted one.
+moments, the remedies' state, the batch-order generator, the training
+device's random state and the count of non-finite steps, with the config, the
+epochs done and the history in its metadata. A resumed run gives the same
+model, and the same history, as an uninterrupted one. The churn probe's codes
+are not kept: the restored weights give them again (`sparsebin.train.Stability`).
 """
 
 import json
@@ -33,6 +35,8 @@ class TrainingState:
     generator: torch.Generator  # batch order, on the host so that every device draws the same
     remedies: Remedies
     device: str  # where it trains, as `resolve_device` named it
+    # (2,) int64 on the device: the steps whose loss or gradient was not finite, and of those, whose loss was.
+    nonfinite: torch.Tensor
 
 
 def save_checkpoint(path: Path, state: TrainingState, epochs_done: int, history: list[dict]) -> None:
@@ -51,6 +55,7 @@ def save_checkpoint(path: Path, state: TrainingState, epochs_done: int, history:
     tensors["rng.batch_order"] = state.generator.get_state()
     # Stochastic rounding draws from the training device's generator: that one state is saved.
     tensors["rng.device"] = get_rng_state(state.device)
+    tensors["stability.nonfinite"] = state.nonfinite.detach().cpu()
     meta = {
         "config": state.config.to_json(),
         "epoch": json.dumps(epochs_done),
@@ -107,6 +112,8 @@ def load_checkpoint(path: Path, state: TrainingState) -> tuple[int, list[dict]]:
     for name, value in state.remedies.state().items():
         value.copy_(tensors[f"state.{name}"])
     state.generator.set_state(tensors["rng.batch_order"])
+    # Written before non-finite steps were counted: that run had none it knew of.
+    state.nonfinite.copy_(tensors.get("stability.nonfinite", torch.zeros(2, dtype=torch.int64)))
     if "rng.device" in tensors:
         set_rng_state(str(device), tensors["rng.device"], meta["rng_device"])
     else:  # written before the device's state was saved alone: the host generator's

@@ -92,6 +92,11 @@ class TrainConfig:
     )
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps", neutral=True)  # auto: cuda, then mps, then cpu
     log_every: int = setting(50, "steps between progress reports", neutral=True)  # the only host syncs
+    # A step whose loss or gradient is not finite is skipped (never applied) and counted; a run that is diverging
+    # soon gives one every step, so a few are tolerated and then it stops (sparsebin.train.train_step).
+    max_nonfinite_steps: int = setting(
+        10, "stop the run with an error once this many steps were not finite (each is skipped)"
+    )
     # Remedies beyond the paper (sparsebin.remedies); each off by default, so the above is the paper's setting.
     # mean: subtract the training mean before the encoder, add it back after the decoder; learned-mean /
     # learned-median: the same centre as a learned pre-bias.
@@ -169,6 +174,8 @@ class TrainConfig:
             yield f"epochs must be a positive integer, got {self.epochs!r}."
         if not isinstance(self.log_every, int) or self.log_every < 1:
             yield f"log_every must be a positive integer, got {self.log_every!r}."
+        if not isinstance(self.max_nonfinite_steps, int) or self.max_nonfinite_steps < 1:
+            yield f"max_nonfinite_steps must be a positive integer, got {self.max_nonfinite_steps!r}."
         for name, value in (("seed", self.seed), ("split_seed", self.split_seed)):
             if not isinstance(value, int) or isinstance(value, bool):
                 yield f"{name} must be an integer, got {value!r}."

@@ -33,3 +33,7 @@ class DuplicateRunError(JobError):
 
 class PhraseError(SparsebinError):
     """A phrase cannot be encoded: it is empty, or the dataset has no model to embed it with."""
+
+
+class TrainingError(SparsebinError):
+    """Training cannot go on: too many steps had a loss or gradient that was not finite."""

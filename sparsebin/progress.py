@@ -27,6 +27,8 @@ CURVES = {
     "alignment_loss": "alignment loss",
     "active_mean": "active bits per concept",
     "dead_bits": "dead bits",
+    "grad_norm": "encoder gradient norm",
+    "code_churn": "code churn (share of probe bits changed in an epoch)",
 }
 
 
@@ -46,9 +48,14 @@ class ProgressEvent:
     rate_loss: float | None = None  # the weighted firing-rate term; None without rate control
     auxiliary_loss: float | None = None  # the weighted AuxK term; None unless revive is auxk
     target_active: int | None = None  # the K schedule's TopK target at this step; None when it is K
+    # Training stability (sparsebin.stability); None in histories written before each was logged.
+    grad_norm: float | None = None  # the encoder gradient norm |(dL/dW_e, dL/db_e)| of the logged step
+    nonfinite_steps: int | None = None  # steps so far whose loss or gradient was not finite (each was skipped)
+    code_churn: float | None = None  # epoch ends: share of the probe's stored bits changed since the last epoch end
 
     def to_record(self) -> dict:
-        """The event as history keeps it: a JSON-ready dict, the remedies' terms only when they are on."""
+        """The event as history keeps it: a JSON-ready dict without the fields that are None (the remedies'
+        terms when they are off, the churn between epoch ends)."""
         return {name: value for name, value in asdict(self).items() if value is not None}
 
 

@@ -6,7 +6,9 @@ fit, and otherwise reads each batch from the (memory-mapped) data. The loop
 touches the host only at logging steps, where it reports a progress event
 (`sparsebin.progress`) through a callback. It checkpoints at every epoch end
 (`sparsebin.checkpoint`) and resumes from such a checkpoint to the same result
-as an uninterrupted run.
+as an uninterrupted run. It watches its own stability (`Stability`,
+`sparsebin.stability`): a step whose loss or gradient is not finite is never
+applied, and too many of them stop the run with a TrainingError.
 """
 
 import math
@@ -20,16 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsebin.batches import RowPlacement, place_rows, release_pages
+from sparsebin.batches import RowPlacement, place_rows, read_rows, release_pages
 from sparsebin.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from sparsebin.config import TrainConfig, validation_size
 from sparsebin.devices import resolve_device, reuse_freed_blocks, synchronize
-from sparsebin.errors import DataError
+from sparsebin.errors import DataError, TrainingError
 from sparsebin.files import CHUNK_ROWS
 from sparsebin.losses import distance, sparsity_term
 from sparsebin.model import BinaryAutoencoder, Forward, ModelSpec
 from sparsebin.progress import ProgressEvent
 from sparsebin.remedies import Remedies
+from sparsebin.stability import probe_rows, stability_metrics
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -50,6 +53,12 @@ class TrainResult:
     cancelled: bool = False
     device: str = "cpu"
     placement: RowPlacement | None = None  # where the training rows were held, and why
+
+    @property
+    def stability(self) -> dict:
+        """The run's stability figures from its history: code_churn, code_churn_curve, loss_roughness,
+        grad_norm_mean, grad_norm_max, nonfinite_steps (see `sparsebin.stability.stability_metrics`)."""
+        return stability_metrics(self.history)
 
 
 def split_rows(n_rows: int, val_fraction: float, seed: int) -> Split:
@@ -114,7 +123,8 @@ def start_state(
     remedies = Remedies.start(config, model, embeddings, rows, steps_per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **_fast_adam(device))
     generator = torch.Generator().manual_seed(config.seed)
-    return TrainingState(config, model, optimizer, generator, remedies, device)
+    nonfinite = torch.zeros(2, dtype=torch.int64, device=device)
+    return TrainingState(config, model, optimizer, generator, remedies, device, nonfinite)
 
 
 def _fast_adam(device: str) -> dict:
@@ -151,10 +161,21 @@ class Step:
     alignment: torch.Tensor  # () L_sp, before alpha
     extra: dict[str, torch.Tensor]  # the remedies' weighted terms, by name
     code: torch.Tensor  # (B, N) the batch's stored code
+    grad_norm: torch.Tensor  # () the encoder gradient norm |(dL/dW_e, dL/db_e)|
 
 
 def train_step(state: TrainingState, x: torch.Tensor, step: int) -> Step:
-    """One optimizer step on the batch x (B, D), the run's `step`-th (from 0)."""
+    """One optimizer step on the batch x (B, D), the run's `step`-th (from 0), unless it is not finite.
+
+    A step whose loss or gradient is not finite is not applied: Adam leaves the weights, its moments and
+    its step count as they were, and the remedies' after-step work is left out; the step is counted in
+    `state.nonfinite`, and `Stability` stops the run once config.max_nonfinite_steps are counted. The
+    verdict stays on the device: the fused Adam of CPUs and CUDA takes it as its `found_inf` flag (the one
+    GradScaler hands it) and skips the update in its kernel, so the loop still reads the device only at
+    logging steps; a host read every step would make a GPU wait for each step before queueing the next.
+    An unfused Adam (MPS) reads the verdict on the host, as does revive, which reads the device every step
+    already (its dead-bit count) and must not point a bit at a batch that was not finite.
+    """
     model, remedies, optimizer = state.model, state.remedies, state.optimizer
     k = remedies.k_at(step)
     loss, reconstruction, alignment, out = training_loss(model, state.config, x, k, remedies.loss_centre)
@@ -164,9 +185,35 @@ def train_step(state: TrainingState, x: torch.Tensor, step: int) -> Step:
         loss = loss + sum(extra.values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
-    remedies.after_step(model, optimizer, x, out, code)
-    return Step(k, loss, reconstruction, alignment, extra, code)
+    grad_norm, nonfinite = check_gradients(model, loss)
+    skip = nonfinite.any()
+    state.nonfinite += torch.stack([skip, nonfinite[0]])
+    step_unless_(optimizer, skip)
+    # Without revive, after_step at most renormalises the decoder columns, which a skipped step left unit length.
+    if state.config.revive == "none" or not skip.item():
+        remedies.after_step(model, optimizer, x, out, code)
+    return Step(k, loss, reconstruction, alignment, extra, code, grad_norm)
+
+
+def check_gradients(model: BinaryAutoencoder, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder gradient norm (), nonfinite (2,) bool: the loss is not finite, some gradient is not (by its norm))
+    after a backward pass; on the device, no host read. One pass over the gradients."""
+    encoder = {id(parameter) for parameter in model.encoder.parameters()}
+    grads = [[], []]  # the encoder's, the others'
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            grads[id(parameter) not in encoder].append(parameter.grad)
+    encoder_norm, other_norm = (torch.nn.utils.get_total_norm(part) if part else loss.new_zeros(()) for part in grads)
+    return encoder_norm, ~torch.isfinite(torch.stack([loss.detach(), encoder_norm + other_norm]))
+
+
+def step_unless_(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """optimizer.step() unless `skip` (a () bool on the device); a fused Adam decides in its kernel, no host read."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip.float()  # 1: the kernel leaves weights, moments and step count as they were
+        optimizer.step()
+    elif not skip.item():
+        optimizer.step()
 
 
 class DeadBits:
@@ -197,6 +244,67 @@ class DeadBits:
         return self.last_epoch
 
 
+class Stability:
+    """What a progress event reports of the run's stability (see `sparsebin.stability`): the code churn of
+    the probe sample at each epoch end; at every logging step the encoder gradient norm and the steps so far
+    that were not finite, stopping the run with a TrainingError once they reach config.max_nonfinite_steps.
+
+    The probe's codes are taken when this is made, just before the loop: before the first step of a new run,
+    and on a resume from the restored weights, the very weights the uninterrupted run had at that epoch end,
+    so a resumed run's next churn compares with the same codes (nothing of it is saved). The probe is encoded
+    at epoch ends only (P x D x N multiply-adds, about 2 % of an epoch's training on HPO), `batch_size` rows
+    at a time (no more memory than a step's), and draws no random numbers, so training's stream is untouched.
+    The non-finite count stays on the device (`TrainingState.nonfinite`, which checkpoints keep) until a
+    logging step: the run stops at the first logging step by which the limit was reached, at most
+    log_every - 1 steps late, and no step it counted was applied.
+    """
+
+    def __init__(self, state: TrainingState, probe: torch.Tensor):
+        self.model, self.nonfinite, self.probe = state.model, state.nonfinite, probe  # probe (P, D)
+        self.config = state.config
+        self.codes = self.encode()  # (P, N) bool: the probe's codes at the last epoch end, or before training
+
+    @classmethod
+    def start(cls, state: TrainingState, embeddings: np.ndarray, split: Split) -> "Stability":
+        """Watch the run of `state` with the probe rows of `split` (`sparsebin.stability.probe_rows`)."""
+        rows = probe_rows(split.train, split.validation, state.config.split_seed)
+        return cls(state, torch.from_numpy(read_rows(embeddings, rows, state.config.normalize)).to(state.device))
+
+    @torch.no_grad()
+    def encode(self) -> torch.Tensor:
+        return torch.cat([self.model.encode(rows).bool() for rows in self.probe.split(self.config.batch_size)])
+
+    def churn(self) -> float:
+        """The share of the probe's stored bits that changed since the last call (or since this was made)."""
+        codes = self.encode()
+        changed = torch.count_nonzero(codes != self.codes).item() / codes.numel()
+        self.codes = codes
+        return changed
+
+    def report(self, done: Step, step: int, epoch: int, epoch_end: bool) -> dict:
+        """The stability fields of the event of the `step`-th step (from 1), in `epoch` (from 0)."""
+        count, loss_count = self.nonfinite.tolist()
+        if count >= self.config.max_nonfinite_steps:
+            raise TrainingError(nonfinite_sentence(count, loss_count, step, epoch + 1, self.config))
+        churn = self.churn() if epoch_end else None
+        return {"grad_norm": done.grad_norm.item(), "nonfinite_steps": count, "code_churn": churn}
+
+
+def nonfinite_sentence(count: int, loss_count: int, step: int, epoch: int, config: TrainConfig) -> str:
+    """Why the run stopped: `count` steps not finite by `step` of `epoch`, `loss_count` of them in the loss."""
+    if loss_count == count:
+        what = "a loss that was not finite (NaN or infinite)"
+    elif loss_count == 0:
+        what = "a gradient that was not finite (NaN or infinite) with a finite loss"
+    else:
+        what = f"a loss or gradient that was not finite (the loss in {loss_count}, only a gradient in the rest)"
+    return (
+        f"training stopped at step {step} (epoch {epoch}): {count} steps had {what}, and max_nonfinite_steps "
+        f"is {config.max_nonfinite_steps}; none of them was applied to the weights, so train again with a "
+        f"lower lr than {config.lr:g}."
+    )
+
+
 class Meter:
     """Counts what the progress events report, and makes one every `log_every` steps and at each epoch end.
 
@@ -204,9 +312,9 @@ class Meter:
     GPU runs behind the host and only finished steps may be timed.
     """
 
-    def __init__(self, config: TrainConfig, total_steps: int, device: str):
+    def __init__(self, config: TrainConfig, total_steps: int, device: str, stability: Stability):
         self.k, self.log_every, self.total_steps, self.device = config.k, config.log_every, total_steps, device
-        self.dead = DeadBits(config.n_bits, device)
+        self.dead, self.stability = DeadBits(config.n_bits, device), stability
         self.started, self.samples = time.perf_counter(), 0
 
     def measure(self, done: Step, step: int, epoch: int, epoch_end: bool) -> ProgressEvent | None:
@@ -231,6 +339,7 @@ class Meter:
             epoch_end=epoch_end,
             **{name: term.item() for name, term in done.extra.items()},
             target_active=done.k if done.k != self.k else None,
+            **self.stability.report(done, step, epoch, epoch_end),
         )
 
 
@@ -252,7 +361,9 @@ def train(
     is checked before every step; when it returns True the loop ends and the
     result says cancelled. With a `checkpoint_path`, an existing checkpoint
     there is resumed from (it must come from the same config), and a new one
-    is written at the end of every epoch.
+    is written at the end of every epoch. A step whose loss or gradient is not
+    finite is skipped and counted (`train_step`); once `max_nonfinite_steps`
+    are counted the run stops with a TrainingError.
 
     `placement` is auto (the training rows are held on the device when they
     take at most half its free memory, else read batch by batch from the
@@ -274,7 +385,8 @@ def train(
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         start_epoch, history = load_checkpoint(checkpoint_path, state)
     result = TrainResult(state.model, config, split, history, start_epoch, device=device, placement=placed)
-    meter, step = Meter(config, steps_per_epoch * config.epochs, device), start_epoch * steps_per_epoch
+    stability = Stability.start(state, embeddings, split)  # after a resume, from the restored weights
+    meter, step = Meter(config, steps_per_epoch * config.epochs, device, stability), start_epoch * steps_per_epoch
     state.model.train()
     for epoch in range(start_epoch, config.epochs):
         order = torch.randperm(len(rows), generator=state.generator)

@@ -173,6 +173,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, rounding):
     for name, value in whole.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0)
     assert [e["loss"] for e in resumed.history] == [e["loss"] for e in whole.history]
+    assert resumed.stability == whole.stability  # the churn curve, gradient norms and non-finite count
 
 
 def test_progress_reports_steps_losses_and_dead_bits():
