@@ -222,12 +222,15 @@ class DeadBits:
     A step adds its code's firing counts on the device; the count is read
     back (a host sync) only at an epoch's end, and during the first epoch at
     each logging step. Between epoch ends the last whole epoch's count is
-    reported, so it changes only when an epoch ends.
+    reported, so it changes only when an epoch ends. A resumed run reads its
+    last epoch end's count back from the `history` so far, and reports what
+    the uninterrupted run did.
     """
 
-    def __init__(self, n_bits: int, device: str):
+    def __init__(self, n_bits: int, device: str, history: list[dict]):
         self.fired = torch.zeros(n_bits, device=device)  # (N,) firing counts this epoch
-        self.last_epoch: int | None = None  # the count at the last epoch end; None in the first epoch
+        ends = [event["dead_bits"] for event in history if event["epoch_end"]]
+        self.last_epoch: int | None = ends[-1] if ends else None  # the count at the last epoch end; None at first
 
     def new_epoch(self) -> None:
         self.fired.zero_()
@@ -309,12 +312,13 @@ class Meter:
     """Counts what the progress events report, and makes one every `log_every` steps and at each epoch end.
 
     Only those steps touch the host: the device is synchronised first, since a
-    GPU runs behind the host and only finished steps may be timed.
+    GPU runs behind the host and only finished steps may be timed. `history`
+    holds the records so far (a resumed run's), which the dead count carries on from.
     """
 
-    def __init__(self, config: TrainConfig, total_steps: int, device: str, stability: Stability):
+    def __init__(self, config: TrainConfig, total_steps: int, device: str, stability: Stability, history: list[dict]):
         self.k, self.log_every, self.total_steps, self.device = config.k, config.log_every, total_steps, device
-        self.dead, self.stability = DeadBits(config.n_bits, device), stability
+        self.dead, self.stability = DeadBits(config.n_bits, device, history), stability
         self.started, self.samples = time.perf_counter(), 0
 
     def measure(self, done: Step, step: int, epoch: int, epoch_end: bool) -> ProgressEvent | None:
@@ -386,7 +390,8 @@ def train(
         start_epoch, history = load_checkpoint(checkpoint_path, state)
     result = TrainResult(state.model, config, split, history, start_epoch, device=device, placement=placed)
     stability = Stability.start(state, embeddings, split)  # after a resume, from the restored weights
-    meter, step = Meter(config, steps_per_epoch * config.epochs, device, stability), start_epoch * steps_per_epoch
+    meter = Meter(config, steps_per_epoch * config.epochs, device, stability, history)
+    step = start_epoch * steps_per_epoch
     state.model.train()
     for epoch in range(start_epoch, config.epochs):
         order = torch.randperm(len(rows), generator=state.generator)
