@@ -79,7 +79,8 @@ def remeasure_run(embeddings: np.ndarray, folder: Path, *, concepts: pd.DataFram
     is the run's own and is left as it is: its model, its held-out rows
     (split.json), its history and its codes; the retrieval queries are as many
     as it was measured with, drawn by its split seed as always. The stability
-    group it has is kept: it was measured while training and cannot be again.
+    group it has is kept: it was measured while training and cannot be again
+    (a run without one gets what its history holds, None for what it lacks).
     `embeddings` must be the run's data set, `concepts` its concept table.
     Refused, with nothing written, when they have another row count
     (DataError) or when the model no longer gives the stored codes
@@ -151,8 +152,9 @@ def measure_run(
     run of a dataset uses the same queries) is searched against every row of
     the data set, the realistic index. Bit health and interpretability count
     over all rows (the probe chooses on the training part, scores on the
-    held-out one). `concepts` is the data set's concept table, row for row;
-    None (a bare embeddings file) reads as a table without labels.
+    held-out one); stability is read from the training history (a figure it
+    does not hold is None). `concepts` is the data set's concept table, row
+    for row; None (a bare embeddings file) reads as a table without labels.
     """
     config, split = result.config, result.split
     if concepts is not None and len(concepts) != len(embeddings):
@@ -173,9 +175,7 @@ def measure_run(
     metrics["bit_health"] = bit_health(codes, config.n_bits, split.validation)
     metrics["convergence"] = convergence(result.history, config.k)
     metrics["interpretability"], probes = interpretability_group(codes, config.n_bits, vectors, concepts, split)
-    stability = stability_group(result)
-    if stability is not None:
-        metrics["stability"] = stability
+    metrics["stability"] = result.stability  # from the history training logged (sparsebin.stability)
     name, rows = parts[-1]  # the sign baseline on the part the run is judged on
     queries = rows[sample_queries(len(rows), n_queries, config.split_seed)]
     metrics |= sign_baselines(vectors, vectors[split.train], metrics[name], name, queries, rows)
@@ -203,13 +203,6 @@ def interpretability_group(
         dense_heldout_f1=dense.probes["heldout_f1"].to_numpy(),
     )
     return judged.metrics() | {"dense_probe_f1": dense.probe_f1}, probes
-
-
-def stability_group(result: TrainResult) -> dict | None:
-    """The "stability" group (code churn, loss roughness, gradient norms, non-finite steps) from training's
-    bookkeeping. HOOK: None until training records it (sparsebin.stability); a run without it stores no
-    group, and the runs table shows its figures as not measured."""
-    return None
 
 
 def sign_baselines(

@@ -154,6 +154,7 @@ def test_the_runs_table_carries_the_whole_run_facts_and_shows_those_a_run_was_no
     for group, names in (
         ("bit_health", ("silent_held_out", "silent_held_out_expected", "silent_held_out_excess")),
         ("interpretability", ("coherent_share", "coherence_median", "probe_f1", "probe_f1_chance")),
+        ("stability", ("code_churn", "grad_norm_mean", "grad_norm_max", "nonfinite_steps")),
     ):
         for name in names:
             assert row[name] == pytest.approx(metrics[group][name]), name

@@ -64,6 +64,7 @@ def test_in_process_worker_runs_a_job_to_done_with_every_artifact():
         "bit_health",
         "convergence",
         "interpretability",
+        "stability",
     }
     listed = store.list_runs().iloc[0]
     assert listed["dead_all_rows"] == metrics["bit_health"]["dead_all_rows"] and listed["n_rows"] == 200
@@ -75,6 +76,9 @@ def test_in_process_worker_runs_a_job_to_done_with_every_artifact():
         assert listed[name] == pytest.approx(interpretability[name]), name
     assert listed["alignment_cosine"] == pytest.approx(metrics["validation"]["alignment_cosine"])
     assert listed["silent_held_out_expected"] == pytest.approx(metrics["bit_health"]["silent_held_out_expected"])
+    stability = metrics["stability"]
+    assert len(stability["code_churn_curve"]) == 3 and listed["code_churn"] == stability["code_churn_curve"][-1]
+    assert listed["nonfinite_steps"] == 0 and listed["grad_norm_max"] == pytest.approx(stability["grad_norm_max"])
     assert runfolder.load_codes(folder).shape == (200, 4)  # 32 bits packed into 4 bytes
     assert runfolder.load_model(folder).n_bits == 32
     history = store.history(job.run_id)
