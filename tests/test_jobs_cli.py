@@ -53,6 +53,11 @@ def test_submit_the_study_and_the_per_term_distances(capsys):
         "both MSE (scale-fair) seed=0",
         "both MSE (scale-fair) seed=1",
     }
+    capsys.readouterr()
+    assert run_command("submit", "tiny", "--study", "3", "--n-bits", "32", "--k", "4", *TINY_FLAGS) == 0
+    out = capsys.readouterr().out  # a third seed adds only its own 14 runs
+    assert "28 of the study's 42 runs are already queued, running or finished on tiny" in out
+    assert len(Store().jobs()) == 42 and {job.config.seed for job in Store().jobs(limit=14)} == {2}
     assert run_command("submit", "tiny", "--sparsity-loss", "l1", "--split-seed", "3", *TINY_FLAGS) == 0
     newest = Store().jobs(limit=1)[0].config
     assert (newest.alignment_distance, newest.reconstruction_distance, newest.split_seed) == ("l1", "cosine", 3)

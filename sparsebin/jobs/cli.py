@@ -191,11 +191,12 @@ def submit_command(args: argparse.Namespace) -> int:
         raise ConfigError("--study and --sweep each queue a plan of their own; give one of them.")
     if args.study is not None or args.sweep is not None:
         planned = plan_of(args, given, lists, base)
-        if args.sweep is not None and not args.again:
+        if not args.again:  # a plan queues what is missing: more seeds later add only the new ones
             kept = leave_out_held(planned, store, args.dataset)
             if len(kept) < len(planned):
+                plan = "study" if args.study is not None else "sweep"
                 print(
-                    f"{len(planned) - len(kept)} of the sweep's {len(planned)} runs are already queued, running or "
+                    f"{len(planned) - len(kept)} of the {plan}'s {len(planned)} runs are already queued, running or "
                     f"finished on {args.dataset} (the same in every setting and seed); left out."
                 )
             planned = kept
