@@ -95,6 +95,11 @@ def test_csv_in_latin1_names_the_byte(tmp_path, data_dir):
     refused(data_dir, tmp_path / "latin.csv", "latin.csv: not UTF-8 text (byte 0xe9 at byte 3); save it as UTF-8")
 
 
+def test_csv_of_only_a_header_line_is_refused_in_one_sentence(tmp_path, data_dir):
+    (tmp_path / "header.csv").write_text("a,b,c\n")
+    refused(data_dir, tmp_path / "header.csv", "header.csv: fewer than 2 rows (a header line, a, b, c, and no data)")
+
+
 def test_csv_in_utf16(tmp_path, data_dir):
     (tmp_path / "wide.csv").write_text("a,b\n1,2\n3,4\n", encoding="utf-16")
     refused(data_dir, tmp_path / "wide.csv", "wide.csv: the text is UTF-16; save it as UTF-8")

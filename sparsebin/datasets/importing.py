@@ -254,6 +254,10 @@ def _read_csv(path: Path) -> np.ndarray:
         raise DataError(f"{path.name}: ragged rows ({error})") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path.name}: fewer than 2 rows (the file is empty)") from None
+    if frame.empty:
+        raise DataError(
+            f"{path.name}: fewer than 2 rows (a header line, {', '.join(map(str, frame.columns))}, and no data)"
+        )
     for position, column in enumerate(frame.columns):
         if not pd.api.types.is_numeric_dtype(frame[column]):
             values = pd.to_numeric(frame[column], errors="coerce")
