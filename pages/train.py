@@ -132,20 +132,24 @@ def queue(planned: list[tuple[str, TrainConfig]], what: str) -> None:
         st.success(one if len(jobs) == 1 else f"Queued {what}: {len(jobs)} runs (jobs {first.id}-{last.id}).")
 
 
+def queue_plan(planned: list[tuple[str, TrainConfig]], plan: str, what: str) -> None:
+    """Queue what a plan (the study, the sweep) lacks: runs already queued, running or finished are left out."""
+    kept = planned if again else leave_out_held(planned, _shared.store(), name)
+    if len(kept) < len(planned):
+        st.info(f"{len(planned) - len(kept)} of the {plan}'s {len(planned)} runs are already queued or finished.")
+    if kept:
+        queue(kept, what)
+
+
 if submitted:
     queue([(label, config)], "the run")
 if study_submitted:
     try:
-        queue(study_configs(config, int(seeds)), "the study")
+        queue_plan(study_configs(config, int(seeds)), "study", "the study")
     except ConfigError as error:
         st.error(str(error))
 if sweep_submitted:
-    planned = sweep_configs(config, int(sweep_seeds))
-    kept = planned if again else leave_out_held(planned, _shared.store(), name)
-    if len(kept) < len(planned):
-        st.info(f"{len(planned) - len(kept)} of the sweep's {len(planned)} runs are already queued or finished.")
-    if kept:
-        queue(kept, "the paper's N x K sweep")
+    queue_plan(sweep_configs(config, int(sweep_seeds)), "sweep", "the paper's N x K sweep")
 
 with st.expander("Ablation grid: every combination of the listed values, on top of the settings above"):
     st.caption(

@@ -302,6 +302,12 @@ def test_the_one_click_study_queues_every_setting_times_the_seeds(app, world):
     assert by_label["both MSE (per entry) seed=1"].reconstruction_distance == "mse"
     assert by_label["rounding stochastic seed=0"].rounding == "stochastic"
     assert by_label["rounding none seed=1"].rounding == "none"
+    at.number_input(key="study_seeds").set_value(3)
+    at.button(key="submit_study").click().run()  # a third seed: only its 14 runs are new
+    assert "28 of the study's 42 runs are already queued or finished." in texts(at)
+    assert any("Queued the study: 14 runs" in success.value for success in at.success), texts(at)
+    queued = [job for job in store.jobs() if job.status.name == "QUEUED"]
+    assert len(queued) == 42
     for job in queued:
         store.cancel(job.id)
 
