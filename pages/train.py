@@ -19,7 +19,7 @@ from sparsebin.config import (
 )
 from sparsebin.errors import ConfigError, DataError, DuplicateRunError
 from sparsebin.search import elias_fano
-from sparsebin.study import STUDY, SWEEP, leave_out_held, study_configs, sweep_configs
+from sparsebin.study import STUDY, SWEEP, study_configs, sweep_configs
 
 ROUNDING_NAMES = {"ste": "pass-through", "none": "removed", "hard": "hard", "stochastic": "stochastic"}
 SPARSITY_NAMES = {"align": "paper (align)", "hard-topk": "rigid TopK", "l1": "L1", "none": "none"}
@@ -134,7 +134,7 @@ def queue(planned: list[tuple[str, TrainConfig]], what: str) -> None:
 
 def queue_plan(planned: list[tuple[str, TrainConfig]], plan: str, what: str) -> None:
     """Queue what a plan (the study, the sweep) lacks: runs already queued, running or finished are left out."""
-    kept = planned if again else leave_out_held(planned, _shared.store(), name)
+    kept = planned if again else _shared.store().missing(name, planned)
     if len(kept) < len(planned):
         st.info(f"{len(planned) - len(kept)} of the {plan}'s {len(planned)} runs are already queued or finished.")
     if kept:

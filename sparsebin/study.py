@@ -14,7 +14,6 @@ import pandas as pd
 
 from sparsebin.config import TrainConfig, preset_config, preset_of
 from sparsebin.errors import ConfigError
-from sparsebin.jobs.queue import Status, Store, replicate_of
 
 PAPER = preset_config("paper")
 # The settings that make the method (each loss term's distance, the rounding, the sparsity scheme, the
@@ -96,15 +95,6 @@ def sweep_configs(
 def _check_seeds(seeds: int, what: str) -> None:
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"{what} needs at least one seed, got {seeds!r}.")
-
-
-def leave_out_held(planned: list[tuple[str, TrainConfig]], store: Store, dataset: str) -> list[tuple[str, TrainConfig]]:
-    """The planned runs that are not already a queued, running or finished run of `dataset` (the same in every
-    setting and seed but the neutral ones): a sweep's cell at the study's size is the study's paper-setting
-    run, and training it again would only repeat it."""
-    held = store.jobs([Status.QUEUED, Status.RUNNING, Status.DONE])
-    have = {replicate_of(job.config) for job in held if job.dataset == str(dataset)}
-    return [(label, config) for label, config in planned if replicate_of(config) not in have]
 
 
 def is_paper_setting(runs: pd.DataFrame) -> pd.Series:

@@ -22,7 +22,7 @@ from sparsebin.jobs.queue import Job, Status, Store, count_rows
 from sparsebin.jobs.service import ServiceSettings, run_summary, service_settings
 from sparsebin.jobs.worker import run_worker
 from sparsebin.metrics import ASYMMETRIC_SCORE
-from sparsebin.study import PAPER_SETTING, SWEEP, leave_out_held, study_configs, sweep_configs
+from sparsebin.study import PAPER_SETTING, SWEEP, study_configs, sweep_configs
 from sparsebin.training_cli import PRESET_HELP, add_setting_options
 
 RUN_COLUMNS = [
@@ -192,7 +192,7 @@ def submit_command(args: argparse.Namespace) -> int:
     if args.study is not None or args.sweep is not None:
         planned = plan_of(args, given, lists, base)
         if not args.again:  # a plan queues what is missing: more seeds later add only the new ones
-            kept = leave_out_held(planned, store, args.dataset)
+            kept = store.missing(args.dataset, planned)
             if len(kept) < len(planned):
                 plan = "study" if args.study is not None else "sweep"
                 print(

@@ -247,13 +247,25 @@ class Store:
                 ids.append(cursor.lastrowid)
         return [self.job(job_id) for job_id in ids]
 
-    def refuse_repeats(self, dataset: str, configs: list[TrainConfig]) -> None:
-        """DuplicateRunError when a config repeats a queued, running or finished run of the dataset, or
-        another config of the same submission."""
+    def held_runs(self, dataset: str) -> dict[tuple, Job]:
+        """The queued, running and finished runs of a dataset by `replicate_of` their config (the oldest
+        job of each): what a new run must not repeat."""
         held = {}
         for job in reversed(self.jobs([Status.QUEUED, Status.RUNNING, Status.DONE])):  # oldest first
             if job.dataset == str(dataset):
                 held.setdefault(replicate_of(job.config), job)
+        return held
+
+    def missing(self, dataset: str, planned: list[tuple[str, TrainConfig]]) -> list[tuple[str, TrainConfig]]:
+        """The planned (label, config) runs that no queued, running or finished run of the dataset already is:
+        what a plan (the study, the sweep) still lacks."""
+        held = self.held_runs(dataset)
+        return [(label, config) for label, config in planned if replicate_of(config) not in held]
+
+    def refuse_repeats(self, dataset: str, configs: list[TrainConfig]) -> None:
+        """DuplicateRunError when a config repeats a queued, running or finished run of the dataset, or
+        another config of the same submission."""
+        held: dict[tuple, Job | None] = dict(self.held_runs(dataset))
         repeats, first = 0, None
         for config in configs:
             key = replicate_of(config)
