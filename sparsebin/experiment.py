@@ -13,7 +13,7 @@ from sparsebin.datasets.importing import index_labels
 from sparsebin.devices import describe_device
 from sparsebin.errors import DataError, RunFileError
 from sparsebin.health import bit_health, convergence
-from sparsebin.interpret.scores import dense_probe, interpretability
+from sparsebin.interpret.scores import dense_probe, interpretability, ontology_indexes
 from sparsebin.metrics import (
     code_metrics,
     evaluate_model,
@@ -195,8 +195,9 @@ def interpretability_group(
     `interpretability_note` and a table of no rows.
     """
     concepts = index_labels(len(codes)) if concepts is None else concepts
-    judged = interpretability(codes, n_bits, concepts, split.train, split.validation)
-    dense = dense_probe(vectors, concepts, split.train, split.validation)
+    indexes = ontology_indexes(concepts)  # built once for both probes
+    judged = interpretability(codes, n_bits, concepts, split.train, split.validation, indexes)
+    dense = dense_probe(vectors, concepts, split.train, split.validation, indexes)
     probes = judged.probe.probes.assign(
         dense_dimension=dense.probes["dimension"].to_numpy(),
         dense_direction=dense.probes["direction"].to_numpy(),

@@ -137,13 +137,26 @@ class Interpretability:
         }
 
 
+def ontology_indexes(concepts: pd.DataFrame) -> tuple[Categories, Ancestors]:
+    """The concept table's category and ancestor indexes, which `interpretability` and `dense_probe` read;
+    a caller scoring one data set twice builds them once and passes them to both."""
+    concepts = concepts.reset_index(drop=True)
+    return category_index(concepts), ancestor_index(concepts)
+
+
 def interpretability(
-    codes: np.ndarray, n_bits: int, concepts: pd.DataFrame, train_rows: np.ndarray, validation_rows: np.ndarray
+    codes: np.ndarray,
+    n_bits: int,
+    concepts: pd.DataFrame,
+    train_rows: np.ndarray,
+    validation_rows: np.ndarray,
+    indexes: tuple[Categories, Ancestors] | None = None,
 ) -> Interpretability:
     """Coherence, label quality and sparse probing of packed codes (M, ceil(N / 8)) over the concept table's M rows.
 
     `train_rows` and `validation_rows` are the run's split (`runfolder.load_split_rows`, or a TrainResult's
-    `split.train` and `split.validation`); only the probe reads them.
+    `split.train` and `split.validation`); only the probe reads them. `indexes` are the table's
+    `ontology_indexes`, built here when not given.
     """
     concepts = concepts.reset_index(drop=True)
     if codes.ndim != 2 or codes.shape != (len(concepts), bytes_per_vector(n_bits)):
@@ -152,7 +165,7 @@ def interpretability(
             f"({bytes_per_vector(n_bits)} bytes), one per concept."
         )
     train_rows, validation_rows = split_rows(len(concepts), train_rows, validation_rows)
-    categories, ancestors = category_index(concepts), ancestor_index(concepts)
+    categories, ancestors = indexes or ontology_indexes(concepts)
     targets = probe_targets(categories, ancestors, train_rows, validation_rows)
     masks = np.stack([row_mask(len(concepts), train_rows), row_mask(len(concepts), validation_rows)], axis=1)  # (M, 2)
     train_members, validation_members = membership_on(targets, masks[:, 0]), membership_on(targets, masks[:, 1])
@@ -345,15 +358,19 @@ def probe_result(
 
 
 def dense_probe(
-    embeddings: np.ndarray, concepts: pd.DataFrame, train_rows: np.ndarray, validation_rows: np.ndarray
+    embeddings: np.ndarray,
+    concepts: pd.DataFrame,
+    train_rows: np.ndarray,
+    validation_rows: np.ndarray,
+    indexes: tuple[Categories, Ancestors] | None = None,
 ) -> Probe:
     """Sparse probing of a dense embedding (M, D): per category the one dimension and threshold, above or below,
-    with the best training F1, scored on held-out rows (module docstring)."""
+    with the best training F1, scored on held-out rows (module docstring); `indexes` as for `interpretability`."""
     concepts = concepts.reset_index(drop=True)
     if embeddings.ndim != 2 or len(embeddings) != len(concepts):
         raise ValueError(f"embeddings of shape {embeddings.shape} are not one row per concept of {len(concepts)}.")
     train_rows, validation_rows = split_rows(len(concepts), train_rows, validation_rows)
-    targets = probe_targets(category_index(concepts), ancestor_index(concepts), train_rows, validation_rows)
+    targets = probe_targets(*(indexes or ontology_indexes(concepts)), train_rows, validation_rows)
     validation_members = membership_on(targets, row_mask(len(concepts), validation_rows))
     choice = DimensionChoice.none(len(targets.names))
     if len(targets.names):
