@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages import _shared
-from sparsebin.datasets import BUILTIN_DATASETS, start_build
+from sparsebin.datasets import BUILDABLE_DATASETS, JOINED_DATASETS, start_build
 from sparsebin.datasets.importing import import_uploaded
 from sparsebin.errors import DataError
 
@@ -14,7 +14,7 @@ def builtin_panel() -> None:
     st.subheader("Built-in datasets")
     present = {item["name"]: item for item in _shared.datasets()}  # read on every refresh, so a finished build shows
     building = False
-    for name in BUILTIN_DATASETS:
+    for name in BUILDABLE_DATASETS:
         with st.container(border=True):
             info, action = st.columns([4, 1])
             item = present.get(name)
@@ -22,6 +22,12 @@ def builtin_panel() -> None:
                 f"**{name}**: "
                 + (f"{item['count']:,} concepts x {item['dim']}, built {item['built_at']}" if item else "not built")
             )
+            if name in JOINED_DATASETS:
+                parts = " and ".join(JOINED_DATASETS[name])
+                info.caption(
+                    f"Every concept of {parts} in one dataset (the `source` column tells them apart); "
+                    "made from their builds, building a missing one first."
+                )
             with info:
                 running = _shared.build_progress(name)
             building |= running

@@ -1,6 +1,8 @@
 """Built-in datasets: a small real build of HPO and ICD-10-CM, checked against the ontologies."""
 
+import errno
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,9 +11,11 @@ import simple_icd_10_cm as icd
 from sparsebin.datasets import (
     BUILTIN_DATASETS,
     build_dataset,
+    build_named,
     builtin,
     list_datasets,
     load_dataset,
+    store,
 )
 from sparsebin.datasets.store import file_sha256
 from sparsebin.errors import DataError
@@ -194,3 +198,61 @@ def test_unknown_dataset_names():
         build_dataset("snomed")
     with pytest.raises(DataError, match="no dataset 'nothing'"):
         load_dataset("nothing")
+
+
+@pytest.fixture
+def parts(built, tmp_path):
+    """A data folder holding copies of the small hpo and icd10cm builds, for the joined dataset."""
+    data_dir, _ = built
+    for name in BUILTIN_DATASETS:
+        shutil.copytree(data_dir / name, tmp_path / name)
+    return tmp_path
+
+
+def test_joined_dataset_holds_both_terminologies_row_for_row(parts, monkeypatch):
+    monkeypatch.setattr(builtin, "encode_batch", _explode)  # nothing is embedded again
+    calls = []
+    folder = build_named("hpo-icd10cm", limit=SAMPLE, data_dir=parts, progress=lambda *call: calls.append(call))
+    joined = load_dataset("hpo-icd10cm", data_dir=parts)
+    hpo, icd10cm = (load_dataset(name, data_dir=parts) for name in BUILTIN_DATASETS)
+    assert folder == parts / "hpo-icd10cm" and joined.embeddings.shape == (2 * SAMPLE, 384)
+    np.testing.assert_array_equal(joined.embeddings, np.concatenate([hpo.embeddings, icd10cm.embeddings]))
+    assert joined.concepts["source"].value_counts().to_dict() == {"HPO": SAMPLE, "ICD-10-CM": SAMPLE}
+    assert joined.concepts["id"].tolist() == hpo.concepts["id"].tolist() + icd10cm.concepts["id"].tolist()
+    assert (
+        joined.concepts["parents"].tolist() == hpo.concepts["parents"].tolist() + icd10cm.concepts["parents"].tolist()
+    )
+    assert joined.meta["source"] == "HPO + ICD-10-CM" and joined.meta["count"] == 2 * SAMPLE
+    assert joined.meta["checksum"]["embeddings.npy"] == "sha256:" + file_sha256(folder / "embeddings.npy")
+    assert {name: part["rows"] for name, part in joined.meta["parts"].items()} == {"hpo": SAMPLE, "icd10cm": SAMPLE}
+    assert calls[0] == (0, 2 * SAMPLE) and calls[-1] == (2 * SAMPLE, 2 * SAMPLE)
+
+
+def test_a_whole_part_serves_a_sample_join(parts):
+    for name in BUILTIN_DATASETS:  # the copies now read as whole builds
+        meta = json.loads((parts / name / "meta.json").read_text())
+        (parts / name / "meta.json").write_text(json.dumps(meta | {"limit": None}))
+    joined = load_dataset(build_named("hpo-icd10cm", limit=20, data_dir=parts))
+    hpo = load_dataset("hpo", data_dir=parts)
+    expected = builtin.sample_rows(hpo.concepts, 20)["id"].tolist()
+    assert joined.concepts["id"].tolist()[:20] == expected and len(joined.concepts) == 40
+    row = int(np.flatnonzero(hpo.concepts["id"] == expected[5])[0])
+    np.testing.assert_array_equal(joined.embeddings[5], hpo.embeddings[row])
+
+
+def test_a_part_of_another_sample_is_refused_and_nothing_is_written(parts):
+    with pytest.raises(DataError, match=r"holds a sample of 200 concepts, and the join asks for every concept"):
+        build_named("hpo-icd10cm", data_dir=parts)
+    assert sorted(path.name for path in parts.iterdir()) == ["hpo", "icd10cm"]
+
+
+def test_a_join_that_fails_while_writing_leaves_no_dataset(parts, monkeypatch):
+    def disk_full(self, chunk):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.NpyWriter, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        build_named("hpo-icd10cm", limit=SAMPLE, data_dir=parts)
+    assert sorted(path.name for path in parts.iterdir()) == ["hpo", "icd10cm"]
+    with pytest.raises(DataError, match="unknown built-in dataset 'snomed'; choose one of hpo, icd10cm, hpo-icd10cm"):
+        build_named("snomed", data_dir=parts)

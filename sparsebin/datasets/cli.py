@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from sparsebin.command import run_command
-from sparsebin.datasets.builtin import BUILTIN_DATASETS, build_dataset
 from sparsebin.datasets.importing import DEFAULT_MAX_BYTES, import_dataset
+from sparsebin.datasets.joined import BUILDABLE_DATASETS, build_named
 from sparsebin.datasets.status import progress_writer, write_status
 from sparsebin.datasets.store import META_FILE
 from sparsebin.errors import DataError
@@ -24,8 +24,10 @@ from sparsebin.errors import DataError
 
 def add_commands(subparsers) -> None:
     """Add build-data and import-data to an argparse subparsers object."""
-    build = subparsers.add_parser("build-data", help="build a built-in dataset (HPO, ICD-10-CM) offline")
-    build.add_argument("name", choices=[*BUILTIN_DATASETS, "all"])
+    build = subparsers.add_parser(
+        "build-data", help="build a built-in dataset (HPO, ICD-10-CM, or hpo-icd10cm: both joined) offline"
+    )
+    build.add_argument("name", choices=[*BUILDABLE_DATASETS, "all"])
     build.add_argument("--force", action="store_true", help="rebuild even if already built")
     build.add_argument("--limit", type=int, default=None, help="build an evenly spread sample")
     build.add_argument(
@@ -46,7 +48,7 @@ def add_commands(subparsers) -> None:
 
 def build_data_command(args: argparse.Namespace) -> int:
     """Build one or all built-in datasets, with a progress bar and a status file."""
-    names = BUILTIN_DATASETS if args.name == "all" else (args.name,)
+    names = BUILDABLE_DATASETS if args.name == "all" else (args.name,)
     if args.nice > 0:
         os.nice(args.nice)  # training, at normal priority, takes the cores first
     if threading.current_thread() is threading.main_thread():
@@ -74,7 +76,7 @@ def build_one(name: str, *, force: bool, limit: int | None) -> None:
             record(done, total)
 
         try:
-            folder = build_dataset(name, force=force, limit=limit, progress=progress)
+            folder = build_named(name, force=force, limit=limit, progress=progress)
         except BaseException as error:
             write_status(name, state="failed", error=failure_reason(error))
             raise

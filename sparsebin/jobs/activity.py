@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from sparsebin import paths
-from sparsebin.datasets.builtin import BUILTIN_DATASETS
+from sparsebin.datasets.joined import BUILDABLE_DATASETS
 from sparsebin.datasets.status import build_status
 from sparsebin.jobs.beats import ALIVE_WITHIN
 from sparsebin.jobs.queue import Status, Store
@@ -43,7 +43,7 @@ def current(store: Store) -> Activity:
         )
     )
     builds = []
-    for name in BUILTIN_DATASETS:
+    for name in BUILDABLE_DATASETS:
         status = build_status(name) or {}
         builds.append((name, status.get("state"), status.get("done"), status.get("error")))
     datasets = _dataset_names()
