@@ -1,4 +1,4 @@
-"""Answers to METHOD.md's six questions, in plain sentences with the numbers, from a set of runs.
+"""Answers to METHOD.md's seven questions, in plain sentences with the numbers, from a set of runs.
 
 The input is a runs table as `Store.list_runs` gives it (one row per run: every
 setting, the validation metrics, bit health over all rows, convergence).
@@ -21,7 +21,9 @@ holds the machinery):
   to queue (`Answer.to_queue`): none that any held run (`known`: picked or not,
   queued, running or finished) already is; the Compare page offers to queue them.
 Questions 4 (sign baseline), 5 and 6 are about one run the user names
-(`default_run` picks the paper's setting among the picked runs).
+(`default_run` picks the paper's setting among the picked runs); Question 7
+gives its numbers for every picked run (`sparsebin.interpret.hierarchy`) and
+the named run's sign baseline.
 """
 
 import dataclasses
@@ -50,6 +52,7 @@ from sparsebin.study import LOSS_ABLATION, PAPER_SETTING, ROUNDING_ABLATION, is_
 
 if TYPE_CHECKING:  # bits.py imports torch, which answering questions does not need
     from sparsebin.interpret.bits import DepthAnalysis
+    from sparsebin.interpret.hierarchy import Contrast, HierarchySummary, RunHierarchy
 
 QUESTIONS = (
     "Does the cosine alignment give a flexible active-count distribution centred near K?",
@@ -58,6 +61,7 @@ QUESTIONS = (
     "What storage reduction comes at what reconstruction and retrieval cost?",
     "Do concepts deeper in the ontology activate more bits?",
     "Which concepts make a given bit fire, and does the bit mean one thing?",
+    "Do a concept's bits extend its parent's (the hierarchy, against chance)?",
 )
 NEAR_K = 0.25  # "centred near K": the mean lies within 25 % of K
 SIGNIFICANT = 0.05  # a bit "means one thing" when its best category's FDR-corrected p-value is below this
@@ -116,11 +120,13 @@ def answer_questions(
     bits: pd.DataFrame | None = None,
     sign_run: str | None = None,
     known: pd.DataFrame | None = None,
+    hierarchy: "dict[str, RunHierarchy] | None" = None,
 ) -> list[Answer]:
-    """All six answers. `named` is the run Questions 4-6 are about (its runs-table row); `sign`
+    """All seven answers. `named` is the run Questions 4-6 are about (its runs-table row); `sign`
     is its sign-baseline metrics (one bit per dimension), `sign_equal` the same baseline at
     its storage; `depth` a `depth_analysis` result and `bits` a `bit_table` of that run.
-    `known` is every run held (any status; default: `runs`): a run to queue is never one of them."""
+    `known` is every run held (any status; default: `runs`): a run to queue is never one of them.
+    `hierarchy` maps run names to their `run_hierarchy` (Question 7; the named run's with its sign baseline)."""
     runs = with_settings(finished(runs))
     known = held_runs(runs, known)
     if sign_run is None and named is not None:
@@ -130,8 +136,9 @@ def answer_questions(
         answer_dead_bits(runs, known),
         answer_rounding(runs, known),
         answer_storage(runs, sign, sign_equal, sign_run, named=named, known=known),
-        answer_depth(depth, sign_run),
+        answer_depth(depth, sign_run, (hierarchy or {}).get(sign_run)),
         answer_bit_meaning(bits, sign_run),
+        answer_hierarchy(hierarchy, sign_run),
     )
     return [
         answer if isinstance(answer, Answer) else Answer(number, question, answer)
@@ -367,7 +374,7 @@ def answer_storage(
     return dataclasses.replace(answer, answer=text)
 
 
-def answer_depth(depth: "DepthAnalysis | None", run: str | None = None) -> str:
+def answer_depth(depth: "DepthAnalysis | None", run: str | None = None, hierarchy: "RunHierarchy | None" = None) -> str:
     if depth is None or not depth.spearman:
         return "Pick one finished run on an ontology dataset to relate active bits to concept depth."
     per_depth = depth.per_depth
@@ -396,8 +403,25 @@ def answer_depth(depth: "DepthAnalysis | None", run: str | None = None) -> str:
     return (
         f"{who}, "
         + "; ".join(facts)
-        + ". The p-value treats concepts as independent; concepts of one branch share ancestors, so it is optimistic."
+        + ". The p-value treats concepts as independent; concepts of one branch share ancestors, so it is optimistic. "
+        + depth_and_links(hierarchy, run)
     )
+
+
+def depth_and_links(hierarchy: "RunHierarchy | None", run: str | None) -> str:
+    """How Question 5 relates to Question 7, with the named run's link figure when it is known."""
+    text = (
+        "This compares depths over all concepts at once; Question 7 follows each parent-child link instead, "
+        "against random pairs at the same depths"
+    )
+    if hierarchy is None or not hierarchy.codes:
+        return text + "."
+    facts = [
+        f"{_share(s.more.real)} of {s.source} children fire more bits than their own parent "
+        f"(chance {_share(s.more.chance)})"
+        for s in hierarchy.codes
+    ]
+    return text + f": in {run or 'the picked run'}, " + "; ".join(facts) + "."
 
 
 def answer_bit_meaning(bits: pd.DataFrame | None, run: str | None = None) -> str:
@@ -448,3 +472,69 @@ def _p_text(p_value: float) -> str:
     """ "= 0.003" or "< 1e-10": a p-value as a person reads it (never "= 0")."""
     shown = format_q(p_value)
     return shown if shown.startswith("<") else f"= {shown}"
+
+
+def answer_hierarchy(hierarchy: "dict[str, RunHierarchy] | None", sign_run: str | None = None) -> str:
+    """Question 7 for every picked run: kept share and "child fires more" on the ontology's links against
+    random pairs at the same depths; then the named run's sign baseline on the same links."""
+    if not hierarchy:
+        return "Pick finished runs on a dataset with parent links to compare a child's bits with its parent's."
+    judged = {name: h for name, h in hierarchy.items() if h.codes}
+    if not judged:
+        names = ", ".join(hierarchy)
+        return f"The datasets of the picked runs ({names}) have no parent-child link with both concepts present."
+    extend = [name for name, h in judged.items() if all(s.kept.beyond_chance for s in h.codes)]
+    head = "Yes" if len(extend) == len(judged) else "No" if not extend else "Partly"
+    parts = [f"{name}: " + "; ".join(describe_summary(s) for s in h.codes) for name, h in judged.items()]
+    text = (
+        f"{head}: in {len(extend)} of {len(judged)} run(s) a child keeps more of its parent's bits than random pairs "
+        "at the same depths (the interval of the difference lies above zero). " + ". ".join(parts) + "."
+    )
+    with_sign = [(name, h) for name, h in judged.items() if h.sign]
+    if with_sign:
+        name, h = next(((n, x) for n, x in with_sign if n == sign_run), with_sign[0])
+        text += (
+            f" The sign baseline of {name} ({h.sign_bits} bits, one per PCA dimension fitted on its training part): "
+            + "; ".join(describe_summary(s) for s in h.sign)
+            + "."
+        )
+    level = next(iter(judged.values())).codes[0].kept.level
+    return text + (
+        " Links: every parent-child pair of the concept table with both concepts in the data set, all rows; chance: "
+        "seeded random pairs of a concept at the parent's depth and one at the child's (same source); intervals: "
+        f"{level:.0%} paired bootstrap over links (seeded), optimistic since links of one branch share ancestors."
+    )
+
+
+def describe_summary(summary: "HierarchySummary") -> str:
+    """One clause with the numbers of one source: kept share and "fires more", each against chance."""
+    kept, more = summary.kept, summary.more
+    if not kept.links and not more.links:
+        return f"{summary.source}: no link to judge"
+    text = (
+        f"{summary.source} ({summary.links:,} links): a child keeps {_share(kept.real)} of its parent's bits "
+        f"against {_share(kept.chance)} by chance ({_points(kept)}{_times(kept)}; over the {kept.links:,} links "
+        f"whose parent fires a bit), and {_share(more.real)} of children fire more bits than their parent against "
+        f"{_share(more.chance)} by chance ({_points(more)}{_times(more)})"
+    )
+    if summary.same >= 0.5:
+        text += f"; {_share(summary.same)} fire exactly as many"
+    return text
+
+
+def _share(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.1%}"
+
+
+def _points(contrast: "Contrast") -> str:
+    """ "+21.3 points, 95% interval +21.1 to +21.5" """
+    if math.isnan(contrast.difference):
+        return "no difference to measure"
+    return (
+        f"{100 * contrast.difference:+.1f} points, {contrast.level:.0%} interval "
+        f"{100 * contrast.low:+.1f} to {100 * contrast.high:+.1f}"
+    )
+
+
+def _times(contrast: "Contrast") -> str:
+    return "" if math.isnan(contrast.ratio) else f"; {contrast.ratio:.2f}x chance"
