@@ -11,9 +11,10 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from sparsebin import paths, runfolder
+from sparsebin import paths, runfolder, soundness
 from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset
 from sparsebin.datasets.status import seconds_left
+from sparsebin.errors import RunFileError
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret import phrases
 from sparsebin.interpret.comparison import run_name
@@ -88,19 +89,35 @@ def run_title(run: pd.Series) -> str:
     return f"{run_name(run)} · {run['dataset']} · {run['run_id'][-6:]}"
 
 
-def pick_run(key: str = "run") -> pd.Series | None:
-    """A select box of finished runs (newest first); the `run` query parameter preselects one."""
-    table = runs()
+def pick_run(key: str = "run", table: pd.DataFrame | None = None) -> pd.Series | None:
+    """A select box of finished runs (newest first) and the picked run's warnings (`warn_run`).
+
+    The `run` query parameter preselects one; without it the box opens on the
+    newest run whose codes did not collapse (`soundness.default_run_position`).
+    """
+    table = runs() if table is None else table
     if not len(table):
         st.info("No finished run yet. Queue one on the Train page.")
         return None
     ids = table["run_id"].tolist()
     wanted = st.query_params.get("run")
-    index = ids.index(wanted) if wanted in ids else 0
+    index = ids.index(wanted) if wanted in ids else soundness.default_run_position(table)
     titles = dict(zip(ids, (run_title(row) for _, row in table.iterrows()), strict=True))
     run_id = st.selectbox("Run", ids, index=index, format_func=titles.get, key=key)
     st.query_params["run"] = run_id
-    return table[table["run_id"] == run_id].iloc[0]
+    run = table[table["run_id"] == run_id].iloc[0]
+    warn_run(run)
+    return run
+
+
+def warn_run(run: pd.Series) -> None:
+    """A warning above a run whose codes collapsed or whose training did not converge."""
+    try:
+        convergence = run_metrics(run["run_id"]).get("convergence")
+    except RunFileError:
+        convergence = None
+    for sentence in soundness.run_warnings(run, convergence):
+        st.warning(sentence, icon="⚠️")
 
 
 def pick_dataset(key: str = "dataset") -> str | None:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages import _shared
-from sparsebin import charts
+from sparsebin import charts, soundness
 from sparsebin.projection import load_projection, projection_status, start_projection
 
 st.title("Map")
@@ -38,7 +38,9 @@ points = data.concepts[["id", "name", "category"]].assign(x=coordinates[:, 0], y
 points["category"] = points["category"].fillna("(none)").astype(str)
 if mode != "category":
     titles = dict(zip(runs["run_id"], (_shared.run_title(row) for _, row in runs.iterrows()), strict=True))
-    run_id = st.selectbox("Run", list(titles), format_func=titles.get, key="map_run")
+    opening = soundness.default_run_position(runs)  # the newest run whose codes did not collapse
+    run_id = st.selectbox("Run", list(titles), index=opening, format_func=titles.get, key="map_run")
+    _shared.warn_run(runs[runs["run_id"] == run_id].iloc[0])
     if mode == "active bits":
         colour = "active bits"
         points[colour] = _shared.active_counts(run_id)
