@@ -15,15 +15,22 @@ from sparsebin.errors import DataError, RunFileError
 from sparsebin.health import bit_health, convergence
 from sparsebin.interpret.scores import dense_probe, interpretability, ontology_indexes
 from sparsebin.metrics import (
-    code_metrics,
+    RowView,
+    count_metrics,
     evaluate_model,
     model_decoding,
-    normalized_rows,
     principal_axes,
     retrieval_metrics,
     sign_codes,
 )
-from sparsebin.search.codes import CodeIndex, bytes_per_vector, sample_queries, sign_decoding
+from sparsebin.search.codes import (
+    CodeIndex,
+    active_counts,
+    bit_counts,
+    bytes_per_vector,
+    sample_queries,
+    sign_decoding,
+)
 from sparsebin.train import ProgressCallback, Split, TrainResult, train
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -148,6 +155,9 @@ def measure_run(
     """Metrics on both parts, bit health, convergence, interpretability, stability and the sign baseline;
     packed codes for every row, and the probe table.
 
+    `embeddings` may be a memory map: every step reads it in chunks (`metrics.RowView`), so the
+    evaluation holds no float copy of a part, only the packed codes and per-row counts.
+
     Retrieval: a sample of each part's rows (seeded by the split seed, so every
     run of a dataset uses the same queries) is searched against every row of
     the data set, the realistic index. Bit health and interpretability count
@@ -159,14 +169,13 @@ def measure_run(
     config, split = result.config, result.split
     if concepts is not None and len(concepts) != len(embeddings):
         raise DataError(f"the concept table has {len(concepts)} rows, the embeddings {len(embeddings)}.")
-    all_rows = np.arange(len(embeddings))
-    vectors = normalized_rows(embeddings, all_rows, config.normalize)  # (M, D) as trained
+    vectors = RowView(embeddings, config.normalize)  # (M, D) as trained, read in chunks: no whole copy
     codes = np.zeros((len(embeddings), bytes_per_vector(config.n_bits)), dtype=np.uint8)
     parts = [(name, rows) for name, rows in (("train", split.train), ("validation", split.validation)) if len(rows)]
     metrics = {}
     for name, rows in parts:
-        evaluation = evaluate_model(result.model, vectors[rows], split=name, retrieval=False)
-        codes[rows] = evaluation.packed
+        part = vectors.subset(rows)
+        evaluation = evaluate_model(result.model, part, split=name, retrieval=False, into=(codes, part.rows))
         metrics[name] = evaluation.metrics
     index, decoding = CodeIndex(codes, config.n_bits), model_decoding(result.model)
     for name, rows in parts:
@@ -178,7 +187,7 @@ def measure_run(
     metrics["stability"] = result.stability  # from the history training logged (sparsebin.stability)
     name, rows = parts[-1]  # the sign baseline on the part the run is judged on
     queries = rows[sample_queries(len(rows), n_queries, config.split_seed)]
-    metrics |= sign_baselines(vectors, vectors[split.train], metrics[name], name, queries, rows)
+    metrics |= sign_baselines(vectors, vectors.subset(split.train), metrics[name], name, queries, rows)
     return RunEvaluation(metrics, codes, probes)
 
 
@@ -229,7 +238,8 @@ def sign_baselines(
     result = {}
     for key, n_bits in ((f"sign_{split}", dim), (f"sign_{split}_equal_storage", budget)):
         codes = sign_codes(vectors, n_bits=n_bits, axes=axes)
-        result[key] = code_metrics(codes[rows], n_bits, vectors[rows], split=split, retrieval=False)
+        part = codes[rows]  # the part's packed codes: N/8 bytes a row, no floats
+        result[key] = count_metrics(active_counts(part), bit_counts(part, n_bits), n_bits, dim, split=split)
         # Asymmetric: cos(q, R sign(.)), the query against the bits read back in the rotated basis.
         decoding = sign_decoding(axes[1][:, :n_bits])
         result[key] |= retrieval_metrics(CodeIndex(codes, n_bits), vectors, queries, decoding=decoding)

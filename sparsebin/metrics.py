@@ -74,6 +74,65 @@ def normalized_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool) -
     return unit_rows(x) if normalize else x
 
 
+class RowView:
+    """Rows of an (M, D) array (a memory map, say) as float32, L2-normalised when `normalize`, read on demand.
+
+    Indexing it (`view[a:b]`, `view[rows]`, `view[rows, a:b]`) reads only those
+    rows and gives exactly what `unit_rows` gives for them (each row divided by
+    its own float32 length), so evaluation can walk a data set in chunks
+    without a whole float copy. `rows` restricts the view to those rows, in
+    their order (a part of the split). The rows' lengths are computed once, in
+    chunks: M floats.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, embeddings, normalize: bool, rows: np.ndarray | None = None, *, lengths=None, chunk_rows=None):
+        self.embeddings = embeddings
+        self.normalize = bool(normalize)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
+        if self.normalize and lengths is None:
+            lengths = np.empty(len(embeddings), dtype=np.float32)
+            for start in range(0, len(embeddings), self.chunk_rows):
+                block = np.asarray(embeddings[start : start + self.chunk_rows], dtype=np.float32)
+                lengths[start : start + len(block)] = np.maximum(np.linalg.norm(block, axis=1), 1e-12)
+        self.lengths = lengths  # (M,) float32 of every row of `embeddings`, or None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), int(self.embeddings.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.embeddings) if self.rows is None else len(self.rows)
+
+    def subset(self, rows: np.ndarray) -> "RowView":
+        """The view of these of its rows, sharing the lengths."""
+        rows = np.asarray(rows, dtype=np.int64)
+        chosen = rows if self.rows is None else self.rows[rows]
+        return RowView(self.embeddings, self.normalize, chosen, lengths=self.lengths, chunk_rows=self.chunk_rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, columns = (key if isinstance(key, tuple) else (key, slice(None)))
+        if isinstance(rows, (int, np.integer)):
+            return self[np.array([rows]), columns][0]
+        if self.rows is not None:
+            rows = self.rows[rows]
+        elif isinstance(rows, slice):
+            rows = np.arange(len(self))[rows] if rows.step not in (None, 1) else rows
+        whole = isinstance(columns, slice) and columns == slice(None)
+        x = np.asarray(self.embeddings[rows] if whole else self.embeddings[rows, columns], dtype=np.float32)
+        if not self.normalize:
+            return x
+        lengths = self.lengths[rows]
+        return x / lengths[:, None]
+
+    def __array__(self, dtype=None, copy=None):  # a whole copy, for callers that need one
+        x = self[:]
+        return x if dtype is None else x.astype(dtype)
+
+
 def evaluation_chunk_rows(n_bits: int, d_in: int, free_bytes: int | None = None) -> int:
     """Rows per evaluation chunk: what fits EVALUATION_BUDGET, and a quarter of the free memory.
 
@@ -96,6 +155,7 @@ def evaluate_model(
     seed: int = 0,
     chunk_rows: int | None = None,
     retrieval: bool = True,
+    into: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Evaluation:
     """Every metric of METHOD.md for `vectors` (M, D), already normalised as trained.
 
@@ -109,13 +169,20 @@ def evaluate_model(
     the cosine distance d(s, t) between the soft code and its TopK mask,
     whatever distance the run trained its alignment with, so runs compare;
     `active_ratio` is active_mean / K.
+
+    `vectors` may be a `RowView` (a memory map read chunk by chunk). With
+    `into` = (codes, rows) each chunk's packed codes are written to
+    codes[rows[chunk]] instead of being gathered, and `Evaluation.packed` is
+    None: no second copy of the part's codes (needs `retrieval=False`).
     """
+    if into is not None and retrieval:
+        raise ValueError("evaluate_model writes its codes `into` an array only without retrieval.")
     model.eval()
     device = next(model.parameters()).device
     if chunk_rows is None:
         chunk_rows = evaluation_chunk_rows(model.n_bits, model.d_in, free_memory(str(device)))
     sums = {"recon": 0.0, "fixed_topk_recon": 0.0, "soft_recon": 0.0, "topk_overlap": 0.0, "alignment": 0.0}
-    packed = []
+    packed, active, fired = [], [], np.zeros(model.n_bits, dtype=np.int64)
     for start in range(0, len(vectors), chunk_rows):
         x = torch.from_numpy(np.ascontiguousarray(vectors[start : start + chunk_rows])).to(device)  # (C, D)
         logits = model.encode_logits(x)  # (C, N)
@@ -131,8 +198,16 @@ def evaluate_model(
         sums["soft_recon"] += cosine_distance(x, model.decode(soft)).item() * rows
         sums["topk_overlap"] += ((hard * mask).sum(dim=1) / model.k).sum().item()
         sums["alignment"] += cosine_distance(soft, mask).item() * rows
-        packed.append(pack_bits(hard.to(torch.uint8).cpu().numpy()))
-    packed = np.concatenate(packed) if packed else np.zeros((0, bytes_per_vector(model.n_bits)), np.uint8)
+        bits = hard.to(torch.uint8).cpu().numpy()
+        if into is None:
+            packed.append(pack_bits(bits))
+        else:
+            codes, rows_out = into
+            codes[rows_out[start : start + rows]] = pack_bits(bits)
+            active.append(bits.sum(axis=1, dtype=np.int64))
+            fired += bits.sum(axis=0, dtype=np.int64)
+    if into is None:
+        packed = np.concatenate(packed) if packed else np.zeros((0, bytes_per_vector(model.n_bits)), np.uint8)
     n = max(len(vectors), 1)
     metrics = {
         "split": split,
@@ -143,16 +218,21 @@ def evaluate_model(
         "alignment_cosine": sums["alignment"] / n,
         "k": model.k,
     }
-    metrics |= code_metrics(
-        packed,
-        model.n_bits,
-        vectors,
-        split=split,
-        n_queries=n_queries,
-        seed=seed,
-        decoding=model_decoding(model),
-        retrieval=retrieval,
-    )
+    if into is None:
+        metrics |= code_metrics(
+            packed,
+            model.n_bits,
+            vectors,
+            split=split,
+            n_queries=n_queries,
+            seed=seed,
+            decoding=model_decoding(model),
+            retrieval=retrieval,
+        )
+    else:
+        active = np.concatenate(active) if active else np.zeros(0, np.int64)
+        metrics |= count_metrics(active, fired, model.n_bits, vectors.shape[1], split=split)
+        packed = None
     metrics["active_ratio"] = metrics["active_mean"] / model.k
     return Evaluation(metrics, packed)
 
@@ -185,15 +265,21 @@ def code_metrics(
     recall is measured too.
     """
     index = CodeIndex(packed, n_bits)
-    active = index.sizes.astype(np.int64)  # (M,) active bits per concept
-    firing = firing_frequency(index.bit_counts, len(packed))
-    metrics = {"split": split, "n_rows": int(len(packed)), "n_bits": n_bits, "d_in": int(vectors.shape[1])}
-    metrics |= activity_metrics(active)
-    metrics |= firing_metrics(firing)
-    metrics |= storage_metrics(n_bits, active, vectors.shape[1])
+    metrics = count_metrics(index.sizes.astype(np.int64), index.bit_counts, n_bits, vectors.shape[1], split=split)
     if retrieval:
         queries = sample_queries(len(packed), n_queries, seed)
         metrics |= retrieval_metrics(index, vectors, queries, decoding=decoding)
+    return metrics
+
+
+def count_metrics(active: np.ndarray, fired: np.ndarray, n_bits: int, d_in: int, *, split: str) -> dict:
+    """`code_metrics` without retrieval, from the counts alone: `active` (M,) active bits per row and
+    `fired` (N,) rows where each bit fires, so codes written chunk by chunk need not be read back."""
+    firing = firing_frequency(np.asarray(fired), len(active))
+    metrics = {"split": split, "n_rows": int(len(active)), "n_bits": n_bits, "d_in": int(d_in)}
+    metrics |= activity_metrics(active)
+    metrics |= firing_metrics(firing)
+    metrics |= storage_metrics(n_bits, active, d_in)
     return metrics
 
 
@@ -274,7 +360,7 @@ def retrieval_metrics(
         return nan | {"n_index_rows": int(len(index)), "recall_ties": TIES}
     queries = np.asarray(queries, dtype=np.int64)
     norms = np.linalg.norm(vectors[: min(len(vectors), 1000)], axis=1)
-    unit = vectors if np.allclose(norms, 1.0, atol=1e-4) else unit_rows(vectors)
+    unit = vectors if np.allclose(norms, 1.0, atol=1e-4) else RowView(vectors, True)  # read in chunks
     truth, _ = dense_neighbours(unit, queries, k)
     result = {"n_queries": int(len(queries)), "n_index_rows": int(len(index)), "recall_ties": TIES}
     for metric in ("hamming", "jaccard"):

@@ -379,16 +379,20 @@ def dense_probe(
             block = np.asarray(embeddings[train_rows, start : start + DIMENSIONS_PER_READ], dtype=np.float32)
             for offset in range(block.shape[1]):
                 choice = choice.better(best_thresholds(block[:, offset], start + offset, train_members))
-    values = np.asarray(embeddings[validation_rows][:, choice.dimension], dtype=np.float32)  # (Mv, K)
-    predicted = np.where(choice.above, values >= choice.threshold, values <= choice.threshold)
-    hits = np.asarray(targets.membership[validation_rows].multiply(predicted).sum(axis=0)).ravel()
+    hits, fired = np.zeros(len(targets.names)), np.zeros(len(targets.names), dtype=np.int64)
+    for start in range(0, len(validation_rows), CHUNK_ROWS):  # held-out rows a chunk at a time: (C, K) at most
+        rows = validation_rows[start : start + CHUNK_ROWS]
+        values = np.asarray(embeddings[rows], dtype=np.float32)[:, choice.dimension]  # (C, K)
+        predicted = np.where(choice.above, values >= choice.threshold, values <= choice.threshold)
+        hits += np.asarray(targets.membership[rows].multiply(predicted).sum(axis=0)).ravel()
+        fired += predicted.sum(axis=0)
     feature = {
         "dimension": choice.dimension,
         "threshold": choice.threshold,
         "direction": np.where(choice.above, "above", "below"),
     }
     return probe_result(
-        targets, feature, choice.train_f1, hits, predicted.sum(axis=0), validation_members, len(validation_rows)
+        targets, feature, choice.train_f1, hits, fired, validation_members, len(validation_rows)
     )
 
 

@@ -286,7 +286,8 @@ class CodeIndex:
         row's `decoding` (see the module docstring), highest first, ties to
         the lower row. Exact: every row is scored, through the inverted index
         for sparse codes and by a product with unpacked blocks for dense ones,
-        `block` queries at a time.
+        `block` queries at a time (fewer on large indexes, so a block's scores
+        stay ~64 MB).
         """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if decoding.weight.shape[1] != self.n_bits:
@@ -299,6 +300,7 @@ class CodeIndex:
                 f"got shape {queries.shape}."
             )
         k = int(min(k, len(self) - (exclude is not None and bool((np.asarray(exclude) >= 0).any()))))
+        block = max(1, min(block, 2**24 // max(len(self), 1)))  # each (block, M) score matrix ~64 MB at most
         scale, norm = self.decoded_rows(decoding)
         inverse_norm = 1.0 / np.maximum(norm, np.float32(1e-12))  # (M,)
         indices, scores = [], []
@@ -517,21 +519,32 @@ def dense_neighbours(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k among `vectors` for the given rows, the row itself left out.
 
-    `vectors` must be L2-normalised (M, D) float32; returns (indices, similarities).
+    `vectors` must be L2-normalised (M, D) float32 (or read so in chunks, `metrics.RowView`); returns
+    (indices, similarities). The rows are read once, `chunk_rows` at a time, each chunk scored against
+    the queries in blocks with a running top k, so no (Q, M) array is formed and a block's scores stay
+    ~16 MB whatever M and Q.
     """
+    query_rows = np.asarray(query_rows, dtype=np.int64)
     queries = np.asarray(vectors[query_rows], dtype=np.float32)  # (Q, D)
     best_idx = np.empty((len(queries), 0), dtype=np.int64)
     best_sim = np.empty((len(queries), 0), dtype=np.float32)
+    step = max(1, 2**22 // max(chunk_rows, 1))  # queries scored at once
     for start in range(0, len(vectors), chunk_rows):
         block = np.asarray(vectors[start : start + chunk_rows], dtype=np.float32)
-        sims = queries @ block.T  # (Q, chunk)
-        own = (query_rows >= start) & (query_rows < start + len(block))
-        sims[np.nonzero(own)[0], query_rows[own] - start] = -np.inf
-        cand_idx = np.concatenate([best_idx, np.broadcast_to(np.arange(start, start + len(block)), sims.shape)], axis=1)
-        cand_sim = np.concatenate([best_sim, sims], axis=1)
-        top, neg = smallest_k(-cand_sim, k)
-        best_idx = np.take_along_axis(cand_idx, top, axis=1)
-        best_sim = -neg
+        columns = np.arange(start, start + len(block))
+        merged_idx, merged_sim = [], []
+        for first in range(0, len(queries), step):
+            rows = query_rows[first : first + step]
+            sims = queries[first : first + step] @ block.T  # (q, chunk)
+            own = (rows >= start) & (rows < start + len(block))
+            sims[np.nonzero(own)[0], rows[own] - start] = -np.inf
+            cand_idx = np.concatenate([best_idx[first : first + step], np.broadcast_to(columns, sims.shape)], axis=1)
+            cand_sim = np.concatenate([best_sim[first : first + step], sims], axis=1)
+            top, neg = smallest_k(-cand_sim, k)
+            merged_idx.append(np.take_along_axis(cand_idx, top, axis=1))
+            merged_sim.append(-neg)
+        if merged_idx:
+            best_idx, best_sim = np.concatenate(merged_idx), np.concatenate(merged_sim)
     return best_idx, best_sim
 
 
