@@ -37,3 +37,7 @@ class PhraseError(SparsebinError):
 
 class TrainingError(SparsebinError):
     """Training cannot go on: too many steps had a loss or gradient that was not finite."""
+
+
+class QueryError(SparsebinError):
+    """A bit expression, a bit to switch or a concept to look up cannot be used; the message names the fault."""
