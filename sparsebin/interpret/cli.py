@@ -8,7 +8,8 @@ import math
 from sparsebin.datasets import load_dataset
 from sparsebin.errors import JobError
 from sparsebin.interpret import interventions
-from sparsebin.interpret.bits import RunContext, labels_for
+from sparsebin.interpret.bits import RunContext, bit_table, labels_for
+from sparsebin.interpret.crossing import CrossIndex, describe_across
 from sparsebin.interpret.ontology import format_q
 from sparsebin.interpret.phrases import PhraseView, embed_phrases, phrase_view
 from sparsebin.jobs.queue import Status, Store
@@ -27,6 +28,7 @@ def add_commands(subparsers) -> None:
     encode.add_argument("--json", action="store_true", help="print everything as JSON")
     encode.set_defaults(func=encode_command)
     add_intervention_commands(subparsers)
+    add_across_command(subparsers)
 
 
 def encode_command(args: argparse.Namespace) -> int:
@@ -208,4 +210,25 @@ def contrast_command(args: argparse.Namespace) -> int:
         print(f"{len(table)} bits {title}:")
         for row in table.itertuples():
             print(f"  bit {row.bit:>5}  {row.label or 'no clear label'}  (fires for {row.firing_rate:.2%} of concepts)")
+    return 0
+
+
+def add_across_command(subparsers) -> None:
+    across = subparsers.add_parser(
+        "across", help="a concept's nearest concepts of the other terminologies by shared bits (joined datasets)"
+    )
+    across.add_argument("run", help="run id (see `runs`) on a dataset joining terminologies, such as hpo-icd10cm")
+    across.add_argument("concept", help="concept id, or its whole name quoted")
+    across.add_argument("--k", type=int, default=10, help="nearest concepts listed (default: 10)")
+    across.add_argument("--metric", choices=METRICS, default="jaccard", help="code distance (default: jaccard)")
+    across.set_defaults(func=across_command)
+
+
+def across_command(args: argparse.Namespace) -> int:
+    context = finished_context(args.run)
+    concept_id = str(context.concepts["id"].iloc[interventions.find_row(context, args.concept)])
+    crossing = CrossIndex(context.codes, context.n_bits, context.concepts)
+    crossing.neighbours(concept_id, 1, args.metric)  # a one-terminology dataset says so before bits are labelled
+    crossing.labels = bit_table(context)["label"].to_numpy()
+    print(describe_across(crossing.neighbours(concept_id, args.k, args.metric)))
     return 0
