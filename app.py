@@ -12,10 +12,40 @@ import threading
 
 import streamlit as st
 
-from pages import _shared
-from sparsebin import paths
-from sparsebin.datasets import BUILTIN_DATASETS, build_status, start_build
-from sparsebin.jobs.launch import WorkerStart, ensure_worker
+from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, start_build
+
+
+@st.cache_resource
+def first_start() -> dict:
+    return {"chain": False}  # True once this server process started the first built-in build itself
+
+
+def build_builtins_on_first_start() -> None:
+    """With no dataset at all, build `hpo` in the background, then `icd10cm` after it.
+
+    Runs first of all, before the pages' imports and the worker's start, so the
+    first build begins within a second or two of the first page view; it runs at
+    full priority (nothing can train before a dataset exists), icd10cm after it at
+    the background builds' low priority. Only a chain this server began continues
+    to icd10cm, so a user who built hpo alone (or removed icd10cm) is not handed a
+    98k-concept build unasked.
+    """
+    present = {item["name"] for item in list_datasets()}
+    statuses = {name: build_status(name) for name in BUILTIN_DATASETS}
+    first, second = BUILTIN_DATASETS
+    if not present and all(status is None for status in statuses.values()):
+        start_build(first, niceness=0)
+        first_start()["chain"] = True
+    elif first_start()["chain"] and first in present and statuses[second] is None:
+        start_build(second)
+        first_start()["chain"] = False
+
+
+build_builtins_on_first_start()
+
+from pages import _shared  # noqa: E402  (after the build's start: these imports take seconds on a first view)
+from sparsebin import paths  # noqa: E402
+from sparsebin.jobs.launch import WorkerStart, ensure_worker  # noqa: E402
 
 st.set_page_config(page_title="sparsebin", page_icon=":material/grid_on:", layout="wide")
 
@@ -55,32 +85,9 @@ def warm_up(home: str, limit: int = 3) -> threading.Thread:
     return thread
 
 
-@st.cache_resource
-def first_start() -> dict:
-    return {"chain": False}  # True once this server process started the first built-in build itself
-
-
-def build_builtins_on_first_start() -> None:
-    """With no dataset at all, build `hpo` in the background, then `icd10cm` after it.
-
-    Only a chain this server began continues to icd10cm, so a user who built
-    hpo alone (or removed icd10cm) is not handed a 98k-concept build unasked.
-    """
-    present = {item["name"] for item in _shared.datasets()}
-    statuses = {name: build_status(name) for name in BUILTIN_DATASETS}
-    first, second = BUILTIN_DATASETS
-    if not present and all(status is None for status in statuses.values()):
-        start_build(first)
-        first_start()["chain"] = True
-    elif first_start()["chain"] and first in present and statuses[second] is None:
-        start_build(second)
-        first_start()["chain"] = False
-
-
 if os.environ.get("SPARSEBIN_NO_WORKER") != "1":
     keep_worker_alive()
     warm_up(str(paths.home_dir()))
-build_builtins_on_first_start()
 
 page = st.navigation(
     [

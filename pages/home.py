@@ -4,6 +4,7 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin.health import HEALTH_COLUMNS, convergence_word
+from sparsebin.jobs.launch import held_worker_locks
 from sparsebin.jobs.overview import overview
 
 st.title("sparsebin")
@@ -28,7 +29,9 @@ def status_panel() -> None:
     with right:
         st.subheader("Workers")
         served = overview(_shared.store())
-        if not served.services:
+        if not served.services and held_worker_locks(_shared.store().home):
+            st.info("A worker is starting; it takes the queued runs once it is up.")
+        elif not served.services:
             st.warning("No worker is running; queued runs wait until one starts (`python -m sparsebin worker`).")
         for service in served.services:
             if service.kind == "ray-dispatcher":

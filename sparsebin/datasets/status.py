@@ -71,8 +71,10 @@ def progress_writer(name: str, data_dir: Path | None = None):
     return report
 
 
-def start_build(name: str, data_dir: Path | None = None) -> None:
+def start_build(name: str, data_dir: Path | None = None, niceness: int = BUILD_NICENESS) -> None:
     """Start `build-data name` as a detached process at low priority, unless one is already running.
+
+    niceness 0 lets a first start's build (nothing trains yet: there is no dataset) embed at the model's full rate.
 
     The process outlives the caller (its own session), logs to .builds/<name>.log and
     reports through the status file read by `build_status`.
@@ -87,7 +89,7 @@ def start_build(name: str, data_dir: Path | None = None) -> None:
     environment = {**os.environ, "SPARSEBIN_DATA": str(root), "HF_HUB_OFFLINE": "1"}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name, "--nice", str(BUILD_NICENESS)]
+            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name, "--nice", str(niceness)]
             + (["--limit", limit] if limit else []),
             cwd=paths.PROJECT_DIR,
             env=environment,

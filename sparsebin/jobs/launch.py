@@ -67,6 +67,18 @@ def ensure_worker(home: Path | None = None, device: str = "auto") -> WorkerStart
     return WorkerStart(pid, started=True)
 
 
+def held_worker_locks(home: Path | None = None) -> list[int]:
+    """The pids holding a worker's device lock in `home`: workers alive, including one just started
+    that has not registered with the queue yet (Home says it is starting rather than that none runs)."""
+    home = Path(home) if home is not None else paths.home_dir()
+    pids = []
+    for path in sorted(home.glob("worker-*.lock")):
+        pid = lock_holder(path)
+        if pid is not None:
+            pids.append(pid)
+    return pids
+
+
 def spawn_worker(home: Path, device: str, lock_fd: int) -> int:
     """Start `python -m sparsebin worker` in its own session, holding the device lock `lock_fd`,
     logging to <home>/worker.log."""
