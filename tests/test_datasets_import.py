@@ -317,3 +317,82 @@ def test_fault_late_in_a_large_file_writes_nothing(tmp_path, data_dir, monkeypat
     values[rows - 2] = np.nan
     np.save(tmp_path / "late.npy", values)
     assert_rejected(data_dir, tmp_path / "late.npy", rf"late\.npy: row {rows - 2} contains NaN")
+
+
+# The large-file import's failures while it runs: a file that changes under it, a disk that fills
+
+
+@pytest.fixture
+def planted(tmp_path, monkeypatch):
+    """A 2000 x 8 .npy imported 100 rows a chunk, so there are many chunks to interfere with."""
+    import sparsebin.datasets.importing as importing
+
+    monkeypatch.setattr(importing, "_CHUNK_BYTES", 100 * 4 * 8)
+    source = tmp_path / "big.npy"
+    np.save(source, np.random.default_rng(1).normal(size=(2000, 8)).astype(np.float32))
+    return source
+
+
+def interfere_at_chunk(monkeypatch, number, action):
+    """Run action once, just after the import checks its chunk `number` (counting from 0)."""
+    import sparsebin.datasets.importing as importing
+
+    real, seen = importing.check_chunk, []
+
+    def check(chunk, first_row, path):
+        real(chunk, first_row, path)
+        seen.append(first_row)
+        if len(seen) == number + 1:
+            action()
+
+    monkeypatch.setattr(importing, "check_chunk", check)
+    return seen
+
+
+def test_a_file_cut_short_while_it_is_read_stops_with_a_sentence_and_keeps_nothing(planted, data_dir, monkeypatch):
+    def cut():
+        with open(planted, "r+b") as handle:
+            handle.truncate(planted.stat().st_size // 2)
+
+    seen = interfere_at_chunk(monkeypatch, 3, cut)
+    assert_rejected(data_dir, planted, r"big\.npy: the file changed while it was read \([\d,]+ bytes at the start")
+    assert seen == [0, 100, 200, 300]  # it stopped at the next chunk, in this process (no SIGBUS from the map)
+
+
+def test_a_file_that_grows_while_it_is_read_stops_with_a_sentence_and_keeps_nothing(planted, data_dir, monkeypatch):
+    def grow():
+        with open(planted, "ab") as handle:
+            handle.write(b"\0" * 4096)
+
+    interfere_at_chunk(monkeypatch, 19, grow)  # the last chunk: only the final check can see it
+    assert_rejected(data_dir, planted, r"big\.npy: the file changed while it was read .* import it again")
+
+
+@pytest.mark.parametrize("where", ["embeddings", "concepts"])
+def test_a_full_disk_stops_the_import_with_a_sentence_and_keeps_nothing(planted, data_dir, monkeypatch, where):
+    import errno
+
+    import sparsebin.datasets.importing as importing
+    from sparsebin.datasets.store import NpyWriter
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "embeddings":
+        real, calls = NpyWriter.write, []
+
+        def write(self, chunk):  # the disk fills after five chunks were written
+            calls.append(len(chunk))
+            if len(calls) > 5:
+                full()
+            real(self, chunk)
+
+        monkeypatch.setattr(NpyWriter, "write", write)
+    else:
+        monkeypatch.setattr(importing, "write_concepts", full)
+    assert_rejected(
+        data_dir, planted, r"the disk holding .* is full: dataset 'mine' was not imported \(nothing was kept\)"
+    )
+    monkeypatch.undo()  # space again: the same import now works, nothing of the failed one in its way
+    import_dataset(planted, name="mine", data_dir=data_dir)
+    assert list_datasets(data_dir)[0]["count"] == 2000

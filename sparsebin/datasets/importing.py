@@ -8,6 +8,7 @@ being held whole.
 
 import codecs
 import csv
+import errno
 import json
 import re
 import shutil
@@ -420,47 +421,93 @@ def import_dataset(
             f"a dataset named {name!r} already exists; choose another name, or ask to replace it "
             "(--force on the command line, 'Replace' on the Data page)"
         )
+    size = embeddings_path.stat().st_size  # a file that shrinks or grows while it is read is refused
     array = read_embeddings(embeddings_path)
     rows, dim = array.shape
     labels_path = Path(labels_file) if labels_file is not None else None
     concepts = read_labels(labels_path, rows, max_bytes) if labels_path else index_labels(rows)
 
-    with atomic_dataset_folder(name, data_dir) as folder:
-        writer = NpyWriter(folder / EMBEDDINGS_FILE, rows, dim)
-        chunk_rows = chunk_rows_for(dim)
-        try:
-            for start in range(0, rows, chunk_rows):
-                chunk = np.asarray(array[start : start + chunk_rows], dtype=np.float32)
-                check_chunk(chunk, start, embeddings_path)
-                writer.write(chunk)
-                release_pages(array)  # the finished chunk's pages leave our resident set
-        except BaseException:
-            writer.abort()
-            raise
-        checksum = writer.close()
-        write_concepts(folder, concepts)
-        write_meta(
-            folder,
-            {
-                "name": name,
-                "kind": "user",
-                "source": "user",
-                "model": None,
-                "dimension": dim,
-                "count": rows,
-                "normalized": False,
-                "built_at": now_iso(),
-                "source_files": {
-                    "embeddings": embeddings_path.name,
-                    "labels": labels_path.name if labels_path else None,
-                },
-                "source_stat": _file_stat(embeddings_path),
-                "source_dtype": str(array.dtype),
-                "package_versions": package_versions(),
-                "checksum": {EMBEDDINGS_FILE: f"sha256:{checksum}"},
-            },
-        )
+    try:
+        with atomic_dataset_folder(name, data_dir) as folder:
+            writer = NpyWriter(folder / EMBEDDINGS_FILE, rows, dim)
+            chunk_rows = chunk_rows_for(dim)
+            try:
+                for start in range(0, rows, chunk_rows):
+                    chunk = _read_chunk(array, start, chunk_rows, embeddings_path, size)
+                    check_chunk(chunk, start, embeddings_path)
+                    writer.write(chunk)
+                    release_pages(array)  # the finished chunk's pages leave our resident set
+                _check_unchanged(embeddings_path, size)
+            except BaseException:
+                writer.abort()
+                raise
+            checksum = writer.close()
+            _write_tables(folder, name, rows, dim, concepts, embeddings_path, labels_path, array, checksum)
+    except OSError as error:  # the folder being written is gone already (atomic_dataset_folder)
+        raise DataError(_write_failure(error, resolve_data_dir(data_dir), name)) from None
     return resolve_data_dir(data_dir) / name
+
+
+def _write_failure(error: OSError, root: Path, name: str) -> str:
+    """The sentence for a write that failed: a full disk, or the system's own reason."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"the disk holding {root} is full: dataset {name!r} was not imported (nothing was kept); "
+            "free some space and import it again"
+        )
+    return f"dataset {name!r} could not be written in {root} ({error.strerror or error}); nothing was kept"
+
+
+def _check_unchanged(path: Path, size: int) -> None:
+    now = path.stat().st_size if path.exists() else 0
+    if now != size:
+        raise DataError(
+            f"{path.name}: the file changed while it was read ({size:,} bytes at the start, {now:,} bytes now); "
+            "import it again once it is complete"
+        )
+
+
+def _read_chunk(array: np.ndarray, start: int, chunk_rows: int, path: Path, size: int) -> np.ndarray:
+    """Rows start..start+chunk_rows as float32. A memory-mapped .npy is read with plain file reads, so a
+    file cut short while it is read ends in a sentence instead of the process dying of SIGBUS."""
+    _check_unchanged(path, size)
+    if not isinstance(array, np.memmap):
+        return np.asarray(array[start : start + chunk_rows], dtype=np.float32)
+    stop = min(start + chunk_rows, array.shape[0])
+    row_bytes = array.shape[1] * array.dtype.itemsize
+    wanted = (stop - start) * row_bytes
+    with open(path, "rb") as handle:
+        handle.seek(array.offset + start * row_bytes)
+        data = handle.read(wanted)
+    if len(data) != wanted:
+        _check_unchanged(path, size)
+        raise DataError(f"{path.name}: the file ended early at row {start + len(data) // row_bytes} while it was read")
+    return np.frombuffer(data, dtype=array.dtype).reshape(stop - start, array.shape[1]).astype(np.float32)
+
+
+def _write_tables(folder, name, rows, dim, concepts, embeddings_path, labels_path, array, checksum) -> None:
+    write_concepts(folder, concepts)
+    write_meta(
+        folder,
+        {
+            "name": name,
+            "kind": "user",
+            "source": "user",
+            "model": None,
+            "dimension": dim,
+            "count": rows,
+            "normalized": False,
+            "built_at": now_iso(),
+            "source_files": {
+                "embeddings": embeddings_path.name,
+                "labels": labels_path.name if labels_path else None,
+            },
+            "source_stat": _file_stat(embeddings_path),
+            "source_dtype": str(array.dtype),
+            "package_versions": package_versions(),
+            "checksum": {EMBEDDINGS_FILE: f"sha256:{checksum}"},
+        },
+    )
 
 
 def chunk_rows_for(dim: int) -> int:
