@@ -10,7 +10,8 @@
   categories the dense neighbours lose most often, the bit's label by
   intervention, beside its label by firing (`bits.labels_for`).
 - `query_codes`: concepts whose code satisfies a bit expression such as
-  `405 & 561 & ~12` (`parse_query`: & binds tighter than |, ~ tightest).
+  `405 & 561 & ~12` or `"Seizure" & ~12` (`parse_query`: & binds tighter
+  than |, ~ tightest; a quoted label stands for the bits it names).
 - `contrast`: the bits two concepts share and the bits each has alone.
 
 Dense neighbours are scored a chunk of rows at a time with a running top k, so
@@ -26,9 +27,9 @@ import torch
 
 from sparsebin.errors import QueryError
 from sparsebin.files import CHUNK_ROWS
-from sparsebin.interpret.bits import Concept, RunContext, concept_at, find_concepts, labels_for
+from sparsebin.interpret.bits import Concept, RunContext, bit_table, concept_at, find_concepts, labels_for
 from sparsebin.interpret.ontology import category_labels, label_members
-from sparsebin.search.codes import pack_bits, smallest_k, unpack_bits
+from sparsebin.search.codes import bit_column, pack_bits, smallest_k, unpack_bits
 
 NEIGHBOURS = 10  # nearest concepts listed before and after an edit
 EFFECT_SAMPLE = 500  # firing concepts a bit's effect is measured on, at most
@@ -268,7 +269,7 @@ def _text(value) -> str | None:
 
 
 def tokenize(text: str) -> list[tuple[str, int]]:
-    """(token, position) pairs: bit numbers, & | ~ ( ); a QueryError at the first other character."""
+    """(token, position) pairs: bit numbers, quoted labels, & | ~ ( ); a QueryError at the first other character."""
     tokens, position = [], 0
     while position < len(text):
         char = text[position]
@@ -280,20 +281,27 @@ def tokenize(text: str) -> list[tuple[str, int]]:
                 end += 1
             tokens.append((text[position:end], position))
             position = end
+        elif char in "\"'":
+            end = text.find(char, position + 1)
+            if end < 0:
+                raise QueryError(f"the quote opened at position {position + 1} of the bit expression is not closed.")
+            tokens.append((text[position : end + 1], position))
+            position = end + 1
         elif char in "&|~()":
             tokens.append((char, position))
             position += 1
         else:
             raise QueryError(
                 f"the bit expression has {char!r} at position {position + 1}; "
-                "use bit numbers with &, |, ~ and brackets."
+                "use bit numbers or quoted bit labels with &, |, ~ and brackets."
             )
     return tokens
 
 
 class _Parser:
-    def __init__(self, text: str, n_bits: int):
+    def __init__(self, text: str, n_bits: int, labels=None):
         self.text, self.n_bits = text, n_bits
+        self.labels = labels  # per bit, the names a quoted label may give it (lower case), or None
         self.tokens = tokenize(text)
         self.at = 0
 
@@ -345,18 +353,51 @@ class _Parser:
                     f"bit {bit} in the bit expression does not exist: this run's bits are 0..{self.n_bits - 1}."
                 )
             return ("bit", bit)
+        if token[0] in "\"'":
+            return self.label(token[1:-1].strip())
         raise QueryError(f"the bit expression has an unexpected {token!r} at position {position + 1}.")
 
+    def label(self, name: str):
+        """A quoted label: the bits whose label by firing (node or category) is that name, any of them."""
+        if not name:
+            raise QueryError("the bit expression has an empty quoted label; write a bit's label between the quotes.")
+        if self.labels is None:
+            raise QueryError(f"the label {name!r} cannot be looked up here: give bit numbers instead.")
+        bits = tuple(bit for bit, names in enumerate(self.labels) if name.lower() in names)
+        if not bits:
+            raise QueryError(
+                f"no bit of this run has the label {name!r} (by firing, node or category); "
+                "see the Bits page or `report` for the labels."
+            )
+        return ("label", name, bits)
 
-def parse_query(text: str, n_bits: int):
-    """A bit expression as a tree of tuples: ("bit", b), ("~", t), ("&", a, b), ("|", a, b)."""
-    return _Parser(str(text), n_bits).parse()
+
+def bit_names(table: pd.DataFrame) -> list[set[str]]:
+    """Per bit of a `bit_table`, the lower-case names a quoted label in a bit expression may give it."""
+    return [
+        {str(value).lower() for value in (label, category) if _text(value) is not None}
+        for label, category in zip(table["label"], table["category"], strict=True)
+    ]
+
+
+def parse_query(text: str, n_bits: int, labels=None):
+    """A bit expression as a tree of tuples: ("bit", b), ("label", name, bits), ("~", t), ("&", a, b), ("|", a, b).
+
+    Bit numbers and quoted labels (`"Seizure"`, matched without case to each
+    bit's label by firing or its category, from `bit_names`), joined by & (and),
+    | (or), ~ (not) and brackets; & binds tighter than |, ~ tightest. A label
+    stands for every bit it names, any of them. Never evaluated as Python.
+    """
+    return _Parser(str(text), n_bits, labels).parse()
 
 
 def show_query(tree) -> str:
     """The tree written back, fully bracketed, so a user sees how it was read."""
     if tree[0] == "bit":
         return str(tree[1])
+    if tree[0] == "label":
+        bits = ", ".join(map(str, tree[2]))
+        return f'"{tree[1]}"' + f" (bit {bits})" if len(tree[2]) == 1 else f'"{tree[1]}" (any of bits {bits})'
     if tree[0] == "~":
         return f"~{show_query(tree[1])}"
     return f"({show_query(tree[1])} {tree[0]} {show_query(tree[2])})"
@@ -365,9 +406,11 @@ def show_query(tree) -> str:
 def evaluate_query(tree, packed: np.ndarray) -> np.ndarray:
     """(C,) bool: which rows of the packed codes (C, N/8) satisfy the tree."""
     kind = tree[0]
+    n_bits = packed.shape[1] * 8
     if kind == "bit":
-        bit = tree[1]
-        return ((packed[:, bit >> 3] >> (7 - (bit & 7))) & 1).astype(bool)  # bit 0 is the high bit of byte 0
+        return bit_column(packed, n_bits, tree[1]).astype(bool)
+    if kind == "label":
+        return np.logical_or.reduce([bit_column(packed, n_bits, bit).astype(bool) for bit in tree[2]])
     if kind == "~":
         return ~evaluate_query(tree[1], packed)
     left, right = evaluate_query(tree[1], packed), evaluate_query(tree[2], packed)
@@ -385,11 +428,15 @@ def matching_rows(tree, packed: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.
 
 def query_codes(ctx: RunContext, text: str, limit: int = QUERY_LIST) -> QueryResult:
     """Concepts whose code satisfies the bit expression: all counted, the first `limit` (by row) listed."""
-    tree = parse_query(text, ctx.n_bits)
+    tree = parse_query(text, ctx.n_bits, bit_names(bit_table(ctx)) if _has_label(text) else None)
     rows = matching_rows(tree, ctx.codes)
     listed = ctx.concept_rows(rows[:limit])
     listed["active"] = ctx.active_counts[rows[:limit]]
     return QueryResult(show_query(tree), int(len(rows)), len(ctx.concepts), listed)
+
+
+def _has_label(text: str) -> bool:
+    return '"' in str(text) or "'" in str(text)
 
 
 def contrast(ctx: RunContext, first_id: str, second_id: str) -> Contrast:
