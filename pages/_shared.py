@@ -13,7 +13,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from sparsebin import paths, runfolder, soundness
 from sparsebin.datasets import BUILTIN_DATASETS, build_status, list_datasets, load_dataset
-from sparsebin.datasets.status import seconds_left
+from sparsebin.datasets.status import BUILD_NICENESS, seconds_left
 from sparsebin.errors import RunFileError
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret import phrases
@@ -198,7 +198,11 @@ def build_banner(waiting_for: str = "") -> bool:
     """
     running = [name for name in BUILTIN_DATASETS if build_progress(name)]
     if running:
-        note = "Builds run at low priority (nice 10): a run you queue trains at full speed meanwhile."
+        priorities = {(build_status(name) or {}).get("niceness", BUILD_NICENESS) for name in running}
+        if priorities == {0}:
+            note = "This first build runs at full priority: nothing can train before a dataset exists."
+        else:
+            note = "Builds run at low priority (nice 10): a run you queue trains at full speed meanwhile."
         st.caption(f"{waiting_for} {note}".strip())
     return bool(running)
 

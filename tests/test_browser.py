@@ -154,9 +154,11 @@ def test_first_start_builds_the_data_with_visible_progress_and_opens_the_train_f
             page.get_by_role("link", name="Train", exact=True).click()
             expect(main_text(page).get_by_text(re.compile(r"Building hpo: "))).to_be_visible(timeout=TIMEOUT_MS)
             expect(main_text(page).get_by_text("this form opens as soon as it is ready")).to_be_visible()
-            expect(main_text(page).get_by_text("Builds run at low priority (nice 10)")).to_be_visible()
-        with step(page, request, "the-build-runs-below-training"):
-            assert build_priority(build_status("hpo")["pid"]) == 10  # the build's nice value, once it set it
+            expect(main_text(page).get_by_text("This first build runs at full priority")).to_be_visible()
+        with step(page, request, "the-first-build-runs-at-full-priority"):
+            # nothing can train before a dataset exists, so the first build does not lower its priority
+            assert build_status("hpo")["niceness"] == 0
+            assert build_priority(build_status("hpo")["pid"], timeout=2.0) == 0
         with step(page, request, "compare-shows-the-build"):
             page.get_by_role("link", name="Compare", exact=True).click()
             expect(main_text(page).get_by_text("Compare fills in once a run has finished.")).to_be_visible(

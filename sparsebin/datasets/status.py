@@ -98,7 +98,7 @@ def start_build(name: str, data_dir: Path | None = None, niceness: int = BUILD_N
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    write_status(name, data_dir, state="running", done=0, total=0, error=None, pid=process.pid)
+    write_status(name, data_dir, state="running", done=0, total=0, error=None, pid=process.pid, niceness=niceness)
 
 
 def seconds_left(status: dict, now: float | None = None) -> float | None:
