@@ -1,10 +1,10 @@
-"""Compare: pick finished runs, see every setting and metric side by side, the six answers and the report."""
+"""Compare: pick finished runs, see every setting and metric side by side, the seven answers and the report."""
 
 import time
 
 import streamlit as st
 
-from pages import _shared
+from pages import _across, _shared
 from sparsebin import charts
 from sparsebin.interpret.comparison import REPLICATE, comparison_key, epoch_curves, grid_groups, with_settings
 from sparsebin.interpret.questions import answer_questions, default_run
@@ -133,7 +133,7 @@ with right:
                 f"{len(groups) - 1} other group(s) of the picked runs are not pooled with them."
             )
 
-st.subheader("What the picked runs say about the method's six questions")
+st.subheader("What the picked runs say about the method's seven questions")
 default, why = default_run(runs)
 named_id = st.selectbox(
     f"Questions 4-6 describe (default: {why})",
@@ -149,7 +149,17 @@ split, _ = _shared.evaluated_metrics(named_id)
 named_metrics = _shared.run_metrics(named_id)
 sign, sign_equal = named_metrics.get(f"sign_{split}"), named_metrics.get(f"sign_{split}_equal_storage")
 known = _shared.runs(done_only=False)  # every run held, picked or not: nothing to queue repeats one
-answers = answer_questions(runs, named=named, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits, known=known)
+hierarchy = _across.hierarchies(runs, named_id)  # Question 7, every picked run
+answers = answer_questions(
+    runs,
+    named=named,
+    sign=sign,
+    sign_equal=sign_equal,
+    depth=depth,
+    bits=bits,
+    known=known,
+    hierarchy=hierarchy,
+)
 text, chart = st.columns([3, 2])
 for answer in answers:
     text.markdown(f"**{answer.number}. {answer.question}**  \n{answer.answer}")

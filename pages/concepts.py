@@ -77,3 +77,6 @@ if len(view.active_bits):
     )
 neighbours(view)
 st.caption(f"The two neighbour lists share {view.overlap:.0%} of their concepts.")
+from pages import _across  # noqa: E402 (the section closes the page)
+
+_across.across_section(run, concept_id)

@@ -218,6 +218,9 @@ def test_compare_shows_both_picked_runs(app, world):
     # cosine and mse differ only in the loss: a controlled pair, one seed each
     assert "against cosine (both terms)" in answers and "MSE (mean over entries) (both terms)" in answers
     assert "spread unknown with one seed, no verdict" in answers
+    # Question 7: each picked run's links against chance, and the named run's sign baseline
+    assert "7. Do a concept's bits extend its parent's" in answers and "The sign baseline of" in answers
+    assert "mse run · tiny · " in answers and "(294 links): a child keeps " in answers
 
 
 def test_compare_picks_a_whole_submission_and_queues_what_the_answers_need(app, world):

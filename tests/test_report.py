@@ -54,9 +54,9 @@ def test_the_report_opens_with_every_section_and_its_html_loads_nothing_remote(g
     assert main(["report", "--dataset", "tiny", "--out", str(out)]) == 0
     assert "report.html" in capsys.readouterr().out
     markdown = (out / "report.md").read_text()
-    for section in ("## Ablation tables", "## The six questions", "## Runs", "## Figures"):
+    for section in ("## Ablation tables", "## The seven questions", "## Runs", "## Figures"):
         assert section in markdown
-    for number in range(1, 7):
+    for number in range(1, 8):
         assert f"**{number}. " in markdown
     tables = markdown.split("### ")
     loss, rounding, sweep, every = (next(t for t in tables if t.startswith(title)) for title in TITLES)

@@ -1,4 +1,4 @@
-"""The findings report: the six answers, the ablation plan's tables and the Compare page's figures.
+"""The findings report: the seven answers, the ablation plan's tables and the Compare page's figures.
 
     python -m sparsebin report [--dataset NAME] [--jobs ID ...] --out DIR
 
@@ -29,6 +29,7 @@ from sparsebin.errors import DataError, JobError, RunFileError
 from sparsebin.health import HEALTH_LABELS, convergence_word
 from sparsebin.interpret import bits as interpret
 from sparsebin.interpret.comparison import epoch_curves, finished, run_name, with_settings
+from sparsebin.interpret.hierarchy import RunHierarchy, run_hierarchy
 from sparsebin.interpret.questions import Answer, answer_questions, default_run
 from sparsebin.interpret.tables import NOTES, Table, ablation_tables, numeric, shown
 from sparsebin.jobs.queue import Store
@@ -137,6 +138,7 @@ def build_report(
     depth: interpret.DepthAnalysis | None = None,
     bits: pd.DataFrame | None = None,
     title: str = "sparsebin report",
+    hierarchy: dict[str, RunHierarchy] | None = None,
 ) -> Report:
     """The report of `runs` (a runs table); `histories` and `metrics` (the judged part's metrics) are keyed
     by run name; `named` is the run Questions 4-6 describe (default: the paper's setting among the runs)."""
@@ -144,7 +146,14 @@ def build_report(
     if named is None:
         named, why = default_run(runs)
     answers = answer_questions(
-        runs, named=named, sign=sign, sign_equal=sign_equal, depth=depth, bits=bits, sign_run=_name(named)
+        runs,
+        named=named,
+        sign=sign,
+        sign_equal=sign_equal,
+        depth=depth,
+        bits=bits,
+        sign_run=_name(named),
+        hierarchy=hierarchy,
     )
     tables = ablation_tables(runs)
     drawn = figures(runs, histories, metrics, depth)
@@ -156,7 +165,7 @@ def build_report(
     )
     sections = [
         ("Ablation tables", tables_markdown(tables)),
-        ("The six questions", answers_markdown(answers)),
+        ("The seven questions", answers_markdown(answers)),
         ("Runs", runs_markdown(runs)),
         ("Figures", "\n".join(f"- {name} (in report.html)" for name in drawn)),
     ]
@@ -179,7 +188,7 @@ def report_html(
     """One HTML file: plotly's script embedded once (no CDN), every figure inline."""
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Ablation tables</h2>"]
     parts.append(tables_html(tables))
-    parts.append("<h2>The six questions</h2>")
+    parts.append("<h2>The seven questions</h2>")
     for answer in answers:
         parts.append(f"<h3>{answer.number}. {html.escape(answer.question)}</h3><p>{html.escape(answer.answer)}</p>")
     parts.append("<h2>Runs</h2>")
@@ -240,6 +249,7 @@ def report_for_store(store: Store, runs: pd.DataFrame, named_run_id: str | None 
         depth, bits = interpret.depth_analysis(context), interpret.bit_table(context)
     except (DataError, RunFileError):
         pass  # Questions 5 and 6 then say which run they need
+    hierarchy = run_hierarchies(store, runs, named["run_id"])
     return build_report(
         runs,
         histories=histories,
@@ -250,8 +260,23 @@ def report_for_store(store: Store, runs: pd.DataFrame, named_run_id: str | None 
         sign_equal=sign_equal,
         depth=depth,
         bits=bits,
+        hierarchy=hierarchy,
         title=f"sparsebin report: {', '.join(sorted(map(str, runs['dataset'].unique())))}",
     )
+
+
+def run_hierarchies(store: Store, runs: pd.DataFrame, named_run_id: str) -> dict[str, RunHierarchy]:
+    """Question 7's figures of each run by its label (the named run's with its sign baseline); a run whose
+    dataset has no parents column or whose codes do not match it is left out."""
+    found, loaded = {}, {}
+    for _, run in runs.iterrows():
+        try:
+            dataset = loaded.setdefault(run["dataset"], load_dataset(run["dataset"]))
+            embeddings = dataset.embeddings if run["run_id"] == named_run_id else None
+            found[run["label"]] = run_hierarchy(store.run_folder(run["run_id"]), dataset.concepts, embeddings)
+        except (DataError, RunFileError):
+            continue
+    return found
 
 
 def add_commands(subparsers) -> None:
