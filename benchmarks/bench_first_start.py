@@ -37,7 +37,7 @@ def main() -> int:
     from sparsebin.datasets.status import build_status
     from sparsebin.jobs.queue import Store
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as folder:
         root = Path(folder)
         environment = {"SPARSEBIN_HOME": str(root / "home"), "SPARSEBIN_DATA": str(root / "data")}
         if args.limit:
@@ -73,6 +73,9 @@ def main() -> int:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+            deadline = time.monotonic() + 30  # let them exit before their folders go (a build writes its log)
+            while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+                time.sleep(0.2)
     return 0
 
 
