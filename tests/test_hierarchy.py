@@ -1,15 +1,22 @@
 """Question 7 and across terminologies on planted codes: links against chance, and cross-source neighbours."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY, make_dataset
 
+from sparsebin.cli import main
+from sparsebin.datasets.store import write_concepts
 from sparsebin.errors import DataError
 from sparsebin.interpret.crossing import CrossIndex, describe_across
 from sparsebin.interpret.hierarchy import HIERARCHY_FILE, code_hierarchy, run_hierarchy
 from sparsebin.interpret.questions import answer_hierarchy
+from sparsebin.jobs.queue import Store
+from sparsebin.jobs.worker import run_worker
 from sparsebin.search.codes import pack_bits
 
 N_BITS = 64
@@ -160,3 +167,24 @@ def test_across_terminologies_on_one_terminology_is_one_sentence():
         CrossIndex(packed, N_BITS, one).neighbours("HP:4")
     with pytest.raises(DataError, match="no concept with id 'nope'"):
         CrossIndex(packed, N_BITS, concepts).neighbours("nope")
+
+
+def test_across_command_lists_the_other_terminology_or_says_there_is_none(capsys, one_torch_thread):
+    two = make_dataset("two", n_rows=120, categories=3)
+    one = make_dataset("one", n_rows=60)
+    folder = Path(os.environ["SPARSEBIN_DATA"]) / two
+    concepts = pd.read_parquet(folder / "concepts.parquet")
+    concepts["source"] = ["HPO" if row % 2 else "ICD-10-CM" for row in range(len(concepts))]
+    write_concepts(folder, concepts)
+    store = Store()
+    first = store.submit(two, TINY)
+    second = store.submit(one, TINY)
+    assert run_worker(once=True, device="cpu") == 2
+    assert main(["across", first.run_id, "C1", "--k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("concept 1 (C1, HPO): ")
+    assert "nearest 3 concepts of ICD-10-CM by code (jaccard distance)" in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ")]
+    assert len(listed) == 3 and all(int(name[1:]) % 2 == 0 for name in listed)  # ICD rows are the even ones
+    assert main(["across", second.run_id, "C1"]) == 2
+    assert "holds one terminology (test)" in capsys.readouterr().err
