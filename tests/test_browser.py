@@ -40,6 +40,17 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, "executable_path": chromium, "args": ["--no-sandbox"]}
 
 
+@pytest.fixture(autouse=True)
+def loaded_machine_timeouts(page: Page):
+    """Every click, fill and expectation waits as long as the explicit waits do: on 2 busy cores a page can take
+    many seconds to show what it should, and a check without its own timeout must not fail at Playwright's 5 s."""
+    page.set_default_timeout(TIMEOUT_MS)
+    page.set_default_navigation_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    yield
+    expect.set_options(timeout=5_000)
+
+
 @pytest.fixture(scope="session")
 def hpo_subset(tmp_path_factory) -> Path:
     """A data folder holding `hpo` built from 300 evenly spread terms; copied into each test's own folder."""
@@ -69,7 +80,7 @@ def running_app(folders: dict, **environment: str):
     }
     server = AppServer(env, folders["root"] / "app.log")
     try:
-        server.wait_until_healthy()
+        server.wait_until_healthy(timeout=TIMEOUT_MS / 1000)
         yield server
     finally:
         server.stop()
