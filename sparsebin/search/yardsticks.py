@@ -244,8 +244,12 @@ def faiss_rows(bench: Bench, setup: Setup) -> list[dict]:
     for size in pq_budgets(dim, setup.budgets):
         indexes.append(("PQ", f"PQ {size}x8", size, faiss.IndexPQ(dim, size, 8)))
         indexes.append(("OPQ", f"OPQ {size}x8", size, faiss.index_factory(dim, f"OPQ{size},PQ{size}x8")))
-    indexes.append(("SQ int8", "scalar quantiser int8", dim, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit)))
-    indexes.append(("SQ fp16", "scalar quantiser fp16", 2 * dim, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)))
+    indexes.append(
+        ("SQ int8", "scalar quantiser int8", dim, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit))
+    )
+    indexes.append(
+        ("SQ fp16", "scalar quantiser fp16", 2 * dim, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16))
+    )
     indexes.append(("float32", "float32, exact", 4 * dim, faiss.IndexFlatIP(dim)))
     rows = []
     for code, setting, size, index in indexes:
@@ -303,7 +307,16 @@ def two_stage_rows(codes: list[tuple[str, np.ndarray, int]], bench: Bench, setup
                 found, seconds = two_stage_found(index, packed, rescore, bench, depth)
                 described = f"{setting}, top {depth} by Hamming rescored with {name}"
                 rows.append(
-                    row("two-stage", described, "two-stage", n_bits / 8, recall_at_k(found, bench.truth), seconds, bench, disk)
+                    row(
+                        "two-stage",
+                        described,
+                        "two-stage",
+                        n_bits / 8,
+                        recall_at_k(found, bench.truth),
+                        seconds,
+                        bench,
+                        disk,
+                    )
                 )
     return rows
 
@@ -353,7 +366,9 @@ def measure_yardsticks(
         planes = lsh_planes(dim, n_bits, setup.seed)
         packed = pack_bits(bench.vectors @ planes > 0)
         setting = f"LSH, {n_bits} hyperplanes"
-        rows += binary_rows("LSH", setting, packed, n_bits, sign_decoding(planes / np.linalg.norm(planes, axis=0)), bench)
+        rows += binary_rows(
+            "LSH", setting, packed, n_bits, sign_decoding(planes / np.linalg.norm(planes, axis=0)), bench
+        )
         bits.append(bit_figures(setting, packed, n_bits, bench, concepts, indexes))
     say("PQ, OPQ and scalar quantisation")
     rows += faiss_rows(bench, setup)
