@@ -4,7 +4,7 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import charts, soundness
-from sparsebin.projection import load_projection, projection_status, start_projection
+from sparsebin.projection import SAMPLE_ROWS, load_projection, projection_status, start_projection
 
 st.title("Map")
 name = _shared.pick_dataset("map_dataset")
@@ -30,6 +30,13 @@ if coordinates is None:
     wait_for_map()
     st.stop()
 
+if len(coordinates) > SAMPLE_ROWS:
+    st.caption(
+        f"UMAP was fitted on a seeded sample of {SAMPLE_ROWS:,} of the {len(coordinates):,} concepts; "
+        "every other concept is drawn at the place of its nearest sampled concept by cosine."
+    )
+else:
+    st.caption(f"UMAP was fitted on all {len(coordinates):,} concepts.")
 runs = _shared.runs(name)
 modes = ["category", "active bits", "one bit"] if len(runs) else ["category"]
 mode = st.radio("Colour by", modes, horizontal=True, key="map_colour")

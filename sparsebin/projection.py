@@ -4,6 +4,10 @@ UMAP's first fit takes tens of seconds (numba compiles, then the neighbour
 graph and the layout), so `start_projection` runs it in a background thread
 of the calling process and `projection_status` reports its stage; the caller
 polls. The cache file is written atomically, so a reader sees all or nothing.
+
+A dataset of more than `SAMPLE_ROWS` rows is fitted on a seeded sample of that many
+rows (`sample_rows`); every other row is placed at its nearest sampled row by cosine,
+found a block of rows at a time, so no (M, M) matrix and no whole float copy is made.
 """
 
 import threading
@@ -16,7 +20,10 @@ import numpy as np
 from sparsebin.files import atomic_path
 
 CACHE_FILE = "umap.npy"
-STAGES = ("loading embeddings", "finding neighbours and laying out", "saving")
+STAGES = ("loading embeddings", "finding neighbours and laying out", "placing the other rows", "saving")
+SAMPLE_ROWS = 50_000  # rows UMAP is fitted on; the rest take their nearest sampled row's place
+SAMPLE_SEED = 0
+PLACE_BLOCK = 8192  # rows placed at a time: a (block, sample) float32 score matrix
 UMAP_SETTINGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "random_state": 0}
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, stage)
@@ -35,23 +42,54 @@ def load_projection(dataset_folder: Path) -> np.ndarray | None:
     return np.load(path, allow_pickle=False) if path.is_file() else None
 
 
+def sample_rows(n_rows: int, limit: int | None = None) -> np.ndarray:
+    """The sorted rows the map is fitted on: all of them up to `limit` (SAMPLE_ROWS), else a seeded sample."""
+    limit = SAMPLE_ROWS if limit is None else limit
+    if n_rows <= limit:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(SAMPLE_SEED).choice(n_rows, limit, replace=False))
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_sampled(embeddings: np.ndarray, sampled: np.ndarray, block: int = PLACE_BLOCK) -> np.ndarray:
+    """(M,) position in `sampled` of each row's nearest sampled row by cosine (a sampled row: itself)."""
+    basis = _unit(embeddings[sampled])  # (S, D)
+    nearest = np.empty(len(embeddings), dtype=np.int64)
+    for start in range(0, len(embeddings), block):
+        scores = _unit(embeddings[start : start + block]) @ basis.T  # (block, S)
+        nearest[start : start + len(scores)] = scores.argmax(axis=1)
+    nearest[sampled] = np.arange(len(sampled))
+    return nearest
+
+
 def compute_projection(
-    embeddings: np.ndarray, dataset_folder: Path, progress: ProgressCallback | None = None
+    embeddings: np.ndarray,
+    dataset_folder: Path,
+    progress: ProgressCallback | None = None,
+    limit: int | None = None,
 ) -> np.ndarray:
-    """Fit UMAP on all rows (cosine metric, seeded), save and return (M, 2) float32 coordinates."""
+    """Fit UMAP on `sample_rows` (cosine metric, seeded), place the other rows at their nearest sampled
+    row, save and return (M, 2) float32 coordinates."""
     import umap  # imported here: it compiles with numba on import, seconds the app need not pay at start
 
     report = progress or (lambda done, total, stage: None)
     report(0, len(STAGES), STAGES[0])
-    vectors = np.asarray(embeddings, dtype=np.float32)
+    sampled = sample_rows(len(embeddings), limit)
+    vectors = np.asarray(embeddings[sampled], dtype=np.float32)  # (S, D), S <= limit
     report(1, len(STAGES), STAGES[1])
     reducer = umap.UMAP(n_components=2, low_memory=True, n_jobs=1, **UMAP_SETTINGS)
-    coordinates = reducer.fit_transform(vectors).astype(np.float32)  # (M, 2)
+    fitted = reducer.fit_transform(vectors).astype(np.float32)  # (S, 2)
     report(2, len(STAGES), STAGES[2])
+    coordinates = fitted if len(sampled) == len(embeddings) else fitted[nearest_sampled(embeddings, sampled)]
+    report(3, len(STAGES), STAGES[3])
     path = projection_path(dataset_folder)
     with atomic_path(path) as partial, open(partial, "wb") as handle:
         np.save(handle, coordinates)
-    report(3, len(STAGES), "done")
+    report(len(STAGES), len(STAGES), "done")
     return coordinates
 
 
