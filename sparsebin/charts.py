@@ -270,3 +270,48 @@ def depth_chart(per_depth: pd.DataFrame) -> go.Figure:
             )
         )
     return figure
+
+
+FRONTIER_MARKERS = {"hamming": "circle", "jaccard": "diamond", "asymmetric": "square", "two-stage": "triangle-up"}
+
+
+def frontier_chart(points: pd.DataFrame, title: str = "Recall per byte") -> go.Figure:
+    """recall@10 against bytes per vector (log axis): one trace per code family and search (the marker names
+    the search), runs drawn larger, the Pareto front of one-stage codes as a line; hover names the setting
+    and its storage. `points` is `search.frontier.frontier_points`."""
+    figure = _figure(title, "bytes per vector held in memory (log)", "recall@10 (held-out queries, dense top 10)")
+    families = list(dict.fromkeys(points["code"]))
+    for (code, search), group in points.groupby(["code", "search"], sort=False):
+        run = (group["kind"] == "run").any()
+        figure.add_trace(
+            go.Scatter(
+                x=group["bytes"],
+                y=group["recall_at_10"],
+                mode="markers",
+                name=f"{code} · {search}",
+                marker={
+                    "symbol": FRONTIER_MARKERS.get(search, "circle"),
+                    "size": 13 if run else 9,
+                    "color": PALETTE[families.index(code) % len(PALETTE)],
+                    "line": {"width": 1.5 if run else 0, "color": "black"},
+                },
+                customdata=np.stack([group["setting"], group["storage"]], axis=1),
+                hovertemplate="%{customdata[0]}<br>"
+                + search
+                + ": recall@10 %{y:.3f}<br>%{customdata[1]}<extra></extra>",
+            )
+        )
+    front = points[points.get("pareto", pd.Series(False, index=points.index)).astype(bool)].sort_values("bytes")
+    if len(front):
+        figure.add_trace(
+            go.Scatter(
+                x=front["bytes"],
+                y=front["recall_at_10"],
+                mode="lines",
+                line={"shape": "hv", "dash": "dot", "color": "grey"},
+                name="Pareto front (one-stage codes)",
+                hoverinfo="skip",
+            )
+        )
+    figure.update_xaxes(type="log")
+    return figure

@@ -12,6 +12,7 @@ from sparsebin.datasets import cli as datasets_cli
 from sparsebin.interpret import cli as interpret_cli
 from sparsebin.interpret import report
 from sparsebin.jobs import cli as jobs_cli
+from sparsebin.search import cli as search_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparse binary codes for dense concept embeddings (Binary Sparsity Alignment).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (training_cli, datasets_cli, jobs_cli, interpret_cli, report):
+    for commands in (training_cli, datasets_cli, jobs_cli, interpret_cli, report, search_cli):
         commands.add_commands(subparsers)
     return parser
 

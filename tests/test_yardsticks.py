@@ -3,6 +3,7 @@ and the per-dataset cache."""
 
 import faiss
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_dataset
 
@@ -112,3 +113,44 @@ def test_the_cache_is_rebuilt_when_the_embeddings_change_and_refused_when_damage
     (folder / "frontier.csv").write_text("not,a\nfrontier")
     with pytest.raises(DataError, match=r"yardsticks cached in .* are damaged \(frontier.csv: it lacks the column"):
         dataset_yardsticks(changed, SMALL)
+
+
+def test_the_frontier_command_writes_every_baseline_and_the_runs_searches(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(faiss, "omp_get_max_threads", faiss.omp_get_max_threads)  # restored after the test
+    faiss.omp_set_num_threads(1)  # OpenMP threads spin against a busy machine's other processes
+    from sparsebin.cli import main
+    from sparsebin.config import TrainConfig
+    from sparsebin.jobs.queue import Store
+    from sparsebin.jobs.worker import run_worker
+
+    name = make_dataset("front", n_rows=400, dim=128, seed=0)
+    store = Store()
+    store.submit(name, TrainConfig(n_bits=64, k=4, epochs=2, batch_size=64, device="cpu"), label="tiny run")
+    run_worker(once=True, device="cpu")
+    assert main(["frontier", name, "--out", str(tmp_path / "out"), "--budgets", "8"]) == 0
+    points = pd.read_csv(tmp_path / "out" / "frontier.csv")
+    baselines = points[points["kind"] == "baseline"]
+    assert set(baselines["code"]) == {
+        "sign-PCA",
+        "ITQ",
+        "LSH",
+        "PQ",
+        "OPQ",
+        "SQ int8",
+        "SQ fp16",
+        "float32",
+        "two-stage",
+    }
+    run = points[points["kind"] == "run"]
+    assert list(run["search"]) == ["hamming", "jaccard", "asymmetric"] and set(run["code"]) == {"tiny run"}
+    assert run["storage"].str.endswith("Elias-Fano").all() and run["ms_per_query"].gt(0).all()
+    assert points.loc[points["pareto"], "second_stage_bytes"].eq(0).all() and points["pareto"].any()
+    # The front rises with bytes: no point of no more bytes finds more than a point on it.
+    for _, point in points[points["pareto"]].iterrows():
+        cheaper = points[(points["bytes"] <= point["bytes"]) & (points["second_stage_bytes"] == 0)]
+        assert cheaper["recall_at_10"].max() == point["recall_at_10"]
+    assert (tmp_path / "out" / "frontier.html").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "| code | search | bytes / vector | recall@10 | ms / query | Pareto |" in printed
+    assert main(["frontier", name, "--runs", "no-such-run"]) != 0
+    assert "no finished run no-such-run on dataset front; see `runs`." in capsys.readouterr().err

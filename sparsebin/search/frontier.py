@@ -1,0 +1,149 @@
+"""Recall per byte: the yardsticks and the runs on one frontier, its Pareto front, and its files.
+
+A run's point is its own measurement (metrics.json of the part it is judged
+on), at the size its codes are stored at (`bits_elias_fano`, the Elias-Fano
+coded list `export` writes, offsets and all), one point per search: Hamming,
+Jaccard and asymmetric. The Pareto front is drawn over codes that need no
+second stage: a point is on it when no point of no more bytes finds more.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sparsebin import runfolder
+from sparsebin.errors import DataError
+from sparsebin.files import write_atomic
+from sparsebin.search.codes import CodeIndex
+from sparsebin.search.yardsticks import COLUMNS, Bench, K, Setup, storage_text
+
+RUN_SEARCHES = ("hamming", "jaccard", "asymmetric")
+POINT_COLUMNS = ["kind", *COLUMNS]  # kind: "baseline" or "run"
+
+
+def run_points(runs: pd.DataFrame) -> pd.DataFrame:
+    """One frontier row per run and search, from a runs table (`Store.list_runs`; `label` names a run).
+
+    Bytes are the codes as stored (Elias-Fano); a run measured before that
+    size existed falls back to its plain index list, and says so in `storage`.
+    """
+    rows = []
+    for _, run in runs.iterrows():
+        coded = run.get("bits_elias_fano")
+        stored = coded if pd.notna(coded) else run.get("bits_index_list")
+        if pd.isna(stored):
+            continue
+        form = "Elias-Fano" if pd.notna(coded) else "index list"
+        for search in RUN_SEARCHES:
+            recall = run.get(f"recall_at_10_{search}")
+            if pd.isna(recall):
+                continue
+            rows.append(
+                {
+                    "kind": "run",
+                    "code": str(run.get("label") or run.get("run_id")),
+                    "setting": f"{run.get('label') or run.get('run_id')} (N={int(run['n_bits'])}, K={int(run['k'])})",
+                    "search": search,
+                    "bytes": float(stored) / 8,
+                    "second_stage_bytes": 0.0,
+                    "storage": f"{storage_text(round(float(stored) / 8, 1), 0)} {form}",
+                    "recall_at_10": float(recall),
+                    "ms_per_query": float(run.get(f"ms_per_query_{search}", np.nan)),
+                    "n_queries": run.get("n_queries", np.nan),
+                    "n_index_rows": run.get("n_index_rows", np.nan),
+                }
+            )
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+def frontier_points(baselines: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The yardsticks' frontier rows and the runs' points (`run_points`) in one table, `kind` telling them apart."""
+    parts = []
+    if baselines is not None and len(baselines):
+        parts.append(baselines.assign(kind="baseline")[POINT_COLUMNS])
+    if runs is not None and len(runs):
+        parts.append(runs[POINT_COLUMNS])
+    if not parts:
+        return pd.DataFrame(columns=[*POINT_COLUMNS, "pareto"])
+    points = pd.concat(parts, ignore_index=True)
+    return points.assign(pareto=pareto_mask(points))
+
+
+def pareto_mask(points: pd.DataFrame) -> np.ndarray:
+    """True where a one-stage point is on the Pareto front: no point of no more bytes has a higher recall."""
+    mask = np.zeros(len(points), dtype=bool)
+    one_stage = np.flatnonzero((points["second_stage_bytes"].fillna(0) == 0).to_numpy())
+    order = one_stage[
+        np.lexsort((-points["recall_at_10"].to_numpy()[one_stage], points["bytes"].to_numpy()[one_stage]))
+    ]
+    best = -np.inf
+    for place in order:
+        recall = points["recall_at_10"].iloc[place]
+        if recall > best:
+            mask[place], best = True, recall
+    return mask
+
+
+def time_run_searches(folder: Path, bench: Bench) -> dict:
+    """ms per query of a run's own top-K searches (Hamming, Jaccard, asymmetric) on the bench's queries."""
+    from sparsebin.metrics import model_decoding  # torch: only where a run's model is timed
+
+    config = runfolder.load_config(folder)
+    codes = runfolder.load_codes(folder, mmap=False)
+    if len(codes) != len(bench.vectors):
+        raise DataError(f"run {folder.name} coded {len(codes)} rows, this data set has {len(bench.vectors)}.")
+    index = CodeIndex(codes, config.n_bits)
+    times = {}
+    for metric in ("hamming", "jaccard"):
+        start = time.perf_counter()
+        index.search(codes[bench.queries], K, metric, exclude=bench.queries)
+        times[f"ms_per_query_{metric}"] = 1000 * (time.perf_counter() - start) / len(bench.queries)
+    decoding = model_decoding(runfolder.load_model(folder))
+    start = time.perf_counter()
+    index.search_asymmetric(bench.vectors[bench.queries], decoding, K, exclude=bench.queries)
+    times["ms_per_query_asymmetric"] = 1000 * (time.perf_counter() - start) / len(bench.queries)
+    return times
+
+
+def run_setup(folder: Path, budgets=None) -> Setup:
+    """The measurement setup a run was scored with: its split seed, validation share and query count."""
+    config = runfolder.load_config(folder)
+    _, part = runfolder.evaluated_part(runfolder.load_metrics(folder))
+    changes = {} if budgets is None else {"budgets": tuple(budgets)}
+    return Setup(config.split_seed, config.val_fraction, int(part.get("n_queries") or 500), **changes)
+
+
+def frontier_table(points: pd.DataFrame) -> str:
+    """The points as a markdown table, by bytes then recall: what the README and the closing note show."""
+    lines = [
+        "| code | search | bytes / vector | recall@10 | ms / query | Pareto |",
+        "|---|---|---|---|---|---|",
+    ]
+    ordered = points.sort_values(["bytes", "second_stage_bytes", "recall_at_10"], ascending=[True, True, False])
+    for _, point in ordered.iterrows():
+        speed = "-" if pd.isna(point["ms_per_query"]) else f"{point['ms_per_query']:.2f}"
+        lines.append(
+            f"| {point['setting']} | {point['search']} | {point['storage']} | {point['recall_at_10']:.3f} | {speed} "
+            f"| {'yes' if point.get('pareto') else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def write_frontier(points: pd.DataFrame, figure, out: Path) -> tuple[dict[str, Path], str | None]:
+    """frontier.csv, frontier.md, frontier.html and, when kaleido is installed, frontier.png under `out`,
+    each written whole. Returns the paths and a note when the PNG could not be drawn."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "frontier.csv", "markdown": out / "frontier.md", "html": out / "frontier.html"}
+    write_atomic(paths["csv"], points.to_csv(index=False).encode())
+    write_atomic(paths["markdown"], (frontier_table(points) + "\n").encode())
+    write_atomic(paths["html"], figure.to_html(include_plotlyjs=True, full_html=True).encode())
+    try:
+        import kaleido  # noqa: F401  (plotly draws PNG through it)
+    except ImportError:
+        return paths, "no PNG: plotly needs the kaleido package to draw one (not installed); the HTML holds the chart"
+    paths["png"] = out / "frontier.png"
+    write_atomic(paths["png"], figure.to_image(format="png", width=1100, height=650))
+    return paths, None
