@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages import _shared
 from sparsebin import charts
+from sparsebin.interpret import interventions
 from sparsebin.interpret.ontology import format_q, readable_q
 
 st.title("Bits")
@@ -31,6 +32,33 @@ ranked = _shared.ranked_bits(run["run_id"], run["dataset"])  # cleanest bits fir
 wanted = st.query_params.get("bit")
 first = int(ranked["bit"].iloc[0]) if len(ranked) else 0
 first = int(wanted) if wanted is not None and wanted.isdigit() and int(wanted) < len(table) else first
+
+
+@st.cache_data(max_entries=64)
+def bit_effect(run_id: str, dataset_name: str, bit: int) -> interventions.BitEffect:
+    return interventions.bit_effect(_shared.run_context(run_id, dataset_name), bit)
+
+
+def effect_section(run_id: str, dataset_name: str, bit: int) -> None:
+    """What switching the bit off does where it fires, beside its label by firing."""
+    st.markdown("**What switching this bit off does**")
+    effect = bit_effect(run_id, dataset_name, bit)
+    if effect.n_sampled == 0:
+        st.caption("It fires for no concept, so switching it off changes nothing.")
+        return
+    agree = {True: "agree", False: "differ", None: "cannot be compared"}[effect.agree]
+    st.caption(
+        f"Switched off in {effect.n_sampled:,} of the {effect.n_active:,} concepts where it fires (a seeded sample of "
+        f"at most {interventions.EFFECT_SAMPLE}), each code decoded by the run's decoder: the decoded vector turns by "
+        f"a mean 1 - cosine of {effect.mean_movement:.4f}, and of its {interventions.NEIGHBOURS} nearest concepts by "
+        f"cosine, {effect.n_lost:,} are lost over the sampled concepts."
+    )
+    st.markdown(
+        f"Label by firing: {effect.firing_label or 'none'} (category {effect.firing_category or '-'})  \n"
+        f"Label by intervention: {effect.intervention_label or 'none'} (category lost most often: "
+        f"{effect.intervention_category or '-'})  \nThe two categories **{agree}**."
+    )
+    st.dataframe(effect.lost_categories, hide_index=True, key="lost_categories")
 
 
 @st.fragment  # opening another bit reruns only the dashboard, not the table above
@@ -64,6 +92,7 @@ def bit_dashboard(run_id: str, dataset_name: str, n_bits: int, first: int) -> No
     cofiring.dataframe(profile.cofiring, hide_index=True, key="cofiring")
     decoder.markdown("**Concepts nearest its decoder direction**")
     decoder.dataframe(profile.decoder_neighbours, hide_index=True, key="decoder_neighbours")
+    effect_section(run_id, dataset_name, bit)
 
 
 bit_dashboard(run["run_id"], run["dataset"], len(table), first)
