@@ -4,7 +4,8 @@ embedding."""
 import streamlit as st
 
 from pages import _shared
-from sparsebin.errors import PhraseError
+from sparsebin.errors import PhraseError, SparsebinError
+from sparsebin.interpret import interventions
 from sparsebin.interpret.bits import find_concepts
 from sparsebin.interpret.ontology import readable_q
 
@@ -77,6 +78,63 @@ if len(view.active_bits):
     )
 neighbours(view)
 st.caption(f"The two neighbour lists share {view.overlap:.0%} of their concepts.")
+
+
+@st.cache_data(max_entries=64)
+def edit(run_id: str, dataset_name: str, concept_id: str, off: tuple, on: tuple) -> interventions.Edit:
+    return interventions.edit_code(_shared.run_context(run_id, dataset_name), concept_id, off=off, on=on)
+
+
+@st.cache_data(max_entries=64)
+def bit_query(run_id: str, dataset_name: str, text: str) -> interventions.QueryResult:
+    return interventions.query_codes(_shared.run_context(run_id, dataset_name), text)
+
+
+st.markdown("**Switch bits**: untick an active bit to switch it off, add any other bit to switch it on")
+active = [int(bit) for bit in sorted(view.active_bits["bit"])]
+kept = st.multiselect("Active bits kept on", active, default=active, key="kept_bits")
+added = st.multiselect("Bits switched on", [b for b in range(context.n_bits) if b not in active], key="added_bits")
+off = tuple(bit for bit in active if bit not in kept)
+if off or added:
+    changed = edit(run["run_id"], run["dataset"], concept_id, off, tuple(added))
+    st.caption(
+        f"Decoded by the run's decoder: {len(changed.bits_before)} active bits before, {len(changed.bits_after)} "
+        f"after; cosine between the decoded vectors {changed.cosine:.3f}. Nearest {len(changed.dense_before)} "
+        "concepts by cosine of the decoded vector to the dense embeddings, before and after."
+    )
+    before, after = st.columns(2)
+    before.dataframe(changed.dense_before, hide_index=True, key="edit_before")
+    after.dataframe(changed.dense_after, hide_index=True, key="edit_after")
+    st.markdown("**Gained and lost** (dense: by cosine; code: nearest stored codes by Hamming distance)")
+    st.dataframe(changed.changes, hide_index=True, key="edit_changes")
+
+expression = st.text_input("Query by bits", key="bit_query", placeholder="e.g. 405 & 561 & ~12, or (3 | 7) & ~12")
+if expression.strip():
+    try:
+        found_codes = bit_query(run["run_id"], run["dataset"], expression)
+    except SparsebinError as error:
+        st.error(str(error))
+    else:
+        st.caption(
+            f"{expression!r} read as {found_codes.expression}: {found_codes.count:,} of {found_codes.n_rows:,} "
+            f"concepts; the first {len(found_codes.concepts)} by row listed."
+        )
+        st.dataframe(found_codes.concepts, hide_index=True, key="query_result")
+
+other = st.text_input("Contrast with (id or whole name)", key="contrast_with")
+if other.strip():
+    try:
+        pair = interventions.contrast(context, concept_id, other)
+    except SparsebinError as error:
+        st.error(str(error))
+    else:
+        shared, first, second = st.columns(3)
+        shared.markdown(f"**{len(pair.shared)} bits both share**")
+        shared.dataframe(pair.shared, hide_index=True, key="contrast_shared")
+        first.markdown(f"**{len(pair.first_only)} only {pair.first.name} has**")
+        first.dataframe(pair.first_only, hide_index=True, key="contrast_first")
+        second.markdown(f"**{len(pair.second_only)} only {pair.second.name} has**")
+        second.dataframe(pair.second_only, hide_index=True, key="contrast_second")
 from pages import _across  # noqa: E402 (the section closes the page)
 
 _across.across_section(run, concept_id)

@@ -57,3 +57,31 @@ def test_bits_page_shows_what_switching_the_bit_off_does_beside_its_firing_label
     firing = labels.split("(category ")[1].split(")")[0]
     assert f"category lost most often: {lost['category'].iloc[0]})" in labels
     assert ("**agree**" if firing == lost["category"].iloc[0] else "**differ**") in labels
+
+
+def test_concepts_page_switches_a_bit_off_queries_by_bits_and_contrasts(world, monkeypatch):
+    monkeypatch.setenv("SPARSEBIN_HOME", str(world["root"] / "home"))
+    monkeypatch.setenv("SPARSEBIN_DATA", str(world["root"] / "data"))
+    monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
+    at = AppTest.from_file("../app.py", default_timeout=60)
+    at.run()
+    at.switch_page("pages/concepts.py")
+    at.run()
+    at.text_input(key="concept_query").input("T:0010").run()
+    kept = at.multiselect(key="kept_bits")
+    active = list(kept.value)
+    assert active and not at.exception
+    kept.unselect(active[0]).run()
+    caption = next(item.value for item in at.caption if item.value.startswith("Decoded by the run's decoder"))
+    assert f"{len(active)} active bits before, {len(active) - 1} after" in caption
+    changes = next(frame.value for frame in at.dataframe if "change" in frame.value.columns)
+    assert set(changes["change"]) <= {"gained", "lost"}
+    assert (changes["change"] == "gained").sum() == (changes["change"] == "lost").sum()
+    at.text_input(key="bit_query").input(f"{active[0]} | ~{active[0]}").run()
+    assert any(item.value.endswith("200 of 200 concepts; the first 50 by row listed.") for item in at.caption)
+    at.text_input(key="bit_query").input(f"{active[0]} &").run()
+    assert [item.value for item in at.error] == [
+        "the bit expression ends too early: a bit number or '(' is missing at its end."
+    ]
+    at.text_input(key="contrast_with").input("T:0010").run()
+    assert f"**{len(active)} bits both share**" in [item.value for item in at.markdown]
