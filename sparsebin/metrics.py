@@ -114,7 +114,7 @@ class RowView:
         return RowView(self.embeddings, self.normalize, chosen, lengths=self.lengths, chunk_rows=self.chunk_rows)
 
     def __getitem__(self, key) -> np.ndarray:
-        rows, columns = (key if isinstance(key, tuple) else (key, slice(None)))
+        rows, columns = key if isinstance(key, tuple) else (key, slice(None))
         if isinstance(rows, (int, np.integer)):
             return self[np.array([rows]), columns][0]
         if self.rows is not None:

@@ -391,9 +391,7 @@ def dense_probe(
         "threshold": choice.threshold,
         "direction": np.where(choice.above, "above", "below"),
     }
-    return probe_result(
-        targets, feature, choice.train_f1, hits, fired, validation_members, len(validation_rows)
-    )
+    return probe_result(targets, feature, choice.train_f1, hits, fired, validation_members, len(validation_rows))
 
 
 @dataclass(frozen=True)
