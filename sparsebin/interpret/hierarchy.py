@@ -41,7 +41,7 @@ import pandas as pd
 
 from sparsebin.errors import DataError, RunFileError
 from sparsebin.files import CHUNK_ROWS
-from sparsebin.metrics import normalized_rows, principal_axes, sign_codes
+from sparsebin.metrics import RowView, principal_axes, sign_codes
 from sparsebin.runfolder import load_codes, load_config, load_split_rows, save_json
 from sparsebin.search.codes import active_counts
 
@@ -276,9 +276,9 @@ def run_hierarchy(
 def run_sign_codes(folder: Path, embeddings: np.ndarray) -> np.ndarray:
     """(M, ceil(D/8)) the run's sign baseline: rows as trained, PCA on its training part, one bit per dimension."""
     config = load_config(folder)
-    vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)
+    vectors = RowView(embeddings, config.normalize)  # read in chunks, as measure_run's sign baseline is
     train, _ = load_split_rows(folder, len(embeddings))
-    return sign_codes(vectors, axes=principal_axes(vectors[train], vectors.shape[1]))
+    return sign_codes(vectors, axes=principal_axes(vectors.subset(train), vectors.shape[1]))
 
 
 def _fingerprint(folder: Path, concepts: pd.DataFrame) -> str:
