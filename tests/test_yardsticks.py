@@ -115,9 +115,16 @@ def test_the_cache_is_rebuilt_when_the_embeddings_change_and_refused_when_damage
         dataset_yardsticks(changed, SMALL)
 
 
-def test_the_frontier_command_writes_every_baseline_and_the_runs_searches(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(faiss, "omp_get_max_threads", faiss.omp_get_max_threads)  # restored after the test
-    faiss.omp_set_num_threads(1)  # OpenMP threads spin against a busy machine's other processes
+@pytest.fixture
+def one_faiss_thread():
+    """faiss on one OpenMP thread (its threads spin against a busy machine's other processes), restored after."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+def test_the_frontier_command_writes_every_baseline_and_the_runs_searches(tmp_path, capsys, one_faiss_thread):
     from sparsebin.cli import main
     from sparsebin.config import TrainConfig
     from sparsebin.jobs.queue import Store
