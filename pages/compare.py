@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from pages import _across, _shared
+from pages import _across, _shared, _yardsticks
 from sparsebin import charts
 from sparsebin.interpret.comparison import REPLICATE, comparison_key, epoch_curves, grid_groups, with_settings
 from sparsebin.interpret.questions import answer_questions, default_run
@@ -150,6 +150,7 @@ named_metrics = _shared.run_metrics(named_id)
 sign, sign_equal = named_metrics.get(f"sign_{split}"), named_metrics.get(f"sign_{split}_equal_storage")
 known = _shared.runs(done_only=False)  # every run held, picked or not: nothing to queue repeats one
 hierarchy = _across.hierarchies(runs, named_id)  # Question 7, every picked run
+yardsticks = _yardsticks.baselines(named)  # Question 4's strongest baselines, None until measured
 answers = answer_questions(
     runs,
     named=named,
@@ -159,6 +160,7 @@ answers = answer_questions(
     bits=bits,
     known=known,
     hierarchy=hierarchy,
+    baselines=yardsticks,
 )
 text, chart = st.columns([3, 2])
 for answer in answers:
@@ -170,6 +172,8 @@ if needed and st.button(f"Queue the {len(needed)} runs these answers need", key=
         mine = [plan for plan in needed if plan.dataset == dataset]
         _shared.store().submit_many(dataset, [plan.config for plan in mine], [plan.label for plan in mine])
     st.success(f"Queued {len(needed)} runs; they appear here once finished.")
+
+_yardsticks.section(runs, named, yardsticks)
 
 st.subheader("Report")
 wanted = (tuple(sorted(picked)), named_id)  # a report is offered only for the runs it was built from

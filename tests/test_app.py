@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -617,3 +618,41 @@ def test_train_queues_the_papers_n_by_k_sweep_at_its_setting(app, world):
     finally:
         for job in queued:
             store.cancel(job.id)
+
+
+def test_compare_measures_the_yardsticks_in_the_background_then_draws_them_beside_the_runs(app, world):
+    import shutil
+    import time
+
+    from sparsebin.search.measuring import measuring_status
+
+    runs = world["runs"]
+    cosine = runs.loc[runs["label"] == "cosine run", "run_id"].iloc[0]
+    folder = world["data"] / "tiny"
+    at = open_page(app, "compare")
+    at.multiselect(key="compare_runs").set_value([cosine]).run()
+    shown = texts(at)
+    assert "The yardsticks of tiny (sign-PCA, ITQ, LSH, PQ, OPQ, scalar quantisation, two-stage) are not" in shown
+    assert f"`python -m sparsebin frontier tiny --runs {cosine}`" in shown
+    assert f"are not measured yet: `python -m sparsebin frontier tiny --runs {cosine}` measures them." in shown
+    try:
+        at.button(key="measure_yardsticks").click().run()
+        deadline = time.monotonic() + 240
+        while (measuring_status(folder) or {}).get("state") == "running" and time.monotonic() < deadline:
+            time.sleep(1)
+        status = measuring_status(folder)
+        assert status["state"] == "finished", (status, Path(status["log"]).read_text())
+        at.run()
+        shown = texts(at)
+        assert "Recall per byte: the picked runs beside the yardsticks (Question 4)" in shown
+        assert "Each point: recall@10 of one code and search on the named run's held-out queries" in shown
+        # 16 dimensions: PQ 16x8 is the one budget of BYTE_BUDGETS a code can spend; the run is 32 bits, K=4.
+        assert "Against the strongest yardstick at no more than its " in shown
+        assert "by float-query-to-code search its recall@10" in shown
+        table = next(frame.value for frame in at.dataframe if "pareto" in frame.value.columns)
+        assert {"PQ 16x8", "OPQ 16x8", "scalar quantiser int8", "float32, exact"} <= set(table["setting"])
+        assert {"hamming", "jaccard", "asymmetric"} <= set(
+            table.loc[table["setting"].str.startswith("cosine run"), "search"]
+        )
+    finally:
+        shutil.rmtree(folder / "yardsticks", ignore_errors=True)  # the other tests see the data set unmeasured

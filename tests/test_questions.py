@@ -181,7 +181,7 @@ def test_storage_names_the_elias_fano_size_when_the_run_has_one():
     assert "Elias-Fano coded, the codes take" not in text  # 20 bits: still more than the sign bits' 16
     fits = table(run(label="fits", bits_elias_fano=16.0))
     text = answer_storage(fits, None, equal, named=fits.iloc[0]).answer
-    assert text.endswith("Elias-Fano coded, the codes take 16 bits, no more than the sign bits.")
+    assert "Elias-Fano coded, the codes take 16 bits, no more than the sign bits." in text
     older = table(run(label="older", bits_elias_fano=float("nan")))  # measured before the metric existed
     assert "(64 as a bitmap)" in answer_storage(older, None, named=older.iloc[0]).answer
 
@@ -363,3 +363,61 @@ def test_the_paper_n_by_k_sweep_at_the_paper_setting_one_seed_by_default():
         sweep_configs(base, n_bits=(16, 64), ks=(4, 16))
     with pytest.raises(ConfigError, match="at least one seed"):
         sweep_configs(base, seeds=0)
+
+
+def yardstick(setting, search, size, recall, disk=0.0):
+    """One frontier row of `search.yardsticks` (the columns Question 4 reads)."""
+    storage = f"{size:g} B" if not disk else f"{size:g} B in memory + {disk:g} B on disk"
+    code = setting.split(",")[0].split(" ")[0]
+    return {"code": code, "setting": setting, "search": search, "bytes": size, "second_stage_bytes": disk}, {
+        "storage": storage,
+        "recall_at_10": recall,
+    }
+
+
+def frontier(*rows) -> pd.DataFrame:
+    return pd.DataFrame([left | right for left, right in rows])
+
+
+def test_storage_sets_the_named_run_against_the_best_yardstick_at_no_more_bytes():
+    baselines = frontier(
+        yardstick("ITQ, 384 bits", "hamming", 48, 0.74),
+        yardstick("ITQ, 512 bits", "hamming", 64, 0.79),  # more bytes than the run's codes: out
+        yardstick("sign-PCA, 384 bits", "jaccard", 48, 0.60),
+        yardstick("OPQ 48x8", "asymmetric", 48, 0.84),
+        yardstick("OPQ 24x8", "asymmetric", 24, 0.72),
+        yardstick("PQ 96x8", "asymmetric", 96, 0.90),  # out
+        yardstick("ITQ, 384 bits, top 100 by Hamming rescored with int8", "two-stage", 48, 0.97, 384),  # out
+    )
+    coded = table(
+        run(
+            label="preset",
+            bits_elias_fano=384.0,  # 48 B as stored
+            recall_at_10_hamming=0.65,
+            recall_at_10_jaccard=0.62,
+            recall_at_10_asymmetric=0.80,
+        )
+    )
+    text = answer_storage(coded, None, named=coded.iloc[0], baselines=baselines).answer
+    assert "Against the strongest yardstick at no more than its 48 B per vector (Elias-Fano coded)" in text
+    assert (
+        "by code-to-code search its recall@10 0.650 (hamming) trails ITQ, 384 bits (48 B, hamming: 0.740, -0.090)"
+        in text
+    )
+    assert (
+        "by float-query-to-code search its recall@10 0.800 (asymmetric) trails OPQ 48x8 "
+        "(48 B, asymmetric: 0.840, -0.040)" in text
+    )
+    assert "top 100" not in text and "PQ 96x8" not in text and "512 bits" not in text
+    # A run that finds more by float query than every baseline of its size beats it; at 24 B only OPQ 24x8 fits.
+    small = table(run(label="small", bits_elias_fano=192.0, recall_at_10_hamming=0.5, recall_at_10_asymmetric=0.75))
+    text = answer_storage(small, None, named=small.iloc[0], baselines=baselines).answer
+    assert "(asymmetric) beats OPQ 24x8 (24 B, asymmetric: 0.720, +0.030)" in text
+    assert "by code-to-code search its recall@10 0.500 (hamming) has no yardstick of at most 24 B to meet" in text
+
+
+def test_storage_says_how_to_measure_the_yardsticks_when_they_are_not():
+    coded = table(run(label="coded", bits_elias_fano=384.0))
+    named = coded.iloc[0]
+    text = answer_questions(coded, named=named)[3].answer
+    assert f"are not measured yet: `python -m sparsebin frontier hpo --runs {named['run_id']}` measures them." in text

@@ -106,6 +106,38 @@ def test_the_report_of_chosen_jobs_and_a_clear_error_for_unknown_ones(grid, tmp_
     assert "job(s) 999 have no finished run here." in capsys.readouterr().err
 
 
+def test_the_report_draws_the_yardsticks_once_measured_and_question_4_meets_the_best_of_them(grid, tmp_path, capsys):
+    store, jobs = grid
+    before = tmp_path / "before"
+    assert main(["report", "--dataset", "tiny", "--out", str(before)]) == 0
+    markdown = (before / "report.md").read_text()
+    assert "## Recall per byte\n\nThe yardsticks of the named run's data set are not measured" in markdown
+    assert "are not measured yet: `python -m sparsebin frontier tiny --runs " in markdown
+    named = store.list_runs("tiny").sort_values("job_id").iloc[0]
+    # 12 dimensions: one byte is the only budget a sign code or PQ can spend here.
+    assert (
+        main(["frontier", "tiny", "--runs", named["run_id"], "--budgets", "1", "--no-timing", "--out", str(tmp_path)])
+        == 0
+    )
+    said = capsys.readouterr().out  # 240 rows: too few to train PQ's 256 centroids, said, not a faiss traceback
+    assert "PQ and OPQ left out: their 8-bit codebooks need at least 256 training rows, this data set's " in said
+    after = tmp_path / "after"
+    assert main(["report", "--dataset", "tiny", "--out", str(after)]) == 0
+    markdown = (after / "report.md").read_text()
+    frontier = markdown.split("## Recall per byte")[1].split("## Runs")[0]
+    assert "Recall per byte on tiny: the yardsticks and 4 run(s)" in frontier
+    assert "| code | search | bytes / vector | recall@10 | ms / query | Pareto |" in frontier
+    for setting in ("ITQ, 8 bits", "sign-PCA, 8 bits", "LSH, 8 hyperplanes", "scalar quantiser int8", "float32, exact"):
+        assert f"| {setting} |" in frontier, setting
+    assert "| PQ 1x8 |" not in frontier
+    assert frontier.count("Elias-Fano |") == 4 * 3  # each run by Hamming, Jaccard and asymmetric search
+    question = markdown.split("**4. ")[1].split("**5. ")[0]
+    assert "Against the strongest yardstick at no more than its " in question
+    assert "by code-to-code search its recall@10" in question and "by float-query-to-code search" in question
+    page = (after / "report.html").read_text()
+    assert "Recall per byte on tiny: the yardsticks and 4 run(s)" in page
+
+
 def row(seed=0, label="", **changes) -> dict:
     """A runs-table row of a finished run at N=64, K=4, changed by `changes` (settings and figures alike)."""
     settings = {name: value for name, value in changes.items() if name in TrainConfig().to_dict()}

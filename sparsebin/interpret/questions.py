@@ -121,12 +121,15 @@ def answer_questions(
     sign_run: str | None = None,
     known: pd.DataFrame | None = None,
     hierarchy: "dict[str, RunHierarchy] | None" = None,
+    baselines: pd.DataFrame | None = None,
 ) -> list[Answer]:
     """All seven answers. `named` is the run Questions 4-6 are about (its runs-table row); `sign`
     is its sign-baseline metrics (one bit per dimension), `sign_equal` the same baseline at
     its storage; `depth` a `depth_analysis` result and `bits` a `bit_table` of that run.
     `known` is every run held (any status; default: `runs`): a run to queue is never one of them.
-    `hierarchy` maps run names to their `run_hierarchy` (Question 7; the named run's with its sign baseline)."""
+    `hierarchy` maps run names to their `run_hierarchy` (Question 7; the named run's with its sign baseline).
+    `baselines` is the frontier of the named run's yardsticks (`search.yardsticks`, measured with its split and
+    queries); None when they are not measured."""
     runs = with_settings(finished(runs))
     known = held_runs(runs, known)
     if sign_run is None and named is not None:
@@ -135,7 +138,7 @@ def answer_questions(
         answer_flexibility(runs, known),
         answer_dead_bits(runs, known),
         answer_rounding(runs, known),
-        answer_storage(runs, sign, sign_equal, sign_run, named=named, known=known),
+        answer_storage(runs, sign, sign_equal, sign_run, named=named, known=known, baselines=baselines),
         answer_depth(depth, sign_run, (hierarchy or {}).get(sign_run)),
         answer_bit_meaning(bits, sign_run),
         answer_hierarchy(hierarchy, sign_run),
@@ -316,9 +319,11 @@ def answer_storage(
     *,
     named: pd.Series | None = None,
     known: pd.DataFrame | None = None,
+    baselines: pd.DataFrame | None = None,
 ) -> Answer:
-    """Storage against quality: sparsity schemes compared at an otherwise equal setting, and the
-    named run's sign baselines (which cannot spend more than one bit per dimension)."""
+    """Storage against quality: sparsity schemes compared at an otherwise equal setting, the named run's
+    sign baselines (which cannot spend more than one bit per dimension), and the named run against the
+    strongest yardstick at no more bytes than its codes are stored at, by each kind of search."""
     runs = with_settings(runs)
     if not len(runs):
         return Answer(4, QUESTIONS[3], "No finished run is selected.")
@@ -371,7 +376,31 @@ def answer_storage(
                 f" Cut to that run's storage ({sign_equal['bits_bitmap']} bits, the leading PCA components), "
                 f"the sign baseline reaches recall@10 {_number(sign_equal['recall_at_10_hamming'])} (Hamming)."
             )
+    if named is not None:
+        text += " " + yardstick_text(named, baselines)
     return dataclasses.replace(answer, answer=text)
+
+
+def yardstick_text(named: pd.Series, baselines: pd.DataFrame | None) -> str:
+    """The named run against the best baseline at no more bytes, by code-to-code and by float-query search."""
+    from sparsebin.search.frontier import standings  # faiss: only where the yardsticks are read
+
+    name = run_name(named)
+    if baselines is None or not len(baselines):
+        return (
+            f"The yardsticks (ITQ, LSH, PQ, OPQ, scalar quantisation) of {named.get('dataset', 'its data set')} at "
+            f"{name}'s split and queries are not measured yet: `python -m sparsebin frontier "
+            f"{named.get('dataset', 'DATA')} --runs {named.get('run_id', 'RUN')}` measures them."
+        )
+    found = standings(named, baselines)
+    if not found:
+        return f"{name} has no stored size or recall to set against the yardsticks (measured by an older version)."
+    size, form = found[0].size, found[0].form
+    clauses = "; ".join(standing.text() for standing in found)
+    return (
+        f"Against the strongest yardstick at no more than its {size:g} B per vector ({form} coded), on the same "
+        f"held-out queries: {clauses}."
+    )
 
 
 def answer_depth(depth: "DepthAnalysis | None", run: str | None = None, hierarchy: "RunHierarchy | None" = None) -> str:

@@ -34,6 +34,8 @@ from sparsebin.interpret.questions import Answer, answer_questions, default_run
 from sparsebin.interpret.tables import NOTES, Table, ablation_tables, numeric, shown
 from sparsebin.jobs.queue import Store
 from sparsebin.progress import CURVES
+from sparsebin.search import frontier
+from sparsebin.search.yardsticks import measured_alike
 
 STYLE = (
     "body{font-family:sans-serif;max-width:1400px;margin:auto}table{border-collapse:collapse;font-size:90%}"
@@ -139,9 +141,13 @@ def build_report(
     bits: pd.DataFrame | None = None,
     title: str = "sparsebin report",
     hierarchy: dict[str, RunHierarchy] | None = None,
+    baselines: pd.DataFrame | None = None,
+    frontier_runs: pd.DataFrame | None = None,
 ) -> Report:
     """The report of `runs` (a runs table); `histories` and `metrics` (the judged part's metrics) are keyed
-    by run name; `named` is the run Questions 4-6 describe (default: the paper's setting among the runs)."""
+    by run name; `named` is the run Questions 4-6 describe (default: the paper's setting among the runs).
+    `baselines` is the frontier of the named run's yardsticks (its split and queries): Question 4 reads it,
+    and the report draws it with the runs measured alike (`frontier_runs`)."""
     runs = with_settings(finished(runs))
     if named is None:
         named, why = default_run(runs)
@@ -154,9 +160,20 @@ def build_report(
         bits=bits,
         sign_run=_name(named),
         hierarchy=hierarchy,
+        baselines=baselines,
     )
     tables = ablation_tables(runs)
     drawn = figures(runs, histories, metrics, depth)
+    frontier_section = "The yardsticks of the named run's data set are not measured; Question 4 says how."
+    if baselines is not None and named is not None:
+        alike = runs[runs["dataset"] == named["dataset"]] if frontier_runs is None else frontier_runs
+        points = frontier.frontier_points(baselines, frontier.run_points(alike))
+        title = f"Recall per byte on {named['dataset']}: the yardsticks and {len(alike)} run(s)"
+        drawn[title] = charts.frontier_chart(points, title)
+        frontier_section = (
+            f"{title}; held-out queries against every row, dense cosine top 10 as truth; runs at their codes' "
+            f"stored size (Elias-Fano).\n\n" + frontier.frontier_table(points)
+        )
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     datasets = ", ".join(sorted(map(str, runs["dataset"].unique()))) or "none"
     intro = (
@@ -166,6 +183,7 @@ def build_report(
     sections = [
         ("Ablation tables", tables_markdown(tables)),
         ("The seven questions", answers_markdown(answers)),
+        ("Recall per byte", frontier_section),
         ("Runs", runs_markdown(runs)),
         ("Figures", "\n".join(f"- {name} (in report.html)" for name in drawn)),
     ]
@@ -250,6 +268,7 @@ def report_for_store(store: Store, runs: pd.DataFrame, named_run_id: str | None 
     except (DataError, RunFileError):
         pass  # Questions 5 and 6 then say which run they need
     hierarchy = run_hierarchies(store, runs, named["run_id"])
+    baselines, alike = named_yardsticks(store, runs, named)
     return build_report(
         runs,
         histories=histories,
@@ -261,8 +280,28 @@ def report_for_store(store: Store, runs: pd.DataFrame, named_run_id: str | None 
         depth=depth,
         bits=bits,
         hierarchy=hierarchy,
+        baselines=baselines,
+        frontier_runs=alike,
         title=f"sparsebin report: {', '.join(sorted(map(str, runs['dataset'].unique())))}",
     )
+
+
+def named_yardsticks(store: Store, runs: pd.DataFrame, named: pd.Series) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """The cached yardsticks' frontier at the named run's split and queries (None when not measured), and the
+    runs of its data set measured with that same split and query count."""
+    try:
+        setup = frontier.run_setup(store.run_folder(named["run_id"]))
+        measured = measured_alike(load_dataset(named["dataset"]), setup)
+    except (DataError, RunFileError):
+        return None, runs.iloc[0:0]
+    alike = []
+    for _, run in runs[runs["dataset"] == named["dataset"]].iterrows():
+        try:
+            alike.append(frontier.run_setup(store.run_folder(run["run_id"])) == setup)
+        except (DataError, RunFileError):
+            alike.append(False)
+    same = runs[runs["dataset"] == named["dataset"]]
+    return (None if measured is None else measured.frontier), same[alike]
 
 
 def run_hierarchies(store: Store, runs: pd.DataFrame, named_run_id: str) -> dict[str, RunHierarchy]:

@@ -8,6 +8,8 @@ second stage: a point is on it when no point of no more bytes finds more.
 """
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,26 @@ from sparsebin import runfolder
 from sparsebin.errors import DataError
 from sparsebin.files import write_atomic
 from sparsebin.search.codes import CodeIndex
-from sparsebin.search.yardsticks import COLUMNS, Bench, K, Setup, storage_text
+from sparsebin.search.yardsticks import COLUMNS, Bench, K, Setup, best_at_most, storage_text
 
 RUN_SEARCHES = ("hamming", "jaccard", "asymmetric")
 POINT_COLUMNS = ["kind", *COLUMNS]  # kind: "baseline" or "run"
+# Question 4 compares like with like: a code searched by a code (Hamming, Jaccard) against the baselines
+# searched so, a float query against stored codes (asymmetric) against theirs. Two-stage rows read a second
+# store from disk and are left out of "no more bytes".
+KINDS_OF_SEARCH = {"code-to-code": ("hamming", "jaccard"), "float-query-to-code": ("asymmetric",)}
+LEVEL = 0.005  # recall differences below this read as level
+
+
+def stored_bytes(run: Mapping) -> tuple[float, str]:
+    """(bytes per vector, form) a run's codes are stored at: Elias-Fano coded when measured, else the plain
+    index list (runs measured before the Elias-Fano size existed); NaN when neither is known."""
+    coded, listed = run.get("bits_elias_fano"), run.get("bits_index_list")
+    if coded is not None and pd.notna(coded):
+        return float(coded) / 8, "Elias-Fano"
+    if listed is not None and pd.notna(listed):
+        return float(listed) / 8, "index list"
+    return float("nan"), "unknown"
 
 
 def run_points(runs: pd.DataFrame) -> pd.DataFrame:
@@ -31,11 +49,9 @@ def run_points(runs: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for _, run in runs.iterrows():
-        coded = run.get("bits_elias_fano")
-        stored = coded if pd.notna(coded) else run.get("bits_index_list")
-        if pd.isna(stored):
+        size, form = stored_bytes(run)
+        if np.isnan(size):
             continue
-        form = "Elias-Fano" if pd.notna(coded) else "index list"
         for search in RUN_SEARCHES:
             recall = run.get(f"recall_at_10_{search}")
             if pd.isna(recall):
@@ -46,9 +62,9 @@ def run_points(runs: pd.DataFrame) -> pd.DataFrame:
                     "code": str(run.get("label") or run.get("run_id")),
                     "setting": f"{run.get('label') or run.get('run_id')} (N={int(run['n_bits'])}, K={int(run['k'])})",
                     "search": search,
-                    "bytes": float(stored) / 8,
+                    "bytes": size,
                     "second_stage_bytes": 0.0,
-                    "storage": f"{storage_text(round(float(stored) / 8, 1), 0)} {form}",
+                    "storage": f"{storage_text(round(size, 1), 0)} {form}",
                     "recall_at_10": float(recall),
                     "ms_per_query": float(run.get(f"ms_per_query_{search}", np.nan)),
                     "n_queries": run.get("n_queries", np.nan),
@@ -56,6 +72,55 @@ def run_points(runs: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+@dataclass(frozen=True, eq=False)
+class Standing:
+    """A run against the strongest yardstick at no more bytes, by one kind of search."""
+
+    kind: str  # a key of KINDS_OF_SEARCH
+    search: str  # the run's best search of that kind
+    recall: float  # its recall@10
+    size: float  # bytes per vector the run's codes are stored at
+    form: str  # how they are stored ("Elias-Fano")
+    best: pd.Series | None  # the yardstick row (COLUMNS); None when no baseline fits in `size`
+
+    @property
+    def margin(self) -> float:
+        return float("nan") if self.best is None else self.recall - float(self.best["recall_at_10"])
+
+    @property
+    def verdict(self) -> str:
+        if self.best is None:
+            return "no yardstick fits"
+        return "level with" if abs(self.margin) < LEVEL else "beats" if self.margin > 0 else "trails"
+
+    def text(self) -> str:
+        """One clause: 'by code-to-code search its recall@10 0.648 (hamming) trails ITQ, 384 bits (48 B, ...)'."""
+        mine = f"by {self.kind} search its recall@10 {self.recall:.3f} ({self.search})"
+        if self.best is None:
+            return f"{mine} has no yardstick of at most {self.size:g} B to meet"
+        best = self.best
+        return (
+            f"{mine} {self.verdict} {best['setting']} ({best['storage']}, {best['search']}: "
+            f"{float(best['recall_at_10']):.3f}, {self.margin:+.3f})"
+        )
+
+
+def standings(run: Mapping, baselines: pd.DataFrame | None) -> list[Standing]:
+    """For each kind of search the run was measured by, its best recall against the best baseline of that
+    kind at no more bytes than the run's codes are stored at (`yardsticks.best_at_most`)."""
+    size, form = stored_bytes(run)
+    found = []
+    for kind, searches in KINDS_OF_SEARCH.items():
+        recalls = {s: run.get(f"recall_at_10_{s}") for s in searches}
+        recalls = {s: float(r) for s, r in recalls.items() if r is not None and pd.notna(r)}
+        if not recalls or np.isnan(size):
+            continue
+        search = max(recalls, key=recalls.get)
+        best = best_at_most(baselines, size, searches) if baselines is not None else None
+        found.append(Standing(kind, search, recalls[search], size, form, best))
+    return found
 
 
 def frontier_points(baselines: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -147,3 +212,11 @@ def write_frontier(points: pd.DataFrame, figure, out: Path) -> tuple[dict[str, P
     paths["png"] = out / "frontier.png"
     write_atomic(paths["png"], figure.to_image(format="png", width=1100, height=650))
     return paths, None
+
+
+def run_yardsticks(folder: Path, dataset):
+    """The cached yardsticks measured with the run's split and queries (`Yardsticks`, the newest at any byte
+    budgets), None when not measured (or measured on other embeddings); never measures."""
+    from sparsebin.search.yardsticks import measured_alike
+
+    return measured_alike(dataset, run_setup(folder))

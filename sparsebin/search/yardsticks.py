@@ -236,12 +236,23 @@ def without_self(ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return ids[keep].reshape(len(ids), k)
 
 
-def faiss_rows(bench: Bench, setup: Setup) -> list[dict]:
-    """PQ and OPQ at every budget they can spend, SQ int8 and fp16, and float32, searched by faiss."""
+PQ_CENTROIDS = 2**8  # m x 8 codes: each sub-quantiser's k-means needs at least this many training rows
+
+
+def faiss_rows(bench: Bench, setup: Setup, say=lambda text: None) -> list[dict]:
+    """PQ and OPQ at every budget they can spend, SQ int8 and fp16, and float32, searched by faiss. PQ and
+    OPQ are left out (and `say` tells why) when the training part has fewer rows than a codebook's centroids."""
     dim = bench.vectors.shape[1]
     train = np.ascontiguousarray(bench.vectors[bench.train])
     indexes = []
-    for size in pq_budgets(dim, setup.budgets):
+    budgets = pq_budgets(dim, setup.budgets)
+    if budgets and len(train) < PQ_CENTROIDS:
+        say(
+            f"PQ and OPQ left out: their 8-bit codebooks need at least {PQ_CENTROIDS} training rows, "
+            f"this data set's training part has {len(train)}"
+        )
+        budgets = []
+    for size in budgets:
         indexes.append(("PQ", f"PQ {size}x8", size, faiss.IndexPQ(dim, size, 8)))
         indexes.append(("OPQ", f"OPQ {size}x8", size, faiss.index_factory(dim, f"OPQ{size},PQ{size}x8")))
     indexes.append(
@@ -371,7 +382,7 @@ def measure_yardsticks(
         )
         bits.append(bit_figures(setting, packed, n_bits, bench, concepts, indexes))
     say("PQ, OPQ and scalar quantisation")
-    rows += faiss_rows(bench, setup)
+    rows += faiss_rows(bench, setup, say)
     say("two-stage search")
     rows += two_stage_rows(first_stages, bench, setup)
     return Yardsticks(pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(bits), losses)
@@ -480,6 +491,27 @@ def dataset_yardsticks(dataset, setup: Setup = Setup(), *, rebuild: bool = False
 def cached_yardsticks(dataset, setup: Setup = Setup()) -> Yardsticks | None:
     """The cached yardsticks of a data set for `setup`, None when not measured (or stale): never measures."""
     return load_yardsticks(cache_folder(dataset.path, setup), embeddings_checksum(dataset))
+
+
+def measured_alike(dataset, setup: Setup = Setup()) -> Yardsticks | None:
+    """The newest cached yardsticks of a data set measured with `setup`'s split, queries and seed, at any byte
+    budgets and re-ranking depths (`frontier --budgets` measures others); None when there are none."""
+    exact = cached_yardsticks(dataset, setup)
+    if exact is not None:
+        return exact
+    checksum, wanted = embeddings_checksum(dataset), asdict(setup)
+    same = ("split_seed", "val_fraction", "n_queries", "seed")
+    found = []
+    for meta_path in sorted((Path(dataset.path) / FOLDER).glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a damaged cache of another setup: refused when it is asked for by its own setup
+        measured = meta.get("setup") if isinstance(meta, dict) else None
+        if meta.get("checksum") == checksum and isinstance(measured, dict):
+            if all(measured.get(name) == wanted[name] for name in same):
+                found.append((str(meta.get("measured_at", "")), meta_path.parent))
+    return load_yardsticks(max(found)[1], checksum) if found else None
 
 
 def best_at_most(frontier: pd.DataFrame, size: float, searches: tuple[str, ...]) -> pd.Series | None:
