@@ -17,6 +17,14 @@ CHUNK_ROWS = 65536
 # Rows at a time where each row is expanded to one value per bit (unpacked codes, a model's (rows, N)
 # outputs): eight times the bytes of a packed row, so an eighth of the rows.
 BIT_CHUNK_ROWS = CHUNK_ROWS // 8
+# Bytes of one block of float rows where a step copies, divides or widens them (a part's rows gathered,
+# normalised, made float64): with 65536 rows a 768-d block was 200 MiB a copy and ~800 MiB a step.
+FLOAT_BLOCK_BYTES = 2**25
+
+
+def float_rows(dim: int, itemsize: int = 4) -> int:
+    """Rows of `dim` floats of `itemsize` bytes in one FLOAT_BLOCK_BYTES block (at most CHUNK_ROWS)."""
+    return int(min(CHUNK_ROWS, max(1, FLOAT_BLOCK_BYTES // (max(int(dim), 1) * itemsize))))
 
 
 @contextmanager

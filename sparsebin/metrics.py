@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sparsebin.devices import free_memory
-from sparsebin.files import CHUNK_ROWS
+from sparsebin.files import CHUNK_ROWS, float_rows
 from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.search import elias_fano
@@ -92,7 +92,7 @@ class RowView:
         self.embeddings = embeddings
         self.normalize = bool(normalize)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        self.chunk_rows = CHUNK_ROWS if chunk_rows is None else chunk_rows
+        self.chunk_rows = float_rows(embeddings.shape[1]) if chunk_rows is None else chunk_rows
         if self.normalize and lengths is None:
             lengths = np.empty(len(embeddings), dtype=np.float32)
             for start in range(0, len(embeddings), self.chunk_rows):
@@ -421,18 +421,20 @@ def sign_codes(
         rotation = rotation[:, :n_bits]
     else:
         rotation, offset = np.eye(d_in, n_bits, dtype=np.float32), np.zeros(d_in, np.float32)
+    step = float_rows(d_in)
     packed = [
-        pack_bits((np.asarray(vectors[i : i + CHUNK_ROWS]) - offset) @ rotation > 0)
-        for i in range(0, len(vectors), CHUNK_ROWS)
+        pack_bits((np.asarray(vectors[i : i + step]) - offset) @ rotation > 0) for i in range(0, len(vectors), step)
     ]
     return np.concatenate(packed)
 
 
 def principal_axes(
-    vectors: np.ndarray, n_components: int, chunk_rows: int = CHUNK_ROWS
+    vectors: np.ndarray, n_components: int, chunk_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (D,), axes (D, n_components)) from the covariance, accumulated in chunks."""
+    """(mean (D,), axes (D, n_components)) from the covariance, accumulated in float64 chunks of
+    `float_rows(D, 8)` rows unless `chunk_rows` is given."""
     d_in = vectors.shape[1]
+    chunk_rows = float_rows(d_in, 8) if chunk_rows is None else chunk_rows
     total = np.zeros(d_in, dtype=np.float64)
     gram = np.zeros((d_in, d_in), dtype=np.float64)
     for start in range(0, len(vectors), chunk_rows):

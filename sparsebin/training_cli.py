@@ -23,7 +23,7 @@ from sparsebin.errors import ConfigError, DataError
 from sparsebin.experiment import interpretability_group, run_experiment
 from sparsebin.health import convergence_word, health_lines
 from sparsebin.interpret.scores import MIN_ACTIVE
-from sparsebin.metrics import HEADLINE_METRICS, evaluate_model, normalized_rows
+from sparsebin.metrics import HEADLINE_METRICS, RowView, evaluate_model
 from sparsebin.paths import home_dir
 from sparsebin.progress import ProgressEvent
 from sparsebin.train import check_embeddings, split_rows
@@ -143,7 +143,7 @@ def eval_command(args: argparse.Namespace) -> int:
     check_embeddings(embeddings, config.normalize)
     if embeddings.shape[1] != model.d_in:
         raise DataError(f"the run expects {model.d_in}-d embeddings, but {args.data} has {embeddings.shape[1]}.")
-    vectors = normalized_rows(embeddings, np.arange(len(embeddings)), config.normalize)
+    vectors = RowView(embeddings, config.normalize)  # as trained, read in chunks: no whole float copy
     evaluation = evaluate_model(model, vectors, split=f"all of {args.data}", n_queries=args.queries)
     metrics = evaluation.metrics
     # The probe chooses on one part of these rows and scores on the other: the run's own split of its data set.

@@ -37,7 +37,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
-from sparsebin.files import BIT_CHUNK_ROWS, CHUNK_ROWS
+from sparsebin.files import BIT_CHUNK_ROWS, CHUNK_ROWS, float_rows
 from sparsebin.search._kernels import SHIFT, search_postings, search_words
 
 METRICS = ("hamming", "jaccard")
@@ -50,6 +50,15 @@ POSTING_NS, ROW_NS, WORD_NS = 2.5, 1.5, 0.035
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """(M, N) 0/1 array -> (M, ceil(N / 8)) uint8."""
     return np.packbits(np.asarray(bits, dtype=np.uint8), axis=1)
+
+
+UNPACKED_BLOCK_BYTES = 2**26  # a block of rows unpacked to float32 bits for a product: 64 MiB
+
+
+def unpacked_rows(n_bits: int) -> int:
+    """Rows per block when codes of `n_bits` are unpacked to float32 (UNPACKED_BLOCK_BYTES a block); also
+    rows per block of any (rows, `n_bits`) float32 product."""
+    return max(1, UNPACKED_BLOCK_BYTES // (4 * max(int(n_bits), 1)))
 
 
 def unpack_bits(packed: np.ndarray, n_bits: int) -> np.ndarray:
@@ -217,12 +226,7 @@ class CodeIndex:
         """(Q, N) 0/1 queries -> (Q, M) float32 counts of shared active bits."""
         if self.method == "postings":
             return (sp.csr_matrix(query_bits, dtype=np.float32) @ self.by_bit).toarray()
-        query = query_bits.astype(np.float32)
-        out = np.empty((len(query), len(self)), dtype=np.float32)
-        for i in range(0, len(self), self.chunk_rows):
-            block = unpack_bits(self.packed[i : i + self.chunk_rows], self.n_bits).astype(np.float32)
-            out[:, i : i + len(block)] = query @ block.T
-        return out
+        return self._unpacked_products(query_bits.astype(np.float32))
 
     def distances(self, query_packed: np.ndarray, metric: str = "hamming") -> np.ndarray:
         """(Q, M) float32 distances from each packed query to every indexed row."""
@@ -328,11 +332,13 @@ class CodeIndex:
             return self._decoded[1]
         scale, norm = np.empty(len(self), np.float32), np.empty(len(self), np.float32)
         by_row = self.by_bit.T.tocsr() if self._is_sparse() else None  # (M, N)
-        for i in range(0, len(self), self.chunk_rows):
+        # A block's float products are (rows, D), its unpacked bits (rows, N): 64 MiB each at most.
+        step = unpacked_rows(max(self.n_bits, decoding.weight.shape[0]))
+        for i in range(0, len(self), step):
             if by_row is not None:
-                products = np.asarray(by_row[i : i + self.chunk_rows] @ decoding.weight.T)  # (c, D)
+                products = np.asarray(by_row[i : i + step] @ decoding.weight.T)  # (c, D)
             else:
-                bits = unpack_bits(self.packed[i : i + self.chunk_rows], self.n_bits).astype(np.float32)
+                bits = unpack_bits(self.packed[i : i + step], self.n_bits).astype(np.float32)
                 products = bits @ decoding.weight.T
             scale[i : i + len(products)], norm[i : i + len(products)] = decoding.rows(products + decoding.bias)
         self._decoded = (decoding, (scale, norm))
@@ -345,10 +351,16 @@ class CodeIndex:
         """(Q, M) float32 v . b: each query's weights summed over every row's active bits."""
         if self._is_sparse():  # sparse codes: sum v over each row's listed bits
             return np.asarray(self.by_bit.T @ query_weights.T, dtype=np.float32).T
-        out = np.empty((len(query_weights), len(self)), dtype=np.float32)
-        for i in range(0, len(self), self.chunk_rows):
-            block = unpack_bits(self.packed[i : i + self.chunk_rows], self.n_bits).astype(np.float32)
-            out[:, i : i + len(block)] = query_weights @ block.T
+        return self._unpacked_products(query_weights)
+
+    def _unpacked_products(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, N) float32 -> (Q, M) float32 queries @ bits.T, the rows unpacked `unpacked_rows(N)` at a time
+        (an unpacked float block of 64 MiB, not `chunk_rows` rows: 65,536 rows of 4096 bits would be 1 GiB)."""
+        out = np.empty((len(queries), len(self)), dtype=np.float32)
+        step = unpacked_rows(self.n_bits)
+        for i in range(0, len(self), step):
+            block = unpack_bits(self.packed[i : i + step], self.n_bits).astype(np.float32)
+            out[:, i : i + len(block)] = queries @ block.T
         return out
 
     def _search_compiled(
@@ -449,7 +461,17 @@ def words_per_vector(n_bits: int) -> int:
 
 
 def as_words(packed: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """(M, B) uint8 packed rows -> (M, ceil(B / 8)) uint64, zero-padded (bit order does not matter to popcount)."""
+    """(M, B) uint8 packed rows -> (M, ceil(B / 8)) uint64, zero-padded (bit order does not matter to popcount).
+    Rows of whole words (N a multiple of 64), contiguous and aligned, are viewed as words, not copied."""
+    if (
+        isinstance(packed, np.ndarray)
+        and packed.dtype == np.uint8
+        and packed.ndim == 2
+        and packed.shape[1] % 8 == 0
+        and packed.flags.c_contiguous
+        and packed.ctypes.data % 8 == 0
+    ):
+        return packed.view(np.uint64)
     n_words = -(-packed.shape[1] // 8)
     padded = np.zeros((len(packed), n_words * 8), dtype=np.uint8)
     for start in range(0, len(packed), chunk_rows):
@@ -515,7 +537,7 @@ def smallest_k(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dense_neighbours(
-    vectors: np.ndarray, query_rows: np.ndarray, k: int, chunk_rows: int = CHUNK_ROWS
+    vectors: np.ndarray, query_rows: np.ndarray, k: int, chunk_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k among `vectors` for the given rows, the row itself left out.
 
@@ -525,6 +547,7 @@ def dense_neighbours(
     ~16 MB whatever M and Q.
     """
     query_rows = np.asarray(query_rows, dtype=np.int64)
+    chunk_rows = float_rows(vectors.shape[1]) if chunk_rows is None else chunk_rows
     queries = np.asarray(vectors[query_rows], dtype=np.float32)  # (Q, D)
     best_idx = np.empty((len(queries), 0), dtype=np.int64)
     best_sim = np.empty((len(queries), 0), dtype=np.float32)
