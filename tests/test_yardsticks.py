@@ -161,3 +161,24 @@ def test_the_frontier_command_writes_every_baseline_and_the_runs_searches(tmp_pa
     assert "| code | search | bytes / vector | recall@10 | ms / query | Pareto |" in printed
     assert main(["frontier", name, "--runs", "no-such-run"]) != 0
     assert "no finished run no-such-run on dataset front; see `runs`." in capsys.readouterr().err
+
+
+def test_a_background_measurement_that_died_reads_as_failed_with_its_last_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from sparsebin.search.measuring import measuring_status, status_path
+
+    assert measuring_status(tmp_path) is None  # none started
+    log = tmp_path / "measuring.log"
+    log.write_text("measuring the yardsticks of tiny (240 rows)\nError: the disk is full\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = status_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"state": "running", "pid": dead.pid, "started_at": 0, "log": str(log)}))
+    status = measuring_status(tmp_path)
+    assert status["state"] == "failed" and status["error"] == "Error: the disk is full"
+    log.write_text("| code | search |\ncsv: out/frontier.csv\n")
+    assert measuring_status(tmp_path)["state"] == "finished"
