@@ -5,6 +5,7 @@ builds run, so it stays small and imports no training code).
 """
 
 import argparse
+import os
 import sys
 
 from sparsebin.errors import SparsebinError
@@ -21,3 +22,7 @@ def run_command(args: argparse.Namespace) -> int:
     except SparsebinError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`status | head`): nothing more to say, and nothing went wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0

@@ -414,3 +414,22 @@ def test_submit_sweep_queues_the_paper_n_by_k_sweep_and_leaves_out_runs_already_
         run_command("submit", "tiny", "--sweep", "--k", "4", *tiny)
     with pytest.raises(ConfigError, match="--study and --sweep each queue a plan of their own"):
         run_command("submit", "tiny", "--sweep", "--study", "2", *tiny)
+
+
+def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path):
+    """`python -m sparsebin status | head -1`: once the reader is gone the command stops, exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    store = Store()
+    for seed in range(40):
+        store.submit(make_dataset("pipe", n_rows=40), TINY.replace(seed=seed))
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "sparsebin", "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "SPARSEBIN_HOME": str(store.home)},
+    )
+    listing.stdout.close()  # the reader leaves before the first line
+    _, said = listing.communicate(timeout=120)
+    assert listing.returncode == 0 and b"Traceback" not in said, said.decode()
