@@ -32,8 +32,8 @@ def section(runs: pd.DataFrame, named: pd.Series, measured: pd.DataFrame | None)
         return
     same = runs[runs["dataset"] == name]
     setup = frontier.run_setup(_shared.store().run_folder(named["run_id"]))
-    alike = [run_id for run_id in same["run_id"] if _setup(run_id) == setup]
-    points = frontier.frontier_points(measured, frontier.run_points(same[same["run_id"].isin(alike)]))
+    alike = frontier.measured_like(same, setup, _shared.store().run_folder)
+    points = frontier.frontier_points(measured, frontier.run_points(alike))
     title = f"Recall per byte on {name} ({setup.n_queries} held-out queries against every row)"
     st.plotly_chart(charts.frontier_chart(points, title), key="frontier_chart")
     left_out = len(same) - len(alike)
@@ -52,13 +52,6 @@ def section(runs: pd.DataFrame, named: pd.Series, measured: pd.DataFrame | None)
             hide_index=True,
             key="frontier_table",
         )
-
-
-def _setup(run_id: str):
-    try:
-        return frontier.run_setup(_shared.store().run_folder(run_id))
-    except (RunFileError, DataError):
-        return None
 
 
 def _measure(named: pd.Series) -> None:

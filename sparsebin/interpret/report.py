@@ -294,14 +294,8 @@ def named_yardsticks(store: Store, runs: pd.DataFrame, named: pd.Series) -> tupl
         measured = measured_alike(load_dataset(named["dataset"]), setup)
     except (DataError, RunFileError):
         return None, runs.iloc[0:0]
-    alike = []
-    for _, run in runs[runs["dataset"] == named["dataset"]].iterrows():
-        try:
-            alike.append(frontier.run_setup(store.run_folder(run["run_id"])) == setup)
-        except (DataError, RunFileError):
-            alike.append(False)
-    same = runs[runs["dataset"] == named["dataset"]]
-    return (None if measured is None else measured.frontier), same[alike]
+    alike = frontier.measured_like(runs[runs["dataset"] == named["dataset"]], setup, store.run_folder)
+    return (None if measured is None else measured.frontier), alike
 
 
 def run_hierarchies(store: Store, runs: pd.DataFrame, named_run_id: str) -> dict[str, RunHierarchy]:

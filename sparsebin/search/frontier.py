@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sparsebin import runfolder
-from sparsebin.errors import DataError
+from sparsebin.errors import DataError, RunFileError
 from sparsebin.files import write_atomic
 from sparsebin.search.codes import CodeIndex
 from sparsebin.search.yardsticks import COLUMNS, Bench, K, Setup, best_at_most, storage_text
@@ -213,6 +213,18 @@ def write_frontier(points: pd.DataFrame, figure, out: Path) -> tuple[dict[str, P
     paths["png"] = out / "frontier.png"
     write_atomic(paths["png"], figure.to_image(format="png", width=1100, height=650))
     return paths, None
+
+
+def measured_like(runs: pd.DataFrame, setup: Setup, run_folder) -> pd.DataFrame:
+    """The runs (a runs table) measured with `setup`'s split and query count, which one frontier can draw;
+    `run_folder` maps a run id to its folder, and a run whose folder cannot be read is left out."""
+    keep = []
+    for run_id in runs["run_id"]:
+        try:
+            keep.append(run_setup(run_folder(run_id)) == setup)
+        except (DataError, RunFileError):
+            keep.append(False)
+    return runs[np.array(keep, dtype=bool)]
 
 
 def run_yardsticks(folder: Path, dataset):
