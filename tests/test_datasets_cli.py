@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
+from sparsebin import processes
 from sparsebin.cli import main
 from sparsebin.datasets import build_status, list_datasets, load_dataset, start_build
-from sparsebin.datasets import status as status_module
 from sparsebin.datasets.status import write_status
 
 
@@ -76,7 +76,7 @@ def test_start_build_launches_one_detached_process(data_dir, monkeypatch):
         launched.append((command, options))
         return FakeProcess()
 
-    monkeypatch.setattr(status_module.subprocess, "Popen", fake_popen)
+    monkeypatch.setattr(processes.subprocess, "Popen", fake_popen)  # start_detached starts every detached process
     start_build("hpo")
     start_build("hpo")  # already running: nothing new starts
     assert len(launched) == 1

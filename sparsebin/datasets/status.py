@@ -6,15 +6,13 @@ starts `build-data` as a separate session and polls `<data_dir>/.builds/<name>.j
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sparsebin import paths
 from sparsebin.datasets.store import check_name, resolve_data_dir
 from sparsebin.files import write_atomic
-from sparsebin.processes import pid_alive
+from sparsebin.processes import pid_alive, start_detached
 
 STATUS_FOLDER = ".builds"
 BUILD_NICENESS = 10  # background builds yield the CPU to training (and to everything at normal priority)
@@ -87,18 +85,9 @@ def start_build(name: str, data_dir: Path | None = None, niceness: int = BUILD_N
     log_path = status_path(name, data_dir).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "SPARSEBIN_DATA": str(root), "HF_HUB_OFFLINE": "1"}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name, "--nice", str(niceness)]
-            + (["--limit", limit] if limit else []),
-            cwd=paths.PROJECT_DIR,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    write_status(name, data_dir, state="running", done=0, total=0, error=None, pid=process.pid, niceness=niceness)
+    command = [sys.executable, "-m", "sparsebin.datasets.cli", "build-data", name, "--nice", str(niceness)]
+    pid = start_detached(command + (["--limit", limit] if limit else []), log_path, environment)
+    write_status(name, data_dir, state="running", done=0, total=0, error=None, pid=pid, niceness=niceness)
 
 
 def seconds_left(status: dict, now: float | None = None) -> float | None:

@@ -1,6 +1,7 @@
 """`frontier`: the yardsticks and the runs of a data set on one recall-per-byte chart, with its CSV and table."""
 
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -26,10 +27,15 @@ def add_commands(subparsers) -> None:
     )
     parser.add_argument("--rebuild", action="store_true", help="measure the yardsticks again, not from the cache")
     parser.add_argument("--no-timing", action="store_true", help="do not time the runs' own searches")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="lower the measurement's CPU priority by N (the app's background one: 10)"
+    )
     parser.set_defaults(func=frontier_command)
 
 
 def frontier_command(args: argparse.Namespace) -> int:
+    if args.nice > 0:
+        os.nice(args.nice)  # training, at normal priority, takes the cores first
     dataset = load_dataset(args.data)
     store = Store()
     runs = store.list_runs(dataset.name)

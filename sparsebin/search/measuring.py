@@ -7,14 +7,12 @@ is a small JSON file beside the cache, `<dataset>/yardsticks/measuring.json`, an
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sparsebin import paths
 from sparsebin.files import write_atomic
-from sparsebin.processes import pid_alive
+from sparsebin.processes import pid_alive, start_detached
 from sparsebin.search.yardsticks import FOLDER
 
 NICENESS = 10  # yields the CPU to training
@@ -56,19 +54,10 @@ def start_measuring(dataset_name: str, dataset_folder: Path, run_id: str) -> dic
     environment = dict(os.environ)
     if (os.cpu_count() or 1) <= 2:  # faiss's OpenMP threads ran ~10x slower on 2 shared cores than one thread
         environment.setdefault("OMP_NUM_THREADS", "1")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sparsebin", "frontier", dataset_name, "--runs", run_id, "--no-timing"]
-            + ["--out", str(out)],
-            cwd=paths.PROJECT_DIR,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: os.nice(NICENESS),
-        )
-    status = {"state": "running", "run_id": run_id, "started_at": time.time(), "pid": process.pid}
+    command = [sys.executable, "-m", "sparsebin", "frontier", dataset_name, "--runs", run_id, "--no-timing"]
+    command += ["--out", str(out), "--nice", str(NICENESS)]
+    pid = start_detached(command, log_path, environment, append=False)
+    status = {"state": "running", "run_id": run_id, "started_at": time.time(), "pid": pid}
     status["log"] = str(log_path)
     write_atomic(path, json.dumps(status).encode())
     return status
