@@ -509,7 +509,7 @@ def measured_alike(dataset, setup: Setup = Setup()) -> Yardsticks | None:
         except (OSError, ValueError):
             continue  # a damaged cache of another setup: refused when it is asked for by its own setup
         measured = meta.get("setup") if isinstance(meta, dict) else None
-        if meta.get("checksum") == checksum and isinstance(measured, dict):
+        if isinstance(measured, dict) and meta.get("checksum") == checksum:
             if all(measured.get(name) == wanted[name] for name in same):
                 found.append((str(meta.get("measured_at", "")), meta_path.parent))
     return load_yardsticks(max(found)[1], checksum) if found else None
