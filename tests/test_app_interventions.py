@@ -39,14 +39,20 @@ def world(tmp_path_factory):
     return {"root": root, "run_id": run_id}
 
 
-def test_bits_page_shows_what_switching_the_bit_off_does_beside_its_firing_label(world, monkeypatch):
+def open_page(world, monkeypatch, page: str) -> AppTest:
+    """The app on the world's folders (no worker), switched to `page`."""
     monkeypatch.setenv("SPARSEBIN_HOME", str(world["root"] / "home"))
     monkeypatch.setenv("SPARSEBIN_DATA", str(world["root"] / "data"))
     monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
     at = AppTest.from_file("../app.py", default_timeout=60)
     at.run()
-    at.switch_page("pages/bits.py")
+    at.switch_page(f"pages/{page}.py")
     at.run()
+    return at
+
+
+def test_bits_page_shows_what_switching_the_bit_off_does_beside_its_firing_label(world, monkeypatch):
+    at = open_page(world, monkeypatch, "bits")
     assert not at.exception
     assert "**What switching this bit off does**" in [item.value for item in at.markdown]
     texts = [item.value for item in at.markdown] + [item.value for item in at.caption]
@@ -60,13 +66,7 @@ def test_bits_page_shows_what_switching_the_bit_off_does_beside_its_firing_label
 
 
 def test_concepts_page_switches_a_bit_off_queries_by_bits_and_contrasts(world, monkeypatch):
-    monkeypatch.setenv("SPARSEBIN_HOME", str(world["root"] / "home"))
-    monkeypatch.setenv("SPARSEBIN_DATA", str(world["root"] / "data"))
-    monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
-    at = AppTest.from_file("../app.py", default_timeout=60)
-    at.run()
-    at.switch_page("pages/concepts.py")
-    at.run()
+    at = open_page(world, monkeypatch, "concepts")
     at.text_input(key="concept_query").input("T:0010").run()
     kept = at.multiselect(key="kept_bits")
     active = list(kept.value)
