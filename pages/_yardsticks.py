@@ -46,9 +46,8 @@ def section(runs: pd.DataFrame, named: pd.Series, measured: pd.DataFrame | None)
         f"their storage.{other}{split}"
     )
     with st.expander("Every point of the chart"):
-        shown = points.sort_values(["bytes", "second_stage_bytes", "recall_at_10"], ascending=[True, True, False])
         st.dataframe(
-            shown[["setting", "search", "storage", "recall_at_10", "ms_per_query", "pareto"]],
+            frontier.in_order(points)[["setting", "search", "storage", "recall_at_10", "ms_per_query", "pareto"]],
             hide_index=True,
             key="frontier_table",
         )

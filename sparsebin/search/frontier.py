@@ -181,14 +181,18 @@ def run_setup(folder: Path, budgets=None) -> Setup:
     return Setup(config.split_seed, config.val_fraction, int(part.get("n_queries") or 500), **changes)
 
 
+def in_order(points: pd.DataFrame) -> pd.DataFrame:
+    """The points by bytes, one-stage codes first, then by recall, highest first: how tables list them."""
+    return points.sort_values(["bytes", "second_stage_bytes", "recall_at_10"], ascending=[True, True, False])
+
+
 def frontier_table(points: pd.DataFrame) -> str:
     """The points as a markdown table, by bytes then recall: what the README and the closing note show."""
     lines = [
         "| code | search | bytes / vector | recall@10 | ms / query | Pareto |",
         "|---|---|---|---|---|---|",
     ]
-    ordered = points.sort_values(["bytes", "second_stage_bytes", "recall_at_10"], ascending=[True, True, False])
-    for _, point in ordered.iterrows():
+    for _, point in in_order(points).iterrows():
         speed = "-" if pd.isna(point["ms_per_query"]) else f"{point['ms_per_query']:.2f}"
         lines.append(
             f"| {point['setting']} | {point['search']} | {point['storage']} | {point['recall_at_10']:.3f} | {speed} "
