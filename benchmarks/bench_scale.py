@@ -5,12 +5,17 @@
 For each size a float32 file of synthetic rows with planted structure is written (64 cluster
 centres in a 16-dimensional subspace plus noise, so a trained code has something to find), then
 each step runs in its own subprocess under temporary SPARSEBIN_HOME / SPARSEBIN_DATA folders in
-/tmp: `import-data`, `train --epochs 1` at N=4096, K=32 (training and its evaluation), `eval`
-(evaluation alone), exact top-10 search of 100 queries taken from the codes (CodeIndex Hamming and
-Jaccard beside faiss IndexBinaryFlat on the same packed codes, and IndexFlatIP on the normalised
-floats), and `export`. Two peaks are given per step: peak RSS (the child's ru_maxrss, the same as
-its VmHWM: it counts the pages of memory-mapped files it touched) and peak anonymous memory
-(RssAnon sampled every 10 ms: the process's own allocations, without the mapped file). The
+/tmp: `import-data`; `submit --preset recommended --n-bits 4096 --k 32 --epochs 1` trained by
+`worker --once` (the epoch and the evaluation that follows it; rigid TopK, so each code has exactly K
+bits, as a trained code of that size has); `eval` (evaluation alone); exact top-10 search of 100
+queries taken from the codes (CodeIndex Hamming and Jaccard beside faiss IndexBinaryFlat on the same
+packed codes, and IndexFlatIP on the normalised floats); `export`; the Map page's cache (UMAP of a
+seeded sample of at most 50k rows, every other row placed at its nearest sampled row); and each page
+opened twice in AppTest, the first time filling its caches, the second with them built. The figures
+are also written to benchmarks/last_scale.json. Two peaks are given per step: peak RSS (the child's
+ru_maxrss, the same as its VmHWM: it counts the pages of memory-mapped files it touched) and peak
+anonymous memory (RssAnon sampled every 10 ms: the process's own allocations, without the mapped
+file). The
 growth columns are the ratio of a step's cost to the same step's at the previous size, per 10x rows.
 """
 
@@ -53,6 +58,46 @@ for s in range(0, len(floats), 100000):
 query = np.array(floats[np.sort(q)], dtype=np.float32); faiss.normalize_L2(query)
 t = time.perf_counter(); ip.search(query, 10)
 out["faiss_ip_ms_per_query"] = 1000 * (time.perf_counter() - t) / len(q)
+print(json.dumps(out))
+"""
+
+
+PROJECTION = """
+from sparsebin.datasets import load_dataset
+from sparsebin.projection import compute_projection
+data = load_dataset("scale")
+compute_projection(data.embeddings, data.path)
+"""
+
+# Each page opened as a newcomer would: the first render fills the page's caches (the run's context and bit
+# table, the search index); the second is the render once they are built, which the 5 s target is about.
+PAGES = """
+import json, time
+from streamlit.testing.v1 import AppTest
+
+def timed(at):
+    start = time.perf_counter()
+    at.run()
+    seconds = time.perf_counter() - start
+    if at.exception:
+        raise SystemExit(f"the page failed: {at.exception[0].message}")
+    return seconds
+
+out = {}
+for page in ("home", "train", "compare", "bits", "concepts", "map", "data"):
+    at = AppTest.from_file("app.py", default_timeout=3600)
+    if page != "home":  # each AppTest opens on Home; the page is then opened from there
+        at.run()
+        at.switch_page(f"pages/{page}.py")
+    out[page] = [timed(at), timed(at)]  # Home's first render is the process's first: app.py's imports too
+    if page == "concepts":  # a concept found by name and its view, then the same search again
+        at.text_input(key="concept_query").set_value("row 12")
+        out["concepts: a concept by name"] = [timed(at), timed(at)]
+    if page == "bits":  # another bit's profile
+        at.number_input(key="bit").set_value(7)
+        out["bits: another bit's profile"] = [timed(at), timed(at)]
+    if page == "map":
+        out["map: caption"] = at.caption[0].value if len(at.caption) else ""
 print(json.dumps(out))
 """
 
@@ -114,29 +159,33 @@ def one_size(rows: int, dim: int, skip_train: bool) -> dict:
         file_bytes = planted_rows(work / "rows.npy", rows, dim)
         steps = {"import": measured([*py, "import-data", str(work / "rows.npy"), "--name", "scale"], env)}
         data = work / "data" / "scale"
-        run = work / "home" / "runs" / "scale"
         if skip_train:
             return {"rows": rows, "file_bytes": file_bytes, "steps": steps}
-        train = [*py, "train", "scale", "--n-bits", str(N_BITS), "--k", str(K), "--epochs", "1", "--out", str(run)]
-        steps["train (1 epoch + evaluation)"] = measured([*train, "--device", "cpu"], env)
+        # Queued and trained by the worker, as the app does, so the pages and `export` find the run.
+        settings = ["--preset", "recommended", "--n-bits", str(N_BITS), "--k", str(K), "--epochs", "1"]
+        measured([*py, "submit", "scale", *settings, "--device", "cpu"], env)
+        steps["train (1 epoch + evaluation, worker)"] = measured([*py, "worker", "--once", "--device", "cpu"], env)
+        run = next((work / "home" / "runs").iterdir())
+        if not (run / "codes.npy").is_file():
+            raise SystemExit(f"the worker left no codes in {run}: {measured([*py, 'status'], env)['stdout']}")
         steps["evaluation (eval)"] = measured([*py, "eval", str(run), "scale", "--json"], env)
         search = SEARCH.format(queries=QUERIES, n_bits=N_BITS)
         steps["search"] = measured(
             [sys.executable, "-c", search, str(run / "codes.npy"), str(data / "embeddings.npy")], env
         )
-        # `export RUN` takes a queued job's run id; a foreground run is exported by the function it calls.
-        export = "import sys; from pathlib import Path; from sparsebin.datasets import load_dataset; "
-        export += "from sparsebin.export import export_run; "
-        export += "export_run(Path(sys.argv[1]), Path(sys.argv[2]), load_dataset('scale').concepts)"
-        steps["export (export_run)"] = measured([sys.executable, "-c", export, str(run), str(work / "export")], env)
+        steps["export"] = measured([*py, "export", run.name, "--out", str(work / "export")], env)
+        steps["map cache (UMAP of a sample, the rest placed)"] = measured([sys.executable, "-c", PROJECTION], env)
+        steps["pages (AppTest)"] = measured([sys.executable, "-c", PAGES], dict(env, SPARSEBIN_NO_WORKER="1"))
         codes_bytes = (run / "codes.npy").stat().st_size
         search_figures = json.loads(steps["search"]["stdout"].strip().splitlines()[-1])
+        pages = json.loads(steps["pages (AppTest)"]["stdout"].strip().splitlines()[-1])
         return {
             "rows": rows,
             "file_bytes": file_bytes,
             "codes_bytes": codes_bytes,
             "steps": steps,
             "search": search_figures,
+            "pages": pages,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -182,6 +231,16 @@ def table(results: list[dict]) -> str:
             )
     lines += [
         "",
+        "| rows | page (AppTest) | first render s (fills its caches) | render s, caches built | within 5 s |",
+        "|---|---|---|---|---|",
+    ]
+    for result in results:
+        for page, times in result.get("pages", {}).items():
+            if isinstance(times, list):
+                ok = "yes" if times[1] <= 5 else "no"
+                lines.append(f"| {result['rows']:,} | {page} | {times[0]:.2f} | {times[1]:.2f} | {ok} |")
+    lines += [
+        "",
         "| rows | embeddings file MiB | codes MiB | evaluation peak RSS MiB | target 1.5 x (file + codes) MiB |",
         "|---|---|---|---|---|",
     ]
@@ -212,8 +271,12 @@ def main() -> None:
         skip = args.skip_train_above is not None and rows > args.skip_train_above
         results.append(one_size(rows, args.dim, skip))
         print(f"{rows:,} rows done", file=sys.stderr, flush=True)
-    print(f"{args.dim}-d float32 rows, N={N_BITS}, K={K}, {QUERIES} queries, top 10\n")
+    print(f"{args.dim}-d float32 rows, preset recommended at N={N_BITS}, K={K}, {QUERIES} queries, top 10\n")
     print(table(results))
+    for result in results:
+        if result.get("pages", {}).get("map: caption"):
+            print(f"\nMap at {result['rows']:,} rows says: {result['pages']['map: caption']}")
+    (ROOT / "benchmarks" / "last_scale.json").write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

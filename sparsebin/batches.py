@@ -16,7 +16,6 @@ and a checkpoint taken on one resumes on the other.
 
 import contextlib
 import logging
-import mmap
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from sparsebin.devices import device_kind, free_memory
-from sparsebin.files import CHUNK_ROWS
+from sparsebin.files import CHUNK_ROWS, release_pages
 
 PLACEMENTS = ("auto", "resident", "mapped")
 # The training rows may take at most this share of the free memory; the rest is
@@ -95,30 +94,6 @@ def read_rows(embeddings: np.ndarray, rows: np.ndarray, normalize: bool) -> np.n
         x[start : start + CHUNK_ROWS] = embeddings[rows[start : start + CHUNK_ROWS]]
         release_pages(embeddings)
     return normalize_rows_(x) if normalize else x
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Hand a memory map's resident pages back to the kernel (they stay in the page cache).
-
-    Without this, reading every row once over an epoch leaves the whole file
-    counted in the process's memory. A no-op for arrays that are not mapped.
-    """
-    mapping = _mapping_of(array)
-    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def _mapping_of(array) -> mmap.mmap | None:
-    for _ in range(8):  # a view of a view of a map
-        mapping = getattr(array, "_mmap", None)
-        if isinstance(mapping, mmap.mmap):
-            return mapping
-        array = getattr(array, "base", None)
-        if isinstance(array, mmap.mmap):
-            return array
-        if array is None:
-            return None
-    return None
 
 
 class ResidentRows:

@@ -7,13 +7,14 @@ so runs compare. No (M, N) float matrix is ever held: the model is applied to
 """
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from sparsebin.devices import free_memory
-from sparsebin.files import CHUNK_ROWS, float_rows
+from sparsebin.files import CHUNK_ROWS, float_rows, is_mapped, release_pages
 from sparsebin.losses import cosine_distance, mask_from_indices, topk_indices
 from sparsebin.model import BinaryAutoencoder
 from sparsebin.search import elias_fano
@@ -98,6 +99,7 @@ class RowView:
             for start in range(0, len(embeddings), self.chunk_rows):
                 block = np.asarray(embeddings[start : start + self.chunk_rows], dtype=np.float32)
                 lengths[start : start + len(block)] = np.maximum(np.linalg.norm(block, axis=1), 1e-12)
+                release_pages(embeddings)
         self.lengths = lengths  # (M,) float32 of every row of `embeddings`, or None
 
     @property
@@ -121,16 +123,45 @@ class RowView:
             rows = self.rows[rows]
         elif isinstance(rows, slice):
             rows = np.arange(len(self))[rows] if rows.step not in (None, 1) else rows
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self.embeddings)))
+        rows = np.asarray(rows, dtype=np.int64)
         whole = isinstance(columns, slice) and columns == slice(None)
-        x = np.asarray(self.embeddings[rows] if whole else self.embeddings[rows, columns], dtype=np.float32)
-        if not self.normalize:
-            return x
-        lengths = self.lengths[rows]
-        return x / lengths[:, None]
+        width = self.embeddings.shape[1] if whole else len(np.arange(self.embeddings.shape[1])[columns])
+        x = np.empty((len(rows), width), dtype=np.float32)
+        for places, chosen in file_blocks(rows, self.chunk_rows, mapped=is_mapped(self.embeddings)):
+            x[places] = self.embeddings[chosen] if whole else self.embeddings[chosen, columns]
+            release_pages(self.embeddings)  # copied out: the map's pages it came from need not stay resident
+        if self.normalize:
+            x /= self.lengths[rows][:, None]
+        return x
 
     def __array__(self, dtype=None, copy=None):  # a whole copy, for callers that need one
         x = self[:]
         return x if dtype is None else x.astype(dtype)
+
+
+def file_blocks(rows: np.ndarray, block_rows: int, mapped: bool) -> Iterator[tuple[np.ndarray | slice, np.ndarray]]:
+    """(places, rows) pairs that read `rows` a block at a time: `rows` at `places` of the result.
+
+    From a memory map, each block is the wanted rows inside one span of `block_rows` consecutive rows of
+    the file, in file order: scattered rows read together would fault in (and read around) pages all over
+    the file, and a million-row pass held the whole file resident. From memory, `block_rows` of the rows
+    at a time, in their order.
+    """
+    if not mapped:
+        for start in range(0, len(rows), block_rows):
+            yield slice(start, start + block_rows), rows[start : start + block_rows]
+        return
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    if not len(ordered):
+        return
+    edges = np.arange(int(ordered[0]) // block_rows * block_rows, int(ordered[-1]) + block_rows + 1, block_rows)
+    bounds = np.searchsorted(ordered, edges)
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        if stop > start:
+            yield order[start:stop], ordered[start:stop]
 
 
 def evaluation_chunk_rows(n_bits: int, d_in: int, free_bytes: int | None = None) -> int:

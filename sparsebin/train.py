@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsebin.batches import RowPlacement, place_rows, read_rows, release_pages
+from sparsebin.batches import RowPlacement, place_rows, read_rows
 from sparsebin.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from sparsebin.config import TrainConfig, validation_size
 from sparsebin.devices import resolve_device, reuse_freed_blocks, synchronize
 from sparsebin.errors import DataError, TrainingError
-from sparsebin.files import CHUNK_ROWS
+from sparsebin.files import CHUNK_ROWS, release_pages
 from sparsebin.losses import distance, sparsity_term
 from sparsebin.model import BinaryAutoencoder, Forward, ModelSpec
 from sparsebin.progress import ProgressEvent

@@ -22,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sparsebin.batches import release_pages
 from sparsebin.datasets.store import (
     EMBEDDINGS_FILE,
     META_FILE,
@@ -36,6 +35,7 @@ from sparsebin.datasets.store import (
     write_meta,
 )
 from sparsebin.errors import DataError
+from sparsebin.files import release_pages
 
 EMBEDDING_FORMATS = (".npy", ".npz", ".parquet", ".csv")
 LABEL_FORMATS = (".csv", ".parquet")

@@ -22,7 +22,7 @@ import torch
 
 from sparsebin.config import TrainConfig
 from sparsebin.errors import RunFileError
-from sparsebin.files import CHUNK_ROWS
+from sparsebin.files import CHUNK_ROWS, release_pages
 from sparsebin.interpret.ontology import (
     Ancestors,
     Categories,
@@ -170,10 +170,10 @@ class RunContext:
     @cached_property
     def row_norms(self) -> np.ndarray:
         """(M,) L2 norms of the embeddings, so normalised products need no normalised copy."""
-        norms = [
-            np.linalg.norm(self.embeddings[i : i + CHUNK_ROWS], axis=1)
-            for i in range(0, len(self.embeddings), CHUNK_ROWS)
-        ]
+        norms = []
+        for i in range(0, len(self.embeddings), CHUNK_ROWS):
+            norms.append(np.linalg.norm(self.embeddings[i : i + CHUNK_ROWS], axis=1))
+            release_pages(self.embeddings)
         return np.maximum(np.concatenate(norms), 1e-12).astype(np.float32)
 
     @cached_property
@@ -213,7 +213,8 @@ class RunContext:
         return self.agree_with_codes(logits, unpack_bits(self.codes[row : row + 1], self.n_bits)[0].astype(bool))
 
     def _inputs(self, rows: slice) -> np.ndarray:
-        x = np.asarray(self.embeddings[rows], dtype=np.float32)
+        x = np.array(self.embeddings[rows], dtype=np.float32)
+        release_pages(self.embeddings)
         return unit_rows(x) if self.config.normalize else x
 
     def agree_with_codes(self, logits: np.ndarray, firing: np.ndarray) -> np.ndarray:
@@ -240,7 +241,10 @@ class RunContext:
 
     def cosine_to(self, vector: np.ndarray) -> np.ndarray:
         """(M,) cosine between every embedding and a D-vector."""
-        products = np.asarray(self.embeddings @ vector, dtype=np.float32)
+        products = np.empty(len(self.embeddings), dtype=np.float32)
+        for i in range(0, len(self.embeddings), CHUNK_ROWS):  # a chunk at a time: a mapped file is not held whole
+            products[i : i + CHUNK_ROWS] = self.embeddings[i : i + CHUNK_ROWS] @ vector
+            release_pages(self.embeddings)
         return products / (self.row_norms * max(float(np.linalg.norm(vector)), 1e-12))
 
     def concept_rows(self, rows: np.ndarray) -> pd.DataFrame:

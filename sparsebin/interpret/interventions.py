@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from sparsebin.errors import QueryError
-from sparsebin.files import CHUNK_ROWS
+from sparsebin.files import CHUNK_ROWS, release_pages
 from sparsebin.interpret.bits import Concept, RunContext, bit_table, concept_at, find_concepts, labels_for
 from sparsebin.interpret.ontology import category_labels, label_members
 from sparsebin.search.codes import bit_column, pack_bits, smallest_k, unpack_bits
@@ -117,7 +117,8 @@ def nearest_by_cosine(
     best_rows = np.empty((len(queries), 0), dtype=np.int64)
     best_sims = np.empty((len(queries), 0), dtype=np.float32)
     for start in range(0, len(ctx.embeddings), chunk_rows):
-        block = np.asarray(ctx.embeddings[start : start + chunk_rows], dtype=np.float32)
+        block = np.array(ctx.embeddings[start : start + chunk_rows], dtype=np.float32)
+        release_pages(ctx.embeddings)
         sims = (queries @ block.T) / ctx.row_norms[start : start + len(block)]  # (Q, chunk)
         own = (exclude >= start) & (exclude < start + len(block))
         sims[np.flatnonzero(own), exclude[own] - start] = -np.inf
