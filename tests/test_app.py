@@ -474,9 +474,7 @@ def test_data_upload_of_two_files_with_the_same_name(app, world):
 def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     import os
 
-    import streamlit as st
-
-    import sparsebin.datasets
+    from sparsebin import startup
     from sparsebin.datasets.status import write_status
 
     started, priorities = [], []
@@ -489,8 +487,8 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
-    monkeypatch.setattr(sparsebin.datasets, "start_build", fake_start_build)  # app.py imports it on each run
-    st.cache_resource.clear()  # forget any chain an earlier app run began
+    monkeypatch.setattr(startup, "start_build", fake_start_build)  # app.py runs startup's check on each run
+    monkeypatch.setitem(startup._chain, "started", False)  # forget any chain an earlier app run began
     at = AppTest.from_file("../app.py", default_timeout=60)
     at.run()
     assert not at.exception
@@ -503,6 +501,30 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
         AppTest.from_file("../app.py", default_timeout=60).run()
     assert started == ["hpo", "icd10cm"]  # the chain continues once
     assert priorities == [0, 10]  # the first build at full priority (nothing trains yet), icd10cm in the background
+
+
+def test_the_server_start_begins_the_first_build_before_any_page_is_opened(tmp_path, monkeypatch):
+    import asyncio
+    from pathlib import Path
+
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    from sparsebin import startup
+
+    started = []
+    monkeypatch.setenv("SPARSEBIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SPARSEBIN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SPARSEBIN_NO_WORKER", "1")
+    monkeypatch.setattr(startup, "start_build", lambda name, niceness=10: started.append((name, niceness)))
+    monkeypatch.setitem(startup._chain, "started", False)
+    # `streamlit run app.py` serves app.py's st.App (ASGI mode) when it finds one, and runs its lifespan at start.
+    assert discover_asgi_app(Path(__file__).resolve().parent.parent / "app.py").import_string == "app:app"
+
+    async def serve_briefly():
+        async with startup.server_lifespan(None):
+            assert started == [("hpo", 0)]  # under way while the server starts, before any page view
+
+    asyncio.run(serve_briefly())
 
 
 def test_home_says_a_worker_is_starting_while_its_lock_is_held_before_it_registers(tmp_path, monkeypatch):
