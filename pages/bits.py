@@ -43,15 +43,16 @@ def effect_section(run_id: str, dataset_name: str, bit: int) -> None:
     """What switching the bit off does where it fires, beside its label by firing."""
     st.markdown("**What switching this bit off does**")
     effect = bit_effect(run_id, dataset_name, bit)
+    n_rows = len(_shared.run_context(run_id, dataset_name).concepts)
     if effect.n_sampled == 0:
         st.caption("It fires for no concept, so switching it off changes nothing.")
         return
     agree = {True: "agree", False: "differ", None: "cannot be compared"}[effect.agree]
     st.caption(
         f"Switched off in {effect.n_sampled:,} of the {effect.n_active:,} concepts where it fires (a seeded sample of "
-        f"at most {interventions.EFFECT_SAMPLE}), each code decoded by the run's decoder: the decoded vector turns by "
-        f"a mean 1 - cosine of {effect.mean_movement:.4f}, and of its {interventions.NEIGHBOURS} nearest concepts by "
-        f"cosine, {effect.n_lost:,} are lost over the sampled concepts."
+        f"at most {interventions.effect_sample_size(n_rows):,} on these {n_rows:,} rows), each code decoded by the "
+        f"run's decoder: the decoded vector turns by a mean 1 - cosine of {effect.mean_movement:.4f}, and of its "
+        f"{interventions.NEIGHBOURS} nearest concepts by cosine, {effect.n_lost:,} are lost over the sampled concepts."
     )
     st.markdown(
         f"Label by firing: {effect.firing_label or 'none'} (category {effect.firing_category or '-'})  \n"

@@ -59,6 +59,7 @@ def test_bits_page_shows_what_switching_the_bit_off_does_beside_its_firing_label
     caption = next(text for text in texts if text.startswith("Switched off in "))
     lost = next(frame.value for frame in at.dataframe if list(frame.value.columns) == ["category", "lost", "share"])
     assert f"{int(lost['lost'].sum()):,} are lost over the sampled concepts" in caption
+    assert "(a seeded sample of at most 500 on these 200 rows)" in caption
     labels = next(text for text in texts if text.startswith("Label by firing: "))
     firing = labels.split("(category ")[1].split(")")[0]
     assert f"category lost most often: {lost['category'].iloc[0]})" in labels

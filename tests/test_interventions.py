@@ -18,9 +18,11 @@ from sparsebin.config import TrainConfig
 from sparsebin.errors import QueryError
 from sparsebin.interpret.bits import RunContext, bit_table
 from sparsebin.interpret.interventions import (
+    EFFECT_SAMPLE,
     bit_effect,
     contrast,
     edit_code,
+    effect_sample_size,
     matching_rows,
     parse_query,
     query_codes,
@@ -115,6 +117,12 @@ def test_the_effect_label_of_a_planted_bit_names_its_category_beside_its_firing_
     assert 0 < effect.mean_movement < 2
     small = bit_effect(ctx, 2, sample=10)
     assert small.n_sampled == 10 and small.n_active == PER_CATEGORY
+
+
+def test_a_bits_effect_samples_fewer_concepts_only_on_a_very_large_data_set():
+    assert effect_sample_size(117_000) == EFFECT_SAMPLE == 500  # HPO + ICD-10-CM: every firing concept up to 500
+    assert effect_sample_size(1_000_000) == 100  # a million rows: 100 x 1M cosines a side
+    assert effect_sample_size(10**9) == 50
 
 
 def random_tree(rng, depth: int, n_bits: int):
