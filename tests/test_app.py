@@ -505,6 +505,7 @@ def test_first_start_without_data_builds_hpo_and_says_so(tmp_path, monkeypatch):
 
 def test_the_server_start_begins_the_first_build_before_any_page_is_opened(tmp_path, monkeypatch):
     import asyncio
+    import concurrent.futures
     from pathlib import Path
 
     from streamlit.web.server.app_discovery import discover_asgi_app
@@ -524,7 +525,9 @@ def test_the_server_start_begins_the_first_build_before_any_page_is_opened(tmp_p
         async with startup.server_lifespan(None):
             assert started == [("hpo", 0)]  # under way while the server starts, before any page view
 
-    asyncio.run(serve_briefly())
+    # In a thread of its own: earlier browser tests can leave an event loop running on this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, serve_briefly()).result()
 
 
 def test_home_says_a_worker_is_starting_while_its_lock_is_held_before_it_registers(tmp_path, monkeypatch):
