@@ -43,10 +43,10 @@ def effect_section(run_id: str, dataset_name: str, bit: int) -> None:
     """What switching the bit off does where it fires, beside its label by firing."""
     st.markdown("**What switching this bit off does**")
     effect = bit_effect(run_id, dataset_name, bit)
-    n_rows = len(_shared.run_context(run_id, dataset_name).concepts)
     if effect.n_sampled == 0:
         st.caption("It fires for no concept, so switching it off changes nothing.")
         return
+    n_rows = len(_shared.run_context(run_id, dataset_name).concepts)
     agree = {True: "agree", False: "differ", None: "cannot be compared"}[effect.agree]
     st.caption(
         f"Switched off in {effect.n_sampled:,} of the {effect.n_active:,} concepts where it fires (a seeded sample of "

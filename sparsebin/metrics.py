@@ -122,8 +122,6 @@ class RowView:
         if self.rows is not None:
             rows = self.rows[rows]
         elif isinstance(rows, slice):
-            rows = np.arange(len(self))[rows] if rows.step not in (None, 1) else rows
-        if isinstance(rows, slice):
             rows = np.arange(*rows.indices(len(self.embeddings)))
         rows = np.asarray(rows, dtype=np.int64)
         whole = isinstance(columns, slice) and columns == slice(None)
